@@ -1,0 +1,32 @@
+# Two commands matter: `make demo` and `make test`. Both build the venv from nothing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# One BLAS thread per process: ranks on one machine must not oversubscribe the cores.
+export OMP_NUM_THREADS ?= 1
+export OPENBLAS_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: venv
+	$(PY) -m launcher run configs/local.yaml
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) benchmarks/engine_step.py
+	$(PY) benchmarks/allreduce.py
+	$(PY) benchmarks/ddp.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache runs
