@@ -1,0 +1,50 @@
+"""dptrain's autodiff engine: Tensor + reverse-mode autodiff over numpy or cupy."""
+from . import backend
+from .tensor import Tensor, from_op, tensor, no_grad, enable_grad, is_grad_enabled
+from . import ops
+from .ops import concat, stack, where, maximum, minimum, argmax, argmin
+from .ops import exp, log, sqrt, tanh, sigmoid, relu, matmul
+from .ops import sum_ as sum, mean, max_ as max, min_ as min, reshape, transpose, flatten
+from .ops import abs_ as abs, clip, var, unsqueeze, squeeze
+from .factories import (zeros, ones, empty, full, zeros_like, ones_like, arange, randn, rand,
+                        randint, from_numpy)
+from .random import manual_seed
+from .gradcheck import gradcheck, GradcheckError
+
+cat = concat
+clamp = clip
+float32 = "float32"
+float64 = "float64"
+float16 = "float16"
+int64 = "int64"
+int32 = "int32"
+
+__all__ = [
+    "Tensor", "tensor", "from_op", "no_grad", "enable_grad", "is_grad_enabled", "backend",
+    "concat", "cat", "stack", "where", "maximum", "minimum", "argmax", "argmin", "exp", "log",
+    "sqrt", "tanh", "sigmoid", "relu", "matmul", "sum", "mean", "max", "min", "reshape",
+    "transpose", "flatten", "abs", "clip", "clamp", "var", "unsqueeze", "squeeze", "zeros", "ones",
+    "empty", "full", "zeros_like", "ones_like", "arange", "randn", "rand", "randint", "from_numpy",
+    "manual_seed", "gradcheck", "GradcheckError",
+]
+
+
+def _optional_submodules():
+    """Attach the higher-level packages when present (they are built on the core above)."""
+    import importlib
+    g = globals()
+    for name in ("nn", "optim", "data"):
+        try:
+            g[name] = importlib.import_module(f"engine.{name}")
+        except ImportError as e:          # pragma: no cover - only while a package is missing
+            if f"engine.{name}" not in str(e):
+                raise
+    try:
+        from .serialization import save, load   # noqa: F401
+        g["save"], g["load"] = save, load
+    except ImportError as e:              # pragma: no cover
+        if "engine.serialization" not in str(e):
+            raise
+
+
+_optional_submodules()
