@@ -29,7 +29,10 @@ def _unbroadcast(g, shape):
 
 
 def _check_same_device(a: Tensor, b: Tensor, opname: str):
-    if type(a.data) is not type(b.data) or (a.device != b.device):
+    da, db = a.data, b.data
+    if type(da) is type(db) and type(da) is np.ndarray:
+        return
+    if a.device != b.device:
         raise RuntimeError(
             f"'{opname}' got tensors on different devices: {a.device} and {b.device}; "
             f"move one with .to('{a.device}')")
@@ -165,6 +168,8 @@ def matmul(a, b):
 
     def backward(g):
         ga = gb = None
+        if ad.ndim == 1 and bd.ndim == 1:
+            return (g * bd if a.requires_grad else None, g * ad if b.requires_grad else None)
         a2, b2, g2 = ad, bd, g
         if ad.ndim == 1:
             a2 = ad[None, :]

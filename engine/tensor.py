@@ -229,6 +229,8 @@ class Tensor:
     @classmethod
     def _wrap(cls, data, requires_grad=False):
         t = cls.__new__(cls)
+        if isinstance(data, np.generic):     # numpy returns scalars for 0-d results
+            data = np.asarray(data)
         t.data = data
         t.grad = None
         t.requires_grad = requires_grad
@@ -345,6 +347,8 @@ def run_backward(root: Tensor, g0, retain_graph: bool):
         if node._retain_grad and g is not None:
             node.grad = Tensor._wrap(g if node.grad is None else node.grad.data + g)
         if g is not None:
+            if isinstance(g, np.generic):
+                g = np.asarray(g)
             pgrads = fn(g)
             if len(pgrads) != len(parents):
                 raise RuntimeError(f"internal error: backward of '{node._op}' returned "
@@ -357,6 +361,8 @@ def run_backward(root: Tensor, g0, retain_graph: bool):
                 continue
             pid = id(p)
             if pg is not None:
+                if isinstance(pg, np.generic):
+                    pg = np.asarray(pg)
                 if tuple(pg.shape) != p.shape:
                     raise RuntimeError(
                         f"internal error: backward of '{node._op}' produced a gradient of shape "
