@@ -39,3 +39,39 @@ def get_state() -> dict:
 
 def set_state(state: dict):
     _generator.bit_generator.state = state
+
+
+# ---------------------------------------------------------------- batch sharding
+# Under data parallelism each worker holds some rows of a global batch.  Random ops
+# that draw per-row values (dropout) consult this context, draw for the whole global
+# batch from the (identically seeded) generator and keep their own rows, so N
+# workers see exactly the masks one worker would have drawn.
+import contextlib
+import threading
+
+_shard_state = threading.local()
+
+
+@contextlib.contextmanager
+def batch_shard(index: int, count: int):
+    """This process holds rows index, index+count, ... of the global batch."""
+    prev = getattr(_shard_state, "value", None)
+    _shard_state.value = (int(index), int(count)) if count > 1 else None
+    try:
+        yield
+    finally:
+        _shard_state.value = prev
+
+
+def current_batch_shard():
+    return getattr(_shard_state, "value", None)
+
+
+def draw_rows(draw, shape):
+    """Call draw(shape) -> array for this process's rows of the global batch (axis 0)."""
+    shard = current_batch_shard()
+    if shard is None or len(shape) == 0:
+        return draw(shape)
+    index, count = shard
+    full = draw((shape[0] * count,) + tuple(shape[1:]))
+    return full[index::count]

@@ -1,0 +1,278 @@
+"""DistributedDataParallel: average gradients across workers while backward runs.
+
+Parameters are grouped into buckets of about `bucket_cap_mb`, in reverse
+registration order (the order backward produces their gradients).  A gradient
+hook on each parameter copies its gradient into its bucket's flat buffer; when a
+bucket is complete its all-reduce is started on the communicator's background
+thread, so communication overlaps the rest of backward.  Buckets are launched
+strictly in index order so every rank issues the same collectives in the same
+order.  When the last bucket is launched the reduction is finished inside that
+hook: by the time `loss.backward()` returns, every `.grad` holds the average.
+
+Without a communicator of size > 1 this wrapper is a transparent pass-through.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+
+from engine.backend import get_array_module
+from engine.tensor import Tensor
+
+
+class DDPError(RuntimeError):
+    pass
+
+
+class _Bucket:
+    """A contiguous flat buffer holding the gradients of a few parameters."""
+
+    def __init__(self, index, params, xp, dtype):
+        self.index = index
+        self.params = params
+        self.offsets = []
+        off = 0
+        for p in params:
+            self.offsets.append(off)
+            off += p.size
+        self.numel = off
+        self.flat = xp.zeros(off, dtype=dtype)
+        self.filled = 0
+        self.seen = set()
+        self.handle = None
+        self.launched_at = None
+
+    def reset(self):
+        self.filled = 0
+        self.seen.clear()
+        self.handle = None
+
+
+class DistributedDataParallel:
+    """Wrap a module so that backward averages its gradients over `comm`.
+
+    comm: a comm.Communicator (None: `comm.init()`).  bucket_cap_mb: bucket size.
+    broadcast_buffers: re-send buffers (BatchNorm statistics) from rank 0 every
+    forward so they stay in step even without SyncBatchNorm.
+    find_unused_parameters: walk the output graph each forward and treat parameters
+    that took no part as having a zero gradient (otherwise a missing gradient is an error).
+    """
+
+    def __init__(self, module, comm=None, bucket_cap_mb=25, broadcast_buffers=True,
+                 find_unused_parameters=False, average=True, timeout=None):
+        if comm is None:
+            import comm as comm_pkg
+            comm = comm_pkg.init()
+        self.module = module
+        self.comm = comm
+        self.size = comm.size
+        self.rank = comm.rank
+        self.bucket_cap_bytes = int(bucket_cap_mb * 1024 * 1024)
+        self.broadcast_buffers = broadcast_buffers
+        self.find_unused_parameters = find_unused_parameters
+        self.average = average
+        self.timeout = timeout
+        self._sync_enabled = True
+        self._in_flight = False
+        self.events = []            # (what, bucket index, perf_counter) for the last step: tests + profiling
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self._sync_module_state()
+        self.buckets = self._build_buckets()
+        self._where = {}
+        for b in self.buckets:
+            for i, p in enumerate(b.params):
+                self._where[id(p)] = (b, i)
+        self._next_launch = 0
+        self._handles = []
+        if self.size > 1:
+            for p in self.params:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad_ready))
+
+    # ------------------------------------------------------------ setup
+    def _sync_module_state(self):
+        """Start every rank from rank 0's parameters and buffers."""
+        if self.size == 1:
+            return
+        for name, t in list(self.module.state_dict().items()):
+            arr = t.data if isinstance(t, Tensor) else t
+            if not isinstance(arr, np.ndarray) and not hasattr(arr, "__cuda_array_interface__"):
+                continue
+            if not arr.flags.c_contiguous:
+                raise DDPError(f"parameter/buffer {name!r} is not contiguous; cannot broadcast it in place")
+            self.comm.broadcast(arr, root=0)
+
+    def _build_buckets(self):
+        buckets, current, current_bytes = [], [], 0
+        ordered = list(reversed(self.params))
+
+        def flush():
+            nonlocal current, current_bytes
+            if current:
+                xp = get_array_module(current[0].data)
+                buckets.append(_Bucket(len(buckets), current, xp, current[0].dtype))
+            current, current_bytes = [], 0
+        for p in ordered:
+            if current and (current[0].dtype != p.dtype or current[0].device != p.device):
+                flush()
+            current.append(p)
+            current_bytes += p.size * p.data.itemsize
+            if current_bytes >= self.bucket_cap_bytes:
+                flush()
+        flush()
+        return buckets
+
+    # ------------------------------------------------------------ module facade
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        if self._in_flight and self._sync_enabled:
+            missing = [self._param_name(p) for b in self.buckets for p in b.params if id(p) not in b.seen]
+            raise DDPError(
+                "the previous backward did not produce gradients for every parameter, so their "
+                f"all-reduce never finished (e.g. {missing[:5]}); pass find_unused_parameters=True "
+                "to DistributedDataParallel if some parameters are legitimately unused")
+        if self.size > 1 and self.broadcast_buffers:
+            for _, buf in self.module.named_buffers():
+                if buf.data.dtype.kind in "fiu" and buf.data.size:
+                    self.comm.broadcast(buf.data, root=0)
+        out = self.module(*args, **kwargs)
+        if self.size > 1 and self._sync_enabled and self.find_unused_parameters:
+            self._mark_unused(out)
+        return out
+
+    def _param_name(self, p):
+        for name, q in self.module.named_parameters():
+            if q is p:
+                return name
+        return "?"
+
+    def _mark_unused(self, out):
+        reachable = set()
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        stack = [t for t in outs if isinstance(t, Tensor)]
+        seen = set()
+        while stack:
+            t = stack.pop()
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            if t.is_leaf:
+                reachable.add(id(t))
+            stack.extend(t._parents)
+        for p in self.params:
+            if id(p) not in reachable:
+                self._fill(p, None)
+
+    def parameters(self):
+        return self.module.parameters()
+
+    def named_parameters(self):
+        return self.module.named_parameters()
+
+    def state_dict(self):
+        return self.module.state_dict()
+
+    def load_state_dict(self, state, strict=True):
+        return self.module.load_state_dict(state, strict=strict)
+
+    def train(self, mode=True):
+        self.module.train(mode)
+        return self
+
+    def eval(self):
+        self.module.eval()
+        return self
+
+    def zero_grad(self):
+        self.module.zero_grad()
+
+    def __getattr__(self, name):
+        # Only reached for attributes not found normally: forward to the wrapped module.
+        if name == "module":
+            raise AttributeError(name)
+        return getattr(self.module, name)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Accumulate gradients locally; the next backward outside reduces the sum."""
+        prev = self._sync_enabled
+        self._sync_enabled = False
+        try:
+            yield
+        finally:
+            self._sync_enabled = prev
+
+    # ------------------------------------------------------------ reduction
+    def _on_grad_ready(self, p):
+        if not self._sync_enabled:
+            return
+        self._fill(p, p.grad.data)
+
+    def _fill(self, p, grad):
+        b, i = self._where[id(p)]
+        if id(p) in b.seen:
+            return
+        if not self._in_flight:
+            self.events = []
+            self._in_flight = True
+        off, n = b.offsets[i], p.size
+        if grad is None:
+            b.flat[off:off + n] = 0
+        else:
+            b.flat[off:off + n] = grad.reshape(-1)
+        b.seen.add(id(p))
+        b.filled += 1
+        if b.filled == len(b.params):
+            self._launch_ready()
+
+    def _launch_ready(self):
+        while self._next_launch < len(self.buckets):
+            b = self.buckets[self._next_launch]
+            if b.filled < len(b.params):
+                return
+            self.events.append(("launch", b.index, time.perf_counter()))
+            b.handle = self.comm.allreduce_async(b.flat, op="sum")
+            self._next_launch += 1
+        self._finish()
+
+    def _finish(self):
+        inv = 1.0 / self.size if self.average else 1.0
+        for b in self.buckets:
+            b.handle.wait(self.timeout)
+            self.events.append(("done", b.index, time.perf_counter()))
+            if inv != 1.0:
+                b.flat *= b.flat.dtype.type(inv)
+            for p, off in zip(b.params, b.offsets):
+                g = b.flat[off:off + p.size].reshape(p.shape)
+                if p.grad is None:
+                    p.grad = Tensor._wrap(g)
+                else:
+                    p.grad.data = g
+            b.reset()
+        self._next_launch = 0
+        self._in_flight = False
+
+    def synchronize(self):
+        """Finish an outstanding reduction (e.g. after a backward with unused parameters).
+
+        A no-op when backward already completed the reduction.
+        """
+        if not self._in_flight:
+            return
+        for b in self.buckets:
+            for p in b.params:
+                if id(p) not in b.seen:
+                    self._fill(p, p.grad.data if p.grad is not None else None)
+
+
+def average_metrics(comm, metrics: dict) -> dict:
+    """Mean of scalar metrics over all ranks (one small all-reduce)."""
+    if comm is None or comm.size == 1:
+        return dict(metrics)
+    keys = sorted(metrics)
+    arr = np.array([float(metrics[k]) for k in keys], dtype=np.float64)
+    comm.allreduce(arr, op="sum", algorithm="native" if getattr(comm, "backend", "") == "mpi" else "ring")
+    return {k: float(v) / comm.size for k, v in zip(keys, arr)}

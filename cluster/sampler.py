@@ -1,0 +1,79 @@
+"""DistributedSampler: each rank iterates its own share of a (shuffled) dataset.
+
+Same contract as PyTorch's: every epoch the indices are permuted with
+`seed + epoch` (identical on all ranks), padded by wrapping around so every rank
+gets the same count (or trimmed with drop_last), and rank r takes positions
+r, r+size, r+2*size, ...  Under a DataLoader with batch B, step k on rank r holds
+rows r::size of what one worker with batch B*size would see at step k, which is
+what makes N workers reproduce one worker's training exactly.
+
+For resume, `state_dict()` records the epoch and how many of this rank's samples
+were consumed; `load_state_dict()` skips them.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class DistributedSampler:
+    def __init__(self, dataset, rank=None, size=None, shuffle=True, seed=0, drop_last=False,
+                 num_replicas=None):
+        if size is None:
+            size = num_replicas
+        if size is None or rank is None:
+            from comm.env import detect
+            env = detect()
+            size = env.size if size is None else size
+            rank = env.rank if rank is None else rank
+        if size < 1 or not (0 <= rank < size):
+            raise ValueError(f"DistributedSampler: rank {rank} is not in [0, {size})")
+        self.dataset = dataset
+        self.rank, self.size = int(rank), int(size)
+        self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
+        self.epoch = 0
+        self.start = 0            # samples of this rank already consumed in this epoch (resume)
+        n = len(dataset)
+        if drop_last and n % self.size:
+            self.num_samples = n // self.size
+        else:
+            self.num_samples = math.ceil(n / self.size)
+        self.total_size = self.num_samples * self.size
+
+    def set_epoch(self, epoch: int):
+        """Reshuffle for a new epoch (call on every rank with the same value)."""
+        if epoch != self.epoch:
+            self.start = 0
+        self.epoch = int(epoch)
+
+    def indices(self) -> np.ndarray:
+        n = len(self.dataset)
+        if self.shuffle:
+            idx = np.random.default_rng(self.seed + self.epoch).permutation(n)
+        else:
+            idx = np.arange(n)
+        if self.total_size > n:
+            reps = math.ceil(self.total_size / max(n, 1))
+            idx = np.tile(idx, reps)[: self.total_size]
+        else:
+            idx = idx[: self.total_size]
+        return idx[self.rank::self.size][self.start:]
+
+    def __iter__(self):
+        return iter(self.indices().tolist())
+
+    def __len__(self):
+        return self.num_samples - self.start
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "start": self.start, "seed": self.seed}
+
+    def load_state_dict(self, state: dict):
+        self.epoch = int(state["epoch"])
+        self.start = int(state["start"])
+        self.seed = int(state.get("seed", self.seed))
+
+    def advance(self, n: int):
+        """Record that n more samples of this epoch were consumed (for checkpoints)."""
+        self.start += int(n)
