@@ -1,0 +1,327 @@
+"""The worker's built-in training loop, driven entirely by the resolved config.
+
+Every rank builds the same model from the same seed, wraps it in
+DistributedDataParallel, reads its share of each global batch through a
+DistributedSampler and steps its own optimizer on the averaged gradients, so
+all ranks hold identical parameters after every step.  Rank 0 writes metrics,
+checkpoints (model, optimizer, sampler position, step, RNG state) and the
+summary.  A run restarted on the same output directory resumes from the newest
+valid checkpoint and continues exactly where the checkpoint left off.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+import engine
+from engine import nn
+from engine.nn import functional as F
+from engine.random import batch_shard
+
+from .ddp import DistributedDataParallel, average_metrics
+from .sampler import DistributedSampler
+from .state import flatten_state, unflatten_state
+from .sync_batchnorm import convert_sync_batchnorm
+from .zoo import build_model
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def build_datasets(ds_cfg, seed=0):
+    """(train, test) as TensorDatasets of float32 NCHW images in [0, 1] and int64 labels."""
+    from engine.data import TensorDataset, datasets
+    name = ds_cfg.name
+    if name == "synthetic":
+        n_train = ds_cfg.train_subset or 2048
+        n_test = ds_cfg.test_subset or 512
+        rng = np.random.default_rng(1234)
+        proj = rng.standard_normal((784, 10)).astype(np.float32)
+
+        def make(n, r):
+            x = r.random((n, 1, 28, 28), dtype=np.float32)
+            y = np.argmax(x.reshape(n, -1) @ proj, axis=1).astype(np.int64)
+            return TensorDataset(x, y)
+        return make(n_train, np.random.default_rng(1)), make(n_test, np.random.default_rng(2)), False
+    cls = datasets.FashionMNIST if name == "fashion_mnist" else datasets.MNIST
+    train = cls(root=ds_cfg.root, train=True)
+    test = cls(root=ds_cfg.root, train=False)
+    subset = bool(getattr(train, "subset", False))
+
+    def to_arrays(ds, limit):
+        x = np.asarray(ds.data, dtype=np.float32)[:limit] / np.float32(255.0)
+        y = np.asarray(ds.targets, dtype=np.int64)[:limit]
+        return TensorDataset(x.reshape(-1, 1, 28, 28), y)
+    return to_arrays(train, ds_cfg.train_subset), to_arrays(test, ds_cfg.test_subset), subset
+
+
+def build_optimizer(opt_cfg, params):
+    from engine import optim
+    name = opt_cfg.name
+    if name == "sgd":
+        return optim.SGD(params, lr=opt_cfg.lr, momentum=opt_cfg.momentum, nesterov=opt_cfg.nesterov,
+                         weight_decay=opt_cfg.weight_decay)
+    if name == "adam":
+        return optim.Adam(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps,
+                          weight_decay=opt_cfg.weight_decay)
+    if name == "adamw":
+        return optim.AdamW(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps,
+                           weight_decay=opt_cfg.weight_decay)
+    if name == "rmsprop":
+        return optim.RMSprop(params, lr=opt_cfg.lr, alpha=opt_cfg.alpha, eps=opt_cfg.eps,
+                             momentum=opt_cfg.momentum, weight_decay=opt_cfg.weight_decay)
+    raise ValueError(f"job.optimizer.name: unknown optimizer {name!r}")
+
+
+def lr_at(step: int, base_lr: float, sched, total_steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): a pure function of the step,
+    so a resumed run needs nothing but the step count to continue the schedule."""
+    warm = sched.warmup_steps
+    if warm and step < warm:
+        return base_lr * (step + 1) / warm
+    t = step - warm
+    if sched.name == "step":
+        return base_lr * sched.gamma ** (t // sched.step_size)
+    if sched.name == "cosine":
+        span = max(total_steps - warm, 1)
+        return sched.min_lr + (base_lr - sched.min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, span) / span))
+    return base_lr
+
+
+def select_device(job_cfg) -> str:
+    want = job_cfg.device
+    gpu = os.environ.get("DPTRAIN_GPU", "")
+    if want == "cpu" or (want == "auto" and gpu in ("", "none")):
+        return "cpu"
+    if not engine.backend.gpu_available():
+        if want == "cuda":
+            raise WorkerError("job.device is 'cuda' but no GPU is usable here (cupy missing or no device); "
+                              "install dptrain[gpu] or set job.device=cpu")
+        return "cpu"
+    return f"cuda:{int(gpu) if gpu.isdigit() else 0}"
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Trainer:
+    """One worker's share of a run: build, (resume), train, evaluate, report."""
+
+    def __init__(self, cfg, comm, run_dir=None, coordinator=None, log=print):
+        self.cfg, self.comm, self.log = cfg, comm, log
+        self.rank, self.size = comm.rank, comm.size
+        self.run_dir = run_dir
+        self.coordinator = coordinator
+        job = cfg.job
+        if job.global_batch_size % self.size:
+            raise WorkerError(f"job.global_batch_size={job.global_batch_size} is not divisible by the world "
+                              f"size {self.size}; pick a multiple of {self.size}")
+        self.local_batch = job.global_batch_size // self.size
+        self.device = select_device(job)
+        engine.manual_seed(job.seed)
+        self.train_set, self.test_set, self.embedded = build_datasets(job.dataset, job.seed)
+        model = build_model(job.model, **dict(job.model_args or {}))
+        if self.device != "cpu":
+            model.to(self.device)
+        if self.size > 1 and job.get("sync_batchnorm", True):
+            model = convert_sync_batchnorm(model, comm)
+        self.model = model
+        self.ddp = DistributedDataParallel(model, comm, bucket_cap_mb=job.bucket_cap_mb)
+        self.optimizer = build_optimizer(job.optimizer, model.parameters())
+        self.sampler = DistributedSampler(self.train_set, self.rank, self.size, shuffle=True, seed=job.seed,
+                                          drop_last=True)
+        from engine.data import DataLoader
+        self.loader = DataLoader(self.train_set, batch_size=self.local_batch, sampler=self.sampler,
+                                 drop_last=True, device=self.device)
+        self.steps_per_epoch = len(self.sampler) // self.local_batch
+        self.total_steps = self.steps_per_epoch * job.epochs
+        max_steps = job.get("max_steps")
+        if max_steps:
+            self.total_steps = min(self.total_steps, int(max_steps))
+        self.step = 0
+        self.epoch = 0
+        self.restarts = int(os.environ.get("DPTRAIN_RESTART_COUNT", "0"))
+        self.last_checkpoint = None
+        self._checkpoint_step = None
+        ck = cfg.checkpoint
+        self.ckpt_dir = ck.dir or (os.path.join(run_dir, "checkpoints") if run_dir else None)
+
+    # ---------------------------------------------------------- checkpoints
+    def _state(self) -> dict:
+        return {
+            "model": {k: v for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "rng": engine.random.get_state(),
+            "world_size": self.size,
+        }
+
+    def save_checkpoint(self):
+        if self.ckpt_dir is None:
+            return
+        if self.rank == 0:
+            from .checkpoint import save_checkpoint
+            arrays, skeleton = flatten_state(self._state())
+            path = save_checkpoint(self.ckpt_dir, self.step, arrays, {"state": skeleton},
+                                   keep=self.cfg.checkpoint.keep)
+            self.last_checkpoint = str(path)
+            if self.coordinator is not None:
+                self.coordinator.report_checkpoint(self.step, str(path))
+        self.last_checkpoint = self.comm.broadcast_obj(self.last_checkpoint, root=0)
+        self._checkpoint_step = self.step
+
+    def maybe_resume(self):
+        ck = self.cfg.checkpoint
+        if ck.resume == "never" or self.ckpt_dir is None:
+            return False
+        from .checkpoint import latest_valid_checkpoint, load_checkpoint
+        if ck.resume == "auto":
+            path = latest_valid_checkpoint(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
+        else:
+            path = ck.resume
+        # Every rank must resume from the same file: rank 0 decides.
+        path = self.comm.broadcast_obj(str(path) if path else None, root=0)
+        if not path:
+            return False
+        arrays, meta = load_checkpoint(path)
+        state = unflatten_state(arrays, meta["state"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        engine.random.set_state(state["rng"])
+        self.last_checkpoint = path
+        self._checkpoint_step = self.step
+        if self.rank == 0:
+            self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
+        return True
+
+    # ---------------------------------------------------------- loop
+    def train(self):
+        job, cfg = self.cfg.job, self.cfg
+        interval = cfg.checkpoint.interval
+        crash_at = int(os.environ.get("DPTRAIN_FAULT_CRASH_AT_STEP", "0") or 0)   # fault injection (tests)
+        bar = None
+        if self.rank == 0 and cfg.output.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
+                       dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+        t0, samples = time.perf_counter(), 0
+        window_loss, window_correct, window_n = 0.0, 0, 0
+        self.model.train()
+        while self.step < self.total_steps:
+            self.loader.set_epoch(self.epoch)        # the sampler keeps its position on resume
+            for x, y in self.loader:
+                loss, out = self._train_step(x, y, job)
+                samples += self.local_batch * self.size
+                window_loss += float(loss.item()) * self.local_batch
+                window_correct += int((out.data.argmax(axis=1) == y.data).sum())
+                window_n += self.local_batch
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", epoch=self.epoch)
+                if self.step % job.log_every == 0 or self.step == self.total_steps:
+                    m = average_metrics(self.comm, {"loss": window_loss / window_n,
+                                                    "accuracy": window_correct / window_n})
+                    self._metrics({"step": self.step, "epoch": self.epoch,
+                                   "lr": self.optimizer.param_groups[0]["lr"], **m,
+                                   "samples_per_s": samples / (time.perf_counter() - t0)})
+                    window_loss, window_correct, window_n = 0.0, 0, 0
+                if interval and self.step % interval == 0 and self.step < self.total_steps:
+                    self.save_checkpoint()
+                if crash_at and self.step == crash_at and self.rank == self.size - 1 \
+                        and self.restarts == 0:
+                    self.log(f"fault injection: rank {self.rank} exits at step {self.step}")
+                    os._exit(17)
+                if self.step >= self.total_steps:
+                    break
+            else:
+                self.epoch += 1                      # the epoch was used up
+                continue
+            break
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        return samples / elapsed if elapsed > 0 and samples else 0.0
+
+    def _train_step(self, x, y, job):
+        lr = lr_at(self.step, job.optimizer.lr, job.schedule, self.total_steps)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        with batch_shard(self.rank, self.size):
+            out = self.ddp(x)
+        loss = F.cross_entropy(out, y)
+        self.optimizer.zero_grad()
+        loss.backward()                              # DDP has averaged the gradients when this returns
+        if job.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), job.clip_grad_norm)
+        self.optimizer.step()
+        self.step += 1
+        self.sampler.advance(self.local_batch)
+        return loss, out
+
+    def evaluate(self):
+        """Loss and accuracy on the whole test set, each rank scoring a contiguous shard."""
+        self.model.eval()
+        n = len(self.test_set)
+        lo, hi = n * self.rank // self.size, n * (self.rank + 1) // self.size
+        loss_sum, correct = 0.0, 0
+        bs = self.cfg.job.eval_batch_size
+        with engine.no_grad():
+            for s in range(lo, hi, bs):
+                idx = np.arange(s, min(s + bs, hi))
+                x, y = self.test_set.get_batch(idx)
+                xt, yt = engine.tensor(x, device=self.device), engine.tensor(y, device=self.device)
+                out = self.model(xt)
+                loss_sum += float(F.cross_entropy(out, yt, reduction="sum").item())
+                correct += int((out.data.argmax(axis=1) == yt.data).sum())
+        tot = np.array([loss_sum, correct, hi - lo], dtype=np.float64)
+        if self.size > 1:
+            self.comm.allreduce(tot, op="sum")
+        self.model.train()
+        return float(tot[0] / max(tot[2], 1)), float(tot[1] / max(tot[2], 1))
+
+    def _metrics(self, record):
+        if self.rank == 0 and self.run_dir:
+            from .rundir import RunDir
+            RunDir(self.run_dir).append_metrics(record)
+
+    def run(self) -> dict:
+        resumed = self.maybe_resume()
+        if self.rank == 0 and self.embedded:
+            self.log("note: the full dataset was not found; training on the embedded Fashion-MNIST subset "
+                     "(6000 train / 1000 test images). Set DPTRAIN_DATA to the full copy for real accuracy.")
+        if self.rank == 0:
+            self.log(f"training {self.cfg.job.model} on {self.size} worker(s): global batch "
+                     f"{self.cfg.job.global_batch_size} ({self.local_batch} per worker), {self.total_steps} "
+                     f"steps, device {self.device}" + (" (resumed)" if resumed else ""))
+        sps = self.train()
+        if self._checkpoint_step != self.step:
+            self.save_checkpoint()
+        test_loss, test_acc = self.evaluate()
+        summary = {
+            "world_size": self.size, "epochs": self.cfg.job.epochs, "steps": self.step,
+            "test_accuracy": test_acc, "test_loss": test_loss, "samples_per_s": sps,
+            "restarts": self.restarts, "last_checkpoint": self.last_checkpoint,
+            "model": self.cfg.job.model, "embedded_dataset": self.embedded,
+        }
+        if self.rank == 0:
+            if self.run_dir:
+                from .rundir import RunDir
+                RunDir(self.run_dir).write_summary(summary)
+                engine.save(self.model.state_dict(), os.path.join(self.run_dir, "model.safetensors"))
+            self.log(f"test accuracy {100 * test_acc:.2f}%  test loss {test_loss:.4f}  "
+                     f"({sps:.0f} samples/s)")
+            if self.run_dir:
+                self.log(f"output directory: {self.run_dir}")
+        return summary
