@@ -33,6 +33,16 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _payload_sha256(path: str) -> str:
+    """sha256 of the decompressed IDX bytes: independent of how the .gz was written."""
+    import gzip
+    h = hashlib.sha256()
+    with gzip.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def stratified_first(labels: np.ndarray, per_class: int) -> np.ndarray:
     """Indices of the first `per_class` samples of every class, in original order."""
     picks = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
@@ -52,6 +62,9 @@ def build_embedded_subset(src_dir: str, dst_dir: str = EMBEDDED_DIR) -> dict:
         "selection": "per split, the first N samples of each of the 10 classes in the original "
                      "file order (train N=600, test N=100), kept in original order",
         "builder": "engine.data.embedded.build_embedded_subset",
+        "source_copy": "Debian package dataset-fashion-mnist; its .gz files differ from the upstream "
+                       "downloads only in the gzip header (no file name), the IDX payload is the same "
+                       "(see uncompressed_sha256)",
         "source_files": {},
         "files": {},
     }
@@ -65,7 +78,8 @@ def build_embedded_subset(src_dir: str, dst_dir: str = EMBEDDED_DIR) -> dict:
             name = os.path.basename(src)
             dst = os.path.join(dst_dir, name)
             write_idx(dst, arr[idx])
-            source["source_files"][name] = {"sha256": _sha256(src), "count": int(arr.shape[0])}
+            source["source_files"][name] = {"sha256": _sha256(src), "count": int(arr.shape[0]),
+                                            "uncompressed_sha256": _payload_sha256(src)}
             source["files"][name] = {"sha256": _sha256(dst), "count": int(len(idx)),
                                      "bytes": os.path.getsize(dst)}
     with open(os.path.join(dst_dir, "SOURCE.json"), "w") as f:
