@@ -420,6 +420,7 @@ SCHEMA = Section({
             "min_lr": Float(0.0, "`cosine`: final learning rate.", min=0),
         }),
         "epochs": Int(1, "Passes over the training set.", min=1),
+        "max_steps": Nullable(Int(min=1), None, "Stop after this many optimizer steps (a cap on `epochs`)."),
         "global_batch_size": Int(128, "Samples per optimizer step summed over all ranks; must be divisible by "
                                       "the world size (each rank gets `global_batch_size / world_size`).", min=1),
         "eval_batch_size": Int(1000, "Per-rank batch size for evaluation.", min=1),
@@ -429,6 +430,7 @@ SCHEMA = Section({
                        "`auto`: the worker's GPU when its node has `gpus` > 0 and CuPy works, else CPU."),
         "log_every": Int(50, "Write a metrics line every N optimizer steps.", min=1),
         "clip_grad_norm": Nullable(Float(min=0, min_exclusive=True), None, "Clip the global gradient norm."),
+        "sync_batchnorm": Bool(True, "Synchronise BatchNorm statistics across ranks (world size > 1)."),
         "bucket_cap_mb": Float(25.0, "DistributedDataParallel gradient bucket size (MB).", min=0,
                                min_exclusive=True),
     }, "What to train."),
@@ -462,11 +464,8 @@ def is_local_host(host: str) -> bool:
     """True when `host` names this machine (so workers can be started without ssh)."""
     if host in LOCAL_HOSTS or host.startswith("127."):
         return True
-    try:
-        names = {socket.gethostname(), socket.getfqdn()}
-    except OSError:  # pragma: no cover - exotic resolver failures
-        names = set()
-    return host in names or host.split(".")[0] == socket.gethostname().split(".")[0]
+    me = socket.gethostname()   # no DNS lookups: this runs during validation, maybe offline
+    return host == me or host.split(".")[0] == me.split(".")[0]
 
 
 # --------------------------------------------------------------------------- config object
@@ -611,7 +610,7 @@ def _apply_override(data: dict, parts: list[str], value: Any, text: str, errors:
                 node[idx] = {}
             node = node[idx]
         else:
-            errors.append(f"override {text!r}: {here} is a {_type_word(node)}, not a mapping")
+            errors.append(f"override {text!r}: {here} is not a mapping (it is {_show(node)})")
             return
 
 

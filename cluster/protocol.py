@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import Any
 
 import msgpack
 

@@ -1,0 +1,169 @@
+"""The `dptrain` command line (also `python -m launcher`).
+
+    dptrain run CONFIG [key=value ...]        local worker processes (or mpirun when the config says so)
+    dptrain mpirun CONFIG [key=value ...] [--dry-run]
+    dptrain script CONFIG [key=value ...] -o launch.sh [--slurm]
+    dptrain validate CONFIG [key=value ...] [--json] [--reference]
+    dptrain status RUN_DIR [--json] [--tail N]
+
+Exit codes: 0 success; 2 invalid config or usage (nothing was started); a failed
+worker's exit code (128+N for signal N) or 1 for other failures; 130 after Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+__all__ = ["main", "build_parser"]
+
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dptrain", description="Data-parallel training launcher.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Overrides use dotted keys parsed as YAML, e.g. job.epochs=1 "
+                                       "cluster.nodes.0.slots=4 job.optimizer.lr=3e-3")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def with_config(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("config", metavar="CONFIG", help="YAML config file")
+        sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. job.epochs=1")
+        return sp
+
+    with_config("run", "train with local worker processes (or via mpirun when backend is mpi / nodes are remote)")
+    sp = with_config("mpirun", "train through mpiexec with a hostfile built from the config")
+    sp.add_argument("--dry-run", action="store_true", help="print the hostfile, environment and command only")
+    sp = with_config("script", "write a bash launch script (mpiexec, or sbatch+srun with --slurm)")
+    sp.add_argument("-o", "--output", required=True, metavar="FILE", help="script to write ('-' for stdout)")
+    sp.add_argument("--slurm", action="store_true", help="write an sbatch script that uses srun")
+    sp = with_config("validate", "check a config; print the resolved config or every error (exit 2)")
+    sp.add_argument("--json", action="store_true", help="print the resolved config as JSON")
+    sp.add_argument("--quiet", action="store_true", help="print nothing when the config is valid")
+    sp = sub.add_parser("reference", help="print the config reference (Markdown table)")
+    sp = sub.add_parser("status", help="show the state of a run from its run directory")
+    sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--tail", type=int, default=5, help="metrics lines to show (default 5)")
+    return p
+
+
+def _load(args):
+    from cluster.config import ConfigError, load_config
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as e:
+        sys.stderr.write(e.format() + "\n")
+        return None
+
+
+_OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
+_TAKES_VALUE = {"-o", "--output", "--tail"}
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Pull KEY=VALUE tokens after CONFIG out of argv, so they may follow options (`--dry-run job.epochs=1`)."""
+    rest: list[str] = []
+    overrides: list[str] = []
+    positionals = 0          # the command, then CONFIG
+    skip = False
+    for tok in argv:
+        if skip:
+            rest.append(tok)
+            skip = False
+        elif tok in _TAKES_VALUE:
+            rest.append(tok)
+            skip = True
+        elif tok.startswith("-"):
+            rest.append(tok)
+        elif positionals >= 2 and _OVERRIDE.match(tok):
+            overrides.append(tok)
+        else:
+            positionals += 1
+            rest.append(tok)
+    return rest, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `dptrain` / `python -m launcher`; returns the exit code."""
+    try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # Ctrl-C before the workers started (the supervisor handles it afterwards)
+        sys.stderr.write("dptrain: interrupted\n")
+        return 130
+
+
+def _run(argv: list[str]) -> int:
+    rest, overrides = _split_overrides(argv)
+    args = build_parser().parse_args(rest)
+    if hasattr(args, "overrides"):
+        args.overrides = list(args.overrides) + overrides
+    cmd = args.command
+    if cmd == "reference":
+        from cluster.config import schema_reference
+        sys.stdout.write(schema_reference() + "\n")
+        return 0
+    if cmd == "status":
+        from .status import collect_status, format_status, status_json
+        try:
+            st = collect_status(args.run_dir, tail=max(0, args.tail))
+        except FileNotFoundError as e:
+            sys.stderr.write(f"dptrain status: {e}\n")
+            return EXIT_CONFIG
+        sys.stdout.write(status_json(st) if args.json else format_status(st))
+        return 0
+
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    if cmd == "validate":
+        from cluster.config import dump_config
+        if not args.quiet:
+            if args.json:
+                sys.stdout.write(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            else:
+                sys.stdout.write(f"# {args.config}: valid; world size {cfg.world_size}, "
+                                 f"{cfg.per_rank_batch_size} samples per rank per step\n" + dump_config(cfg))
+        return 0
+
+    from .job import prepare_job
+    if cmd == "script":
+        from .mpirun import MpiError
+        from .script import mpirun_script, slurm_script
+        job = prepare_job(cfg, "slurm" if args.slurm else "script", create=False)
+        try:
+            text = slurm_script(job) if args.slurm else mpirun_script(job)
+        except MpiError as e:
+            sys.stderr.write(f"dptrain script: {e}\n")
+            return 1
+        if args.output == "-":
+            sys.stdout.write(text)
+        else:
+            with open(args.output, "w") as f:
+                f.write(text)
+            os.chmod(args.output, 0o755)
+            sys.stderr.write(f"dptrain: wrote {args.output} ({'sbatch ' if args.slurm else 'bash '}"
+                             f"{args.output} to launch {cfg.world_size} ranks)\n")
+        return 0
+
+    use_mpi = cmd == "mpirun" or cfg["cluster"]["backend"] == "mpi" or not cfg.all_local
+    if cmd == "run" and use_mpi:
+        why = "cluster.backend is mpi" if cfg["cluster"]["backend"] == "mpi" else "some nodes are remote"
+        sys.stderr.write(f"dptrain: {why}: launching through mpiexec (as `dptrain mpirun`)\n")
+    if use_mpi:
+        from .mpirun import run_mpirun
+        dry = getattr(args, "dry_run", False)
+        job = prepare_job(cfg, "mpirun", create=not dry)
+        return run_mpirun(job, dry_run=dry)
+    from .local import run_local
+    job = prepare_job(cfg, "local")
+    return run_local(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""`dptrain mpirun`: run the workers through mpiexec with a hostfile built from the config.
+
+Why: on a real cluster the MPI launcher is what starts processes on other machines
+(ssh/PBS/Slurm integration, process pinning), and MPI collectives need their own
+process manager.  We only translate the config into the right command line for the
+mpiexec found (MPICH/Hydra or Open MPI: different flags), keep the coordinator in
+this process, and start every rank through ``python -m launcher.mpiworker`` which
+turns the MPI environment into dptrain's (rank, GPU, logs) and runs the real worker.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+
+from cluster.config import Config, is_local_host
+
+from .job import Job, clean_env, resume_note, worker_command
+from .placement import nodes_per_rank
+from .supervise import Failure, Group, Supervisor, exit_code_of, tail_file
+
+__all__ = ["MpiError", "find_mpiexec", "mpi_flavor", "hostfile_text", "build_command", "MpiGroup", "run_mpirun",
+           "describe_dry_run"]
+
+
+class MpiError(RuntimeError):
+    pass
+
+
+def find_mpiexec(cfg: Config) -> str:
+    """cluster.mpi.mpiexec, else the mpiexec next to the worker Python (a venv's MPICH), else the PATH."""
+    want = cfg["cluster"]["mpi"]["mpiexec"]
+    if want:
+        path = want if os.sep in want else shutil.which(want)
+        if not path or not os.access(path, os.X_OK):
+            raise MpiError(f"cluster.mpi.mpiexec {want!r} is not an executable; fix the path or set it to null "
+                           f"to search the Python environment and the PATH")
+        return path
+    for py in (cfg["cluster"]["python"], sys.executable):
+        if py:
+            cand = os.path.join(os.path.dirname(py), "mpiexec")
+            if os.access(cand, os.X_OK):
+                return cand
+    for name in ("mpiexec", "mpirun"):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise MpiError("no mpiexec found: install MPICH (`pip install mpich`) or Open MPI, or set cluster.mpi.mpiexec")
+
+
+_flavor_cache: dict[str, str] = {}
+
+
+def mpi_flavor(mpiexec: str) -> str:
+    """'mpich' (Hydra, also Intel MPI) or 'openmpi', from `mpiexec --version`."""
+    if mpiexec in _flavor_cache:
+        return _flavor_cache[mpiexec]
+    try:
+        r = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=20)
+        text = (r.stdout or "") + (r.stderr or "")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise MpiError(f"cannot run {mpiexec} --version: {e}") from None
+    if re.search(r"open mpi|openrte|open-mpi|prte", text, re.I):
+        flavor = "openmpi"
+    elif re.search(r"hydra|mpich|intel\(r\) mpi", text, re.I):
+        flavor = "mpich"
+    else:
+        raise MpiError(f"{mpiexec} is neither MPICH/Hydra nor Open MPI (its --version says: "
+                       f"{text.strip()[:200]!r}); set cluster.mpi.mpiexec to one of those")
+    _flavor_cache[mpiexec] = flavor
+    return flavor
+
+
+def _equal_slots(cfg: Config) -> bool:
+    return len({n["slots"] for n in cfg["cluster"]["nodes"]}) == 1
+
+
+def hostfile_text(cfg: Config, flavor: str) -> str:
+    """Hostfile reproducing the placement: `host:slots` (MPICH) or `host slots=N` (Open MPI).
+
+    MPICH cyclic with unequal slots lists one entry per rank run (Hydra fills entries in order),
+    so the mapping is exact; the worker shim takes local ranks from the placement, not from Hydra.
+    """
+    nodes = cfg["cluster"]["nodes"]
+    if flavor == "openmpi":
+        return "".join(f"{n['host']} slots={n['slots']}\n" for n in nodes)
+    if cfg["cluster"]["placement"] == "cyclic" and not _equal_slots(cfg):
+        runs: list[list] = []
+        for node in nodes_per_rank(nodes, "cyclic"):
+            if runs and runs[-1][0] == node:
+                runs[-1][1] += 1
+            else:
+                runs.append([node, 1])
+        return "".join(f"{nodes[i]['host']}:{k}\n" for i, k in runs)
+    return "".join(f"{n['host']}:{n['slots']}\n" for n in nodes)
+
+
+def build_command(cfg: Config, mpiexec: str, flavor: str, hostfile: str, env_names: list[str],
+                  python: str | None = None) -> list[str]:
+    """The full mpiexec command line (worker shim + worker command)."""
+    n = str(cfg.world_size)
+    cyclic = cfg["cluster"]["placement"] == "cyclic"
+    extra = list(cfg["cluster"]["mpi"]["extra_args"])
+    if flavor == "openmpi":
+        cmd = [mpiexec, "--hostfile", hostfile, "-np", n, "--map-by", "node" if cyclic else "slot"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-run-as-root")
+        for name in env_names:
+            cmd += ["-x", name]
+    else:
+        cmd = [mpiexec, "-f", hostfile, "-n", n]
+        if cyclic and _equal_slots(cfg):
+            cmd += ["-ppn", "1"]
+        if cfg.all_local:
+            cmd += ["-launcher", "fork"]   # no ssh to ourselves
+        # Hydra forwards the whole environment by default (-genvall), so the DPTRAIN_* set for
+        # mpiexec reach every rank without putting the secret on the command line.
+    py = python or cfg["cluster"]["python"] or sys.executable
+    worker = worker_command(cfg)
+    worker[0] = py
+    return cmd + extra + [py, "-m", "launcher.mpiworker", "--"] + worker
+
+
+def _env_for_mpiexec(job: Job, attempt: int) -> dict[str, str]:
+    env = clean_env()
+    env.update(job.common_env(attempt))
+    if os.geteuid() == 0:
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    return env
+
+
+class MpiGroup(Group):
+    """One mpiexec process running all ranks; per-rank exit codes come from the shims' status files."""
+
+    def __init__(self, job: Job, mpiexec: str, flavor: str):
+        self.job = job
+        self.mpiexec = mpiexec
+        self.flavor = flavor
+        self.hostfile = job.run.file("hostfile")
+        with open(self.hostfile, "w") as f:
+            f.write(hostfile_text(job.cfg, flavor))
+        self.proc: subprocess.Popen | None = None
+        self.status_dir = job.run.file("status")
+
+    def command(self, attempt: int) -> tuple[list[str], dict]:
+        env = _env_for_mpiexec(self.job, attempt)
+        names = sorted(k for k in self.job.common_env(attempt))
+        return build_command(self.job.cfg, self.mpiexec, self.flavor, self.hostfile, names), env
+
+    def start(self, attempt: int) -> None:
+        os.makedirs(self.status_dir, exist_ok=True)
+        for n in os.listdir(self.status_dir):
+            if n.startswith("rank") and n.endswith(".json"):
+                os.unlink(os.path.join(self.status_dir, n))
+        cmd, env = self.command(attempt)
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _rank_results(self) -> list[dict]:
+        out = []
+        try:
+            names = os.listdir(self.status_dir)
+        except OSError:
+            return out
+        for n in names:
+            if re.fullmatch(r"rank\d+\.json", n):
+                try:
+                    with open(os.path.join(self.status_dir, n)) as f:
+                        out.append(json.load(f))
+                except (OSError, ValueError):
+                    pass
+        return out
+
+    def poll(self) -> tuple[bool, Failure | None]:
+        if self.proc is None:
+            return False, None
+        code = self.proc.poll()
+        if code is None:
+            bad = [r for r in self._rank_results() if r.get("exit_code")]
+            if bad:  # a rank failed but mpiexec has not noticed yet
+                return False, self._failure(bad, None)
+            return False, None
+        if code == 0:
+            return True, None
+        bad = [r for r in self._rank_results() if r.get("exit_code")]
+        return False, self._failure(bad, code)
+
+    def _failure(self, bad: list[dict], mpiexec_code: int | None) -> Failure:
+        if bad:
+            first = min(bad, key=lambda r: r.get("time", 0))
+            rank, rc = int(first["rank"]), int(first["exit_code"])
+            return Failure(rank, rc, f"exit code {rc}", tail_file(self.job.run.rank_log(rank)))
+        return Failure(None, exit_code_of(mpiexec_code or 1), f"mpiexec exited with code {mpiexec_code}", [])
+
+    def stop(self, grace: float) -> None:
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(p.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                p.wait(timeout=max(0.1, grace))
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def tail(self, rank: int, n: int = 20) -> list[str]:
+        return tail_file(self.job.run.rank_log(rank), n)
+
+    def exited_ok(self, rank: int) -> bool:
+        return any(r.get("rank") == rank and r.get("exit_code") == 0 for r in self._rank_results())
+
+
+def describe_dry_run(cfg: Config, job: Job, mpiexec: str, flavor: str) -> str:
+    """What `dptrain mpirun --dry-run` prints: hostfile, environment, command (secret masked)."""
+    hostfile = job.run.file("hostfile")
+    names = sorted(job.common_env(0))
+    cmd = build_command(cfg, mpiexec, flavor, hostfile, names)
+    env = job.common_env(0)
+    env["DPTRAIN_JOB_SECRET"] = "<random, generated at launch>"
+    env["DPTRAIN_COORD_ADDR"] = f"{job.coord_bind.replace('*', job.coord_advertise)} (port chosen at launch "\
+                                f"when 0)"
+    env["DPTRAIN_MASTER_PORT"] = str(job.master_port or "<free port chosen at launch>")
+    lines = [f"# mpiexec: {mpiexec} ({flavor})", f"# hostfile {hostfile}:"]
+    lines += ["#   " + ln for ln in hostfile_text(cfg, flavor).splitlines()]
+    lines.append("# environment for every rank (per-rank DPTRAIN_RANK/LOCAL_RANK/NODE_RANK/GPU are set by "
+                 "launcher.mpiworker from the MPI environment):")
+    lines += [f"#   {k}={v}" for k, v in sorted(env.items())]
+    lines.append(" ".join(shlex.quote(c) for c in cmd))
+    return "\n".join(lines) + "\n"
+
+
+def run_mpirun(job: Job, dry_run: bool = False, out=None) -> int:
+    err = out or sys.stderr
+    cfg = job.cfg
+    try:
+        mpiexec = find_mpiexec(cfg)
+        flavor = mpi_flavor(mpiexec)
+    except MpiError as e:
+        err.write(f"dptrain: {e}\n")
+        return 1
+    if dry_run:
+        sys.stdout.write(describe_dry_run(cfg, job, mpiexec, flavor))
+        sys.stdout.flush()
+        return 0
+    remote = [n["host"] for n in cfg["cluster"]["nodes"] if not is_local_host(n["host"])]
+    err.write(f"dptrain: {job.world_size} ranks via {os.path.basename(mpiexec)} ({flavor}) on "
+              f"{len(cfg['cluster']['nodes'])} node(s){' incl. ' + ', '.join(remote) if remote else ''}; "
+              f"backend {job.backend}; run dir {job.run.path}\n")
+    note = resume_note(cfg)
+    if note:
+        err.write(f"dptrain: {note}\n")
+    err.flush()
+    group = MpiGroup(job, mpiexec, flavor)
+    return Supervisor(job, group, out=err).run()

@@ -1,0 +1,245 @@
+"""`dptrain script`: write a self-contained bash launch script (mpiexec, or sbatch + srun).
+
+Why: on many clusters jobs are submitted as scripts (batch queues, cron, another
+machine without dptrain's CLI in PATH).  The script carries everything inline — the
+resolved config, the hostfile, the placement — exports the worker environment,
+starts the coordinator (``python -m cluster.coordinator``), runs mpiexec (or srun),
+restarts up to ``fault_tolerance.max_restarts`` times, and exits with the job's code.
+Only the secret is generated when the script runs (never stored in the file).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+
+from cluster.config import dump_config
+
+from .job import Job, placement_json, worker_command
+from .mpirun import build_command, find_mpiexec, hostfile_text, mpi_flavor
+
+__all__ = ["mpirun_script", "slurm_script"]
+
+_EOF = "DPTRAIN_EOF"
+
+
+def _heredoc(path_expr: str, text: str) -> str:
+    if _EOF in text:
+        raise ValueError(f"the text to embed contains the heredoc marker {_EOF}")
+    if not text.endswith("\n"):
+        text += "\n"
+    return f"cat > {path_expr} <<'{_EOF}'\n{text}{_EOF}\n"
+
+
+def _q(s: str) -> str:
+    return shlex.quote(str(s))
+
+
+def _common_exports(job: Job, backend: str, launcher: str) -> str:
+    env = job.common_env(0)
+    fixed = {k: v for k, v in env.items() if k not in (
+        "DPTRAIN_JOB_SECRET", "DPTRAIN_RUN_DIR", "DPTRAIN_CONFIG", "DPTRAIN_PLACEMENT", "DPTRAIN_COORD_ADDR",
+        "DPTRAIN_MASTER_ADDR", "DPTRAIN_MASTER_PORT", "DPTRAIN_RESTART", "DPTRAIN_RESTART_COUNT",
+        "DPTRAIN_COMM_BACKEND", "DPTRAIN_LAUNCHER")}
+    fixed["DPTRAIN_COMM_BACKEND"] = backend
+    fixed["DPTRAIN_LAUNCHER"] = launcher
+    lines = [
+        '# per-job secret for the coordinator\'s message authentication (generated now, never stored)',
+        'DPTRAIN_JOB_SECRET="${DPTRAIN_JOB_SECRET:-$("$PYTHON" -c \'import secrets; print(secrets.token_hex(32))\')}"',
+        'export DPTRAIN_JOB_SECRET',
+        'export DPTRAIN_RUN_DIR="$RUN_DIR" DPTRAIN_CONFIG="$RUN_DIR/config.yaml" '
+        'DPTRAIN_PLACEMENT="$RUN_DIR/placement.json"',
+    ]
+    lines += [f"export {k}={_q(v)}" for k, v in sorted(fixed.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _prelude(job: Job, python: str, title: str) -> str:
+    cfg = job.cfg
+    return (
+        f"# {title}\n"
+        f"# Written by `dptrain script` on {time.strftime('%Y-%m-%d %H:%M:%S')} for run {cfg['name']!r}: "
+        f"{job.world_size} ranks on {len(cfg['cluster']['nodes'])} node(s).\n"
+        "# Everything it needs is inline; override PYTHON / MPIEXEC / RUN_DIR from the environment.\n"
+        "set -uo pipefail\n\n"
+        f"PYTHON=\"${{PYTHON:-{python}}}\"\n"
+        f"RUN_DIR=\"${{RUN_DIR:-{job.run.path}}}\"\n"
+        f"MAX_RESTARTS={int(cfg['fault_tolerance']['max_restarts'])}\n"
+        f"WORLD_SIZE={job.world_size}\n\n"
+        f"mkdir -p \"$RUN_DIR/logs\" \"$RUN_DIR/status\" {_q(cfg['checkpoint']['dir'])}\n"
+        "# the resolved config every worker loads\n"
+        + _heredoc('"$RUN_DIR/config.yaml"', dump_config(cfg))
+        + "# rank -> node / local rank / GPU, read by launcher.mpiworker\n"
+        + _heredoc('"$RUN_DIR/placement.json"', placement_json(cfg, job.slots))
+    )
+
+
+_COORD_FN = r'''
+COORD_PID=""
+MPI_PID=""
+stop_coordinator() {
+  if [ -n "$COORD_PID" ]; then kill "$COORD_PID" 2>/dev/null; wait "$COORD_PID" 2>/dev/null; COORD_PID=""; fi
+}
+on_signal() {
+  echo "dptrain: interrupted; stopping the workers" >&2
+  if [ -n "$MPI_PID" ]; then kill -TERM "$MPI_PID" 2>/dev/null; wait "$MPI_PID" 2>/dev/null; fi
+  stop_coordinator
+  exit "$1"
+}
+trap stop_coordinator EXIT
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
+start_coordinator() {
+  rm -f "$RUN_DIR/coordinator.addr"
+  "$PYTHON" -m cluster.coordinator --world-size "$WORLD_SIZE" --bind "$COORD_BIND" \
+      ${COORD_HOST:+--advertise-host "$COORD_HOST"} \
+      --run-dir "$RUN_DIR" --attempt "$1" --heartbeat-timeout HB_TIMEOUT --startup-timeout STARTUP_TIMEOUT \
+      --checkpoint-interval CKPT_INTERVAL --addr-file "$RUN_DIR/coordinator.addr" \
+      --kill-pidfile "$RUN_DIR/mpiexec.pid" OPTIONAL_REG&
+  COORD_PID=$!
+  for _ in $(seq 1 300); do
+    if [ -s "$RUN_DIR/coordinator.addr" ]; then break; fi
+    if ! kill -0 "$COORD_PID" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  if [ ! -s "$RUN_DIR/coordinator.addr" ]; then
+    echo "dptrain: the coordinator did not start (see the messages above)" >&2
+    exit 1
+  fi
+  DPTRAIN_COORD_ADDR="$(cat "$RUN_DIR/coordinator.addr")"
+  export DPTRAIN_COORD_ADDR
+}
+'''
+
+
+def _coord_fn(job: Job, bind: str, host_expr: str) -> str:
+    """Shell functions that start/stop the coordinator; `host_expr` is a shell word ('' for local)."""
+    ft = job.cfg["fault_tolerance"]
+    text = (_COORD_FN.replace("HB_TIMEOUT", f"{ft['heartbeat_timeout']:g}")
+            .replace("STARTUP_TIMEOUT", f"{ft['startup_timeout']:g}")
+            .replace("CKPT_INTERVAL", str(job.cfg["checkpoint"]["interval"]))
+            .replace("OPTIONAL_REG", "--optional-registration " if job.cfg["job"]["script"] else ""))
+    return f"COORD_BIND={_q(bind)}\nCOORD_HOST={host_expr or chr(34) * 2}\n" + text
+
+
+_LOOP = r'''
+rc=1
+attempt=0
+while :; do
+  export DPTRAIN_RESTART="$attempt" DPTRAIN_RESTART_COUNT="$attempt"
+  rm -f "$RUN_DIR"/status/rank*.json "$RUN_DIR/mpiexec.pid"
+  start_coordinator "$attempt"
+  LAUNCH_LINE &
+  MPI_PID=$!
+  echo "$MPI_PID" > "$RUN_DIR/mpiexec.pid"
+  # a rank that exits non-zero ends the job now (MPI launchers may wait for the other ranks)
+  while kill -0 "$MPI_PID" 2>/dev/null; do
+    if grep -qsE '"exit_code": [1-9]' "$RUN_DIR"/status/rank*.json; then
+      echo "dptrain: a rank failed; stopping the others" >&2
+      kill -TERM "$MPI_PID" 2>/dev/null
+      break
+    fi
+    sleep 0.5
+  done
+  wait "$MPI_PID"
+  rc=$?
+  MPI_PID=""
+  stop_coordinator
+  # report the first failed rank's exit code rather than the launcher's
+  first="$("$PYTHON" - "$RUN_DIR/status" <<'PYEOF'
+import glob, json, os, sys
+bad = []
+for f in glob.glob(os.path.join(sys.argv[1], "rank*.json")):
+    try:
+        r = json.load(open(f))
+    except (OSError, ValueError):
+        continue
+    if r.get("exit_code"):
+        bad.append((r.get("time", 0), r["rank"], r["exit_code"]))
+if bad:
+    t, rank, code = min(bad)
+    print(f"{rank} {code}")
+PYEOF
+)"
+  if [ -n "$first" ]; then
+    echo "dptrain: rank ${first% *} failed with exit code ${first#* }; last lines of its log:" >&2
+    tail -n 20 "$RUN_DIR/logs/rank${first% *}.log" | sed 's/^/    /' >&2
+    rc="${first#* }"
+  fi
+  if [ "$rc" -eq 0 ]; then break; fi
+  echo "dptrain: the workers failed with exit code $rc (attempt $attempt)" >&2
+  if [ "$attempt" -ge "$MAX_RESTARTS" ]; then break; fi
+  attempt=$((attempt + 1))
+  echo "dptrain: restarting the worker group (restart $attempt of $MAX_RESTARTS)" >&2
+done
+exit "$rc"
+'''
+
+
+def mpirun_script(job: Job) -> str:
+    """A bash script that runs the job with mpiexec (flavor detected now, overridable via MPIEXEC)."""
+    cfg = job.cfg
+    python = cfg["cluster"]["python"] or sys.executable
+    mpiexec = find_mpiexec(cfg)
+    flavor = mpi_flavor(mpiexec)
+    names = sorted(job.common_env(0))
+    cmd = build_command(cfg, "$MPIEXEC", flavor, "$RUN_DIR/hostfile", names, python="$PYTHON")
+    shell_words = {"$MPIEXEC": '"$MPIEXEC"', "$PYTHON": '"$PYTHON"', "$RUN_DIR/hostfile": '"$RUN_DIR/hostfile"'}
+    launch = " ".join(shell_words.get(c) or _q(c) for c in cmd)
+    port = cfg["cluster"]["coordinator"]["port"]
+    if cfg.all_local:
+        bind, host_expr = f"tcp://127.0.0.1:{port}", ""
+    else:
+        bind = f"tcp://*:{port}"
+        host = cfg["cluster"]["coordinator"]["host"]
+        host_expr = _q(host) if host else '"$(hostname -f 2>/dev/null || hostname)"'
+    master = "127.0.0.1" if cfg.all_local else job.master_addr
+    backend = job.backend
+    head = "#!/usr/bin/env bash\n" + _prelude(job, python, f"dptrain mpirun launch script ({flavor} mpiexec)")
+    head += f"MPIEXEC=\"${{MPIEXEC:-{mpiexec}}}\"\n"
+    head += _heredoc('"$RUN_DIR/hostfile"', hostfile_text(cfg, flavor))
+    head += "\n" + _common_exports(job, backend, "script")
+    head += f"export DPTRAIN_MASTER_ADDR={_q(master)}\n"
+    head += (f"DPTRAIN_MASTER_PORT=\"${{DPTRAIN_MASTER_PORT:-"
+             + (str(cfg['cluster']['master_port']) if cfg['cluster']['master_port'] else
+                "$(\"$PYTHON\" -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); "
+                "print(s.getsockname()[1])')")
+             + "}\"\nexport DPTRAIN_MASTER_PORT\n")
+    if os.geteuid() == 0 and flavor == "openmpi":
+        head += "export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1\n"
+    return head + _coord_fn(job, bind, host_expr) + _LOOP.replace("LAUNCH_LINE", launch)
+
+
+def slurm_script(job: Job) -> str:
+    """An sbatch script: resources in #SBATCH lines, the coordinator on the batch node, srun for the ranks."""
+    cfg = job.cfg
+    python = cfg["cluster"]["python"] or sys.executable
+    nodes = cfg["cluster"]["nodes"]
+    slots = [n["slots"] for n in nodes]
+    gpus = max(int(n["gpus"]) for n in nodes)
+    dist = "cyclic" if cfg["cluster"]["placement"] == "cyclic" else "block"
+    sb = [f"#SBATCH --job-name={cfg['name']}", f"#SBATCH --nodes={len(nodes)}", f"#SBATCH --ntasks={job.world_size}",
+          f"#SBATCH --distribution={dist}", f"#SBATCH --cpus-per-task={cfg['job']['threads']}",
+          f"#SBATCH --output={job.run.path}/slurm-%j.out"]
+    if len(set(slots)) == 1:
+        sb.append(f"#SBATCH --ntasks-per-node={slots[0]}")
+    if gpus:
+        sb.append(f"#SBATCH --gpus-per-node={gpus}")
+    backend = cfg["cluster"]["backend"]
+    backend = "zmq" if backend == "auto" else backend  # srun gives no MPI process manager to every MPI build
+    head = "#!/usr/bin/env bash\n" + "\n".join(sb) + "\n" + _prelude(
+        job, python, "dptrain Slurm batch script: submit with `sbatch`; ranks are started by srun")
+    head += "\n" + _common_exports(job, backend, "slurm")
+    head += ('DPTRAIN_MASTER_ADDR="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(hostname)}" 2>/dev/null '
+             '| head -n 1)"\n'
+             'export DPTRAIN_MASTER_ADDR="${DPTRAIN_MASTER_ADDR:-$(hostname)}"\n')
+    port = cfg["cluster"]["master_port"] or 29500
+    head += f"export DPTRAIN_MASTER_PORT=\"${{DPTRAIN_MASTER_PORT:-{port}}}\"\n"
+    host = cfg["cluster"]["coordinator"]["host"]
+    coord = _coord_fn(job, "tcp://*:" + str(cfg["cluster"]["coordinator"]["port"]),
+                      _q(host) if host else '"$(hostname -f 2>/dev/null || hostname)"')
+    cmd = " ".join(_q(c) for c in worker_command(cfg)[1:])
+    launch = (f'srun --kill-on-bad-exit=1 --distribution={dist} --ntasks="$WORLD_SIZE" '
+              f'"$PYTHON" -m launcher.mpiworker -- "$PYTHON" {cmd}')
+    return head + coord + _LOOP.replace("LAUNCH_LINE", launch)

@@ -1,0 +1,154 @@
+"""`dptrain status RUN_DIR`: what a run is doing or did, from the files in its run directory.
+
+Why files only: the status must work while the job runs (another terminal, another
+machine with the shared file system) and long after it ended, without talking to
+any process.  Every file it reads is written atomically or line by line, so a
+running job never shows half a record.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import yaml
+
+from cluster.rundir import RunDir, read_json, read_jsonl_tail
+
+__all__ = ["collect_status", "format_status"]
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def collect_status(run_dir: str, tail: int = 5) -> dict:
+    """Everything known about a run, as one JSON-able dict."""
+    run = RunDir(run_dir)
+    if not os.path.isdir(run.path):
+        raise FileNotFoundError(f"{run.path} is not a directory")
+    cfg = None
+    try:
+        with open(run.config_path, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        pass
+    launcher = read_json(run.file("launcher.json"))
+    if not any(os.path.exists(run.file(n)) for n in ("config.yaml", "launcher.json", "summary.json",
+                                                     "metrics.jsonl", "coordinator.json")):
+        raise FileNotFoundError(f"{run.path} does not look like a dptrain run directory "
+                                f"(no config.yaml, launcher.json, summary.json or metrics.jsonl)")
+    ckpt_dir = run.checkpoints_dir
+    if isinstance(cfg, dict):
+        ckpt_dir = ((cfg.get("checkpoint") or {}).get("dir")) or ckpt_dir
+    checkpoints = []
+    try:
+        import warnings
+        from cluster.checkpoint import list_checkpoints
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checkpoints = [{"step": e["step"], "name": e["name"], "epoch": e.get("epoch"),
+                            "created": e.get("created"), "path": os.path.join(ckpt_dir, e["name"])}
+                           for e in list_checkpoints(ckpt_dir)]
+    except Exception:  # status is best effort
+        checkpoints = []
+    state = "unknown"
+    if launcher:
+        state = launcher.get("status", "unknown")
+        if state == "running" and not (launcher.get("host") == os.uname().nodename and _pid_alive(launcher.get("pid"))):
+            state = "running?" if launcher.get("host") != os.uname().nodename else "dead (launcher gone)"
+    summary = read_json(run.summary_path)
+    if summary and state in ("unknown",):
+        state = summary.get("status", "finished")
+    return {
+        "run_dir": run.path,
+        "name": (cfg or {}).get("name") if isinstance(cfg, dict) else None,
+        "state": state,
+        "launcher": launcher,
+        "summary": summary,
+        "metrics_tail": read_jsonl_tail(run.metrics_path, tail),
+        "coordinator": read_json(run.file("coordinator.json")),
+        "checkpoints": checkpoints,
+        "checkpoint_dir": ckpt_dir,
+    }
+
+
+def _ago(t) -> str:
+    try:
+        d = time.time() - float(t)
+    except (TypeError, ValueError):
+        return "?"
+    if d < 120:
+        return f"{d:.0f}s ago"
+    if d < 7200:
+        return f"{d / 60:.0f}min ago"
+    return f"{d / 3600:.1f}h ago"
+
+
+def _mb(b) -> str:
+    try:
+        return f"{int(b) / 2**20:.0f} MB"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def format_status(st: dict) -> str:
+    lines = [f"run        {st['run_dir']}" + (f"  ({st['name']})" if st.get("name") else ""),
+             f"state      {st['state']}"]
+    la = st.get("launcher") or {}
+    if la:
+        attempts = la.get("attempts") or []
+        lines.append(f"launcher   {la.get('mode')} on {la.get('host')} pid {la.get('pid')}, world size "
+                     f"{la.get('world_size')}, backend {la.get('backend')}, started {_ago(la.get('started'))}, "
+                     f"attempts {len(attempts)}")
+        for a in attempts:
+            extra = f" rank {a.get('failed_rank')}: {a.get('reason')}" if a.get("status") == "failed" else ""
+            lines.append(f"  attempt {a.get('attempt')}: {a.get('status')}{extra}")
+    s = st.get("summary")
+    if s:
+        keys = ["status", "world_size", "epochs", "steps", "test_accuracy", "test_loss", "samples_per_s",
+                "restarts", "wall_time_s", "last_checkpoint", "exit_code"]
+        lines.append("summary    " + ", ".join(f"{k}={_fmt(s[k])}" for k in keys if k in s))
+    co = st.get("coordinator") or {}
+    workers = co.get("workers") or {}
+    if workers:
+        lines.append(f"workers    (coordinator {co.get('address')}, attempt {co.get('attempt')}, updated "
+                     f"{_ago(co.get('updated'))})")
+        lines.append("  rank  state     host                 pid      step   epoch  cpu%    rss      gpu-mem  "
+                     "last-seen")
+        for r, w in sorted(workers.items(), key=lambda kv: int(kv[0])):
+            res = w.get("resources") or {}
+            lines.append(f"  {int(r):<5} {w.get('state', '?'):<9} {str(w.get('host'))[:20]:<20} {w.get('pid', '-'):<8} "
+                         f"{_fmt(w.get('step')):<6} {_fmt(w.get('epoch')):<6} {_fmt(res.get('cpu_percent', '-')):<7} "
+                         f"{_mb(res.get('rss_bytes')):<8} {_mb(res.get('gpu_mem_used_bytes')):<8} "
+                         f"{_ago(w.get('last_seen'))}")
+        if co.get("rejected"):
+            lines.append(f"  refused messages: {co['rejected']}")
+    ck = st.get("checkpoints") or []
+    if ck:
+        lines.append(f"checkpoints {len(ck)} in {st['checkpoint_dir']}: " +
+                     ", ".join(f"step {c['step']}" for c in ck[-5:]))
+    else:
+        lines.append(f"checkpoints none in {st['checkpoint_dir']}")
+    mt = st.get("metrics_tail") or []
+    if mt:
+        lines.append("metrics (last lines of metrics.jsonl)")
+        for m in mt:
+            lines.append("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in m.items() if k != "time"))
+    return "\n".join(lines) + "\n"
+
+
+def status_json(st: dict) -> str:
+    return json.dumps(st, indent=2, default=str) + "\n"

@@ -1,0 +1,221 @@
+"""The attempt loop shared by `dptrain run` and `dptrain mpirun`: start, watch, stop, restart.
+
+Why: failure handling is the same whatever starts the processes.  A *group* (the
+local worker processes, or one mpiexec) is started; the supervisor watches the
+processes and the coordinator's events (missed heartbeats, ranks that never
+register); on the first failure it stops the whole group (SIGTERM, then SIGKILL
+after ``fault_tolerance.grace_period``), prints the failed rank's last lines and,
+while ``max_restarts`` allows, starts a fresh group that resumes from the newest
+valid checkpoint (the runtime does the resume when ``checkpoint.resume: auto``).
+Ctrl-C (or SIGTERM to the launcher) stops everything and exits 130 (143).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from .job import Job, free_port, start_coordinator
+
+__all__ = ["Failure", "Group", "Supervisor", "exit_code_of", "tail_file"]
+
+
+@dataclass
+class Failure:
+    rank: int | None
+    exit_code: int           # what the launcher exits with
+    reason: str
+    tail: list[str]
+
+
+def exit_code_of(returncode: int) -> int:
+    """Shell convention: a process killed by signal N -> 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def tail_file(path: str, n: int = 20) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            return f.read().decode("utf-8", errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
+
+
+class Group:
+    """A started set of workers. Subclasses: local processes, one mpiexec."""
+
+    def start(self, attempt: int) -> None: ...
+
+    def poll(self) -> tuple[bool, Failure | None]:
+        """(all finished successfully, first failure or None)."""
+        raise NotImplementedError
+
+    def stop(self, grace: float) -> None: ...
+
+    def tail(self, rank: int, n: int = 20) -> list[str]:
+        return []
+
+    def exited_ok(self, rank: int) -> bool:
+        """True when `rank` already finished with exit code 0 (its silence is then no failure)."""
+        return False
+
+    def close(self) -> None: ...
+
+
+class Supervisor:
+    def __init__(self, job: Job, group: Group, out=None):
+        self.job = job
+        self.group = group
+        self.out = out or sys.stderr
+        self._signal: int | None = None
+        self._signals_seen = 0
+
+    def say(self, text: str) -> None:
+        try:
+            self.out.write(f"dptrain: {text}\n")
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum, frame) -> None:
+        self._signals_seen += 1
+        self._signal = signum
+        if self._signals_seen >= 2:  # second Ctrl-C: no more grace
+            self.group.stop(0.0)
+
+    def _install(self) -> dict:
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, self._on_signal)
+        return old
+
+    @staticmethod
+    def _restore(old: dict) -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> int:
+        job, cfg = self.job, self.job.cfg
+        ft = cfg["fault_tolerance"]
+        old = self._install()
+        coord = None
+        try:
+            coord = start_coordinator(job)
+            max_restarts = ft["max_restarts"]
+            attempt = 0
+            while True:
+                coord.begin_attempt(attempt)
+                if attempt and not cfg["cluster"]["master_port"]:
+                    job.master_port = free_port()   # the old rendezvous port may still be held
+                rec = {"attempt": attempt, "started": round(time.time(), 3), "status": "running"}
+                job.attempts.append(rec)
+                job.write_launcher_state(status="running")
+                self.group.start(attempt)
+                result = self._watch(coord)
+                rec["ended"] = round(time.time(), 3)
+                if result is None:                      # success
+                    rec["status"] = "ok"
+                    job.write_launcher_state(status="ok")
+                    self._finish_summary("ok", 0, attempt)
+                    return 0
+                if isinstance(result, int):             # interrupted
+                    rec["status"] = "interrupted"
+                    self.say(f"interrupted; stopping {job.world_size} workers")
+                    self.group.stop(ft["grace_period"])
+                    job.write_launcher_state(status="interrupted")
+                    self._finish_summary("interrupted", result, attempt)
+                    return result
+                failure = result
+                rec.update(status="failed", failed_rank=failure.rank, exit_code=failure.exit_code,
+                           reason=failure.reason)
+                who = f"rank {failure.rank}" if failure.rank is not None else "the job"
+                self.say(f"{who} failed: {failure.reason}; stopping the other workers")
+                self.group.stop(ft["grace_period"])
+                tail = failure.tail or (self.group.tail(failure.rank) if failure.rank is not None else [])
+                if tail:
+                    log = job.run.rank_log(failure.rank) if failure.rank is not None else job.run.path
+                    self.say(f"last {len(tail)} lines of {who} (full log: {log}):")
+                    for line in tail:
+                        self.out.write(f"    {line}\n")
+                    self.out.flush()
+                job.write_launcher_state(status="failed")
+                if self._signal is not None:
+                    code = 128 + self._signal
+                    self._finish_summary("interrupted", code, attempt)
+                    return code
+                if attempt < max_restarts:
+                    attempt += 1
+                    self.say(f"restarting the worker group (restart {attempt} of {max_restarts}); workers "
+                             f"resume from the newest valid checkpoint")
+                    continue
+                if max_restarts:
+                    self.say(f"giving up after {max_restarts} restart{'s' if max_restarts != 1 else ''}")
+                self._finish_summary("failed", failure.exit_code, attempt, failure)
+                return failure.exit_code or 1
+        finally:
+            try:
+                self.group.stop(0.5)
+                self.group.close()
+            finally:
+                if coord is not None:
+                    coord.stop()
+                self._restore(old)
+
+    def _watch(self, coord):
+        """None on success, an int exit code when interrupted, else a Failure."""
+        while True:
+            if self._signal is not None:
+                return 128 + self._signal
+            ok, failure = self.group.poll()
+            if failure is not None:
+                return failure
+            if ok:
+                return None
+            ev = coord.get_event(timeout=0.1)
+            if ev is None or ev.attempt != coord.attempt:
+                continue
+            if ev.kind == "dead" and ev.rank is not None and self.group.exited_ok(ev.rank):
+                continue  # finished normally without saying goodbye to the coordinator
+            if ev.kind in ("dead", "startup_timeout"):
+                # give a process that just exited a moment to be seen as the cause
+                time.sleep(0.2)
+                ok, failure = self.group.poll()
+                if failure is not None:
+                    return failure
+                return Failure(ev.rank, 1, ev.detail, [])
+            if ev.kind == "failed":
+                self.say(f"rank {ev.rank} reported an error: {ev.detail.splitlines()[-1] if ev.detail else ''}")
+
+    def _finish_summary(self, status: str, code: int, attempt: int, failure: Failure | None = None) -> None:
+        """Add launcher facts to summary.json (the runtime writes the training results)."""
+        job = self.job
+        summary = job.run.read_summary() or {}
+        extra = {"status": status, "exit_code": code, "restarts": attempt,
+                 "wall_time_s": round(time.time() - job.started, 3), "launcher": job.mode}
+        summary.setdefault("world_size", job.world_size)
+        summary.setdefault("epochs", job.cfg["job"]["epochs"])
+        if failure is not None:
+            extra.update(failed_rank=failure.rank, failure=failure.reason)
+        if not summary.get("last_checkpoint"):
+            try:
+                from cluster.checkpoint import latest_valid_checkpoint
+                import warnings
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    summary["last_checkpoint"] = latest_valid_checkpoint(job.cfg["checkpoint"]["dir"])
+            except Exception:  # summary facts are best effort, never fail the launch
+                summary["last_checkpoint"] = None
+        summary.update(extra)
+        try:
+            job.run.write_summary(summary)
+        except OSError as e:
+            self.say(f"could not write {job.run.summary_path}: {e}")

@@ -1,0 +1,191 @@
+"""`dptrain mpirun` and `dptrain script` end to end with the venv's mpiexec on localhost."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from cluster.config import resolve_config
+from launcher import mpirun as M
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "test_launcher_worker.py")
+
+
+def _mpiexec():
+    cand = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return cand if os.access(cand, os.X_OK) else shutil.which("mpiexec")
+
+
+needs_mpi = pytest.mark.skipif(_mpiexec() is None, reason="no mpiexec installed")
+
+
+def config(tmp_path, mode="ok", extra=""):
+    p = tmp_path / "job.yaml"
+    p.write_text(f"""
+name: m
+cluster:
+  nodes:
+    - host: localhost
+      slots: 2
+job:
+  script: {WORKER}
+  script_args: [{mode}]
+output:
+  dir: {tmp_path / 'run'}
+fault_tolerance:
+  heartbeat_interval: 0.2
+  heartbeat_timeout: 10
+  grace_period: 2
+{extra}
+""")
+    return str(p)
+
+
+def dptrain(args, cwd, timeout=60):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def envs_of(stdout):
+    return {int(m.group(1)): json.loads(m.group(2))
+            for m in re.finditer(r"^\[rank (\d+)\] ENV (.*)$", stdout, re.M)}
+
+
+@needs_mpi
+@pytest.mark.timeout(60)
+def test_mpirun_end_to_end(tmp_path):
+    r = dptrain(["mpirun", config(tmp_path)], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    envs = envs_of(r.stdout)
+    assert set(envs) == {0, 1}
+    for rank, e in envs.items():
+        # the rank came from the MPI process manager, translated by launcher.mpiworker
+        assert e["PMI_RANK"] == str(rank) or e["OMPI_COMM_WORLD_RANK"] == str(rank)
+        assert e["DPTRAIN_RANK"] == str(rank) and e["DPTRAIN_WORLD_SIZE"] == "2"
+        assert e["DPTRAIN_LOCAL_RANK"] == str(rank) and e["DPTRAIN_COMM_BACKEND"] == "mpi"
+        assert e["DPTRAIN_COORD_ADDR"].startswith("tcp://127.0.0.1:") and e["OMP_NUM_THREADS"] == "1"
+    assert "[rank 1] rank 1 finished" in r.stdout
+    run = tmp_path / "run"
+    assert (run / "hostfile").read_text() == "localhost:2\n"
+    assert json.loads((run / "status/rank1.json").read_text())["exit_code"] == 0
+    assert "rank 1 finished" in (run / "logs/rank1.log").read_text()
+    assert json.loads((run / "summary.json").read_text())["launcher"] == "mpirun"
+    co = json.loads((run / "coordinator.json").read_text())
+    assert {w["state"] for w in co["workers"].values()} == {"done"}
+
+
+@needs_mpi
+@pytest.mark.timeout(60)
+def test_mpirun_failure_names_the_rank(tmp_path):
+    r = dptrain(["mpirun", config(tmp_path, "failalways")], tmp_path)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "rank 1 failed: exit code 3" in r.stderr
+    assert "rank 1 is failing on purpose" in r.stderr.split("last", 1)[1]
+
+
+@needs_mpi
+@pytest.mark.timeout(60)
+def test_mpirun_dry_run_starts_nothing(tmp_path):
+    r = dptrain(["mpirun", config(tmp_path), "--dry-run", "cluster.nodes.0.slots=4"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    cmd = r.stdout.strip().splitlines()[-1]
+    assert re.search(r"mpiexec -f \S+/run/hostfile -n 4 -launcher fork \S*python\S* -m launcher.mpiworker -- ",
+                     cmd), cmd
+    assert "#   localhost:4" in r.stdout and "DPTRAIN_JOB_SECRET=<random" in r.stdout
+    assert not (tmp_path / "run").exists()
+
+
+@needs_mpi
+@pytest.mark.timeout(60)
+def test_script_runs_and_propagates_exit_codes(tmp_path):
+    out = tmp_path / "launch.sh"
+    r = dptrain(["script", config(tmp_path), "-o", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert os.access(out, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(out)]).returncode == 0
+    assert "localhost:2" in text and "-m cluster.coordinator" in text and "DPTRAIN_EOF" in text
+    assert "DPTRAIN_JOB_SECRET=\"${DPTRAIN_JOB_SECRET:-$(" in text          # generated at run time, not stored
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("DPTRAIN_JOB_SECRET", None)
+    run = subprocess.run(["bash", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    envs = envs_of(run.stdout)
+    assert set(envs) == {0, 1} and envs[1]["DPTRAIN_COMM_BACKEND"] == "mpi"
+    assert (tmp_path / "run/config.yaml").exists() and (tmp_path / "run/logs/rank0.log").exists()
+    co = json.loads((tmp_path / "run/coordinator.json").read_text())
+    assert {w["state"] for w in co["workers"].values()} == {"done"}
+    # a failing job: the script exits non-zero after its restart budget
+    bad = tmp_path / "bad.sh"
+    assert dptrain(["script", config(tmp_path, "failalways"), "fault_tolerance.max_restarts=1", "-o", str(bad)],
+                   tmp_path).returncode == 0
+    run = subprocess.run(["bash", str(bad)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "restarting the worker group (restart 1 of 1)" in run.stderr
+    assert run.stderr.count("rank 1 failed with exit code 3; last lines of its log:") == 2
+    assert "    rank 1 is failing on purpose" in run.stderr
+
+
+def test_slurm_script_is_valid_bash(tmp_path):
+    out = tmp_path / "job.sbatch"
+    cfg = tmp_path / "slurm.yaml"
+    cfg.write_text("cluster:\n  nodes:\n    - {host: a, slots: 2, gpus: 2}\n    - {host: b, slots: 2, gpus: 2}\n"
+                   f"  placement: cyclic\njob:\n  script: {WORKER}\noutput:\n  dir: {tmp_path / 'run'}\n")
+    cfg = str(cfg)
+    r = dptrain(["script", cfg, "--slurm", "-o", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = out.read_text()
+    assert subprocess.run(["bash", "-n", str(out)]).returncode == 0
+    for frag in ("#SBATCH --nodes=2", "#SBATCH --ntasks=4", "#SBATCH --distribution=cyclic",
+                 "#SBATCH --ntasks-per-node=2", "#SBATCH --gpus-per-node=2", "srun --kill-on-bad-exit=1",
+                 "-m launcher.mpiworker", "scontrol show hostnames", "export DPTRAIN_COMM_BACKEND=zmq"):
+        assert frag in s, frag
+    assert s.index("#SBATCH") < s.index("set -uo pipefail")
+
+
+# ---------------------------------------------------------------- command construction (no MPI needed)
+def _cfg(tmp_path, nodes, placement="block", **cluster):
+    return resolve_config({"cluster": {"nodes": nodes, "placement": placement, **cluster},
+                           "job": {"global_batch_size": 60}}, base_dir=str(tmp_path))
+
+
+def test_openmpi_command_and_hostfile(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, [{"host": "n1", "slots": 2}, {"host": "n2", "slots": 1}], "cyclic",
+               mpi={"extra_args": ["--bind-to", "none"]})
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    cmd = M.build_command(cfg, "/x/mpirun", "openmpi", "/r/hostfile", ["DPTRAIN_A", "OMP_NUM_THREADS"],
+                          python="/py")
+    assert cmd[:8] == ["/x/mpirun", "--hostfile", "/r/hostfile", "-np", "3", "--map-by", "node",
+                       "--allow-run-as-root"]
+    assert cmd[8:12] == ["-x", "DPTRAIN_A", "-x", "OMP_NUM_THREADS"]
+    assert cmd[12:14] == ["--bind-to", "none"]
+    assert cmd[14:18] == ["/py", "-m", "launcher.mpiworker", "--"] and cmd[18] == "/py"
+    assert M.hostfile_text(cfg, "openmpi") == "n1 slots=2\nn2 slots=1\n"
+
+
+def test_mpich_hostfiles(tmp_path):
+    block = _cfg(tmp_path, [{"host": "n1", "slots": 2}, {"host": "n2", "slots": 3}])
+    assert M.hostfile_text(block, "mpich") == "n1:2\nn2:3\n"
+    cmd = M.build_command(block, "mpiexec", "mpich", "hf", [], python="/py")
+    assert cmd[:5] == ["mpiexec", "-f", "hf", "-n", "5"] and "-launcher" not in cmd and "-ppn" not in cmd
+    # cyclic, equal slots: Hydra's -ppn 1 round robin
+    eq = _cfg(tmp_path, [{"host": "n1", "slots": 2}, {"host": "n2", "slots": 2}], "cyclic")
+    assert "-ppn" in M.build_command(eq, "mpiexec", "mpich", "hf", [], python="/py")
+    # cyclic, unequal slots: one hostfile entry per run of ranks, in rank order
+    uneq = _cfg(tmp_path, [{"host": "n1", "slots": 1}, {"host": "n2", "slots": 3}, {"host": "n3", "slots": 1}],
+                "cyclic")
+    assert M.hostfile_text(uneq, "mpich") == "n1:1\nn2:1\nn3:1\nn2:2\n"
+    local = _cfg(tmp_path, [{"host": "localhost", "slots": 2}])
+    assert M.build_command(local, "mpiexec", "mpich", "hf", [], python="/py")[5:7] == ["-launcher", "fork"]
+
+
+@needs_mpi
+def test_flavor_detection():
+    assert M.mpi_flavor(_mpiexec()) in ("mpich", "openmpi")
