@@ -8,9 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .ddp import DistributedDataParallel, DDPError, average_metrics
-from .sampler import DistributedSampler
-from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
+import importlib
 
 __all__ = ["DistributedDataParallel", "DDPError", "DistributedSampler", "SyncBatchNorm",
            "convert_sync_batchnorm", "average_metrics", "init", "Context"]
@@ -35,6 +33,20 @@ class Context:
         if self.rank == 0 and self.run_dir:
             from .rundir import RunDir
             RunDir(self.run_dir).append_metrics(record)
+
+
+# The training pieces import the engine (numpy and all); the launcher only needs
+# cluster.config & co.  Loading them on first use keeps `dptrain validate/run` light
+# and working even when the engine cannot be imported.
+_LAZY = {"DistributedDataParallel": "ddp", "DDPError": "ddp", "average_metrics": "ddp",
+         "DistributedSampler": "sampler", "SyncBatchNorm": "sync_batchnorm",
+         "convert_sync_batchnorm": "sync_batchnorm"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'cluster' has no attribute {name!r}")
 
 
 def init(backend: str | None = None, timeout: float | None = None) -> Context:

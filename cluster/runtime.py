@@ -230,14 +230,23 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.4f}", epoch=self.epoch)
+                if self.coordinator is not None:
+                    self.coordinator.update(step=self.step, epoch=self.epoch)
+                requested = False
                 if self.step % job.log_every == 0 or self.step == self.total_steps:
+                    # The metrics all-reduce also carries rank 0's "coordinator asked for a
+                    # checkpoint" flag, so every rank agrees without an extra collective.
+                    asked = float(self.rank == 0 and self.coordinator is not None
+                                  and bool(getattr(self.coordinator, "checkpoint_pending", False)))
                     m = average_metrics(self.comm, {"loss": window_loss / window_n,
-                                                    "accuracy": window_correct / window_n})
+                                                    "accuracy": window_correct / window_n,
+                                                    "checkpoint_request": asked})
+                    requested = m.pop("checkpoint_request") > 0
                     self._metrics({"step": self.step, "epoch": self.epoch,
                                    "lr": self.optimizer.param_groups[0]["lr"], **m,
                                    "samples_per_s": samples / (time.perf_counter() - t0)})
                     window_loss, window_correct, window_n = 0.0, 0, 0
-                if interval and self.step % interval == 0 and self.step < self.total_steps:
+                if self.step < self.total_steps and (requested or (interval and self.step % interval == 0)):
                     self.save_checkpoint()
                 if crash_at and self.step == crash_at and self.rank == self.size - 1 \
                         and self.restarts == 0:
