@@ -131,7 +131,7 @@ class Trainer:
         model = build_model(job.model, **dict(job.model_args or {}))
         if self.device != "cpu":
             model.to(self.device)
-        if self.size > 1 and job.get("sync_batchnorm", True):
+        if job.get("sync_batchnorm", True):      # also at size 1: same arithmetic at every size
             model = convert_sync_batchnorm(model, comm)
         self.model = model
         self.ddp = DistributedDataParallel(model, comm, bucket_cap_mb=job.bucket_cap_mb)

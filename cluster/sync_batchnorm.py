@@ -127,5 +127,5 @@ def convert_sync_batchnorm(module, comm):
     for name, child in list(module.named_children()):
         new = convert_sync_batchnorm(child, comm)
         if new is not child:
-            setattr(module, name, new)
+            module._modules[name] = new          # in place: keeps the child order (Sequential)
     return module
