@@ -36,7 +36,7 @@ __all__ = [
     "SCHEMA", "schema_reference", "dump_config", "is_local_host", "MODEL_ZOO",
 ]
 
-MODEL_ZOO = ("seed_cnn", "seed_lstm", "mlp")
+MODEL_ZOO = ("seed_cnn", "seed_lstm", "mlp", "mlp_bn")
 _MISSING = object()
 
 
@@ -384,9 +384,10 @@ SCHEMA = Section({
     }, "Where the workers run."),
     "job": Section({
         "model": Str("seed_cnn",
-                     "Model: a zoo name (`seed_cnn`, `seed_lstm`, `mlp`) or `package.module:factory`.",
-                     pattern=r"(seed_cnn|seed_lstm|mlp|[A-Za-z_][\w.]*:[A-Za-z_]\w*)",
-                     hint="expected one of 'seed_cnn', 'seed_lstm', 'mlp' or 'package.module:factory'"),
+                     "Model: a zoo name (`seed_cnn`, `seed_lstm`, `mlp`, `mlp_bn` = mlp with BatchNorm and Dropout) "
+                     "or `package.module:factory`.",
+                     pattern=r"(seed_cnn|seed_lstm|mlp|mlp_bn|[A-Za-z_][\w.]*:[A-Za-z_]\w*)",
+                     hint="expected one of 'seed_cnn', 'seed_lstm', 'mlp', 'mlp_bn' or 'package.module:factory'"),
         "model_args": FreeMap({}, "Keyword arguments for the model factory (e.g. `hidden: 128`)."),
         "script": Nullable(Str(), None,
                            "A user Python file run as every worker instead of the built-in loop "

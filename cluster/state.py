@@ -23,7 +23,7 @@ def flatten_state(obj, prefix=""):
             node = node.get()
         if isinstance(node, np.ndarray):
             key = path or "value"
-            arrays[key] = np.ascontiguousarray(node)
+            arrays[key] = node if node.flags.c_contiguous else node.copy()   # (ascontiguousarray makes 0-d 1-d)
             return {"__array__": key}
         if isinstance(node, np.generic):
             return node.item()

@@ -1,0 +1,75 @@
+"""The product as users run it: `dptrain run|mpirun CONFIG` end to end, resume, bad configs."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import engine
+from dist_utils import ROOT, base_env
+
+QUICK = ["job.model=mlp_bn", "job.model_args={hidden: 32}", "job.dataset.name=synthetic",
+         "job.dataset.train_subset=640", "job.dataset.test_subset=200", "job.global_batch_size=32",
+         "job.epochs=2", "job.log_every=5", "job.optimizer.lr=0.01", "output.progress=false",
+         "fault_tolerance.max_restarts=0", "fault_tolerance.heartbeat_interval=0.5"]
+
+
+def dptrain(*args, env=None, timeout=240):
+    return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=ROOT, env=base_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _params(run_dir):
+    return {k: np.asarray(getattr(v, "data", v)) for k, v in engine.load(os.path.join(run_dir, "model.safetensors")).items()}
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("mode,backend", [("run", "zmq"), ("run", "mpi"), ("mpirun", "mpi"), ("mpirun", "zmq")])
+def test_end_to_end_modes_and_backends(tmp_path, mode, backend):
+    out = tmp_path / "run"
+    p = dptrain(mode, "configs/local.yaml", *QUICK, f"cluster.backend={backend}", f"output.dir={out}")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("world_size", "epochs", "steps", "test_accuracy", "test_loss", "samples_per_s", "restarts",
+                "last_checkpoint"):
+        assert key in summary, key
+    assert summary["world_size"] == 2 and summary["steps"] == 40 and summary["epochs"] == 2
+    assert summary["test_accuracy"] > 0.2          # 10 classes: chance is 0.1
+    assert os.path.isdir(summary["last_checkpoint"])
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(5, 41, 5))
+    assert (out / "config.yaml").exists() and (out / "logs" / "rank1.log").exists()
+    assert "[rank 0]" in p.stdout and "test accuracy" in p.stdout
+
+
+@pytest.mark.timeout(400)
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_parameters(tmp_path):
+    common = QUICK + ["checkpoint.interval=8", "checkpoint.keep=2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    p = dptrain("run", "configs/local.yaml", *common, f"output.dir={a}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    # rank 1 dies at step 13 (after the checkpoint of step 8): the run fails ...
+    p = dptrain("run", "configs/local.yaml", *common, f"output.dir={b}",
+                env={"DPTRAIN_FAULT_CRASH_AT_STEP": "13"})
+    assert p.returncode != 0
+    assert not (b / "model.safetensors").exists()
+    # ... and started again on the same output directory it resumes from step 8
+    p = dptrain("run", "configs/local.yaml", *common, f"output.dir={b}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resumed from" in p.stdout
+    pa, pb = _params(a), _params(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert np.array_equal(pa[k], pb[k]), f"{k} differs after resume"
+
+
+@pytest.mark.timeout(60)
+def test_bad_config_exits_2_naming_the_dotted_path_and_starts_nothing(tmp_path):
+    out = tmp_path / "never"
+    p = dptrain("run", "configs/local.yaml", "cluster.nodes.0.slots=-2", "job.optimizer.lr=fast",
+                f"output.dir={out}")
+    assert p.returncode == 2
+    assert "cluster.nodes.0.slots" in p.stderr and "job.optimizer.lr" in p.stderr
+    assert not out.exists()
