@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# The full Fashion-MNIST is used when found ($DPTRAIN_DATA, ../shared/datasets, ~/.cache/dptrain,
+# /usr/share/datasets/fashion-mnist); otherwise the subset embedded in the package (and a notice).
+DATA_HINT := $(firstword $(wildcard ../shared/datasets/fashion-mnist))
 demo: venv
-	$(PY) -m launcher run configs/local.yaml
+	$(if $(DATA_HINT),DPTRAIN_DATA=$${DPTRAIN_DATA:-$(abspath ../shared/datasets)} )$(PY) -m launcher run configs/local.yaml
 
 test: venv
 	$(PY) -m pytest -q
