@@ -113,7 +113,7 @@ def test_all_errors_are_collected_with_dotted_paths():
     ({"cluster": {"master_port": 70000}}, "cluster.master_port: expected an integer between 0 and 65535, got 70000"),
     ({"job": "x"}, "job: expected a mapping, got 'x'"),
     ({"job": {"model": "resnet"}},
-     "job.model: expected one of 'seed_cnn', 'seed_lstm', 'mlp' or 'package.module:factory'"),
+     "job.model: expected one of 'seed_cnn', 'seed_lstm', 'mlp', 'mlp_bn' or 'package.module:factory'"),
     ({"job": {"optimizer": {"momentum": 1.5}}}, "job.optimizer.momentum: expected a number >= 0 and <= 1, got 1.5"),
     ({"job": {"schedule": {"gamma": 0}}}, "job.schedule.gamma: expected a number > 0 and <= 1, got 0"),
     ({"name": "my run"}, "name: expected letters, digits"),
