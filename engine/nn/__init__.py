@@ -1,0 +1,33 @@
+"""engine.nn: layers, losses and containers with PyTorch's names, arguments, parameter names and
+state_dict keys, built on fused autodiff ops (engine.nn.functional)."""
+from ._memory import tune_malloc as _tune_malloc
+
+_tune_malloc()   # reuse freed activation memory instead of page-faulting it back every step
+
+from . import functional, init
+from .parameter import Parameter
+from .module import Module, Sequential, ModuleList, ModuleDict, StateDictError, IncompatibleKeys
+from .linear import Identity, Linear, Flatten, Unflatten
+from .conv import Conv2d
+from .pooling import MaxPool2d, AvgPool2d
+from .activation import ReLU, LeakyReLU, Tanh, Sigmoid, GELU, Softmax, LogSoftmax
+from .dropout import Dropout
+from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .sparse import Embedding
+from .rnn import RNNBase, RNN, LSTM, GRU
+from .loss import CrossEntropyLoss, NLLLoss, MSELoss, L1Loss
+from .functional import ShapeError
+
+try:                      # clip_grad_norm_ & co. (written separately; optional while it is absent)
+    from . import utils   # noqa: F401
+except ModuleNotFoundError as _e:  # pragma: no cover
+    if _e.name != __name__ + ".utils":
+        raise
+
+__all__ = [
+    "functional", "init", "Parameter", "Module", "Sequential", "ModuleList", "ModuleDict", "StateDictError",
+    "IncompatibleKeys", "Identity", "Linear", "Flatten", "Unflatten", "Conv2d", "MaxPool2d", "AvgPool2d",
+    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax", "Dropout", "BatchNorm1d",
+    "BatchNorm2d", "LayerNorm", "Embedding", "RNNBase", "RNN", "LSTM", "GRU", "CrossEntropyLoss", "NLLLoss",
+    "MSELoss", "L1Loss", "ShapeError", "utils",
+]

@@ -1,0 +1,85 @@
+"""Conv2d on NCHW input with a (out, in/groups, kh, kw) weight, PyTorch's arguments and init."""
+from __future__ import annotations
+
+import math
+
+from . import functional as F
+from . import init
+from ._factory import new_param
+from .functional import ShapeError, _pair
+from .module import Module
+
+
+class Conv2d(Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
+        super().__init__()
+        if groups <= 0:
+            raise ValueError("groups must be a positive integer")
+        if in_channels % groups:
+            raise ValueError("in_channels must be divisible by groups")
+        if out_channels % groups:
+            raise ValueError("out_channels must be divisible by groups")
+        if padding_mode != "zeros":
+            raise NotImplementedError(f"Conv2d padding_mode={padding_mode!r} is not supported; only 'zeros' "
+                                      "(pad the input explicitly for reflect/replicate/circular)")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"invalid padding string {padding!r}, use 'valid' or 'same'")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            self.padding = padding
+        else:
+            self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        self.groups = int(groups)
+        self.padding_mode = padding_mode
+        self.weight = new_param((out_channels, in_channels // groups) + self.kernel_size, device, dtype)
+        if bias:
+            self.bias = new_param((out_channels,), device, dtype)
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            if fan_in != 0:
+                bound = 1 / math.sqrt(fan_in)
+                init.uniform_(self.bias, -bound, bound)
+
+    def _check_input(self, input):
+        shape = tuple(input.shape)
+        if len(shape) not in (3, 4) or shape[-3] != self.in_channels:
+            hint = ""
+            if len(shape) in (3, 4) and shape[-1] == self.in_channels:
+                hint = " (channels-last input? convert with x.permute(0, 3, 1, 2))"
+            raise ShapeError(f"{self!r}: expected input of shape (N, {self.in_channels}, H, W), "
+                             f"got {shape}{hint}")
+
+    def forward(self, input):
+        self._check_input(input)
+        return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward_relu_max_pool2d(self, input):
+        """max_pool2d(relu(self(input)), 2) in one fused op (used by nn.Sequential)."""
+        self._check_input(input)
+        return F.conv2d_relu_max_pool2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self):
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        return s

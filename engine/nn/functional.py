@@ -1,0 +1,1054 @@
+"""engine.nn.functional: torch.nn.functional's names and arguments on engine Tensors.
+
+Each heavy op is one autodiff node (`from_op`) with a hand-written numpy/cupy forward and
+backward instead of a chain of elementary ops: linear is x @ W.T + b in one node, conv2d is
+im2col + one sgemm (see _conv.py), cross_entropy is a log-sum-exp softmax loss whose
+backward is softmax - one_hot, the recurrent layers run a whole sequence per node (_rnn.py).
+That is what makes the engine faster than PyTorch on the CPU for the seed models.
+
+Everything stays in the dtype of the parameters (float32 by default): Python scalars are
+cast, and an input of another float dtype is cast to the weight's dtype.  PyTorch's dim= /
+keepdim= and NumPy's axis= / keepdims= are both accepted.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .. import backend
+from .. import ops as _ops
+from .. import random as _random
+from ..backend import get_array_module
+from ..tensor import Tensor, from_op, no_grad, is_grad_enabled
+from . import _conv, _rnn
+
+__all__ = [
+    "linear", "conv2d", "conv2d_relu_max_pool2d", "max_pool2d", "avg_pool2d", "relu", "leaky_relu", "gelu", "sigmoid", "tanh",
+    "softmax", "log_softmax", "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "dropout", "batch_norm",
+    "layer_norm", "embedding", "one_hot", "flatten", "lstm_layer", "gru_layer", "rnn_layer", "ShapeError",
+]
+
+
+class ShapeError(ValueError, RuntimeError):
+    """A layer got an input of the wrong shape (a ValueError, and a RuntimeError like PyTorch's)."""
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _t(x, like=None):
+    """Tensor view of x (arrays and Python numbers become constants)."""
+    if isinstance(x, Tensor):
+        return x
+    if like is not None:
+        xp = get_array_module(like.data)
+        arr = x if hasattr(x, "dtype") and hasattr(x, "shape") else np.asarray(x)
+        if get_array_module(arr) is not xp:
+            arr = backend.to_device(arr, like.device)
+        return Tensor._wrap(arr)
+    return Tensor(x)
+
+
+def _pair(v, name="argument"):
+    if isinstance(v, numbers.Integral):
+        return (int(v), int(v))
+    v = tuple(int(a) for a in v)
+    if len(v) == 1:
+        return (v[0], v[0])
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v}")
+    return v
+
+
+def _axis(dim, axis, name, default=None):
+    if dim is not None and axis is not None and dim != axis:
+        raise TypeError(f"{name}: give dim= or axis=, not both")
+    return dim if dim is not None else (axis if axis is not None else default)
+
+
+def _match_dtype(x, dtype):
+    """Cast x's array to the weight dtype (float inputs of another precision are converted)."""
+    d = x.data
+    if d.dtype != dtype:
+        return d.astype(dtype)
+    return d
+
+
+def _back_dtype(g, dtype):
+    return g if g is None or g.dtype == dtype else g.astype(dtype)
+
+
+def _reduction(size_average, reduce, reduction):
+    """Map PyTorch's deprecated size_average/reduce flags to a reduction string."""
+    if size_average is not None or reduce is not None:
+        size_average = True if size_average is None else size_average
+        reduce = True if reduce is None else reduce
+        reduction = ("mean" if size_average else "sum") if reduce else "none"
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return reduction
+
+
+def _f(dtype, v):
+    """Python scalar as a 0-d value of dtype (no float64 promotion)."""
+    return np.dtype(dtype).type(v)
+
+
+# ------------------------------------------------------------------------------------------ linear
+
+
+def linear(input, weight, bias=None):
+    """y = input @ weight.T + bias with weight (out, in): one node, one sgemm each way."""
+    x = _t(input)
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        raise ShapeError(f"linear: input of shape {x.shape} does not match weight of shape {weight.shape} "
+                         f"(expected last dimension {weight.shape[1]})")
+    W = weight.data
+    xd = _match_dtype(x, W.dtype)
+    in_f, out_f = W.shape[1], W.shape[0]
+    lead = xd.shape[:-1]
+    x2 = xd if xd.ndim == 2 else xd.reshape(-1, in_f)
+    out = x2 @ W.T
+    if bias is not None:
+        out += bias.data
+    xdtype = x.dtype
+    need_x, need_w = x.requires_grad, weight.requires_grad
+    need_b = bias is not None and bias.requires_grad
+
+    def backward(g):
+        g2 = g if g.ndim == 2 else g.reshape(-1, out_f)
+        dx = dw = db = None
+        if need_x:
+            # Return the gradient in the input's memory order (an F-ordered input comes from a
+            # free Flatten of a conv/pool output; keeping that order keeps their backward copy-free).
+            if x2.flags.f_contiguous and not x2.flags.c_contiguous:
+                dx = (W.T @ g2.T).T
+            else:
+                dx = g2 @ W
+            dx = _back_dtype(dx.reshape(lead + (in_f,)), xdtype)
+        if need_w:
+            dw = g2.T @ x2
+        if need_b:
+            db = g2.sum(axis=0)
+        return (dx, dw, db) if bias is not None else (dx, dw)
+
+    out = out.reshape(lead + (out_f,))
+    parents = (x, weight, bias) if bias is not None else (x, weight)
+    return from_op(out, parents, backward, "linear")
+
+
+# ------------------------------------------------------------------------------------------ conv / pool
+
+
+def _conv_padding(padding, ksize, dilation, stride):
+    """padding int/pair/'valid'/'same' -> (top, bottom, left, right) as PyTorch resolves it."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            pads = []
+            for k, d in zip(ksize, dilation):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            return tuple(pads)
+        raise ValueError(f"invalid padding string {padding!r}, use 'valid' or 'same'")
+    ph, pw = _pair(padding, "padding")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding must be non-negative, got {padding}")
+    return (ph, ph, pw, pw)
+
+
+def _conv_args(x, weight, stride, padding, dilation, groups, name="conv2d"):
+    """Validate conv2d arguments; returns (x as 4-D, unbatched, stride, pads, dilation, groups, (oh, ow))."""
+    x = _t(x)
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = _ops.unsqueeze(x, 0)
+    if x.ndim != 4:
+        raise ShapeError(f"{name}: expected a 4-D (N, C, H, W) or 3-D (C, H, W) input, got shape {x.shape}")
+    W = weight.data
+    O, Cg, kh, kw = W.shape
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if min(stride) < 1 or min(dilation) < 1:
+        raise ValueError(f"{name}: stride and dilation must be >= 1, got {stride}, {dilation}")
+    groups = int(groups)
+    if x.shape[1] != Cg * groups:
+        raise ShapeError(f"{name}: expected input with {Cg * groups} channels (weight {W.shape}, groups={groups}), "
+                         f"got input of shape {x.shape}")
+    if O % groups:
+        raise ValueError(f"{name}: out_channels {O} is not divisible by groups {groups}")
+    pads = _conv_padding(padding, (kh, kw), dilation, stride)
+    H, Wd = x.shape[2], x.shape[3]
+    oh = _conv.conv_out_size(H, kh, stride[0], pads[0], pads[1], dilation[0])
+    ow = _conv.conv_out_size(Wd, kw, stride[1], pads[2], pads[3], dilation[1])
+    if oh <= 0 or ow <= 0:
+        raise ShapeError(f"{name}: input of spatial size {(H, Wd)} with padding {pads} is smaller than the "
+                         f"kernel {(kh, kw)} (dilation {dilation})")
+    return x, unbatched, stride, pads, dilation, groups, (oh, ow)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation) on NCHW input with a (out, in/groups, kh, kw) weight."""
+    x, unbatched, stride, pads, dilation, groups, _ = _conv_args(input, weight, stride, padding, dilation, groups)
+    W = weight.data
+    xd = _match_dtype(x, W.dtype)
+    b = bias.data if bias is not None else None
+    out, ctx = _conv.conv2d_forward(xd, W, b, stride, pads, dilation, groups)
+    xdtype = x.dtype
+    need_x, need_w = x.requires_grad, weight.requires_grad
+    need_b = bias is not None and bias.requires_grad
+
+    def backward(g):
+        dx, dw, db = _conv.conv2d_backward(g, W, ctx, need_x, need_w, need_b)
+        dx = _back_dtype(dx, xdtype)
+        return (dx, dw, db) if bias is not None else (dx, dw)
+
+    parents = (x, weight, bias) if bias is not None else (x, weight)
+    out = from_op(out, parents, backward, "conv2d")
+    return _ops.squeeze(out, 0) if unbatched else out
+
+
+def conv2d_relu_max_pool2d(input, weight, bias=None, stride=1, padding=0, dilation=1):
+    """max_pool2d(relu(conv2d(input, weight, bias, stride, padding, dilation)), 2) as ONE fused op.
+
+    Same values and gradients as the three ops (PyTorch's first-maximum tie rule included),
+    but the conv output is produced, rectified and pooled block by block in cache instead of
+    being written to memory in full -- the dominant cost of a small CNN step on the CPU.
+    nn.Sequential uses it automatically for Conv2d -> ReLU -> MaxPool2d(2) (no hooks on them).
+    """
+    padding_arg = padding
+    x, unbatched, stride, pads, dilation, _, (oh, ow) = _conv_args(input, weight, stride, padding, dilation, 1,
+                                                                   "conv2d_relu_max_pool2d")
+    W = weight.data
+    if get_array_module(W) is not np or oh < 2 or ow < 2:      # GPU (or degenerate size): the three ops
+        out = max_pool2d(relu(conv2d(x, weight, bias, stride, padding_arg, dilation)), 2)
+        return _ops.squeeze(out, 0) if unbatched else out
+    xd = _match_dtype(x, W.dtype)
+    b = bias.data if bias is not None else None
+    out, ctx = _conv.conv2d_relu_maxpool2_forward(xd, W, b, stride, pads, dilation)
+    xdtype = x.dtype
+    need_x, need_w = x.requires_grad, weight.requires_grad
+    need_b = bias is not None and bias.requires_grad
+
+    def backward(g):
+        dx, dw, db = _conv.conv2d_relu_maxpool2_backward(g, W, ctx, need_x, need_w, need_b)
+        dx = _back_dtype(dx, xdtype)
+        return (dx, dw, db) if bias is not None else (dx, dw)
+
+    parents = (x, weight, bias) if bias is not None else (x, weight)
+    out = from_op(out, parents, backward, "conv2d_relu_max_pool2d")
+    return _ops.squeeze(out, 0) if unbatched else out
+
+
+def _pool_input(x, name):
+    x = _t(x)
+    if x.ndim == 3:
+        return _ops.unsqueeze(x, 0), True
+    if x.ndim != 4:
+        raise ShapeError(f"{name}: expected a 4-D (N, C, H, W) or 3-D (C, H, W) input, got shape {x.shape}")
+    return x, False
+
+
+def _pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, name):
+    k = _pair(kernel_size, "kernel_size")
+    s = _pair(stride, "stride") if stride is not None and stride != () and stride != [] else k
+    p = _pair(padding, "padding")
+    d = _pair(dilation, "dilation")
+    if min(k) < 1 or min(s) < 1 or min(d) < 1 or min(p) < 0:
+        raise ValueError(f"{name}: kernel_size, stride, dilation must be >= 1 and padding >= 0, "
+                         f"got {k}, {s}, {d}, {p}")
+    for pi, ki in zip(p, k):
+        if pi > ki // 2:
+            raise ValueError(f"{name}: padding {p} must be at most half of the kernel size {k}")
+    oh = _conv.pool_out_size(x.shape[2], k[0], s[0], p[0], d[0], ceil_mode)
+    ow = _conv.pool_out_size(x.shape[3], k[1], s[1], p[1], d[1], ceil_mode)
+    if oh <= 0 or ow <= 0:
+        raise ShapeError(f"{name}: input of spatial size {x.shape[2:]} is too small for kernel {k} "
+                         f"(stride {s}, padding {p}, dilation {d})")
+    return k, s, p, d
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    x, unbatched = _pool_input(input, "max_pool2d")
+    k, s, p, d = _pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
+    out, ctx, idx = _conv.max_pool2d_forward(x.data, k, s, p, d, ceil_mode, return_indices)
+    out = from_op(out, (x,), lambda g: (_conv.max_pool2d_backward(g, ctx),), "max_pool2d")
+    if unbatched:
+        out = _ops.squeeze(out, 0)
+        idx = idx[0] if idx is not None else None
+    if return_indices:
+        return out, Tensor._wrap(idx)
+    return out
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    x, unbatched = _pool_input(input, "avg_pool2d")
+    k, s, p, _ = _pool_args(x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
+    if divisor_override is not None and divisor_override <= 0:
+        raise ValueError(f"avg_pool2d: divisor_override must be positive, got {divisor_override}")
+    out, ctx = _conv.avg_pool2d_forward(x.data, k, s, p, ceil_mode, count_include_pad, divisor_override)
+    out = from_op(out, (x,), lambda g: (_conv.avg_pool2d_backward(g, ctx),), "avg_pool2d")
+    return _ops.squeeze(out, 0) if unbatched else out
+
+
+# ------------------------------------------------------------------------------------------ activations
+
+
+def relu(input, inplace=False):
+    return _ops.relu(_t(input))
+
+
+def leaky_relu(input, negative_slope=0.01, inplace=False):
+    x = _t(input)
+    d = x.data
+    xp = get_array_module(d)
+    slope = _f(d.dtype, negative_slope)
+    pos = d > 0
+    out = xp.where(pos, d, d * slope)
+    return from_op(out, (x,), lambda g: (xp.where(pos, g, g * slope),), "leaky_relu")
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _erf(a, xp):
+    if xp is np:
+        from ..kernels.npmath import erf
+        return erf(a)
+    from cupyx.scipy.special import erf  # noqa: PLC0415 (GPU only)
+    return erf(a)
+
+
+def gelu(input, approximate="none"):
+    """GELU: x * Phi(x) (exact, erf) or PyTorch's tanh approximation with approximate='tanh'."""
+    x = _t(input)
+    d = x.data
+    xp = get_array_module(d)
+    dt = d.dtype
+    half, one = _f(dt, 0.5), _f(dt, 1.0)
+    if approximate == "none":
+        cdf = half * (one + _erf(d * _f(dt, _INV_SQRT_2), xp))
+        out = d * cdf
+
+        def backward(g):
+            pdf = xp.exp(-half * d * d) * _f(dt, _INV_SQRT_2PI)
+            return (g * (cdf + d * pdf),)
+    elif approximate == "tanh":
+        c, k = _f(dt, _SQRT_2_OVER_PI), _f(dt, 0.044715)
+        inner = c * (d + k * d * d * d)
+        th = xp.tanh(inner)
+        out = half * d * (one + th)
+
+        def backward(g):
+            dinner = c * (one + _f(dt, 3.0) * k * d * d)
+            return (g * (half * (one + th) + half * d * (one - th * th) * dinner),)
+    else:
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return from_op(out, (x,), backward, "gelu")
+
+
+def sigmoid(input):
+    return _ops.sigmoid(_t(input))
+
+
+def tanh(input):
+    return _ops.tanh(_t(input))
+
+
+def _softmax_dim(dim, ndim, name):
+    if dim is None:
+        # PyTorch's legacy implicit choice
+        dim = 0 if ndim in (0, 1, 3) else 1
+    if not -max(ndim, 1) <= dim < max(ndim, 1):
+        raise IndexError(f"{name}: dim {dim} is out of range for a tensor with {ndim} dimensions")
+    return dim % max(ndim, 1)
+
+
+def softmax(input, dim=None, _stacklevel=3, dtype=None, axis=None):
+    x = _t(input)
+    if dtype is not None:
+        x = x.astype(dtype)
+    ax = _softmax_dim(_axis(dim, axis, "softmax"), x.ndim, "softmax")
+    d = x.data
+    xp = get_array_module(d)
+    e = xp.exp(d - d.max(axis=ax, keepdims=True))
+    e /= e.sum(axis=ax, keepdims=True)
+    out = e
+
+    def backward(g):
+        gy = g * out
+        return (gy - out * gy.sum(axis=ax, keepdims=True),)
+    return from_op(out, (x,), backward, "softmax")
+
+
+def log_softmax(input, dim=None, _stacklevel=3, dtype=None, axis=None):
+    x = _t(input)
+    if dtype is not None:
+        x = x.astype(dtype)
+    ax = _softmax_dim(_axis(dim, axis, "log_softmax"), x.ndim, "log_softmax")
+    d = x.data
+    xp = get_array_module(d)
+    sh = d - d.max(axis=ax, keepdims=True)
+    out = sh - xp.log(xp.exp(sh).sum(axis=ax, keepdims=True))
+
+    def backward(g):
+        return (g - xp.exp(out) * g.sum(axis=ax, keepdims=True),)
+    return from_op(out, (x,), backward, "log_softmax")
+
+
+# ------------------------------------------------------------------------------------------ losses
+
+
+def _class_targets(x, target, name):
+    """Validate integer class targets for (N, C, d1, ...) input; return flat int array."""
+    t = target.data if isinstance(target, Tensor) else target
+    xp = get_array_module(x.data)
+    if not hasattr(t, "dtype"):
+        t = np.asarray(t)
+    if get_array_module(t) is not xp:
+        t = backend.to_device(t, x.device)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{name}: target must hold integer class indices, got dtype {t.dtype} of shape "
+                        f"{tuple(t.shape)}; cast labels with .astype('int64') (float targets are read as class "
+                        f"probabilities only when they have the input's shape {x.shape})")
+    expect = (x.shape[0],) + x.shape[2:] if x.ndim >= 2 else ()
+    if tuple(t.shape) != expect:
+        raise ShapeError(f"{name}: target of shape {tuple(t.shape)} does not match input of shape {x.shape} "
+                         f"(expected target shape {expect})")
+    return t
+
+
+def _check_target_range(y, valid, C, ignore_index, name):
+    if y.size == 0:
+        return
+    yv = y[valid] if valid is not None else y
+    if yv.size and (int(yv.min()) < 0 or int(yv.max()) >= C):
+        bad = int(yv.max()) if int(yv.max()) >= C else int(yv.min())
+        raise IndexError(f"{name}: target {bad} is out of bounds for {C} classes (valid 0..{C - 1}"
+                         + (f", or ignore_index={ignore_index})" if ignore_index is not None else ")"))
+
+
+def _to_rows(d, xp):
+    """(N, C, d1, ...) -> (N*d1*..., C) with the class axis last (copy only when there are extra dims)."""
+    if d.ndim == 2:
+        return d
+    C = d.shape[1]
+    return xp.moveaxis(d, 1, -1).reshape(-1, C)
+
+
+def _from_rows(g2, shape, xp):
+    if len(shape) == 2:
+        return g2
+    moved = (shape[0],) + tuple(shape[2:]) + (shape[1],)
+    return xp.moveaxis(g2.reshape(moved), -1, 1)
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    """Softmax cross-entropy on logits (N, C) or (N, C, d1, ...) with integer targets (N, d1, ...)
+    -- or float class-probability targets of the input's shape.  One fused, numerically stable
+    node (log-sum-exp); backward is softmax minus the (smoothed, weighted) target."""
+    reduction = _reduction(size_average, reduce, reduction)
+    x = _t(input)
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if x.ndim == 1:        # unbatched (C,) with a scalar target
+        x = _ops.unsqueeze(x, 0)
+        tgt = target.data if isinstance(target, Tensor) else np.asarray(target)
+        target = Tensor._wrap(tgt.reshape(1) if tgt.ndim == 0 else tgt.reshape(1, -1))
+        out = cross_entropy(x, target, weight, None, ignore_index, None, reduction, label_smoothing)
+        return _ops.reshape(out, ()) if reduction == "none" else out
+    if x.ndim < 2:
+        raise ShapeError(f"cross_entropy: expected input of shape (N, C) or (N, C, d1, ...), got {x.shape}")
+    tdata = target.data if isinstance(target, Tensor) else target
+    if hasattr(tdata, "dtype") and tdata.dtype.kind == "f" and tuple(tdata.shape) == x.shape:
+        return _soft_cross_entropy(x, _t(target, like=x), weight, reduction, label_smoothing)
+
+    d = x.data
+    xp = get_array_module(d)
+    dt = d.dtype if d.dtype.kind == "f" else np.dtype(np.float32)
+    C = x.shape[1]
+    y = _class_targets(x, target, "cross_entropy").reshape(-1)
+    eps = float(label_smoothing)
+    w = None
+    if weight is not None:
+        w = (weight.data if isinstance(weight, Tensor) else xp.asarray(weight)).astype(dt, copy=False)
+        if w.shape != (C,):
+            raise ShapeError(f"cross_entropy: weight must have shape ({C},), got {tuple(w.shape)}")
+    if xp is not np and w is None and x.ndim == 2 and ignore_index is not None:
+        return _cross_entropy_gpu(x, y, ignore_index, reduction, eps)
+
+    z = _to_rows(d, xp).astype(dt, copy=False)
+    R = z.shape[0]
+    valid = y != ignore_index
+    all_valid = bool(valid.all())
+    _check_target_range(y, None if all_valid else valid, C, ignore_index, "cross_entropy")
+    ys = y if all_valid else xp.where(valid, y, 0)
+    rows = xp.arange(R)
+    sh = z - z.max(axis=1, keepdims=True)
+    lse = xp.log(xp.exp(sh).sum(axis=1))                    # (R,)
+    logp_y = sh[rows, ys] - lse
+    vf = valid.astype(dt)
+    wy = vf if w is None else w[ys] * vf                     # per-row weight (0 when ignored)
+    loss_rows = -(wy * logp_y)
+    if eps > 0:
+        wsum = _f(dt, C) if w is None else w.sum()
+        smooth = (sh.sum(axis=1) if w is None else sh @ w) - lse * wsum     # sum_c w_c logp_c
+        loss_rows = _f(dt, 1 - eps) * loss_rows - _f(dt, eps / C) * (smooth * vf)
+    if reduction == "mean":
+        denom = wy.sum()
+        out = loss_rows.sum() / denom
+    elif reduction == "sum":
+        out = loss_rows.sum()
+    else:
+        out = loss_rows.reshape(y.shape).reshape(target_shape(x))
+    out = xp.asarray(out, dtype=dt)
+    xshape = x.shape
+
+    def backward(g):
+        if reduction == "mean":
+            gr = (g / denom) * vf                  # per-row scale
+        elif reduction == "sum":
+            gr = g * vf
+        else:
+            gr = g.reshape(-1) * vf
+        p = xp.exp(sh - lse[:, None])              # softmax
+        a = gr * (_f(dt, 1 - eps) * (wy if w is not None else vf))
+        if eps > 0:
+            wsum_ = _f(dt, C) if w is None else w.sum()
+            coef = a + gr * _f(dt, eps / C) * wsum_
+        else:
+            coef = a
+        dz = p * coef[:, None]
+        dz[rows, ys] -= a
+        if eps > 0:
+            dz -= (gr * _f(dt, eps / C))[:, None] * (w[None, :] if w is not None else _f(dt, 1))
+        return (_from_rows(dz, xshape, xp).astype(x.dtype, copy=False),)
+
+    return from_op(out, (x,), backward, "cross_entropy")
+
+
+def target_shape(x):
+    return (x.shape[0],) + tuple(x.shape[2:])
+
+
+def _cross_entropy_gpu(x, y, ignore_index, reduction, eps):
+    from ..kernels.softmax_xent import softmax_xent_forward, softmax_xent_backward
+    logits = x.data
+    loss, lse = softmax_xent_forward(logits, y, eps, ignore_index, reduction)
+
+    def backward(g):
+        return (softmax_xent_backward(logits, y, lse, g, eps, ignore_index, reduction),)
+    return from_op(loss, (x,), backward, "cross_entropy")
+
+
+def _soft_cross_entropy(x, target, weight, reduction, eps):
+    """Cross-entropy against class probabilities (PyTorch's float-target form)."""
+    if target.shape != x.shape:
+        raise ShapeError(f"cross_entropy: probability target of shape {target.shape} must match input {x.shape}")
+    d = x.data
+    xp = get_array_module(d)
+    dt = d.dtype
+    C = x.shape[1]
+    z = _to_rows(d, xp)
+    t = _to_rows(target.data.astype(dt, copy=False), xp)
+    if eps > 0:
+        t = t * _f(dt, 1 - eps) + _f(dt, eps / C)
+    w = None
+    if weight is not None:
+        w = (weight.data if isinstance(weight, Tensor) else xp.asarray(weight)).astype(dt, copy=False)
+        tw = t * w[None, :]
+    else:
+        tw = t
+    sh = z - z.max(axis=1, keepdims=True)
+    lse = xp.log(xp.exp(sh).sum(axis=1, keepdims=True))
+    logp = sh - lse
+    loss_rows = -(tw * logp).sum(axis=1)
+    R = z.shape[0]                 # PyTorch's mean divides by N * d1 * ... (not by the weights)
+    if reduction == "mean":
+        out = loss_rows.sum() / _f(dt, R)
+    elif reduction == "sum":
+        out = loss_rows.sum()
+    else:
+        out = loss_rows.reshape(target_shape(x))
+    out = xp.asarray(out, dtype=dt)
+    xshape = x.shape
+    n_mean = R
+
+    def backward(g):
+        if reduction == "mean":
+            gr = xp.broadcast_to(g / _f(dt, n_mean), (R,))
+        elif reduction == "sum":
+            gr = xp.broadcast_to(g, (R,))
+        else:
+            gr = g.reshape(-1)
+        p = xp.exp(logp)
+        dz = (p * tw.sum(axis=1, keepdims=True) - tw) * gr[:, None]
+        dt_ = None
+        if target.requires_grad:
+            dtw = -(logp * gr[:, None])
+            if w is not None:
+                dtw = dtw * w[None, :]
+            if eps > 0:
+                dtw = dtw * _f(dt, 1 - eps)
+            dt_ = _from_rows(dtw, xshape, xp)
+        return (_from_rows(dz, xshape, xp), dt_)
+
+    return from_op(out, (x, target), backward, "cross_entropy")
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
+    """Negative log-likelihood on log-probabilities (N, C) or (N, C, d1, ...) with integer targets."""
+    reduction = _reduction(size_average, reduce, reduction)
+    x = _t(input)
+    if x.ndim == 1:
+        x = _ops.unsqueeze(x, 0)
+        tgt = target.data if isinstance(target, Tensor) else np.asarray(target)
+        out = nll_loss(x, Tensor._wrap(tgt.reshape(1)), weight, None, ignore_index, None, reduction)
+        return _ops.reshape(out, ()) if reduction == "none" else out
+    d = x.data
+    xp = get_array_module(d)
+    dt = d.dtype
+    C = x.shape[1]
+    y = _class_targets(x, target, "nll_loss").reshape(-1)
+    valid = y != ignore_index
+    all_valid = bool(valid.all())
+    _check_target_range(y, None if all_valid else valid, C, ignore_index, "nll_loss")
+    ys = y if all_valid else xp.where(valid, y, 0)
+    z = _to_rows(d, xp)
+    rows = xp.arange(z.shape[0])
+    vf = valid.astype(dt)
+    if weight is not None:
+        w = (weight.data if isinstance(weight, Tensor) else xp.asarray(weight)).astype(dt, copy=False)
+        wy = w[ys] * vf
+    else:
+        wy = vf
+    loss_rows = -(z[rows, ys] * wy)
+    if reduction == "mean":
+        denom = wy.sum()
+        out = loss_rows.sum() / denom
+    elif reduction == "sum":
+        out = loss_rows.sum()
+    else:
+        out = loss_rows.reshape(target_shape(x))
+    out = xp.asarray(out, dtype=dt)
+    xshape = x.shape
+
+    def backward(g):
+        if reduction == "mean":
+            gr = (g / denom) * wy
+        elif reduction == "sum":
+            gr = g * wy
+        else:
+            gr = g.reshape(-1) * wy
+        dz = xp.zeros(z.shape, dtype=dt)
+        dz[rows, ys] = -gr
+        return (_from_rows(dz, xshape, xp),)
+    return from_op(out, (x,), backward, "nll_loss")
+
+
+def _pointwise_loss(input, target, reduction, name, fwd, grad):
+    x = _t(input)
+    t = _t(target, like=x)
+    if t.shape != x.shape:
+        raise ShapeError(f"{name}: target shape {t.shape} differs from input shape {x.shape}; "
+                         "reshape one of them (broadcasting a loss target is almost always a bug)")
+    xd = x.data
+    td = t.data.astype(xd.dtype, copy=False)
+    diff = xd - td
+    per = fwd(diff)
+    n = max(per.size, 1)
+    xp = get_array_module(xd)
+    if reduction == "mean":
+        out = xp.asarray(per.mean(), dtype=xd.dtype)
+    elif reduction == "sum":
+        out = xp.asarray(per.sum(), dtype=xd.dtype)
+    else:
+        out = per
+
+    def backward(g):
+        gd = grad(diff)
+        gd *= (g / _f(xd.dtype, n)) if reduction == "mean" else g
+        return (gd if x.requires_grad else None, -gd if t.requires_grad else None)
+    return from_op(out, (x, t), backward, name)
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    reduction = _reduction(size_average, reduce, reduction)
+    if weight is not None:
+        raise NotImplementedError("mse_loss: weight= is not supported; multiply the per-element loss instead")
+
+    def fwd(d):
+        return d * d
+
+    def grad(d):
+        return d * _f(d.dtype, 2)
+    return _pointwise_loss(input, target, reduction, "mse_loss", fwd, grad)
+
+
+def l1_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    reduction = _reduction(size_average, reduce, reduction)
+
+    def fwd(d):
+        return get_array_module(d).abs(d)
+
+    def grad(d):
+        return get_array_module(d).sign(d)
+    return _pointwise_loss(input, target, reduction, "l1_loss", fwd, grad)
+
+
+# ------------------------------------------------------------------------------------------ regularisation
+
+
+def _random_like(d, xp, generator):
+    """Uniform [0, 1) numbers in d's dtype and memory order (so the mask multiply stays contiguous).
+
+    Under data parallelism (engine.random.batch_shard) the numbers are drawn for the whole
+    global batch and this worker keeps its rows, so N workers drop what one worker would.
+    """
+    if d.ndim and _random.current_batch_shard() is not None:
+        dt = d.dtype if d.dtype in (np.float32, np.float64) else np.float32
+        if xp is np:
+            rng = generator if generator is not None else _random.default_generator()
+            return _random.draw_rows(lambda shp: rng.random(shp, dtype=dt), d.shape)
+        return _random.draw_rows(lambda shp: xp.random.random(shp, dtype=dt), d.shape)
+    order = np.argsort([-abs(s) for s in d.strides], kind="stable") if d.ndim else ()
+    phys = tuple(d.shape[i] for i in order)
+    if xp is np:
+        rng = generator if generator is not None else _random.default_generator()
+        dt = d.dtype if d.dtype in (np.float32, np.float64) else np.float32
+        r = rng.random(phys, dtype=dt)
+    else:
+        r = xp.random.random(phys, dtype=d.dtype)
+    inv = np.argsort(order) if d.ndim else ()
+    return r.transpose(inv) if d.ndim else r
+
+
+def dropout(input, p=0.5, training=True, inplace=False, generator=None):
+    """Zero each element with probability p and scale the rest by 1/(1-p) (training only).
+
+    Random numbers come from the engine's global generator (engine.manual_seed) or `generator`.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+    x = _t(input)
+    if not training or p == 0.0:
+        return x
+    d = x.data
+    xp = get_array_module(d)
+    if p == 1.0:
+        mask = xp.zeros_like(d)
+    else:
+        keep = _random_like(d, xp, generator) >= _f(d.dtype, p)
+        mask = xp.multiply(keep, _f(d.dtype, 1.0 / (1.0 - p)), dtype=d.dtype)
+    return from_op(d * mask, (x,), lambda g: (g * mask,), "dropout")
+
+
+# ------------------------------------------------------------------------------------------ normalisation
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Batch normalisation over every axis but the channel axis 1.
+
+    training=True normalises with the batch statistics and, when running_mean/running_var are
+    given, updates them in place (running_var with the unbiased batch variance, as PyTorch).
+    momentum=None is not handled here: pass 1/num_batches_tracked (BatchNorm modules do).
+    """
+    x = _t(input)
+    if x.ndim < 2:
+        raise ShapeError(f"batch_norm: expected input with at least 2 dimensions (N, C, ...), got {x.shape}")
+    d = x.data
+    xp = get_array_module(d)
+    dt = d.dtype
+    C = x.shape[1]
+    axes = (0,) + tuple(range(2, x.ndim))
+    bshape = (1, C) + (1,) * (x.ndim - 2)
+    n = x.size // C
+    use_batch = training or running_mean is None or running_var is None
+    if use_batch:
+        if n <= 1:
+            raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input "
+                             f"of shape {x.shape}")
+        mean = d.mean(axis=axes)
+        xc = d - mean.reshape(bshape)
+        var = (xc * xc).mean(axis=axes)
+        if training and running_mean is not None and running_var is not None:
+            m = _f(running_mean.dtype, momentum)
+            with no_grad():
+                rm, rv = running_mean.data, running_var.data
+                rm *= (1 - m)
+                rm += m * mean.astype(rm.dtype, copy=False)
+                rv *= (1 - m)
+                rv += m * (var * _f(dt, n / (n - 1))).astype(rv.dtype, copy=False)
+    else:
+        mean = running_mean.data.astype(dt, copy=False)
+        var = running_var.data.astype(dt, copy=False)
+        xc = d - mean.reshape(bshape)
+    invstd = (_f(dt, 1) / xp.sqrt(var + _f(dt, eps))).astype(dt, copy=False)
+    xhat = xc * invstd.reshape(bshape)
+    wd = weight.data if weight is not None else None
+    out = xhat * wd.reshape(bshape) if wd is not None else xhat.copy()
+    if bias is not None:
+        out += bias.data.reshape(bshape)
+
+    def backward(g):
+        gsum = g.sum(axis=axes)
+        gx = (g * xhat).sum(axis=axes)
+        scale = invstd if wd is None else invstd * wd
+        dx = None
+        if x.requires_grad:
+            if use_batch:
+                dx = (g - (gsum / _f(dt, n)).reshape(bshape) - xhat * (gx / _f(dt, n)).reshape(bshape)) \
+                    * scale.reshape(bshape)
+            else:
+                dx = g * scale.reshape(bshape)
+        dw = gx if weight is not None and weight.requires_grad else None
+        db = gsum if bias is not None and bias.requires_grad else None
+        grads = [dx]
+        if weight is not None:
+            grads.append(dw)
+        if bias is not None:
+            grads.append(db)
+        return tuple(grads)
+
+    parents = tuple(p for p in (x, weight, bias) if p is not None)
+    return from_op(out, parents, backward, "batch_norm")
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Normalise over the trailing `normalized_shape` dimensions (biased variance, as PyTorch)."""
+    x = _t(input)
+    if isinstance(normalized_shape, numbers.Integral):
+        normalized_shape = (int(normalized_shape),)
+    normalized_shape = tuple(normalized_shape)
+    k = len(normalized_shape)
+    if x.shape[x.ndim - k:] != normalized_shape or x.ndim < k:
+        raise ShapeError(f"layer_norm: input of shape {x.shape} does not end with normalized_shape "
+                         f"{normalized_shape}")
+    d = x.data
+    xp = get_array_module(d)
+    dt = d.dtype
+    axes = tuple(range(x.ndim - k, x.ndim))
+    lead = tuple(range(x.ndim - k))
+    mean = d.mean(axis=axes, keepdims=True)
+    xc = d - mean
+    var = (xc * xc).mean(axis=axes, keepdims=True)
+    invstd = _f(dt, 1) / xp.sqrt(var + _f(dt, eps))
+    xhat = xc * invstd
+    wd = weight.data if weight is not None else None
+    out = xhat * wd if wd is not None else xhat.copy()
+    if bias is not None:
+        out += bias.data
+
+    def backward(g):
+        gw = g * wd if wd is not None else g
+        dx = None
+        if x.requires_grad:
+            dx = invstd * (gw - gw.mean(axis=axes, keepdims=True)
+                           - xhat * (gw * xhat).mean(axis=axes, keepdims=True))
+        grads = [dx]
+        if weight is not None:
+            grads.append((g * xhat).sum(axis=lead) if weight.requires_grad else None)
+        if bias is not None:
+            grads.append(g.sum(axis=lead) if bias.requires_grad else None)
+        return tuple(grads)
+
+    parents = tuple(p for p in (x, weight, bias) if p is not None)
+    return from_op(out, parents, backward, "layer_norm")
+
+
+# ------------------------------------------------------------------------------------------ embedding
+
+
+def _index_array(input, like, name):
+    idx = input.data if isinstance(input, Tensor) else input
+    if not hasattr(idx, "dtype"):
+        idx = np.asarray(idx)
+    xp = get_array_module(like.data)
+    if get_array_module(idx) is not xp:
+        idx = backend.to_device(idx, like.device)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{name}: indices must be integers, got dtype {idx.dtype}")
+    return idx
+
+
+def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+              sparse=False):
+    """Rows of weight picked by integer indices.  The gradient is dense (sparse=True is accepted and
+    gives the same dense gradient); rows at padding_idx get no gradient."""
+    num = weight.shape[0]
+    idx = _index_array(input, weight, "embedding")
+    xp = get_array_module(weight.data)
+    if idx.size:
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= num:
+            bad = hi if hi >= num else lo
+            raise IndexError(f"embedding: index {bad} is out of range for an embedding table of {num} rows "
+                             f"(valid 0..{num - 1})")
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx += num
+    if max_norm is not None:
+        with no_grad():
+            rows = xp.unique(idx.reshape(-1))
+            sel = weight.data[rows]
+            norms = (xp.abs(sel) ** norm_type).sum(axis=1) ** (1.0 / norm_type)
+            scale = xp.where(norms > max_norm, max_norm / (norms + 1e-7), 1.0).astype(weight.dtype)
+            weight.data[rows] = sel * scale[:, None]
+    W = weight.data
+    out = W[idx]
+    flat = idx.reshape(-1)
+
+    def backward(g):
+        D = W.shape[1]
+        g2 = g.reshape(-1, D)
+        if scale_grad_by_freq:
+            counts = xp.bincount(flat, minlength=num).astype(g.dtype)
+            g2 = g2 / counts[flat][:, None]
+        dW = xp.zeros(W.shape, dtype=g.dtype)
+        if xp is np:
+            order = np.argsort(flat, kind="stable")
+            sf = flat[order]
+            starts = np.flatnonzero(np.r_[True, sf[1:] != sf[:-1]]) if sf.size else np.zeros(0, np.int64)
+            if sf.size:
+                dW[sf[starts]] = np.add.reduceat(g2[order], starts, axis=0)
+        else:
+            backend.scatter_add(xp, dW, flat, g2)
+        if padding_idx is not None:
+            dW[padding_idx] = 0
+        return (dW,)
+
+    return from_op(out, (weight,), backward, "embedding")
+
+
+def one_hot(tensor, num_classes=-1):
+    idx = tensor.data if isinstance(tensor, Tensor) else np.asarray(tensor)
+    xp = get_array_module(idx)
+    if num_classes < 0:
+        num_classes = int(idx.max()) + 1 if idx.size else 0
+    out = xp.zeros(idx.shape + (num_classes,), dtype=np.int64)
+    xp.put_along_axis(out, idx[..., None].astype(np.int64), 1, axis=-1)
+    return Tensor._wrap(out)
+
+
+def flatten(input, start_dim=0, end_dim=-1):
+    return _ops.flatten(_t(input), start_dim, end_dim)
+
+
+# ------------------------------------------------------------------------------------------ recurrent layers
+
+
+def _grad_flags(*ts):
+    on = is_grad_enabled()
+    return [on and t is not None and t.requires_grad for t in ts]
+
+
+def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One LSTM layer over a time-major sequence x (T, N, I); h0/c0 (N, H) Tensors or None (zeros).
+
+    Returns (output (T, N, H), h_n (N, H), c_n (N, H)); the whole sequence is one autodiff node.
+    """
+    xp = get_array_module(w_ih.data)
+    dt = w_ih.dtype
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    xd = xp.ascontiguousarray(_match_dtype(x, dt))
+    h0d = h0.data.astype(dt, copy=False) if h0 is not None else xp.zeros((N, H), dtype=dt)
+    c0d = c0.data.astype(dt, copy=False) if c0 is not None else xp.zeros((N, H), dtype=dt)
+    b = None
+    if b_ih is not None or b_hh is not None:
+        b = (b_ih.data if b_ih is not None else 0) + (b_hh.data if b_hh is not None else 0)
+    packed, ctx = _rnn.lstm_forward(xd, h0d, c0d, w_ih.data, w_hh.data, b, h0_is_zero=h0 is None)
+    parents = [x, w_ih, w_hh]
+    opt = [(h0, "h0"), (c0, "c0"), (b_ih, "b_ih"), (b_hh, "b_hh")]
+    parents += [t for t, _ in opt if t is not None]
+    need_x, need_h0, need_c0, nw_ih, nw_hh, nb_ih, nb_hh = _grad_flags(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    xdtype = x.dtype
+
+    def backward(g):
+        dx, dh0, dc0, dw_ih, dw_hh, db = _rnn.lstm_backward(
+            g, ctx, need_x, need_h0, need_c0, nw_ih or nw_hh or nb_ih or nb_hh)
+        grads = [_back_dtype(dx, xdtype), dw_ih if nw_ih else None, dw_hh if nw_hh else None]
+        if h0 is not None:
+            grads.append(dh0)
+        if c0 is not None:
+            grads.append(dc0)
+        if b_ih is not None:
+            grads.append(db if nb_ih else None)
+        if b_hh is not None:
+            grads.append(db if nb_hh else None)
+        return tuple(grads)
+
+    out = from_op(packed, tuple(parents), backward, "lstm")
+    return out[:T], out[T - 1], out[T]
+
+
+def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One GRU layer over x (T, N, I).  Returns (output (T, N, H), h_n (N, H))."""
+    xp = get_array_module(w_ih.data)
+    dt = w_ih.dtype
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    xd = xp.ascontiguousarray(_match_dtype(x, dt))
+    h0d = h0.data.astype(dt, copy=False) if h0 is not None else xp.zeros((N, H), dtype=dt)
+    packed, ctx = _rnn.gru_forward(xd, h0d, w_ih.data, w_hh.data,
+                                   b_ih.data if b_ih is not None else None,
+                                   b_hh.data if b_hh is not None else None)
+    parents = [x, w_ih, w_hh] + [t for t in (h0, b_ih, b_hh) if t is not None]
+    need_x, need_h0, nw_ih, nw_hh, nb_ih, nb_hh = _grad_flags(x, h0, w_ih, w_hh, b_ih, b_hh)
+    xdtype = x.dtype
+
+    def backward(g):
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = _rnn.gru_backward(
+            g, ctx, w_ih.data, w_hh.data, need_x, need_h0, nw_ih or nw_hh, nb_ih, nb_hh)
+        grads = [_back_dtype(dx, xdtype), dw_ih if nw_ih else None, dw_hh if nw_hh else None]
+        if h0 is not None:
+            grads.append(dh0)
+        if b_ih is not None:
+            grads.append(db_ih)
+        if b_hh is not None:
+            grads.append(db_hh)
+        return tuple(grads)
+
+    out = from_op(packed, tuple(parents), backward, "gru")
+    return out, out[T - 1]
+
+
+def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+    """One Elman RNN layer (tanh or relu) over x (T, N, I).  Returns (output (T, N, H), h_n (N, H))."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"unknown nonlinearity {nonlinearity!r}, use 'tanh' or 'relu'")
+    xp = get_array_module(w_ih.data)
+    dt = w_ih.dtype
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    xd = xp.ascontiguousarray(_match_dtype(x, dt))
+    h0d = h0.data.astype(dt, copy=False) if h0 is not None else xp.zeros((N, H), dtype=dt)
+    b = None
+    if b_ih is not None or b_hh is not None:
+        b = (b_ih.data if b_ih is not None else 0) + (b_hh.data if b_hh is not None else 0)
+    packed, ctx = _rnn.rnn_forward(xd, h0d, w_ih.data, w_hh.data, b, nonlinearity)
+    parents = [x, w_ih, w_hh] + [t for t in (h0, b_ih, b_hh) if t is not None]
+    need_x, need_h0, nw_ih, nw_hh, nb_ih, nb_hh = _grad_flags(x, h0, w_ih, w_hh, b_ih, b_hh)
+    xdtype = x.dtype
+
+    def backward(g):
+        dx, dh0, dw_ih, dw_hh, db = _rnn.rnn_backward(
+            g, ctx, w_ih.data, w_hh.data, need_x, need_h0, nw_ih or nw_hh, nb_ih or nb_hh)
+        grads = [_back_dtype(dx, xdtype), dw_ih if nw_ih else None, dw_hh if nw_hh else None]
+        if h0 is not None:
+            grads.append(dh0)
+        if b_ih is not None:
+            grads.append(db if nb_ih else None)
+        if b_hh is not None:
+            grads.append(db if nb_hh else None)
+        return tuple(grads)
+
+    out = from_op(packed, tuple(parents), backward, "rnn")
+    return out, out[T - 1]

@@ -1,0 +1,208 @@
+"""RNN, LSTM and GRU modules: PyTorch's arguments, parameter names, shapes and return values.
+
+Each (layer, direction) runs as one fused autodiff node (functional.lstm_layer / gru_layer /
+rnn_layer) that loops over time internally.  Multi-layer stacks, batch_first, initial
+states, dropout between layers and bidirectional=True are handled here.
+"""
+from __future__ import annotations
+
+import math
+
+from .. import ops as _ops
+from ..tensor import Tensor
+from . import functional as F
+from . import init
+from ._factory import new_param
+from .functional import ShapeError
+from .module import Module
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+class RNNBase(Module):
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None):
+        super().__init__()
+        if proj_size:
+            raise NotImplementedError(f"{type(self).__name__}: proj_size is not supported")
+        if not 0 <= dropout <= 1 or isinstance(dropout, bool):
+            raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
+                             "element being zeroed")
+        if hidden_size <= 0 or num_layers <= 0:
+            raise ValueError("hidden_size and num_layers must be positive")
+        self.mode = mode
+        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        self.num_layers, self.bias = int(num_layers), bool(bias)
+        self.batch_first, self.dropout = bool(batch_first), float(dropout)
+        self.bidirectional, self.proj_size = bool(bidirectional), 0
+        gate = _GATES[mode] * hidden_size
+        dirs = 2 if bidirectional else 1
+        self._flat_weights_names = []
+        for layer in range(num_layers):
+            for d in range(dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                in_size = input_size if layer == 0 else hidden_size * dirs
+                names = [("weight_ih" + sfx, (gate, in_size)), ("weight_hh" + sfx, (gate, hidden_size))]
+                if bias:
+                    names += [("bias_ih" + sfx, (gate,)), ("bias_hh" + sfx, (gate,))]
+                for name, shape in names:
+                    setattr(self, name, new_param(shape, device, dtype))
+                    self._flat_weights_names.append(name)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for p in self.parameters():
+            init.uniform_(p, -stdv, stdv)
+
+    @property
+    def all_weights(self):
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s
+
+    # ------------------------------------------------------------ forward plumbing
+    def _prepare_input(self, input):
+        x = input if isinstance(input, Tensor) else Tensor(input)
+        if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
+            layout = "(N, L, {I}) with batch_first=True" if self.batch_first else "(L, N, {I})"
+            raise ShapeError(f"{self!r}: expected input of shape {layout.format(I=self.input_size)} "
+                             f"or unbatched (L, {self.input_size}), got {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = _ops.unsqueeze(x, 1)
+        elif self.batch_first:
+            x = _ops.transpose(x, (1, 0, 2))
+        return x, unbatched
+
+    def _check_state(self, h, name, n_batch, unbatched):
+        if h is None:
+            return None
+        h = h if isinstance(h, Tensor) else Tensor(h)
+        dirs = 2 if self.bidirectional else 1
+        expect = (self.num_layers * dirs, self.hidden_size) if unbatched else \
+            (self.num_layers * dirs, n_batch, self.hidden_size)
+        if h.shape != expect:
+            raise ShapeError(f"{self!r}: expected {name} of shape {expect}, got {h.shape}")
+        return _ops.unsqueeze(h, 1) if unbatched else h
+
+    def _layer_params(self, layer, d):
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
+        b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
+        b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
+        return w_ih, w_hh, b_ih, b_hh
+
+    def _run(self, x, states, step):
+        """Run every layer/direction; `step(x, states_for_cell, params)` -> (output, final_states)."""
+        dirs = 2 if self.bidirectional else 1
+        finals = []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(dirs):
+                k = layer * dirs + d
+                st = [None if s is None else s[k] for s in states]
+                xin = x if d == 0 else x[::-1]
+                out, fin = step(xin, st, self._layer_params(layer, d))
+                outs.append(out if d == 0 else out[::-1])
+                finals.append(fin)
+            x = outs[0] if dirs == 1 else _ops.concat(outs, axis=2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        return x, finals
+
+    def _finish(self, out, unbatched):
+        if unbatched:
+            return _ops.squeeze(out, 1)
+        if self.batch_first:
+            return _ops.transpose(out, (1, 0, 2))
+        return out
+
+
+class RNN(RNNBase):
+    """Elman RNN: h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh), act = tanh or relu."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"unknown nonlinearity {nonlinearity!r}, use 'tanh' or 'relu'")
+        self.__dict__["nonlinearity"] = nonlinearity
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size,
+                         num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input, hx=None):
+        x, unbatched = self._prepare_input(input)
+        h0 = self._check_state(hx, "hx", x.shape[1], unbatched)
+
+        def step(xin, st, params):
+            w_ih, w_hh, b_ih, b_hh = params
+            return F.rnn_layer(xin, st[0], w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
+
+        out, finals = self._run(x, [h0], step)
+        h_n = _ops.stack(finals, axis=0)
+        return self._finish(out, unbatched), (_ops.squeeze(h_n, 1) if unbatched else h_n)
+
+
+class LSTM(RNNBase):
+    """LSTM with gates i, f, g, o; returns (output, (h_n, c_n)) like PyTorch."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, device=None, dtype=None):
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device, dtype)
+
+    def forward(self, input, hx=None):
+        x, unbatched = self._prepare_input(input)
+        h0 = c0 = None
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{self!r}: hx must be a tuple (h_0, c_0)")
+            h0 = self._check_state(hx[0], "h_0", x.shape[1], unbatched)
+            c0 = self._check_state(hx[1], "c_0", x.shape[1], unbatched)
+
+        def step(xin, st, params):
+            w_ih, w_hh, b_ih, b_hh = params
+            out, h, c = F.lstm_layer(xin, st[0], st[1], w_ih, w_hh, b_ih, b_hh)
+            return out, (h, c)
+
+        out, finals = self._run(x, [h0, c0], step)
+        h_n = _ops.stack([f[0] for f in finals], axis=0)
+        c_n = _ops.stack([f[1] for f in finals], axis=0)
+        if unbatched:
+            h_n, c_n = _ops.squeeze(h_n, 1), _ops.squeeze(c_n, 1)
+        return self._finish(out, unbatched), (h_n, c_n)
+
+
+class GRU(RNNBase):
+    """GRU with gates r, z, n (n = tanh(W_in x + b_in + r * (W_hn h + b_hn))); returns (output, h_n)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, device=None, dtype=None):
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         0, device, dtype)
+
+    def forward(self, input, hx=None):
+        x, unbatched = self._prepare_input(input)
+        h0 = self._check_state(hx, "hx", x.shape[1], unbatched)
+
+        def step(xin, st, params):
+            w_ih, w_hh, b_ih, b_hh = params
+            return F.gru_layer(xin, st[0], w_ih, w_hh, b_ih, b_hh)
+
+        out, finals = self._run(x, [h0], step)
+        h_n = _ops.stack(finals, axis=0)
+        return self._finish(out, unbatched), (_ops.squeeze(h_n, 1) if unbatched else h_n)
