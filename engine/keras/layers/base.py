@@ -1,0 +1,285 @@
+"""Keras Layer on top of engine.nn.Module, and the channels-last/first bookkeeping.
+
+A Keras layer is an engine.nn.Module (so parameters(), state_dict(), .to(device),
+DistributedDataParallel and engine.optim all work on Keras models), plus what
+Keras adds: a name (`dense_1`), lazy `build(input_shape)` that creates weights
+from the first input shape, `get_weights()/set_weights()` in Keras layouts, and
+input-shape checking with an error that names the layer and both shapes.
+
+Layout.  Keras image tensors are channels-last (N, H, W, C); the engine's conv
+and pooling kernels are NCHW.  Inside a Sequential model the activation tensor
+carries a layout tag: spatial layers take either layout and return NCHW,
+elementwise layers keep whatever they get, and everything else (Flatten, Dense,
+softmax, user layers) receives channels-last.  So a Conv-Pool-Conv-Pool stack
+transposes once on the way in and once at Flatten, and Flatten still flattens
+in Keras' (H, W, C) order, so weights are interchangeable with Keras'.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ...backend import get_array_module
+from ...tensor import Tensor
+from ... import nn
+from .. import initializers
+
+__all__ = ["Layer", "CL", "CF", "to_channels_last", "to_channels_first", "InputShapeError"]
+
+CL, CF = "channels_last", "channels_first"
+
+_name_counts: dict[str, int] = {}
+
+
+def clear_session():
+    """Reset automatic layer names (dense, dense_1, ...), as keras.backend.clear_session()."""
+    _name_counts.clear()
+
+
+def to_snake_case(name: str) -> str:
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
+
+
+def unique_name(base: str) -> str:
+    n = _name_counts.get(base, 0)
+    _name_counts[base] = n + 1
+    return base if n == 0 else f"{base}_{n}"
+
+
+def to_channels_first(x: Tensor) -> Tensor:
+    return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
+
+
+def to_channels_last(x: Tensor) -> Tensor:
+    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+
+
+def shape_str(shape) -> str:
+    return "(" + ", ".join("None" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+class InputShapeError(ValueError):
+    """Data of the wrong shape reached a layer: the message names the layer and both shapes."""
+
+
+def _as_shape(shape):
+    if shape is None:
+        return None
+    if isinstance(shape, int):
+        return (shape,)
+    return tuple(None if s is None else int(s) for s in shape)
+
+
+def as_tensor_input(x, device=None) -> Tensor:
+    """numpy (uint8, float64, ...) / lists / Tensors -> float32 Tensor, as Keras casts its inputs."""
+    if isinstance(x, Tensor):
+        if x.dtype.kind == "f" and x.dtype != np.float32:
+            return x.astype(np.float32)
+        if x.dtype.kind != "f":
+            return Tensor(x.data.astype(np.float32))
+        return x
+    arr = np.asarray(x) if not hasattr(x, "__cuda_array_interface__") else x
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    return Tensor(arr, device=device if device not in (None, "cpu") else None)
+
+
+class Layer(nn.Module):
+    """Base of every Keras layer.  Subclasses define build(), call() and compute_output_shape()."""
+
+    #: rank of the input including the batch axis, when the layer needs a fixed one
+    input_ndim: int | None = None
+    #: True when the layer's computation is elementwise (layout does not matter)
+    layout_agnostic: bool = False
+
+    def __init__(self, trainable=True, name=None, dtype=None, input_shape=None, batch_input_shape=None,
+                 input_dim=None, batch_size=None, **kwargs):
+        super().__init__()
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s) "
+                            f"{', '.join(sorted(kwargs))}")
+        if dtype not in (None, "float32", np.float32):
+            raise ValueError(f"{type(self).__name__}: only float32 layers are supported, got dtype={dtype!r}")
+        self.name = name or unique_name(to_snake_case(type(self).__name__))
+        self.trainable = bool(trainable)
+        self.built = False
+        self._weight_names: list[str] = []
+        self._trainable_names: set[str] = set()
+        if input_dim is not None and input_shape is None:
+            input_shape = (int(input_dim),)
+        if batch_input_shape is not None:
+            self._batch_input_shape = _as_shape(batch_input_shape)
+        elif input_shape is not None:
+            self._batch_input_shape = (batch_size,) + _as_shape(input_shape)
+        else:
+            self._batch_input_shape = None
+        self.input_shape_built = None      # (None, ...) shape the layer was built for
+        self.output_shape_built = None
+
+    # ------------------------------------------------------------------ weights
+    def add_weight(self, name, shape, initializer="glorot_uniform", trainable=True):
+        init = initializers.get(initializer)
+        arr = np.asarray(init(tuple(shape), "float32"), dtype=np.float32)
+        if trainable:
+            t = nn.Parameter(Tensor(arr))
+            t.requires_grad = self.trainable
+            setattr(self, name, t)
+            self._trainable_names.add(name)
+        else:
+            t = Tensor(arr)
+            self.register_buffer(name, t)
+        self._weight_names.append(name)
+        return t
+
+    @property
+    def weights(self):
+        return [getattr(self, n) for n in self._weight_names]
+
+    @property
+    def trainable_weights(self):
+        if not self.trainable:
+            return []
+        return [getattr(self, n) for n in self._weight_names if n in self._trainable_names]
+
+    @property
+    def non_trainable_weights(self):
+        if not self.trainable:
+            return self.weights
+        return [getattr(self, n) for n in self._weight_names if n not in self._trainable_names]
+
+    def __setattr__(self, key, value):
+        if key == "trainable" and "_trainable_names" in self.__dict__:
+            for n in self._trainable_names:
+                getattr(self, n).requires_grad = bool(value)
+        super().__setattr__(key, value)
+
+    def get_weights(self):
+        """The weights as numpy arrays, in Keras' order and layouts (Dense kernel (in, out))."""
+        return [np.array(w.numpy(), copy=True) for w in self.weights]
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        mine = self.weights
+        if len(weights) != len(mine):
+            raise ValueError(f'layer "{self.name}" ({type(self).__name__}) has {len(mine)} weights '
+                             f"({', '.join(self._weight_names) or 'none'}), got {len(weights)} arrays")
+        for n, w, new in zip(self._weight_names, mine, weights):
+            new = np.asarray(new)
+            if tuple(new.shape) != w.shape:
+                raise ValueError(f'layer "{self.name}": weight "{n}" has shape {w.shape}, '
+                                 f"got an array of shape {tuple(new.shape)}")
+            xp = get_array_module(w.data)
+            w.data[...] = xp.asarray(new, dtype=w.dtype)
+
+    def count_params(self) -> int:
+        if not self.built:
+            raise ValueError(f'layer "{self.name}" is not built yet, so it has no weights; call it on '
+                             "data or build(input_shape) first")
+        return int(sum(w.size for w in self.weights))
+
+    # ------------------------------------------------------------------ build / shapes
+    def build(self, input_shape):
+        """Create weights for inputs of `input_shape` (batch axis first, may be None)."""
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def expected_input_shape(self):
+        """(None, ...) with None for free axes, once built; used for the shape check."""
+        if self.input_shape_built is None:
+            return None
+        return (None,) + (None,) * (len(self.input_shape_built) - 1)
+
+    def _build_for(self, input_shape):
+        self.check_input_shape(tuple(input_shape), built=False)
+        input_shape = (None,) + tuple(input_shape[1:])
+        if not self.built:
+            self.build(input_shape)
+            self.built = True
+            self.input_shape_built = input_shape
+        out = tuple(self.compute_output_shape(input_shape))
+        self.output_shape_built = out
+        return out
+
+    def check_input_shape(self, shape, built=True):
+        """Raise InputShapeError naming this layer, the expected and the received shape."""
+        shape = tuple(shape)
+        if self.input_ndim is not None and len(shape) != self.input_ndim:
+            expected = self.expected_input_shape() if built and self.built else None
+            exp = shape_str(expected) if expected else f"ndim={self.input_ndim} (batch axis included)"
+            raise InputShapeError(
+                f'Input 0 of layer "{self.name}" ({type(self).__name__}) is incompatible with the layer: '
+                f"expected shape={exp}, found shape={shape_str(shape)}{self._shape_hint(shape)}")
+        if built and self.built:
+            expected = self.expected_input_shape()
+            if expected is not None and (len(expected) != len(shape) or any(
+                    e is not None and s is not None and e != s for e, s in zip(expected, shape))):
+                raise InputShapeError(
+                    f'Input 0 of layer "{self.name}" ({type(self).__name__}) is incompatible with the '
+                    f"layer: expected shape={shape_str(expected)}, found shape={shape_str(shape)}"
+                    f"{self._shape_hint(shape)}")
+
+    def _shape_hint(self, shape):
+        if self.input_ndim == 4 and len(shape) == 3:
+            return (f"; images need a channel axis: reshape x to {shape_str((-1,) + tuple(shape[1:]) + (1,))}"
+                    " (channels last)")
+        if self.input_ndim == 3 and len(shape) == 4 and shape[-1] == 1:
+            return "; sequences are (batch, timesteps, features): drop the trailing channel axis"
+        return ""
+
+    # ------------------------------------------------------------------ calling
+    def call(self, inputs, training=False):
+        raise NotImplementedError(f"{type(self).__name__}.call")
+
+    def forward(self, inputs, training=None):
+        return self(inputs, training=training)
+
+    def __call__(self, inputs, training=None, **kwargs):
+        """Keras semantics: channels-last in and out, numpy accepted, builds on first use."""
+        x = inputs if isinstance(inputs, Tensor) else as_tensor_input(inputs, self._device())
+        if training is None:
+            training = self.training
+        if not self.built:
+            self._build_for(x.shape)
+        else:
+            self.check_input_shape(tuple(x.shape))
+        y, layout = self.call_internal(x, CL, bool(training))
+        return to_channels_last(y) if layout == CF else y
+
+    def call_internal(self, x, layout, training, final_logits=False):
+        """(tensor, layout) -> (tensor, layout). The default converts to channels-last and calls
+        `call`; spatial and elementwise layers override this to skip transposes."""
+        if layout == CF and not self.layout_agnostic:
+            x, layout = to_channels_last(x), CL
+        return self.call(x, training=training), layout
+
+    def output_activation(self):
+        """Name of the activation that produces this layer's output, if any (for the fused loss)."""
+        return None
+
+    def _device(self):
+        for w in self.weights:
+            return w.device
+        return None
+
+    # ------------------------------------------------------------------ config
+    def get_config(self) -> dict:
+        cfg = {"name": self.name, "trainable": self.trainable}
+        if self._batch_input_shape is not None:
+            cfg["batch_input_shape"] = list(self._batch_input_shape)
+        return cfg
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "batch_input_shape" in config and config["batch_input_shape"] is not None:
+            config["batch_input_shape"] = tuple(config["batch_input_shape"])
+        return cls(**config)
+
+    def extra_repr(self):
+        return f"name={self.name!r}"
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name}, built={self.built}>"

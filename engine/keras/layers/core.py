@@ -1,0 +1,290 @@
+"""Core Keras layers: InputLayer, Dense, Activation, Dropout, Flatten, Reshape."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...backend import get_array_module
+from ...tensor import Tensor, from_op
+from ... import random as _random
+from .. import activations, initializers
+from .base import CF, CL, Layer, shape_str, to_channels_last
+
+__all__ = ["InputLayer", "Input", "Dense", "Activation", "ReLU", "Softmax", "Dropout", "Flatten", "Reshape"]
+
+
+class InputLayer(Layer):
+    """Declares the model's input shape (no weights, no computation)."""
+
+    layout_agnostic = True
+
+    def __init__(self, input_shape=None, batch_size=None, name=None, shape=None, batch_input_shape=None,
+                 **kwargs):
+        if shape is not None and input_shape is None:
+            input_shape = shape
+        if input_shape is None and batch_input_shape is None:
+            raise ValueError("InputLayer needs shape=(...) (the shape of one sample, without the batch axis)")
+        super().__init__(name=name, input_shape=input_shape, batch_size=batch_size,
+                         batch_input_shape=batch_input_shape, **kwargs)
+
+    def expected_input_shape(self):
+        return (None,) + tuple(self._batch_input_shape[1:])
+
+    def call(self, inputs, training=False):
+        return inputs
+
+    def call_internal(self, x, layout, training, final_logits=False):
+        return x, layout
+
+
+def Input(shape=None, batch_size=None, name=None, dtype=None, batch_shape=None, **kwargs):
+    """keras.Input(shape=(28, 28, 1)): usable as the first entry of a Sequential list."""
+    if batch_shape is not None:
+        return InputLayer(batch_input_shape=batch_shape, name=name, dtype=dtype, **kwargs)
+    return InputLayer(input_shape=shape, batch_size=batch_size, name=name, dtype=dtype, **kwargs)
+
+
+class _WithActivation(Layer):
+    def output_activation(self):
+        return self.activation.name
+
+    def _activate(self, y, final_logits):
+        if final_logits or self.activation is activations.linear:
+            return y
+        return self.activation(y)
+
+
+class Dense(_WithActivation):
+    """y = activation(x @ kernel + bias) on the last axis; kernel is (in, out) as in Keras."""
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        if kernel_regularizer is not None or bias_regularizer is not None:
+            raise ValueError("Dense: regularizers are not supported; use AdamW / weight_decay instead")
+        super().__init__(**kwargs)
+        if int(units) <= 0:
+            raise ValueError(f"Dense: units must be a positive integer, got {units!r}")
+        self.units = int(units)
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+
+    def build(self, input_shape):
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(f'layer "{self.name}" (Dense) needs a known last input axis, '
+                             f"got input shape {shape_str(input_shape)}")
+        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer)
+        if self.use_bias:
+            self.add_weight("bias", (self.units,), self.bias_initializer)
+
+    def expected_input_shape(self):
+        s = self.input_shape_built
+        return (None,) * (len(s) - 1) + (s[-1],) if s else None
+
+    def check_input_shape(self, shape, built=True):
+        if len(shape) < 2:
+            raise _shape_error(self, shape, "at least 2 axes (batch, features)")
+        if built and self.built and shape[-1] != self.kernel.shape[0]:
+            raise _shape_error(
+                self, shape, f"axis -1 of the input to have value {self.kernel.shape[0]}",
+                " (the layer was built for that input size)")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def call(self, inputs, training=False, final_logits=False):
+        fuse_relu = self.activation is activations.relu and not final_logits
+        y = dense(inputs, self.kernel, self.bias if self.use_bias else None, relu=fuse_relu)
+        return y if fuse_relu else self._activate(y, final_logits)
+
+    def call_internal(self, x, layout, training, final_logits=False):
+        if layout == CF:
+            x = to_channels_last(x)
+        return self.call(x, training, final_logits), CL
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer)}
+
+
+def dense(x: Tensor, kernel: Tensor, bias: Tensor | None, relu: bool = False) -> Tensor:
+    """x @ kernel + bias (optionally ReLU'd) over the last axis as one graph node.
+
+    One sgemm each way and no separate bias / activation nodes: the Keras kernel layout
+    (in, out) is used as is, so its gradient comes out in the parameter's own layout.
+    """
+    xp = get_array_module(x.data)
+    K = kernel.data
+    xd = x.data if x.dtype == K.dtype else x.data.astype(K.dtype)
+    lead, n_in, n_out = xd.shape[:-1], K.shape[0], K.shape[1]
+    x2 = xd.reshape(-1, n_in)
+    out = x2 @ K
+    if bias is not None:
+        out += bias.data
+    if relu:
+        xp.maximum(out, 0, out=out)
+    need_x, need_k = x.requires_grad, kernel.requires_grad
+    need_b = bias is not None and bias.requires_grad
+    xdtype = x.dtype
+
+    def backward(g):
+        g2 = g.reshape(-1, n_out)
+        if relu:
+            g2 = g2 * (out > 0)
+        dx = dk = db = None
+        if need_x:
+            if x2.flags.f_contiguous and not x2.flags.c_contiguous:
+                dx = (K @ g2.T).T                      # keep the input's memory order
+            else:
+                dx = g2 @ K.T
+            dx = dx.reshape(lead + (n_in,))
+            if dx.dtype != xdtype:
+                dx = dx.astype(xdtype)
+        if need_k:
+            dk = x2.T @ g2
+        if need_b:
+            db = g2.sum(axis=0)
+        return (dx, dk, db) if bias is not None else (dx, dk)
+
+    parents = (x, kernel, bias) if bias is not None else (x, kernel)
+    return from_op(out.reshape(lead + (n_out,)), parents, backward, "dense")
+
+
+def _shape_error(layer, shape, expectation, extra=""):
+    from .base import InputShapeError
+    return InputShapeError(
+        f'Input 0 of layer "{layer.name}" ({type(layer).__name__}) is incompatible with the layer: '
+        f"expected {expectation}, but received input with shape {shape_str(shape)}{extra}")
+
+
+class Activation(_WithActivation):
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activations.get(activation)
+        self.layout_agnostic = self.activation.elementwise
+
+    def call(self, inputs, training=False, final_logits=False):
+        return self._activate(inputs, final_logits)
+
+    def call_internal(self, x, layout, training, final_logits=False):
+        if layout == CF and not self.layout_agnostic:
+            x, layout = to_channels_last(x), CL
+        return self._activate(x, final_logits), layout
+
+    def get_config(self):
+        return {**super().get_config(), "activation": activations.serialize(self.activation)}
+
+
+class ReLU(Activation):
+    def __init__(self, **kwargs):
+        super().__init__("relu", **kwargs)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.pop("activation")
+        return cfg
+
+
+class Softmax(Activation):
+    def __init__(self, axis=-1, **kwargs):
+        if axis != -1:
+            raise ValueError("Softmax layer: only axis=-1 is supported")
+        super().__init__("softmax", **kwargs)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.pop("activation")
+        return cfg
+
+
+def dropout(x: Tensor, rate: float) -> Tensor:
+    """Inverted dropout: zero with probability `rate`, scale survivors by 1/(1-rate)."""
+    xp = get_array_module(x.data)
+    if xp is np:
+        keep = _random.default_generator().random(x.shape, dtype=np.float32) >= rate
+    else:
+        keep = xp.random.random(x.shape, dtype=np.float32) >= rate
+    scale = x.dtype.type(1.0 / (1.0 - rate))
+    mask = keep.astype(x.dtype)
+    mask *= scale
+    return from_op(x.data * mask, (x,), lambda g: (g * mask,), "dropout")
+
+
+class Dropout(Layer):
+    layout_agnostic = True
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"Dropout: rate must be in [0, 1), got {rate!r}")
+        if noise_shape is not None:
+            raise ValueError("Dropout: noise_shape is not supported")
+        self.rate = float(rate)
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0.0:
+            return inputs
+        return dropout(inputs, self.rate)
+
+    def call_internal(self, x, layout, training, final_logits=False):
+        return self.call(x, training), layout
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1*d2*...), in Keras' channels-last order."""
+
+    def compute_output_shape(self, input_shape):
+        rest = input_shape[1:]
+        n = None if any(s is None for s in rest) else int(np.prod(rest)) if rest else 1
+        return (input_shape[0], n)
+
+    def check_input_shape(self, shape, built=True):
+        if len(shape) < 2:
+            raise _shape_error(self, shape, "at least 2 axes (batch, ...)")
+
+    def call(self, inputs, training=False):
+        return inputs.reshape(inputs.shape[0], -1)
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": "channels_last"}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("data_format", None)
+        return super().from_config(config)
+
+
+class Reshape(Layer):
+    def __init__(self, target_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.target_shape = tuple(int(s) for s in target_shape)
+        if sum(1 for s in self.target_shape if s == -1) > 1:
+            raise ValueError(f"Reshape: at most one -1 in target_shape, got {self.target_shape}")
+
+    def compute_output_shape(self, input_shape):
+        rest = input_shape[1:]
+        if -1 in self.target_shape and all(s is not None for s in rest):
+            known = int(np.prod([s for s in self.target_shape if s != -1]))
+            total = int(np.prod(rest))
+            if total % known:
+                raise ValueError(f'layer "{self.name}" (Reshape): cannot reshape {shape_str(input_shape)} '
+                                 f"into {shape_str((None,) + self.target_shape)}")
+            return (input_shape[0],) + tuple(total // known if s == -1 else s for s in self.target_shape)
+        if all(s is not None for s in rest) and int(np.prod(rest)) != int(np.prod(self.target_shape)):
+            raise ValueError(f'layer "{self.name}" (Reshape): cannot reshape {shape_str(input_shape)} '
+                             f"({int(np.prod(rest))} values per sample) into "
+                             f"{shape_str((None,) + self.target_shape)}")
+        return (input_shape[0],) + self.target_shape
+
+    def call(self, inputs, training=False):
+        return inputs.reshape((inputs.shape[0],) + self.target_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
+

@@ -1,0 +1,91 @@
+"""BatchNormalization with Keras semantics (not PyTorch's).
+
+Keras differs from torch.nn.BatchNorm in three ways that change results, so this
+is its own layer: momentum is the weight of the *old* moving average (0.99), the
+moving variance is updated with the biased batch variance, and epsilon is 1e-3.
+Weights in Keras order: gamma, beta (trainable), moving_mean, moving_variance.
+"""
+from __future__ import annotations
+
+from ... import ops
+from .base import CF, Layer, shape_str
+
+__all__ = ["BatchNormalization"]
+
+
+class BatchNormalization(Layer):
+    def __init__(self, axis=-1, momentum=0.99, epsilon=0.001, center=True, scale=True,
+                 beta_initializer="zeros", gamma_initializer="ones",
+                 moving_mean_initializer="zeros", moving_variance_initializer="ones", **kwargs):
+        super().__init__(**kwargs)
+        self.axis = int(axis) if not isinstance(axis, (list, tuple)) else int(axis[0])
+        self.momentum, self.epsilon = float(momentum), float(epsilon)
+        self.center, self.scale = bool(center), bool(scale)
+        self._inits = (beta_initializer, gamma_initializer, moving_mean_initializer,
+                       moving_variance_initializer)
+
+    def build(self, input_shape):
+        ax = self.axis % len(input_shape)
+        n = input_shape[ax]
+        if n is None:
+            raise ValueError(f'layer "{self.name}" (BatchNormalization): axis {self.axis} of input shape '
+                             f"{shape_str(input_shape)} must be known")
+        self._ndim = len(input_shape)
+        beta_i, gamma_i, mm_i, mv_i = self._inits
+        if self.scale:
+            self.add_weight("gamma", (n,), gamma_i)
+        if self.center:
+            self.add_weight("beta", (n,), beta_i)
+        self.add_weight("moving_mean", (n,), mm_i, trainable=False)
+        self.add_weight("moving_variance", (n,), mv_i, trainable=False)
+
+    def expected_input_shape(self):
+        s = self.input_shape_built
+        if s is None:
+            return None
+        ax = self.axis % len(s)
+        return tuple(s[i] if i == ax else None for i in range(len(s)))
+
+    def _channel_axis(self, ndim, layout):
+        ax = self.axis % ndim
+        if layout == CF and ndim == 4:
+            return {3: 1, 1: 2, 2: 3, 0: 0}[ax]
+        return ax
+
+    def call_internal(self, x, layout, training, final_logits=False):
+        return self._normalize(x, self._channel_axis(x.ndim, layout), training), layout
+
+    def call(self, inputs, training=False):
+        return self._normalize(inputs, self.axis % inputs.ndim, training)
+
+    def _normalize(self, x, ax, training):
+        shape = [1] * x.ndim
+        shape[ax] = x.shape[ax]
+        red = tuple(i for i in range(x.ndim) if i != ax)
+        if training:
+            mean = x.mean(axis=red, keepdims=True)
+            centered = x - mean
+            var = (centered * centered).mean(axis=red, keepdims=True)
+            m = self.momentum
+            self.moving_mean.data *= m
+            self.moving_mean.data += (1 - m) * mean.data.reshape(-1)
+            self.moving_variance.data *= m
+            self.moving_variance.data += (1 - m) * var.data.reshape(-1)
+            y = centered / ops.sqrt(var + self.epsilon)
+        else:
+            mean = self.moving_mean.reshape(shape)
+            var = self.moving_variance.reshape(shape)
+            y = (x - mean) / ops.sqrt(var + self.epsilon)
+        if self.scale:
+            y = y * self.gamma.reshape(shape)
+        if self.center:
+            y = y + self.beta.reshape(shape)
+        return y
+
+    def get_config(self):
+        from .. import initializers as I
+        beta_i, gamma_i, mm_i, mv_i = (I.serialize(I.get(i)) for i in self._inits)
+        return {**super().get_config(), "axis": self.axis, "momentum": self.momentum,
+                "epsilon": self.epsilon, "center": self.center, "scale": self.scale,
+                "beta_initializer": beta_i, "gamma_initializer": gamma_i,
+                "moving_mean_initializer": mm_i, "moving_variance_initializer": mv_i}

@@ -1,0 +1,143 @@
+"""Keras metrics as running (stateful) accumulators over an epoch.
+
+`fit` and `evaluate` report, like Keras, the value over all samples seen so far in
+the epoch, not the last batch.  Metrics are computed on raw arrays without
+recording a graph.  Accuracy metrics work on logits as well as probabilities
+(argmax is the same; the binary threshold moves from 0.5 to 0), which is what lets
+the model train on logits under the fused loss.
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module
+from ..tensor import Tensor
+
+__all__ = ["Metric", "Mean", "SparseCategoricalAccuracy", "CategoricalAccuracy", "BinaryAccuracy",
+           "MeanSquaredError", "MeanAbsoluteError", "get"]
+
+
+def _raw(y):
+    return y.data if isinstance(y, Tensor) else y
+
+
+class Metric:
+    name = "metric"
+
+    def __init__(self, name=None):
+        if name:
+            self.name = name
+        self.reset_state()
+
+    def reset_state(self):
+        self.total = 0.0
+        self.count = 0
+
+    def update_state(self, y_true, y_pred, logits=False):
+        value, count = self.batch_value(_raw(y_true), _raw(y_pred), logits)
+        self.total += float(value)
+        self.count += int(count)
+
+    def batch_value(self, y_true, y_pred, logits):
+        """-> (sum over the batch, number of samples)"""
+        raise NotImplementedError
+
+    def result(self):
+        return self.total / self.count if self.count else 0.0
+
+    def __repr__(self):
+        return f"<metric {self.name}: {self.result():.4f}>"
+
+
+class Mean(Metric):
+    """Weighted mean of scalar values (the loss tracker)."""
+
+    name = "mean"
+
+    def update(self, value, weight=1):
+        self.total += float(value) * weight
+        self.count += weight
+
+
+class SparseCategoricalAccuracy(Metric):
+    name = "sparse_categorical_accuracy"
+
+    def batch_value(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        pred = y_pred.reshape(-1, y_pred.shape[-1]).argmax(axis=1)
+        y = xp.asarray(y_true).reshape(-1)
+        return (pred == y).sum(), pred.shape[0]
+
+
+class CategoricalAccuracy(Metric):
+    name = "categorical_accuracy"
+
+    def batch_value(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        pred = y_pred.reshape(-1, y_pred.shape[-1]).argmax(axis=1)
+        y = xp.asarray(y_true).reshape(-1, y_pred.shape[-1]).argmax(axis=1)
+        return (pred == y).sum(), pred.shape[0]
+
+
+class BinaryAccuracy(Metric):
+    name = "binary_accuracy"
+
+    def __init__(self, name=None, threshold=0.5):
+        self.threshold = threshold
+        super().__init__(name)
+
+    def batch_value(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        thr = 0.0 if logits else self.threshold
+        pred = (y_pred > thr).reshape(-1)
+        y = (xp.asarray(y_true).reshape(-1) > 0.5)
+        return (pred == y).sum(), pred.shape[0]
+
+
+class MeanSquaredError(Metric):
+    name = "mean_squared_error"
+
+    def batch_value(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        t = xp.asarray(y_true, dtype=y_pred.dtype).reshape(y_pred.shape)
+        per_sample = ((y_pred - t) ** 2).reshape(y_pred.shape[0], -1).mean(axis=1)
+        return per_sample.sum(), y_pred.shape[0]
+
+
+class MeanAbsoluteError(Metric):
+    name = "mean_absolute_error"
+
+    def batch_value(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        t = xp.asarray(y_true, dtype=y_pred.dtype).reshape(y_pred.shape)
+        per_sample = xp.abs(y_pred - t).reshape(y_pred.shape[0], -1).mean(axis=1)
+        return per_sample.sum(), y_pred.shape[0]
+
+
+_BY_NAME = {
+    "sparse_categorical_accuracy": SparseCategoricalAccuracy,
+    "categorical_accuracy": CategoricalAccuracy,
+    "binary_accuracy": BinaryAccuracy,
+    "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
+    "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
+}
+
+
+def get(identifier, loss_name: str, output_shape) -> Metric:
+    """Resolve a metric; 'accuracy'/'acc' picks the variant that fits the loss, as Keras does."""
+    if isinstance(identifier, Metric):
+        return identifier
+    if isinstance(identifier, type) and issubclass(identifier, Metric):
+        return identifier()
+    if not isinstance(identifier, str):
+        raise TypeError(f"cannot interpret {identifier!r} as a metric; use a name such as 'accuracy'")
+    key = identifier.lower()
+    if key in ("accuracy", "acc"):
+        if "binary" in loss_name or (output_shape and output_shape[-1] == 1):
+            cls = BinaryAccuracy
+        elif loss_name.startswith("sparse"):
+            cls = SparseCategoricalAccuracy
+        else:
+            cls = CategoricalAccuracy
+        return cls(name=identifier)           # History keys use the name the user wrote
+    if key not in _BY_NAME:
+        raise ValueError(f"unknown metric {identifier!r}; known: accuracy, {', '.join(sorted(_BY_NAME))}")
+    return _BY_NAME[key](name=identifier)

@@ -1,0 +1,163 @@
+"""keras.models: Sequential, Model, load_model."""
+from __future__ import annotations
+
+from .layers.base import CF, CL, InputShapeError, Layer, shape_str, to_channels_last, _as_shape
+from .layers.core import InputLayer
+from .training import Model
+
+__all__ = ["Sequential", "Model", "load_model", "clone_model"]
+
+
+class Sequential(Model):
+    """A linear stack of layers: Sequential([layers.Conv2D(...), ..., layers.Dense(10)])."""
+
+    def __init__(self, layers=None, name=None, trainable=True, **kwargs):
+        super().__init__(name=name, trainable=trainable, **kwargs)
+        for layer in layers or []:
+            self.add(layer)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def layers(self):
+        return [m for m in self._modules.values() if isinstance(m, Layer)]
+
+    def add(self, layer):
+        if isinstance(layer, InputLayer):
+            if self.layers:
+                raise ValueError("an Input / InputLayer can only be the first entry of a Sequential model")
+            self._batch_input_shape = layer._batch_input_shape
+            self._maybe_build()
+            return
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add expects a keras layer, got {type(layer).__name__}"
+                            + (" (engine.nn modules are PyTorch-style: use engine.nn.Sequential for them)"
+                               if hasattr(layer, "parameters") else ""))
+        if layer.name in self._modules:
+            raise ValueError(f'all layers in a Sequential model need unique names; "{layer.name}" is used '
+                             "twice (the same layer object added twice?)")
+        if not self.layers and self._batch_input_shape is None and layer._batch_input_shape is not None:
+            self._batch_input_shape = layer._batch_input_shape
+        elif self.layers and layer._batch_input_shape is not None and self.built:
+            pass                                # Keras ignores input_shape on later layers
+        self.add_module(layer.name, layer)
+        self.built = False
+        self._maybe_build()
+
+    def pop(self):
+        if not self.layers:
+            raise TypeError("there are no layers in the model")
+        last = self.layers[-1]
+        del self._modules[last.name]
+        self.built = False
+        self._maybe_build()
+        return last
+
+    def _maybe_build(self):
+        if self._batch_input_shape is not None and self.layers:
+            self.build(self._batch_input_shape)
+
+    def build(self, input_shape=None):
+        if input_shape is None:
+            input_shape = self._batch_input_shape
+        if input_shape is None:
+            raise ValueError("Sequential.build needs input_shape (e.g. (None, 28, 28, 1))")
+        shape = (None,) + tuple(_as_shape(input_shape)[1:])
+        self.input_shape_built = shape
+        for layer in self.layers:
+            shape = layer._build_for(shape)
+        self.output_shape_built = shape
+        self.built = True
+
+    def _build_for(self, input_shape):
+        self.build((None,) + tuple(input_shape[1:]))
+        return self.output_shape_built
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = layer.compute_output_shape(shape)
+        return shape
+
+    @property
+    def input_shape(self):
+        return self.input_shape_built
+
+    @property
+    def output_shape(self):
+        return self.output_shape_built
+
+    def check_input_shape(self, shape, built=True, x_shape=None):
+        if not self.built or self.input_shape_built is None:
+            if self.layers:
+                self.layers[0].check_input_shape(shape, built=False)
+            return
+        expected = self.input_shape_built
+        shape = tuple(shape)
+        if len(shape) != len(expected) or any(e is not None and s is not None and e != s
+                                               for e, s in zip(expected[1:], shape[1:])):
+            first = self.layers[0] if self.layers else self
+            found = x_shape if x_shape is not None else shape
+            hint = first._shape_hint(shape) if hasattr(first, "_shape_hint") else ""
+            if not hint and len(shape) + 1 == len(expected) and expected[-1] == 1:
+                hint = f"; add the channel axis: x.reshape({shape_str((-1,) + tuple(expected[1:]))})"
+            raise InputShapeError(
+                f'Input 0 of layer "{first.name}" ({type(first).__name__}) is incompatible with the layer: '
+                f"expected shape={shape_str(expected)}, found shape={shape_str(found)}{hint}")
+
+    # ------------------------------------------------------------------ forward
+    def _final_activation(self):
+        layers = self.layers
+        return layers[-1].output_activation() if layers else None
+
+    def _forward(self, x, training, logits=False):
+        layout = CL
+        layers = self.layers
+        last = len(layers) - 1
+        i = 0
+        while i <= last:
+            layer = layers[i]
+            if i < last and getattr(layer, "fusable_with_pool", None) is not None \
+                    and layer.fusable_with_pool(layers[i + 1]) and not (logits and i + 1 == last):
+                x, layout = layer.call_fused_pool(x, layout)
+                i += 2
+                continue
+            x, layout = layer.call_internal(x, layout, training, final_logits=logits and i == last)
+            i += 1
+        return to_channels_last(x) if layout == CF else x
+
+    def call(self, inputs, training=False):
+        return self._forward(inputs, training)
+
+    def output_activation(self):
+        return self._final_activation()
+
+    # ------------------------------------------------------------------ config
+    def get_config(self):
+        from .saving import layer_to_json
+        return {"name": self.name, "trainable": self.trainable,
+                "build_input_shape": list(self.input_shape_built) if self.input_shape_built else None,
+                "layers": [layer_to_json(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from .saving import layer_from_json
+        model = cls(name=config.get("name"), trainable=config.get("trainable", True))
+        for lc in config["layers"]:
+            model.add(layer_from_json(lc, custom_objects))
+        shape = config.get("build_input_shape")
+        if shape is not None and not model.built:
+            model.build(tuple(shape))
+        return model
+
+
+def load_model(filepath, custom_objects=None, compile=True):
+    """Rebuild a model saved with model.save(): same architecture, weights and, when it was
+    compiled, the same loss / metrics / optimizer state."""
+    from .saving import load_model as _load
+    return _load(filepath, custom_objects=custom_objects, compile=compile)
+
+
+def clone_model(model):
+    """A new model with the same architecture and freshly initialised weights."""
+    from .saving import layer_from_json, layer_to_json
+    return layer_from_json(layer_to_json(model))

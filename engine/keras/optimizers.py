@@ -1,0 +1,219 @@
+"""Keras optimizers: Keras names and defaults on top of engine.optim.
+
+A Keras optimizer is created before it knows its variables
+(`Adam(learning_rate=1e-3)`, or just 'adam'); `compile` hands it the model's
+trainable weights and it builds the engine optimizer then.  Defaults are Keras'
+(Adam eps=1e-7, SGD lr=0.01, RMSprop rho=0.9), which are not PyTorch's.
+`clipnorm` / `clipvalue` / `global_clipnorm` work as in Keras.
+An engine.optim optimizer built over `model.parameters()` may also be passed to
+`compile` directly.
+"""
+from __future__ import annotations
+
+import math
+
+from .. import optim as _optim
+from ..backend import get_array_module
+
+__all__ = ["Optimizer", "Adam", "AdamW", "SGD", "RMSprop", "get", "serialize"]
+
+
+class Optimizer:
+    name = "optimizer"
+
+    def __init__(self, learning_rate=0.001, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 name=None, **kwargs):
+        lr = kwargs.pop("lr", None)          # Keras 2 spelling
+        if lr is not None:
+            learning_rate = lr
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unsupported arguments {sorted(kwargs)}")
+        self._lr = float(learning_rate)
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+        self.engine = None
+        self.iterations = 0
+        if name:
+            self.name = name
+
+    # learning_rate is read by LR-schedule callbacks and may be set between epochs
+    @property
+    def learning_rate(self):
+        return self._lr
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self._lr = float(value)
+        if self.engine is not None:
+            for g in self.engine.param_groups:
+                g["lr"] = self._lr
+
+    lr = learning_rate
+
+    def build(self, params):
+        params = [p for p in params if p.requires_grad]
+        self._params = params
+        self.engine = self._make(params)
+
+    def _make(self, params):
+        raise NotImplementedError
+
+    def _clip(self):
+        ps = [p for p in self._params if p.grad is not None]
+        if self.clipvalue is not None:
+            for p in ps:
+                xp = get_array_module(p.grad.data)
+                xp.clip(p.grad.data, -self.clipvalue, self.clipvalue, out=p.grad.data)
+        if self.clipnorm is not None:
+            for p in ps:
+                xp = get_array_module(p.grad.data)
+                n = float(xp.sqrt((p.grad.data * p.grad.data).sum()))
+                if n > self.clipnorm:
+                    p.grad.data *= self.clipnorm / n
+        if self.global_clipnorm is not None and ps:
+            total = math.sqrt(sum(float((p.grad.data * p.grad.data).sum()) for p in ps))
+            if total > self.global_clipnorm:
+                for p in ps:
+                    p.grad.data *= self.global_clipnorm / total
+
+    def zero_grad(self):
+        self.engine.zero_grad()
+
+    def step(self):
+        if self.clipnorm is not None or self.clipvalue is not None or self.global_clipnorm is not None:
+            self._clip()
+        self.engine.step()
+        self.iterations += 1
+
+    def state_dict(self):
+        return {"iterations": self.iterations, "engine": self.engine.state_dict()}
+
+    def load_state_dict(self, state):
+        self.iterations = int(state.get("iterations", 0))
+        self.engine.load_state_dict(state["engine"])
+
+    def get_config(self):
+        return {"learning_rate": self._lr, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+                "global_clipnorm": self.global_clipnorm}
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.get_config()})"
+
+
+class Adam(Optimizer):
+    name = "adam"
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
+                 weight_decay=None, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.amsgrad, self.weight_decay = bool(amsgrad), weight_decay
+
+    def _make(self, params):
+        # Keras' weight_decay on Adam is decoupled (applied to the variable), i.e. AdamW.
+        if self.weight_decay:
+            return _optim.AdamW(params, lr=self._lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
+                                weight_decay=float(self.weight_decay), amsgrad=self.amsgrad)
+        return _optim.Adam(params, lr=self._lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
+                           amsgrad=self.amsgrad)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "amsgrad": self.amsgrad, "weight_decay": self.weight_decay}
+
+
+class AdamW(Adam):
+    name = "adamw"
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 amsgrad=False, **kwargs):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay, **kwargs)
+
+    def _make(self, params):
+        return _optim.AdamW(params, lr=self._lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
+                            weight_decay=float(self.weight_decay or 0.0), amsgrad=self.amsgrad)
+
+
+class SGD(Optimizer):
+    name = "sgd"
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), weight_decay
+
+    def _make(self, params):
+        return _optim.SGD(params, lr=self._lr, momentum=self.momentum, nesterov=self.nesterov,
+                          weight_decay=float(self.weight_decay or 0.0))
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
+
+class RMSprop(Optimizer):
+    """Keras RMSprop (rho=0.9, eps=1e-7); epsilon is added outside the square root (PyTorch's
+    placement), a negligible difference from Keras' sqrt(v + eps)."""
+
+    name = "rmsprop"
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
+                 weight_decay=None, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+        self.centered, self.weight_decay = bool(centered), weight_decay
+
+    def _make(self, params):
+        return _optim.RMSprop(params, lr=self._lr, alpha=self.rho, eps=self.epsilon,
+                              momentum=self.momentum, centered=self.centered,
+                              weight_decay=float(self.weight_decay or 0.0))
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
+                "epsilon": self.epsilon, "centered": self.centered, "weight_decay": self.weight_decay}
+
+
+class _EngineOptimizer(Optimizer):
+    """Adapter for an engine.optim optimizer the user built over model.parameters()."""
+
+    name = "engine_optimizer"
+
+    def __init__(self, engine_opt):
+        super().__init__(engine_opt.param_groups[0]["lr"])
+        self.engine = engine_opt
+
+    def build(self, params):
+        self._params = [p for g in self.engine.param_groups for p in g["params"]]
+        mine = {id(p) for p in self._params}
+        missing = [p for p in params if p.requires_grad and id(p) not in mine]
+        if missing:
+            raise ValueError(f"the engine optimizer passed to compile() does not hold {len(missing)} of the "
+                             "model's trainable weights; build it over model.parameters() after the model "
+                             "is built, or pass a Keras optimizer ('adam', keras.optimizers.Adam(...))")
+
+
+_BY_NAME = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop}
+
+
+def get(identifier) -> Optimizer:
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, _optim.Optimizer):
+        return _EngineOptimizer(identifier)
+    if isinstance(identifier, str):
+        cls = _BY_NAME.get(identifier.lower())
+        if cls is None:
+            raise ValueError(f"unknown optimizer {identifier!r}; known: {sorted(_BY_NAME)}")
+        return cls()
+    if isinstance(identifier, dict):
+        cls = _BY_NAME.get(str(identifier.get("class_name", "")).lower())
+        if cls is None:
+            raise ValueError(f"unknown optimizer {identifier.get('class_name')!r}")
+        return cls(**identifier.get("config", {}))
+    raise TypeError(f"cannot interpret {identifier!r} as an optimizer; use 'adam', 'sgd', 'rmsprop', "
+                    "'adamw' or a keras.optimizers.* object")
+
+
+def serialize(opt: Optimizer) -> dict:
+    if type(opt) not in _BY_NAME.values():
+        raise TypeError(f"cannot save the optimizer {opt!r} with the model; save with "
+                        "include_optimizer=False and compile again after loading")
+    return {"class_name": opt.name, "config": opt.get_config()}

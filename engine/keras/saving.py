@@ -1,0 +1,131 @@
+"""Saving Keras models through engine.save: one safetensors file, JSON config, no pickle.
+
+File content (engine.save structure):
+    format      "dptrain-keras/1"
+    class_name  "Sequential"
+    config      the architecture as JSON (layer class names + constructor configs)
+    weights     {layer name: {weight name: array}}   (Keras layouts; any safetensors
+                reader sees them as "weights.<layer>.<weight>")
+    compile     optimizer / loss / metrics configs, or None
+    optimizer   the optimizer state (moments, step counts), or None
+
+A model reloaded with load_model() predicts bit-identically (same float32 weights,
+same code path) and, with its optimizer state, continues training where it stopped.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import serialization
+from . import losses as losses_mod
+from . import optimizers as optimizers_mod
+
+__all__ = ["save_model", "load_model", "save_weights", "load_weights", "layer_to_json", "layer_from_json"]
+
+FORMAT = "dptrain-keras/1"
+
+
+def layer_to_json(layer) -> dict:
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def layer_from_json(spec, custom_objects=None):
+    from .layers import _registry
+    from .models import Sequential
+    classes = {**_registry(), "Sequential": Sequential, **(custom_objects or {})}
+    name = spec.get("class_name")
+    cls = classes.get(name)
+    if cls is None:
+        raise ValueError(f"unknown layer class {name!r} in the saved model; pass it as "
+                         f"custom_objects={{{name!r}: {name}}} to load_model")
+    cfg = spec.get("config", {})
+    if name == "Sequential":
+        return cls.from_config(cfg, custom_objects)
+    return cls.from_config(cfg)
+
+
+def _weights_dict(model):
+    out = {}
+    for layer in model._weight_layers():
+        if layer.weights:
+            if layer.name in out:
+                raise ValueError(f'two layers are named "{layer.name}"; give them unique names to save')
+            out[layer.name] = {n: np.array(getattr(layer, n).numpy(), copy=True)
+                               for n in layer._weight_names}
+    return out
+
+
+def _apply_weights(model, weights, path):
+    layers = {layer.name: layer for layer in model._weight_layers() if layer.weights}
+    missing = [n for n in layers if n not in weights]
+    extra = [n for n in weights if n not in layers]
+    if missing or extra:
+        raise ValueError(f"{path}: saved weights do not match the model: missing layers {missing}, "
+                         f"unexpected layers {extra}")
+    for name, layer in layers.items():
+        saved = weights[name]
+        layer.set_weights([saved[n] for n in layer._weight_names])
+
+
+def _check_overwrite(filepath, overwrite):
+    if not overwrite and os.path.exists(filepath):
+        raise FileExistsError(f"{filepath} exists; pass overwrite=True to replace it")
+
+
+def save_model(model, filepath, overwrite=True, include_optimizer=True):
+    filepath = os.fspath(filepath)
+    _check_overwrite(filepath, overwrite)
+    if not model.built:
+        raise ValueError(f'model "{model.name}" is not built, so it has no weights to save yet; '
+                         "give the first layer input_shape= or call the model on data first")
+    if not hasattr(type(model), "from_config") or type(model).__name__ != "Sequential":
+        raise NotImplementedError(
+            f"model.save() stores the architecture of Sequential models only; for the subclassed "
+            f"model {type(model).__name__} use model.save_weights(path) and rebuild it in code")
+    compile_cfg = opt_state = None
+    if include_optimizer and model.compiled:
+        compile_cfg = model.get_compile_config()
+        if getattr(model, "_optimizer_built", False):
+            opt_state = model.optimizer.state_dict()
+    serialization.save({"format": FORMAT, "class_name": type(model).__name__, "config": model.get_config(),
+                        "weights": _weights_dict(model), "compile": compile_cfg, "optimizer": opt_state},
+                       filepath)
+
+
+def _read(filepath):
+    obj = serialization.load(os.fspath(filepath))
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ValueError(f"{filepath} is a dptrain checkpoint but not a Keras model saved with model.save() "
+                         f"(format {obj.get('format') if isinstance(obj, dict) else type(obj).__name__!r})")
+    return obj
+
+
+def load_model(filepath, custom_objects=None, compile=True):
+    obj = _read(filepath)
+    model = layer_from_json({"class_name": obj["class_name"], "config": obj["config"]}, custom_objects)
+    _apply_weights(model, obj["weights"], filepath)
+    cc = obj.get("compile")
+    if compile and cc:
+        model.compile(optimizer=optimizers_mod.get(cc["optimizer"]), loss=losses_mod.get(cc["loss"]),
+                      metrics=cc.get("metrics") or None)
+        if obj.get("optimizer") is not None:
+            model._resolve_metrics()
+            model._ensure_optimizer()
+            model.optimizer.load_state_dict(obj["optimizer"])
+    return model
+
+
+def save_weights(model, filepath, overwrite=True):
+    filepath = os.fspath(filepath)
+    _check_overwrite(filepath, overwrite)
+    serialization.save({"format": FORMAT, "weights": _weights_dict(model)}, filepath)
+
+
+def load_weights(model, filepath):
+    obj = _read(filepath)
+    if not model.built:
+        raise ValueError(f'build model "{model.name}" (call it on data or build(input_shape)) before '
+                         "load_weights, so its weights exist")
+    _apply_weights(model, obj["weights"], filepath)

@@ -1,0 +1,476 @@
+"""keras.Model: compile / fit / evaluate / predict / save on engine tensors.
+
+The loop is Keras' (running epoch averages in the progress bar, History,
+callbacks, validation_split taken from the end before shuffling) and the step is
+the engine's (forward, backward, optimizer step).  When the network ends in a
+softmax (sigmoid) and the loss is a (binary) cross-entropy, the step runs the
+network up to the logits and uses the fused stable loss (see keras.losses);
+predict() applies the activation as usual.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..tensor import Tensor, no_grad
+from ..random import default_generator
+from . import callbacks as cbks
+from . import losses as losses_mod
+from . import metrics as metrics_mod
+from . import optimizers as optimizers_mod
+from .data_adapter import as_array, batch_x, check_xy, is_batch_iterable, split_validation
+from .layers.base import Layer, as_tensor_input
+
+__all__ = ["Model"]
+
+
+def _verbosity(verbose):
+    if verbose == "auto":
+        return 1
+    return int(verbose)
+
+
+def _to_device(arr, device):
+    if device in (None, "cpu"):
+        return Tensor._wrap(arr) if isinstance(arr, np.ndarray) else Tensor(arr)
+    return Tensor(arr, device=device)
+
+
+class Model(Layer):
+    """Base of Sequential; subclass it and define call() for custom models (Keras subclassing API)."""
+
+    def __init__(self, *args, name=None, **kwargs):
+        if args:
+            raise TypeError("the functional API keras.Model(inputs, outputs) is not supported; "
+                            "use keras.Sequential([...]) or subclass keras.Model and define call()")
+        super().__init__(name=name, **kwargs)
+        self.optimizer = None
+        self.loss = None
+        self.compiled = False
+        self.stop_training = False
+        self.history = None
+        self._metric_ids = []
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def layers(self):
+        return [m for m in self._modules.values() if isinstance(m, Layer)]
+
+    def __setattr__(self, key, value):
+        # model.trainable = False freezes every layer, as in Keras (recompile to take effect)
+        if key == "trainable" and "_modules" in self.__dict__:
+            for layer in self.layers:
+                layer.trainable = value
+        super().__setattr__(key, value)
+
+    def _weight_layers(self):
+        """Layers that own weights, depth-first, in creation order (Keras' weight order)."""
+        out = []
+        for layer in self.layers:
+            if isinstance(layer, Model):
+                out.extend(layer._weight_layers())
+            else:
+                out.append(layer)
+        return out
+
+    @property
+    def weights(self):
+        return [w for layer in self._weight_layers() for w in layer.weights]
+
+    @property
+    def trainable_weights(self):
+        if not self.trainable:
+            return []
+        return [w for layer in self._weight_layers() for w in layer.trainable_weights]
+
+    @property
+    def non_trainable_weights(self):
+        return [w for layer in self._weight_layers() for w in layer.non_trainable_weights]
+
+    def get_weights(self):
+        return [np.array(w.numpy(), copy=True) for w in self.weights]
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        total = sum(len(layer.weights) for layer in self._weight_layers())
+        if len(weights) != total:
+            raise ValueError(f'model "{self.name}" has {total} weight arrays, set_weights got {len(weights)}')
+        i = 0
+        for layer in self._weight_layers():
+            k = len(layer.weights)
+            layer.set_weights(weights[i:i + k])
+            i += k
+
+    def count_params(self):
+        if not self.built:
+            raise ValueError(f'model "{self.name}" is not built yet: call build(input_shape), call it on a '
+                             "batch of data, or give the first layer input_shape=")
+        return int(sum(w.size for w in self.weights))
+
+    def get_layer(self, name=None, index=None):
+        if index is not None:
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f'no layer named "{name}" in model "{self.name}"; layers: '
+                         + ", ".join(l.name for l in self.layers))
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, x, training, logits=False):
+        """Forward pass in Keras layout; logits=True stops before a fused final activation."""
+        return self.call(x, training=training)
+
+    def _final_activation(self):
+        return None
+
+    def _ensure_built(self, x_sample):
+        if self.built:
+            return
+        with no_grad():
+            out = self(x_sample)
+        self.output_shape_built = (None,) + tuple(out.shape[1:])
+
+    def _device(self):
+        for w in self.weights:
+            return w.device
+        return None
+
+    def _n_outputs(self):
+        shape = self.output_shape_built
+        return shape[-1] if shape else None
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
+                weighted_metrics=None, run_eagerly=None, steps_per_execution=None, jit_compile=None,
+                **kwargs):
+        if kwargs:
+            raise TypeError(f"compile: unexpected arguments {sorted(kwargs)}")
+        if loss_weights is not None or weighted_metrics is not None:
+            raise ValueError("compile: loss_weights / weighted_metrics are not supported (single output)")
+        if loss is None:
+            raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy'")
+        self.optimizer = optimizers_mod.get(optimizer)
+        self.loss = losses_mod.get(loss)
+        if metrics is None:
+            metrics = []
+        elif isinstance(metrics, (str, metrics_mod.Metric)):
+            metrics = [metrics]
+        elif isinstance(metrics, dict):
+            raise ValueError("compile: per-output metric dicts are not supported (single output)")
+        self._metric_ids = list(metrics)
+        self._metrics = None                  # resolved once the output shape is known
+        self._optimizer_built = False
+        self.compiled = True
+
+    def _require_compiled(self, what):
+        if not self.compiled:
+            raise RuntimeError(f"You must compile your model before {what}: call "
+                               "model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', "
+                               "metrics=['accuracy'])")
+
+    @property
+    def _fused(self):
+        loss = self.loss
+        return bool(loss is not None and loss.fused_with and not loss.from_logits
+                    and self._final_activation() == loss.fused_with)
+
+    @property
+    def _outputs_logits(self):
+        return self._fused or bool(self.loss is not None and self.loss.from_logits)
+
+    def _resolve_metrics(self):
+        if self._metrics is None:
+            out_shape = self.output_shape_built
+            self._metrics = [metrics_mod.get(m, self.loss.name, out_shape) for m in self._metric_ids]
+        return self._metrics
+
+    def _ensure_optimizer(self):
+        if not self._optimizer_built:
+            params = [w for w in self.trainable_weights if w.requires_grad]
+            if not params:
+                raise ValueError(f'model "{self.name}" has no trainable weights to optimize')
+            self.optimizer.build(params)
+            self._optimizer_built = True
+
+    @property
+    def metrics_names(self):
+        return ["loss"] + [m.name for m in (self._metrics or [])]
+
+    # ------------------------------------------------------------------ steps
+    def _compute_loss(self, out, y):
+        if self._fused:
+            return self.loss.call_on_logits(y, out)
+        return self.loss(y, out)
+
+    def _train_step(self, xb, yb):
+        out = self._forward(xb, training=True, logits=self._fused)
+        loss = self._compute_loss(out, yb)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss, out
+
+    def _update_metrics(self, out, yb, n):
+        logits = self._outputs_logits
+        for m in self._metrics:
+            m.update_state(yb, out.data, logits=logits)
+
+    def _logs(self, tracker):
+        logs = {"loss": tracker.result()}
+        for m in self._metrics:
+            logs[m.name] = m.result()
+        return logs
+
+    def _batches(self, x, y, batch_size, shuffle, device):
+        """Yield (x Tensor, y array or None, n) for arrays or a DataLoader-like iterable."""
+        if is_batch_iterable(x):
+            for batch in x:
+                if isinstance(batch, (tuple, list)):
+                    xb = batch[0]
+                    yb = batch[1] if len(batch) > 1 else None
+                else:
+                    xb, yb = batch, None
+                xt = as_tensor_input(xb, device)
+                if isinstance(yb, Tensor):
+                    yb = yb.data
+                yield xt, yb, xt.shape[0]
+            return
+        n = len(x)
+        order = default_generator().permutation(n) if shuffle else None
+        for start in range(0, n, batch_size):
+            if order is not None:
+                idx = order[start:start + batch_size]
+            else:
+                idx = slice(start, start + batch_size)
+            xb = batch_x(x, idx)
+            yb = None if y is None else y[idx]
+            yield _to_device(xb, device), yb, xb.shape[0]
+
+    def _prepare(self, x, y, what):
+        if is_batch_iterable(x):
+            if y is not None:
+                raise ValueError(f"{what}: when x is a DataLoader (batches of (x, y)), y must be None")
+            return x, None
+        x = as_array(x, f"{what} x")
+        if x is None:
+            raise ValueError(f"{what} needs x")
+        y = as_array(y, f"{what} y")
+        self._ensure_built(as_tensor_input(x[:1]))
+        self.check_input_shape((None,) + tuple(x.shape[1:]), x_shape=tuple(x.shape))
+        if self.loss is not None:
+            y = check_xy(x, y, self.loss.name, self._n_outputs())
+        return x, y
+
+    def _first_batch_build(self, data):
+        if self.built or not is_batch_iterable(data):
+            return
+        for batch in data:
+            xb = batch[0] if isinstance(batch, (tuple, list)) else batch
+            self._ensure_built(as_tensor_input(xb))
+            return
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+            validation_batch_size=None, validation_freq=1, **kwargs):
+        """Train for `epochs` epochs; returns a History whose .history has one value per epoch."""
+        if kwargs:
+            raise TypeError(f"fit: unexpected arguments {sorted(kwargs)}")
+        if class_weight is not None or sample_weight is not None:
+            raise ValueError("fit: class_weight / sample_weight are not supported")
+        if steps_per_epoch is not None or validation_steps is not None:
+            raise ValueError("fit: steps_per_epoch / validation_steps are not supported; "
+                             "pass arrays or a DataLoader (one epoch = one pass)")
+        self._require_compiled("training it")
+        verbose = _verbosity(verbose)
+        batch_size = int(batch_size or 32)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self._first_batch_build(x)
+        x, y = self._prepare(x, y, "fit")
+        if validation_data is None and validation_split:
+            if is_batch_iterable(x):
+                raise ValueError("fit: validation_split needs array inputs; pass validation_data instead")
+            (x, y), validation_data = split_validation(x, y, validation_split)
+        val = None
+        if validation_data is not None:
+            if is_batch_iterable(validation_data):
+                val = (validation_data, None)
+            else:
+                if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                    raise ValueError("validation_data must be (x_val, y_val) or a DataLoader "
+                                     "(validation sample weights are not supported)")
+                val = self._prepare(validation_data[0], validation_data[1], "fit validation_data")
+        self._resolve_metrics()
+        self._ensure_optimizer()
+        device = self._device()
+        steps = len(x) if is_batch_iterable(x) and hasattr(x, "__len__") else \
+            (None if is_batch_iterable(x) else math.ceil(len(x) / batch_size))
+        history = cbks.History()
+        cb_list = list(callbacks or [])
+        if verbose:
+            cb_list.append(cbks.ProgbarLogger(verbose))
+        cb_list.append(history)
+        params = {"epochs": int(epochs), "steps": steps, "verbose": verbose, "batch_size": batch_size}
+        cb = cbks.CallbackList(cb_list, self, params)
+        self.stop_training = False
+        tracker = metrics_mod.Mean("loss")
+        cb.on_train_begin()
+        for epoch in range(int(initial_epoch), int(epochs)):
+            self.train()
+            tracker.reset_state()
+            for m in self._metrics:
+                m.reset_state()
+            cb.on_epoch_begin(epoch)
+            for step, (xb, yb, n) in enumerate(self._batches(x, y, batch_size, shuffle, device)):
+                cb.on_train_batch_begin(step)
+                loss, out = self._train_step(xb, yb)
+                lv = float(loss.item())
+                tracker.update(lv, n)
+                self._update_metrics(out, yb, n)
+                cb.on_train_batch_end(step, self._logs(tracker))
+                if self.stop_training:
+                    break
+            logs = self._logs(tracker)
+            if val is not None and (epoch + 1) % int(validation_freq) == 0:
+                vlogs = self._run_eval(val[0], val[1], int(validation_batch_size or batch_size), 0)
+                logs.update({"val_" + k: v for k, v in vlogs.items()})
+            cb.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cb.on_train_end()
+        self.eval()
+        self.history = history
+        return history
+
+    # ------------------------------------------------------------------ evaluate / predict
+    def _run_eval(self, x, y, batch_size, verbose):
+        self.eval()
+        tracker = metrics_mod.Mean("loss")
+        for m in self._metrics:
+            m.reset_state()
+        device = self._device()
+        bar = None
+        if verbose == 1:
+            from tqdm.auto import tqdm
+            total = math.ceil(len(x) / batch_size) if not is_batch_iterable(x) else \
+                (len(x) if hasattr(x, "__len__") else None)
+            bar = tqdm(total=total, desc="Evaluate", unit="step", dynamic_ncols=True)
+        with no_grad():
+            for xb, yb, n in self._batches(x, y, batch_size, False, device):
+                if yb is None:
+                    raise ValueError("evaluate needs targets y (or a DataLoader yielding (x, y))")
+                out = self._forward(xb, training=False, logits=self._fused)
+                tracker.update(float(self._compute_loss(out, yb).item()), n)
+                self._update_metrics(out, yb, n)
+                if bar is not None:
+                    bar.update(1)
+        logs = self._logs(tracker)
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
+            bar.close()
+        elif verbose == 2:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
+        return logs
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
+                 callbacks=None, return_dict=False, **kwargs):
+        """-> loss, or [loss, metric, ...] when compiled with metrics (return_dict=True: a dict)."""
+        if kwargs:
+            raise TypeError(f"evaluate: unexpected arguments {sorted(kwargs)}")
+        if sample_weight is not None or steps is not None:
+            raise ValueError("evaluate: sample_weight / steps are not supported")
+        self._require_compiled("evaluating it")
+        self._first_batch_build(x)
+        x, y = self._prepare(x, y, "evaluate")
+        if y is None and not is_batch_iterable(x):
+            raise ValueError("evaluate needs targets: model.evaluate(x_test, y_test)")
+        self._resolve_metrics()
+        logs = self._run_eval(x, y, int(batch_size or 32), _verbosity(verbose))
+        if return_dict:
+            return logs
+        vals = list(logs.values())
+        return vals[0] if len(vals) == 1 else vals
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, **kwargs):
+        """Outputs (probabilities for a softmax model) as one numpy array."""
+        if kwargs:
+            raise TypeError(f"predict: unexpected arguments {sorted(kwargs)}")
+        self._first_batch_build(x)
+        if not is_batch_iterable(x):
+            x = as_array(x, "predict x")
+            self._ensure_built(as_tensor_input(x[:1]))
+            self.check_input_shape((None,) + tuple(x.shape[1:]), x_shape=tuple(x.shape))
+        verbose = _verbosity(verbose)
+        bs = int(batch_size or 32)
+        self.eval()
+        outs = []
+        bar = None
+        if verbose == 1:
+            from tqdm.auto import tqdm
+            total = math.ceil(len(x) / bs) if not is_batch_iterable(x) else \
+                (len(x) if hasattr(x, "__len__") else None)
+            bar = tqdm(total=total, desc="Predict", unit="step", dynamic_ncols=True)
+        with no_grad():
+            for xb, _, _ in self._batches(x, None, bs, False, self._device()):
+                outs.append(self._forward(xb, training=False).numpy())
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        if not outs:
+            return np.zeros((0,) + tuple(self.output_shape_built[1:] or ()), dtype=np.float32)
+        return np.concatenate(outs, axis=0)
+
+    def predict_on_batch(self, x):
+        return self.predict(x, batch_size=len(x), verbose=0)
+
+    def train_on_batch(self, x, y, return_dict=False):
+        self._require_compiled("training it")
+        x, y = self._prepare(x, y, "train_on_batch")
+        self._resolve_metrics()
+        self._ensure_optimizer()
+        self.train()
+        for m in self._metrics:
+            m.reset_state()
+        xb = _to_device(batch_x(x, slice(None)), self._device())
+        loss, out = self._train_step(xb, y)
+        self._update_metrics(out, y, len(x))
+        logs = {"loss": float(loss.item())}
+        logs.update({m.name: m.result() for m in self._metrics})
+        return logs if return_dict else (list(logs.values()) if len(logs) > 1 else logs["loss"])
+
+    def test_on_batch(self, x, y, return_dict=False):
+        return self.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=return_dict)
+
+    # ------------------------------------------------------------------ shape check / summary / save
+    def check_input_shape(self, shape, built=True, x_shape=None):
+        super().check_input_shape(shape, built)
+
+    def summary(self, line_length=None, positions=None, print_fn=None, **kwargs):
+        from .summary import print_summary
+        print_summary(self, line_length=line_length, positions=positions, print_fn=print_fn)
+
+    def save(self, filepath, overwrite=True, include_optimizer=True, **kwargs):
+        """Architecture (JSON) + weights (+ compile settings and optimizer state) in one
+        safetensors file via engine.save. Reload with keras.models.load_model(filepath)."""
+        from .saving import save_model
+        save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
+
+    def save_weights(self, filepath, overwrite=True):
+        from .saving import save_weights
+        save_weights(self, filepath, overwrite=overwrite)
+
+    def load_weights(self, filepath):
+        from .saving import load_weights
+        load_weights(self, filepath)
+
+    def get_compile_config(self):
+        if not self.compiled:
+            return None
+        return {"optimizer": optimizers_mod.serialize(self.optimizer),
+                "loss": losses_mod.serialize(self.loss),
+                "metrics": [m if isinstance(m, str) else m.name for m in self._metric_ids]}

@@ -1,0 +1,48 @@
+"""The example programs run end to end as users run them (subprocesses, embedded data)."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _embedded_dir():
+    from engine.data.embedded import EMBEDDED_DIR
+    return EMBEDDED_DIR
+
+
+def run_example(script, *flags, timeout=60):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               DPTRAIN_OFFLINE="1", PYTHONPATH=REPO)
+    cmd = [sys.executable, os.path.join(REPO, "examples", script), "--data", _embedded_dir(), *flags]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    m = re.search(r"^Test accuracy: ([0-9.]+)$", proc.stdout, re.M)
+    assert m, f"{script} printed no test accuracy:\n{proc.stdout[-2000:]}"
+    return float(m.group(1)), proc.stdout
+
+
+@pytest.mark.timeout(90)
+def test_seed_keras_cnn_example():
+    acc, out = run_example("seed_keras_cnn.py", "--epochs", "1", "--limit", "1500", "--test-limit", "500",
+                           "--verbose", "2")
+    assert "Total params: 693,962" in out            # model.summary() ran
+    assert re.search(r"Epoch 1/1 .*loss: [0-9.]+ - accuracy: [0-9.]+", out)
+    assert acc > 0.5, f"1500 images for one epoch should beat chance (0.1) by far, got {acc}"
+
+
+@pytest.mark.timeout(90)
+def test_seed_lstm_example():
+    acc, out = run_example("seed_lstm.py", "--epochs", "1", "--limit", "1500", "--test-limit", "500")
+    assert re.search(r"Epoch \[1/1\], Loss: [0-9.]+", out)
+    assert acc > 0.3, f"one short epoch of the LSTM should beat chance (0.1), got {acc}"
+
+
+def test_examples_reject_bad_flags():
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "seed_keras_cnn.py"), "--epochs", "0"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--epochs must be positive" in proc.stderr
