@@ -82,6 +82,18 @@ def _to_array(data, dtype=None):
     return arr
 
 
+class _Size(int):
+    """An int (NumPy's element count) that PyTorch code can also call: x.size() / x.size(0)."""
+
+    def __new__(cls, n, shape):
+        obj = super().__new__(cls, n)
+        obj._shape = shape
+        return obj
+
+    def __call__(self, dim=None):
+        return self._shape if dim is None else self._shape[dim]
+
+
 class RemovableHandle:
     def __init__(self, hooks: list, fn):
         self._hooks, self._fn = hooks, fn
@@ -136,7 +148,8 @@ class Tensor:
 
     @property
     def size(self):
-        return int(self.data.size)
+        """Element count (NumPy's `.size`); also callable like PyTorch's `size()` / `size(dim)`."""
+        return _Size(self.data.size, tuple(self.data.shape))
 
     def numel(self):
         return int(self.data.size)

@@ -290,3 +290,9 @@ def test_gradcheck_reports_worst_element():
         return from_op(x.data ** 2, (x,), lambda g: (g * x.data * 3,), "bad_square")
     with pytest.raises(engine.GradcheckError, match="element"):
         gradcheck(bad_square, [t64(3, seed=1)])
+
+
+def test_size_is_numpy_count_and_pytorch_callable():
+    x = engine.ones(2, 3)
+    assert x.size == 6 and x.size * 2 == 12
+    assert x.size(0) == 2 and x.size(-1) == 3 and x.size() == (2, 3)
