@@ -86,6 +86,7 @@ class DistributedDataParallel:
                 self._where[id(p)] = (b, i)
         self._next_launch = 0
         self._handles = []
+        self._nccl = self._gpu_allreduce()
         if self.size > 1:
             for p in self.params:
                 self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad_ready))
@@ -122,6 +123,16 @@ class DistributedDataParallel:
                 flush()
         flush()
         return buckets
+
+    def _gpu_allreduce(self):
+        """NCCL for buckets in GPU memory when available; otherwise the communicator moves them
+        (CUDA-aware MPI, else staged through host memory)."""
+        if self.size == 1 or not any(b.flat.__class__.__module__.startswith("cupy") for b in self.buckets):
+            return None
+        from comm.nccl import NcclAllreduce, nccl_available
+        if not nccl_available():
+            return None
+        return NcclAllreduce(self.rank, self.size, lambda uid: self.comm.broadcast_obj(uid, root=0))
 
     # ------------------------------------------------------------ module facade
     def __call__(self, *args, **kwargs):
@@ -234,7 +245,10 @@ class DistributedDataParallel:
             if b.filled < len(b.params):
                 return
             self.events.append(("launch", b.index, time.perf_counter()))
-            b.handle = self.comm.allreduce_async(b.flat, op="sum")
+            if self._nccl is not None and b.flat.__class__.__module__.startswith("cupy"):
+                b.handle = self._nccl.allreduce_async(b.flat, op="sum")
+            else:
+                b.handle = self.comm.allreduce_async(b.flat, op="sum")
             self._next_launch += 1
         self._finish()
 
