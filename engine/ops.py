@@ -576,22 +576,21 @@ def _compare(name, fn):
     return op
 
 
-def argmax(a, axis=None, keepdims=False, **kw):
-    axis, keepdims = _axis_kw(axis, keepdims, kw, "argmax")
-    xp = get_array_module(a.data)
-    out = xp.argmax(a.data, axis=axis)
-    if keepdims and axis is not None:
-        out = xp.expand_dims(out, axis)
-    return Tensor._wrap(xp.asarray(out))
+def _arg_reduction(name):
+    """argmax / argmin: integer results, no gradient."""
+    def op(a, axis=None, keepdims=False, **kw):
+        axis, keepdims = _axis_kw(axis, keepdims, kw, name)
+        xp = get_array_module(a.data)
+        out = getattr(xp, name)(a.data, axis=axis)
+        if keepdims and axis is not None:
+            out = xp.expand_dims(out, axis)
+        return Tensor._wrap(xp.asarray(out))
+    op.__name__ = name
+    return op
 
 
-def argmin(a, axis=None, keepdims=False, **kw):
-    axis, keepdims = _axis_kw(axis, keepdims, kw, "argmin")
-    xp = get_array_module(a.data)
-    out = xp.argmin(a.data, axis=axis)
-    if keepdims and axis is not None:
-        out = xp.expand_dims(out, axis)
-    return Tensor._wrap(xp.asarray(out))
+argmax = _arg_reduction("argmax")
+argmin = _arg_reduction("argmin")
 
 
 # ---------------------------------------------------------------- attach to Tensor
