@@ -119,7 +119,10 @@ class DistributedDataParallel:
                 flush()
             current.append(p)
             current_bytes += p.size * p.data.itemsize
-            if current_bytes >= self.bucket_cap_bytes:
+            # Like PyTorch, the first bucket is small (1 MB): the last layers' gradients get on
+            # the wire early instead of waiting for a 25 MB bucket to fill.
+            cap = min(self.bucket_cap_bytes, 1024 * 1024) if not buckets else self.bucket_cap_bytes
+            if current_bytes >= cap:
                 flush()
         flush()
         return buckets
