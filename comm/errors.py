@@ -1,0 +1,30 @@
+"""Exceptions raised by the comm layer.
+
+Every failure of a collective surfaces as a `CommError` (or a subclass) with one
+readable message that names the ranks involved and what to do about it, so a
+training script can catch one type and the logs say which process to look at.
+"""
+
+from __future__ import annotations
+
+
+class CommError(RuntimeError):
+    """Any failure of the communication layer (bad setup, lost peer, protocol error)."""
+
+
+class CommTimeoutError(CommError, TimeoutError):
+    """A wait ran past its deadline; the message names the rank that was being waited for."""
+
+
+class CollectiveMismatchError(CommError):
+    """Ranks called different collectives (or the same one with different shape/dtype/op).
+
+    Raised on every rank of the collective, with the fingerprints of both sides.
+    """
+
+
+class PeerFailureError(CommError):
+    """A peer process died, disconnected, closed its communicator early, or aborted."""
+
+
+__all__ = ["CommError", "CommTimeoutError", "CollectiveMismatchError", "PeerFailureError"]

@@ -1,0 +1,117 @@
+"""Failure behaviour: killed peers, hung peers and broken rendezvous fail fast and say who.
+
+Each test starts real processes (tests/comm_worker.py) with a hard wall-clock
+limit in the launcher and a pytest timeout, so nothing here can hang.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from comm_worker_launch import launch_mpi, launch_zmq
+
+
+def _survivors(launch, victim: int):
+    return [r for r in launch.results if r.get("rank") != victim]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("liveness", ["1", "0"], ids=["pid-check", "sockets-only"])
+def test_killed_peer_zmq(liveness):
+    """SIGKILL rank 1 in the middle of all-reduces: every other rank raises within seconds (timeout 30 s).
+
+    sockets-only turns the same-host pid check off, so detection comes from the ZeroMQ
+    disconnect of the neighbours and the ABORT they forward to rank 3 (not a neighbour of 1).
+    """
+    launch = launch_zmq(4, ["kill", "--timeout", "30", "--victim", "1"],
+                        env={"DPTRAIN_COMM_LIVENESS": liveness}, timeout=50)
+    survivors = _survivors(launch, 1)
+    assert len(survivors) == 3, launch.describe()
+    for res in survivors:
+        assert res["error"] == "PeerFailureError", res
+        assert "rank 1 (pid" in res["message"], res["message"]
+        assert res["elapsed"] < 10, f"rank {res['rank']} needed {res['elapsed']:.1f} s to notice"
+        # The communicator is retired: later calls fail at once with the original error.
+        assert "unusable after an earlier failure" in res["after"] and res["after_elapsed"] < 1
+    assert launch.wall < 40
+
+
+@pytest.mark.timeout(60)
+def test_killed_peer_mpi():
+    """Under mpiexec the launcher itself tears the job down at once and names the dead process;
+    survivors that notice first (pid check) raise PeerFailureError naming rank 1."""
+    launch = launch_mpi(3, ["kill", "--timeout", "30", "--victim", "1"], timeout=50)
+    assert launch.returncodes[0] not in (0, None), launch.describe()
+    assert launch.wall < 20, f"job took {launch.wall:.1f} s to end after a rank was killed"
+    assert "signal 9" in launch.output.lower() or "EXIT CODE: 9" in launch.output, launch.describe()
+    for res in _survivors(launch, 1):
+        assert res["error"] == "PeerFailureError" and "rank 1 (pid" in res["message"], res
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", ["mpi", "zmq"])
+def test_hung_peer_times_out_naming_it(transport):
+    """Rank 1 never joins the all-reduce: rank 0 raises CommTimeoutError after the 2 s timeout naming rank 1."""
+    args = ["timeout", "--timeout", "2", "--victim", "1"]
+    launch = launch_mpi(2, args, timeout=40) if transport == "mpi" else launch_zmq(2, args, timeout=40)
+    res = launch.by_rank().get(0)
+    assert res is not None, launch.describe()
+    assert res["error"] == "CommTimeoutError" and res["is_timeout"], res
+    assert "waiting for data from rank 1 (pid" in res["message"], res["message"]
+    assert "DPTRAIN_COMM_TIMEOUT" in res["message"]
+    assert 1.9 < res["elapsed"] < 8, res["elapsed"]
+
+
+@pytest.mark.timeout(60)
+def test_hung_peer_three_ranks_zmq():
+    """With 3 ranks the rank right of the hung one times out naming it; the other fails as soon as it
+    hears (ABORT) or times out itself; nobody waits much longer than the timeout."""
+    launch = launch_zmq(3, ["timeout", "--timeout", "2", "--victim", "1"], timeout=40)
+    by_rank = launch.by_rank()
+    assert set(by_rank) == {0, 1, 2}, launch.describe()
+    assert "waiting for data from rank 1" in by_rank[2]["message"], by_rank[2]
+    assert by_rank[0]["error"] in ("CommTimeoutError", "PeerFailureError"), by_rank[0]
+    assert "rank 1" in by_rank[0]["message"] or "rank 2" in by_rank[0]["message"]
+    assert all(by_rank[r]["elapsed"] < 8 for r in (0, 2))
+
+
+@pytest.mark.timeout(60)
+def test_peer_that_closed_early_is_named_zmq():
+    """A rank that called comm.finalize() while the others still run a collective is reported as such
+    (its BYE tells a clean close from a crash), well before the 20 s timeout."""
+    launch = launch_zmq(3, ["early_close", "--timeout", "20", "--victim", "1"], timeout=50)
+    by_rank = launch.by_rank()
+    for r in (0, 2):
+        res = by_rank.get(r)
+        assert res is not None, launch.describe()
+        assert res["error"] == "PeerFailureError", res
+        assert "rank 1 (pid" in res["message"] and "closed its communicator" in res["message"], res
+        assert res["elapsed"] < 10
+
+
+@pytest.mark.timeout(30)
+def test_rendezvous_without_rank0_times_out():
+    launch = launch_zmq(1, ["init", "--timeout", "1.5"], ranks=[1], world=[2], timeout=20)
+    (res,) = launch.results
+    assert res["error"] == "CommTimeoutError", res
+    assert "rendezvous" in res["message"] and "tcp://127.0.0.1:" in res["message"]
+    assert res["elapsed"] < 6
+
+
+@pytest.mark.timeout(30)
+def test_rendezvous_world_size_disagreement():
+    launch = launch_zmq(2, ["init", "--timeout", "10"], ranks=[0, 1], world=[2, 3], timeout=25)
+    assert len(launch.results) == 2, launch.describe()
+    for res in launch.results:
+        assert res["error"] == "CommError", res
+        assert "DPTRAIN_WORLD_SIZE=3" in res["message"] and "rank 0 with 2" in res["message"], res["message"]
+        assert res["elapsed"] < 8
+
+
+@pytest.mark.timeout(30)
+def test_rendezvous_duplicate_rank():
+    launch = launch_zmq(3, ["init", "--timeout", "10"], ranks=[0, 1, 1], world=[3, 3, 3], timeout=25)
+    assert len(launch.results) == 3, launch.describe()
+    for res in launch.results:
+        assert res["error"] == "CommError", res
+        assert "two processes claim rank 1" in res["message"], res["message"]
