@@ -14,21 +14,15 @@ from engine import nn
 ZOO = ("seed_cnn", "seed_lstm", "mlp", "mlp_bn")
 
 
-class SeedCNN(nn.Module):
-    """Conv2D(32, 3x3) relu -> MaxPool 2x2 -> Flatten -> Dense 128 relu -> Dense 10 (logits)."""
+def seed_cnn(num_classes=10, channels=32, hidden=128):
+    """Conv2D(32, 3x3) relu -> MaxPool 2x2 -> Flatten -> Dense 128 relu -> Dense 10 (logits).
 
-    def __init__(self, num_classes=10, channels=32, hidden=128):
-        super().__init__()
-        self.conv = nn.Conv2d(1, channels, 3)
-        self.pool = nn.MaxPool2d(2)
-        self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(channels * 13 * 13, hidden)
-        self.fc2 = nn.Linear(hidden, num_classes)
-        self.relu = nn.ReLU()
-
-    def forward(self, x):
-        x = self.pool(self.relu(self.conv(x)))
-        return self.fc2(self.relu(self.fc1(self.flatten(x))))
+    A plain Sequential (state_dict keys `0.weight`, `4.weight`, `6.weight` as PyTorch's
+    Sequential has them), which also lets the engine run conv + relu + pool as one fused op.
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, channels, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(channels * 13 * 13, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
 class SeedLSTM(nn.Module):
@@ -60,7 +54,7 @@ def mlp(hidden=128, num_classes=10, batchnorm=False, dropout=0.0):
 def build_model(name: str, **kwargs) -> nn.Module:
     """A zoo model by name, or `package.module:factory` for a user's own model."""
     if name == "seed_cnn":
-        return SeedCNN(**kwargs)
+        return seed_cnn(**kwargs)
     if name == "seed_lstm":
         return SeedLSTM(**kwargs)
     if name == "mlp":
