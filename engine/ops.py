@@ -524,15 +524,21 @@ def getitem(a, index):
     return from_op(xp.asarray(out) if out.ndim == 0 else out, (a,), backward, "getitem")
 
 
-def concat(tensors, axis=0, **kw):
-    axis, _ = _axis_kw(axis, False, kw, "concat")
+def _tensor_list(tensors, opname):
+    """The inputs of concat/stack as Tensors on one device (scalars/arrays take the first's dtype)."""
     tensors = list(tensors)
     if not tensors:
-        raise ValueError("concat needs at least one tensor")
+        raise ValueError(f"{opname} needs at least one tensor")
     first = tensors[0] if isinstance(tensors[0], Tensor) else Tensor(tensors[0])
     ts = [t if isinstance(t, Tensor) else as_tensor(t, like=first) for t in tensors]
     for t in ts[1:]:
-        _check_same_device(ts[0], t, "concat")
+        _check_same_device(ts[0], t, opname)
+    return ts
+
+
+def concat(tensors, axis=0, **kw):
+    axis, _ = _axis_kw(axis, False, kw, "concat")
+    ts = _tensor_list(tensors, "concat")
     ax = axis % ts[0].ndim
     for t in ts[1:]:
         if t.ndim != ts[0].ndim or any(s1 != s2 for i, (s1, s2) in enumerate(zip(t.shape, ts[0].shape)) if i != ax):
@@ -549,13 +555,8 @@ def concat(tensors, axis=0, **kw):
 
 def stack(tensors, axis=0, **kw):
     axis, _ = _axis_kw(axis, False, kw, "stack")
-    tensors = list(tensors)
-    if not tensors:
-        raise ValueError("stack needs at least one tensor")
-    first = tensors[0] if isinstance(tensors[0], Tensor) else Tensor(tensors[0])
-    ts = [t if isinstance(t, Tensor) else as_tensor(t, like=first) for t in tensors]
+    ts = _tensor_list(tensors, "stack")
     for t in ts[1:]:
-        _check_same_device(ts[0], t, "stack")
         if t.shape != ts[0].shape:
             raise ValueError(f"stack needs tensors of equal shape, got {ts[0].shape} and {t.shape}")
     return concat([unsqueeze(t, axis) for t in ts], axis=axis)

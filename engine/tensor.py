@@ -123,9 +123,12 @@ class Tensor:
             raise TypeError(
                 f"only floating point tensors can require gradients, got dtype {arr.dtype}; "
                 "create it with dtype='float32' (or float64)")
-        self.data = arr
+        self._set_fields(arr, bool(requires_grad))
+
+    def _set_fields(self, data, requires_grad):
+        self.data = data
         self.grad = None
-        self.requires_grad = bool(requires_grad)
+        self.requires_grad = requires_grad
         self._parents = ()
         self._backward = None
         self._op = None
@@ -244,15 +247,7 @@ class Tensor:
         t = cls.__new__(cls)
         if isinstance(data, np.generic):     # numpy returns scalars for 0-d results
             data = np.asarray(data)
-        t.data = data
-        t.grad = None
-        t.requires_grad = requires_grad
-        t._parents = ()
-        t._backward = None
-        t._op = None
-        t._hooks = None
-        t._post_hooks = None
-        t._retain_grad = False
+        t._set_fields(data, requires_grad)
         return t
 
     def requires_grad_(self, flag=True):
