@@ -127,7 +127,11 @@ class Trainer:
         self.local_batch = job.global_batch_size // self.size
         self.device = select_device(job)
         engine.manual_seed(job.seed)
-        self.train_set, self.test_set, self.embedded = build_datasets(job.dataset, job.seed)
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:   # said once, by rank 0, in run()
+            warnings.simplefilter("always")
+            self.train_set, self.test_set, self.embedded = build_datasets(job.dataset, job.seed)
+        self.data_notes = sorted({str(w.message) for w in caught})
         model = build_model(job.model, **dict(job.model_args or {}))
         if self.device != "cpu":
             model.to(self.device)
@@ -307,9 +311,9 @@ class Trainer:
 
     def run(self) -> dict:
         resumed = self.maybe_resume()
-        if self.rank == 0 and self.embedded:
-            self.log("note: the full dataset was not found; training on the embedded Fashion-MNIST subset "
-                     "(6000 train / 1000 test images). Set DPTRAIN_DATA to the full copy for real accuracy.")
+        if self.rank == 0:
+            for note in self.data_notes:
+                self.log(f"note: {note}")
         if self.rank == 0:
             self.log(f"training {self.cfg.job.model} on {self.size} worker(s): global batch "
                      f"{self.cfg.job.global_batch_size} ({self.local_batch} per worker), {self.total_steps} "
