@@ -194,21 +194,28 @@ def _conv_args(x, weight, stride, padding, dilation, groups, name="conv2d"):
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution (cross-correlation) on NCHW input with a (out, in/groups, kh, kw) weight."""
     x, unbatched, stride, pads, dilation, groups, _ = _conv_args(input, weight, stride, padding, dilation, groups)
+    return _conv_node(x, weight, bias, unbatched, "conv2d",
+                      lambda xd, W, b: _conv.conv2d_forward(xd, W, b, stride, pads, dilation, groups),
+                      _conv.conv2d_backward)
+
+
+def _conv_node(x, weight, bias, unbatched, name, forward, backward_fn):
+    """One autodiff node around a conv-like kernel pair: forward(xd, W, b) -> (out, ctx) and
+    backward_fn(g, W, ctx, need_x, need_w, need_b) -> (dx, dw, db)."""
     W = weight.data
-    xd = _match_dtype(x, W.dtype)
     b = bias.data if bias is not None else None
-    out, ctx = _conv.conv2d_forward(xd, W, b, stride, pads, dilation, groups)
+    out, ctx = forward(_match_dtype(x, W.dtype), W, b)
     xdtype = x.dtype
     need_x, need_w = x.requires_grad, weight.requires_grad
     need_b = bias is not None and bias.requires_grad
 
     def backward(g):
-        dx, dw, db = _conv.conv2d_backward(g, W, ctx, need_x, need_w, need_b)
+        dx, dw, db = backward_fn(g, W, ctx, need_x, need_w, need_b)
         dx = _back_dtype(dx, xdtype)
         return (dx, dw, db) if bias is not None else (dx, dw)
 
     parents = (x, weight, bias) if bias is not None else (x, weight)
-    out = from_op(out, parents, backward, "conv2d")
+    out = from_op(out, parents, backward, name)
     return _ops.squeeze(out, 0) if unbatched else out
 
 
@@ -227,21 +234,9 @@ def conv2d_relu_max_pool2d(input, weight, bias=None, stride=1, padding=0, dilati
     if get_array_module(W) is not np or oh < 2 or ow < 2:      # GPU (or degenerate size): the three ops
         out = max_pool2d(relu(conv2d(x, weight, bias, stride, padding_arg, dilation)), 2)
         return _ops.squeeze(out, 0) if unbatched else out
-    xd = _match_dtype(x, W.dtype)
-    b = bias.data if bias is not None else None
-    out, ctx = _conv.conv2d_relu_maxpool2_forward(xd, W, b, stride, pads, dilation)
-    xdtype = x.dtype
-    need_x, need_w = x.requires_grad, weight.requires_grad
-    need_b = bias is not None and bias.requires_grad
-
-    def backward(g):
-        dx, dw, db = _conv.conv2d_relu_maxpool2_backward(g, W, ctx, need_x, need_w, need_b)
-        dx = _back_dtype(dx, xdtype)
-        return (dx, dw, db) if bias is not None else (dx, dw)
-
-    parents = (x, weight, bias) if bias is not None else (x, weight)
-    out = from_op(out, parents, backward, "conv2d_relu_max_pool2d")
-    return _ops.squeeze(out, 0) if unbatched else out
+    return _conv_node(x, weight, bias, unbatched, "conv2d_relu_max_pool2d",
+                      lambda xd, W, b: _conv.conv2d_relu_maxpool2_forward(xd, W, b, stride, pads, dilation),
+                      _conv.conv2d_relu_maxpool2_backward)
 
 
 def _pool_input(x, name):
