@@ -944,6 +944,16 @@ def _grad_flags(*ts):
     return [on and t is not None and t.requires_grad for t in ts]
 
 
+def _rnn_grads(dx, xdtype, dw_ih, dw_hh, optional):
+    """Gradients of an RNN-layer node in parent order: x, w_ih, w_hh, then each optional
+    input (h0, c0, biases) that was given. `optional` is [(tensor or None, its gradient)]."""
+    return tuple([_back_dtype(dx, xdtype), dw_ih, dw_hh] + [g for t, g in optional if t is not None])
+
+
+def _rnn_parents(x, w_ih, w_hh, *optional):
+    return (x, w_ih, w_hh) + tuple(t for t in optional if t is not None)
+
+
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
     """One LSTM layer over a time-major sequence x (T, N, I); h0/c0 (N, H) Tensors or None (zeros).
 
@@ -960,27 +970,16 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
     if b_ih is not None or b_hh is not None:
         b = (b_ih.data if b_ih is not None else 0) + (b_hh.data if b_hh is not None else 0)
     packed, ctx = _rnn.lstm_forward(xd, h0d, c0d, w_ih.data, w_hh.data, b, h0_is_zero=h0 is None)
-    parents = [x, w_ih, w_hh]
-    opt = [(h0, "h0"), (c0, "c0"), (b_ih, "b_ih"), (b_hh, "b_hh")]
-    parents += [t for t, _ in opt if t is not None]
     need_x, need_h0, need_c0, nw_ih, nw_hh, nb_ih, nb_hh = _grad_flags(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     xdtype = x.dtype
 
     def backward(g):
         dx, dh0, dc0, dw_ih, dw_hh, db = _rnn.lstm_backward(
             g, ctx, need_x, need_h0, need_c0, nw_ih or nw_hh or nb_ih or nb_hh)
-        grads = [_back_dtype(dx, xdtype), dw_ih if nw_ih else None, dw_hh if nw_hh else None]
-        if h0 is not None:
-            grads.append(dh0)
-        if c0 is not None:
-            grads.append(dc0)
-        if b_ih is not None:
-            grads.append(db if nb_ih else None)
-        if b_hh is not None:
-            grads.append(db if nb_hh else None)
-        return tuple(grads)
+        return _rnn_grads(dx, xdtype, dw_ih if nw_ih else None, dw_hh if nw_hh else None,
+                          [(h0, dh0), (c0, dc0), (b_ih, db if nb_ih else None), (b_hh, db if nb_hh else None)])
 
-    out = from_op(packed, tuple(parents), backward, "lstm")
+    out = from_op(packed, _rnn_parents(x, w_ih, w_hh, h0, c0, b_ih, b_hh), backward, "lstm")
     return out[:T], out[T - 1], out[T]
 
 
@@ -995,23 +994,16 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None):
     packed, ctx = _rnn.gru_forward(xd, h0d, w_ih.data, w_hh.data,
                                    b_ih.data if b_ih is not None else None,
                                    b_hh.data if b_hh is not None else None)
-    parents = [x, w_ih, w_hh] + [t for t in (h0, b_ih, b_hh) if t is not None]
     need_x, need_h0, nw_ih, nw_hh, nb_ih, nb_hh = _grad_flags(x, h0, w_ih, w_hh, b_ih, b_hh)
     xdtype = x.dtype
 
     def backward(g):
         dx, dh0, dw_ih, dw_hh, db_ih, db_hh = _rnn.gru_backward(
             g, ctx, w_ih.data, w_hh.data, need_x, need_h0, nw_ih or nw_hh, nb_ih, nb_hh)
-        grads = [_back_dtype(dx, xdtype), dw_ih if nw_ih else None, dw_hh if nw_hh else None]
-        if h0 is not None:
-            grads.append(dh0)
-        if b_ih is not None:
-            grads.append(db_ih)
-        if b_hh is not None:
-            grads.append(db_hh)
-        return tuple(grads)
+        return _rnn_grads(dx, xdtype, dw_ih if nw_ih else None, dw_hh if nw_hh else None,
+                          [(h0, dh0), (b_ih, db_ih), (b_hh, db_hh)])
 
-    out = from_op(packed, tuple(parents), backward, "gru")
+    out = from_op(packed, _rnn_parents(x, w_ih, w_hh, h0, b_ih, b_hh), backward, "gru")
     return out, out[T - 1]
 
 
@@ -1029,21 +1021,14 @@ def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
     if b_ih is not None or b_hh is not None:
         b = (b_ih.data if b_ih is not None else 0) + (b_hh.data if b_hh is not None else 0)
     packed, ctx = _rnn.rnn_forward(xd, h0d, w_ih.data, w_hh.data, b, nonlinearity)
-    parents = [x, w_ih, w_hh] + [t for t in (h0, b_ih, b_hh) if t is not None]
     need_x, need_h0, nw_ih, nw_hh, nb_ih, nb_hh = _grad_flags(x, h0, w_ih, w_hh, b_ih, b_hh)
     xdtype = x.dtype
 
     def backward(g):
         dx, dh0, dw_ih, dw_hh, db = _rnn.rnn_backward(
             g, ctx, w_ih.data, w_hh.data, need_x, need_h0, nw_ih or nw_hh, nb_ih or nb_hh)
-        grads = [_back_dtype(dx, xdtype), dw_ih if nw_ih else None, dw_hh if nw_hh else None]
-        if h0 is not None:
-            grads.append(dh0)
-        if b_ih is not None:
-            grads.append(db if nb_ih else None)
-        if b_hh is not None:
-            grads.append(db if nb_hh else None)
-        return tuple(grads)
+        return _rnn_grads(dx, xdtype, dw_ih if nw_ih else None, dw_hh if nw_hh else None,
+                          [(h0, dh0), (b_ih, db if nb_ih else None), (b_hh, db if nb_hh else None)])
 
-    out = from_op(packed, tuple(parents), backward, "rnn")
+    out = from_op(packed, _rnn_parents(x, w_ih, w_hh, h0, b_ih, b_hh), backward, "rnn")
     return out, out[T - 1]
