@@ -282,18 +282,29 @@ class Tensor:
         self._post_hooks.append(fn)
         return RemovableHandle(self._post_hooks, fn)
 
-    def _finalize_leaf(self, g):
-        """Run hooks and accumulate g into .grad: this leaf's gradient for this backward is complete."""
+    def _finalize_leaf(self, g, handed=None):
+        """Run hooks and accumulate g into .grad: this leaf's gradient for this backward is complete.
+
+        `handed` holds the ids of arrays already given to other leaves in this backward: g is
+        kept without a copy only when nothing else can see it (not a view, not shared with
+        another leaf, not the caller's gradient, not replaced by a hook)."""
+        owned = handed is not None
         if self._hooks:
             gt = Tensor._wrap(g)
             for hook in list(self._hooks):
                 r = hook(gt)
                 if r is not None:
                     gt = r if isinstance(r, Tensor) else Tensor._wrap(r)
+                    owned = False
             g = gt.data
         if self.grad is None:
-            # Own the buffer: g may alias an upstream array (e.g. `+` passes g through).
-            self.grad = Tensor._wrap(g.copy())
+            # Own the buffer: g may alias an upstream array (e.g. `+` passes g to both inputs).
+            if (not owned or id(g) in handed or getattr(g, "base", None) is not None
+                    or not g.flags.writeable):
+                g = g.copy()
+            else:
+                handed.add(id(g))
+            self.grad = Tensor._wrap(g)
         else:
             self.grad = Tensor._wrap(self.grad.data + g)
         if self._post_hooks:
@@ -340,6 +351,7 @@ def run_backward(root: Tensor, g0, retain_graph: bool):
                 stack.append(p)
 
     grads = {id(root): g0}
+    handed = {id(g0)}          # the caller's (or our ones_like) root gradient is never kept as-is
     if root.is_leaf:
         root._finalize_leaf(grads.pop(id(root)))
         return
@@ -382,7 +394,7 @@ def run_backward(root: Tensor, g0, retain_graph: bool):
                 if p.is_leaf:
                     pg_total = grads.pop(pid, None)
                     if pg_total is not None:
-                        p._finalize_leaf(pg_total)
+                        p._finalize_leaf(pg_total, handed)
                 elif p._backward is _freed_backward and pid in grads:
                     _freed_backward(None)
                 else:

@@ -296,3 +296,19 @@ def test_size_is_numpy_count_and_pytorch_callable():
     x = engine.ones(2, 3)
     assert x.size == 6 and x.size * 2 == 12
     assert x.size(0) == 2 and x.size(-1) == 3 and x.size() == (2, 3)
+
+
+def test_leaf_gradients_never_alias_each_other_or_the_callers_gradient():
+    a = engine.ones(3, requires_grad=True)
+    b = engine.ones(3, requires_grad=True)
+    (a + b).sum().backward()                  # `+` hands the same upstream array to both inputs
+    a.grad.data *= 5
+    assert b.grad.tolist() == [1.0, 1.0, 1.0]
+    c = engine.ones(2, requires_grad=True)
+    g = np.ones(2, np.float32)
+    (c * 1.0).backward(g)
+    c.grad.data *= 3
+    assert g.tolist() == [1.0, 1.0]
+    d = engine.ones(2, 2, requires_grad=True)
+    d.T.sum().backward()                      # view-shaped gradients are copied, not kept
+    assert d.grad.data.base is None and d.grad.data.flags.writeable
