@@ -15,6 +15,11 @@ import sys
 import traceback
 
 
+#: Exit code of a worker that stopped because a *peer* failed first (lost connection, dead
+#: process, aborted collective).  Launchers use it to report the root cause, not its echo.
+EXIT_PEER_FAILURE = 75   # sysexits EX_TEMPFAIL: the cause is elsewhere; a restart may fix it
+
+
 def _log(rank):
     def log(msg):
         print(msg, flush=True)
@@ -61,6 +66,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except comm.PeerFailureError as e:
+        rank = communicator.rank if communicator is not None else os.environ.get("DPTRAIN_RANK", "?")
+        print(f"error on rank {rank}: a peer failed first: {e}", file=sys.stderr, flush=True)
+        return EXIT_PEER_FAILURE
     except Exception as e:  # one readable line first, the traceback for the logs after it
         rank = communicator.rank if communicator is not None else os.environ.get("DPTRAIN_RANK", "?")
         print(f"error on rank {rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)

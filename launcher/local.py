@@ -14,7 +14,7 @@ import time
 
 from .job import Job, clean_env, resume_note, worker_command
 from .output import Console, RankStream
-from .supervise import Failure, Group, Supervisor, exit_code_of
+from .supervise import Failure, Group, Supervisor, exit_code_of, root_cause
 
 __all__ = ["LocalGroup", "run_local"]
 
@@ -33,6 +33,7 @@ class LocalGroup(Group):
         base.update(job.common_env(attempt))
         show_all = job.cfg["output"]["console"] == "all"
         self.procs, self.streams = [], []
+        self._exit_seen: dict[int, float] = {}
         for slot in job.slots:
             env = dict(base)
             env.update(job.rank_env(slot))
@@ -49,17 +50,27 @@ class LocalGroup(Group):
 
     def poll(self) -> tuple[bool, Failure | None]:
         codes = [p.poll() for p in self.procs]
+        now = time.monotonic()
+        for r, c in enumerate(codes):
+            if c is not None:
+                self._exit_seen.setdefault(r, now)
         bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
         if bad:
-            rank, code = bad[0]
-            self.streams[rank].join(2.0)  # let the reader catch the last lines
-            how = f"exit code {code}" if code > 0 else f"killed by signal {-code} ({_signame(-code)})"
-            return False, Failure(rank, exit_code_of(code), how, list(self.streams[rank].tail))
+            rank, _ = root_cause(bad, self._exit_seen)
+            return False, self.failure_of(rank)
         if codes and all(c == 0 for c in codes):
             for s in self.streams:
                 s.join(5.0)
             return True, None
         return False, None
+
+    def failure_of(self, rank: int) -> Failure | None:
+        code = self.procs[rank].poll() if 0 <= rank < len(self.procs) else None
+        if code in (None, 0):
+            return None
+        self.streams[rank].join(2.0)
+        how = f"exit code {code}" if code > 0 else f"killed by signal {-code} ({_signame(-code)})"
+        return Failure(rank, exit_code_of(code), how, list(self.streams[rank].tail))
 
     def tail(self, rank: int, n: int = 20) -> list[str]:
         if 0 <= rank < len(self.streams):

@@ -22,7 +22,7 @@ from cluster.config import Config, is_local_host
 
 from .job import Job, clean_env, resume_note, worker_command
 from .placement import nodes_per_rank
-from .supervise import Failure, Group, Supervisor, exit_code_of, tail_file
+from .supervise import root_cause, Failure, Group, Supervisor, exit_code_of, tail_file
 
 __all__ = ["MpiError", "find_mpiexec", "mpi_flavor", "hostfile_text", "build_command", "MpiGroup", "run_mpirun",
            "describe_dry_run"]
@@ -192,8 +192,8 @@ class MpiGroup(Group):
 
     def _failure(self, bad: list[dict], mpiexec_code: int | None) -> Failure:
         if bad:
-            first = min(bad, key=lambda r: r.get("time", 0))
-            rank, rc = int(first["rank"]), int(first["exit_code"])
+            seen = {int(r["rank"]): float(r.get("time", 0)) for r in bad}
+            rank, rc = root_cause([(int(r["rank"]), int(r["exit_code"])) for r in bad], seen)
             return Failure(rank, rc, f"exit code {rc}", tail_file(self.job.run.rank_log(rank)))
         return Failure(None, exit_code_of(mpiexec_code or 1), f"mpiexec exited with code {mpiexec_code}", [])
 

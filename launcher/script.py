@@ -15,6 +15,7 @@ import sys
 import time
 
 from cluster.config import dump_config
+from cluster.worker import EXIT_PEER_FAILURE
 
 from .job import Job, placement_json, worker_command
 from .mpirun import build_command, find_mpiexec, hostfile_text, mpi_flavor
@@ -53,6 +54,11 @@ def _common_exports(job: Job, backend: str, launcher: str) -> str:
     ]
     lines += [f"export {k}={_q(v)}" for k, v in sorted(fixed.items())]
     return "\n".join(lines) + "\n"
+
+
+def _loop(launch: str) -> str:
+    """The attempt loop around one launch line (restarts, root-cause exit code)."""
+    return _LOOP.replace("LAUNCH_LINE", launch).replace("EXIT_PEER_FAILURE_CODE", str(EXIT_PEER_FAILURE))
 
 
 def _prelude(job: Job, python: str, title: str) -> str:
@@ -156,9 +162,9 @@ for f in glob.glob(os.path.join(sys.argv[1], "rank*.json")):
     except (OSError, ValueError):
         continue
     if r.get("exit_code"):
-        bad.append((r.get("time", 0), r["rank"], r["exit_code"]))
-if bad:
-    t, rank, code = min(bad)
+        bad.append((r["exit_code"] == EXIT_PEER_FAILURE_CODE, r.get("time", 0), r["rank"], r["exit_code"]))
+if bad:  # the root cause, not a rank that failed because a peer did
+    _, t, rank, code = min(bad)
     print(f"{rank} {code}")
 PYEOF
 )"
@@ -208,7 +214,7 @@ def mpirun_script(job: Job) -> str:
              + "}\"\nexport DPTRAIN_MASTER_PORT\n")
     if os.geteuid() == 0 and flavor == "openmpi":
         head += "export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1\n"
-    return head + _coord_fn(job, bind, host_expr) + _LOOP.replace("LAUNCH_LINE", launch)
+    return head + _coord_fn(job, bind, host_expr) + _loop(launch)
 
 
 def slurm_script(job: Job) -> str:
@@ -242,4 +248,4 @@ def slurm_script(job: Job) -> str:
     cmd = " ".join(_q(c) for c in worker_command(cfg)[1:])
     launch = (f'srun --kill-on-bad-exit=1 --distribution={dist} --ntasks="$WORLD_SIZE" '
               f'"$PYTHON" -m launcher.mpiworker -- "$PYTHON" {cmd}')
-    return head + coord + _LOOP.replace("LAUNCH_LINE", launch)
+    return head + coord + _loop(launch)

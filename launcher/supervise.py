@@ -18,9 +18,11 @@ import threading
 import time
 from dataclasses import dataclass
 
+from cluster.worker import EXIT_PEER_FAILURE
+
 from .job import Job, free_port, start_coordinator
 
-__all__ = ["Failure", "Group", "Supervisor", "exit_code_of", "tail_file"]
+__all__ = ["Failure", "Group", "Supervisor", "exit_code_of", "root_cause", "tail_file"]
 
 
 @dataclass
@@ -29,6 +31,16 @@ class Failure:
     exit_code: int           # what the launcher exits with
     reason: str
     tail: list[str]
+
+
+def root_cause(bad: list[tuple[int, int]], seen: dict[int, float]) -> tuple[int, int]:
+    """Pick the (rank, code) that caused a failure out of every rank that failed.
+
+    When one rank crashes, its peers fail a moment later with EXIT_PEER_FAILURE; under
+    load both exits can land between two polls, so rank order would blame the echo.
+    Prefer a rank that did not fail because of a peer, then the earliest one seen.
+    """
+    return min(bad, key=lambda rc: (rc[1] == EXIT_PEER_FAILURE, seen.get(rc[0], float("inf")), rc[0]))
 
 
 def exit_code_of(returncode: int) -> int:
@@ -64,6 +76,10 @@ class Group:
     def exited_ok(self, rank: int) -> bool:
         """True when `rank` already finished with exit code 0 (its silence is then no failure)."""
         return False
+
+    def failure_of(self, rank: int) -> Failure | None:
+        """The failure of `rank` when it has already exited non-zero, else None."""
+        return None
 
     def close(self) -> None: ...
 
@@ -189,6 +205,10 @@ class Supervisor:
                 # give a process that just exited a moment to be seen as the cause
                 time.sleep(0.2)
                 ok, failure = self.group.poll()
+                if failure is not None and ev.rank is not None and failure.rank != ev.rank:
+                    named = self.group.failure_of(ev.rank)
+                    if named is not None and named.exit_code != EXIT_PEER_FAILURE:
+                        failure = named
                 if failure is not None:
                     return failure
                 return Failure(ev.rank, 1, ev.detail, [])

@@ -292,3 +292,14 @@ def test_rank_stream_logs_and_tails(tmp_path):
                                            "[rank 3] no newline at exit"]
     assert log.read_text().splitlines() == ["l1", "p1", "final", "l2", "no newline at exit"]
     assert list(s.tail) == ["l2", "no newline at exit"]
+
+
+def test_root_cause_prefers_the_rank_that_did_not_fail_because_of_a_peer():
+    """Both exits can land between two polls; the echo (EXIT_PEER_FAILURE) must not be blamed."""
+    from cluster.worker import EXIT_PEER_FAILURE
+    from launcher.supervise import root_cause
+    seen = {0: 1.0, 1: 1.0}
+    assert root_cause([(0, EXIT_PEER_FAILURE), (1, 17)], seen) == (1, 17)
+    assert root_cause([(0, 1), (1, 17)], {0: 2.0, 1: 1.0}) == (1, 17)        # earliest seen
+    assert root_cause([(0, 1), (1, 17)], seen) == (0, 1)                      # tie: lowest rank
+    assert root_cause([(0, EXIT_PEER_FAILURE), (1, EXIT_PEER_FAILURE)], seen) == (0, EXIT_PEER_FAILURE)
