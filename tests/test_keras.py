@@ -415,3 +415,45 @@ def test_fused_conv_relu_pool_and_dense_match_layer_by_layer():
         grads.append([w.grad.numpy().copy() for w in m.weights])
     for gf, gu in zip(*grads):
         np.testing.assert_allclose(gf, gu, rtol=1e-4, atol=1e-6)
+
+
+def _keras_steps(opt_factory, steps=4, seed=0):
+    """Run engine.keras optimizer `opt_factory()` on one weight with fixed gradients."""
+    rng = np.random.default_rng(seed)
+    w0 = rng.standard_normal(16)
+    grads = [rng.standard_normal(16) * 1e-3 for _ in range(steps)]    # small grads: eps matters
+    p = engine.nn.Parameter(engine.tensor(w0.copy(), dtype=np.float64))
+    opt = opt_factory()._make([p])                                   # what compile() builds
+    for g in grads:
+        p.grad = engine.tensor(g)
+        opt.step()
+    return w0, grads, p.data
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_keras_adam_puts_epsilon_on_sqrt_v_before_bias_correction(amsgrad):
+    """Keras' Adam ("epsilon hat"): p -= lr*sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)."""
+    from engine.keras import optimizers
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-3
+    w, grads, got = _keras_steps(lambda: optimizers.Adam(lr, b1, b2, eps, amsgrad=amsgrad))
+    m = np.zeros_like(w); v = np.zeros_like(w); vmax = np.zeros_like(w)
+    for t, g in enumerate(grads, 1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        vmax = np.maximum(vmax, v)
+        alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        w = w - alpha * m / (np.sqrt(vmax if amsgrad else v) + eps)
+    np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_keras_rmsprop_puts_epsilon_inside_the_square_root(centered):
+    from engine.keras import optimizers
+    lr, rho, eps = 0.01, 0.9, 1e-5
+    w, grads, got = _keras_steps(lambda: optimizers.RMSprop(lr, rho, epsilon=eps, centered=centered))
+    v = np.zeros_like(w); mg = np.zeros_like(w)
+    for g in grads:
+        v = rho * v + (1 - rho) * g * g
+        mg = rho * mg + (1 - rho) * g
+        w = w - lr * g / np.sqrt((v - mg * mg if centered else v) + eps)
+    np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-14)

@@ -3,7 +3,9 @@
 A Keras optimizer is created before it knows its variables
 (`Adam(learning_rate=1e-3)`, or just 'adam'); `compile` hands it the model's
 trainable weights and it builds the engine optimizer then.  Defaults are Keras'
-(Adam eps=1e-7, SGD lr=0.01, RMSprop rho=0.9), which are not PyTorch's.
+(Adam eps=1e-7, SGD lr=0.01, RMSprop rho=0.9), which are not PyTorch's, and so is
+where epsilon goes: Keras' Adam adds it to sqrt(v) before bias correction ("epsilon
+hat" of Kingma & Ba), Keras' RMSprop inside the square root.
 `clipnorm` / `clipvalue` / `global_clipnorm` work as in Keras.
 An engine.optim optimizer built over `model.parameters()` may also be passed to
 `compile` directly.
@@ -16,6 +18,42 @@ from .. import optim as _optim
 from ..backend import get_array_module
 
 __all__ = ["Optimizer", "Adam", "AdamW", "SGD", "RMSprop", "get", "serialize"]
+
+
+def _eps_hat(group, step: int) -> float:
+    """PyTorch's Adam with eps / sqrt(1 - beta2^t) is Keras' Adam with eps:
+
+    keras:  p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+    torch:  p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps')
+    """
+    return float(group["eps"]) / math.sqrt(1.0 - float(group["betas"][1]) ** step)
+
+
+class _KerasAdamRule:
+    """Mixin: engine Adam/AdamW updates with Keras' epsilon placement."""
+
+    def _update(self, p, g, state, group):
+        super()._update(p, g, state, dict(group, eps=_eps_hat(group, state["step"] + 1)))
+
+    def _fused_group(self, kernel, group, params, states):
+        by_step: dict = {}
+        for p, st in zip(params, states):       # eps_t depends on the step: one call per step count
+            by_step.setdefault(st["step"], []).append((p, st))
+        for step, items in by_step.items():
+            super()._fused_group(kernel, dict(group, eps=_eps_hat(group, step + 1)),
+                                 [p for p, _ in items], [st for _, st in items])
+
+
+class _KerasAdam(_KerasAdamRule, _optim.Adam):
+    pass
+
+
+class _KerasAdamW(_KerasAdamRule, _optim.AdamW):
+    pass
+
+
+class _KerasRMSprop(_optim.RMSprop):
+    _eps_inside_sqrt = True
 
 
 class Optimizer:
@@ -111,9 +149,9 @@ class Adam(Optimizer):
     def _make(self, params):
         # Keras' weight_decay on Adam is decoupled (applied to the variable), i.e. AdamW.
         if self.weight_decay:
-            return _optim.AdamW(params, lr=self._lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
-                                weight_decay=float(self.weight_decay), amsgrad=self.amsgrad)
-        return _optim.Adam(params, lr=self._lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
+            return _KerasAdamW(params, lr=self._lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
+                               weight_decay=float(self.weight_decay), amsgrad=self.amsgrad)
+        return _KerasAdam(params, lr=self._lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
                            amsgrad=self.amsgrad)
 
     def get_config(self):
@@ -129,8 +167,8 @@ class AdamW(Adam):
         super().__init__(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay, **kwargs)
 
     def _make(self, params):
-        return _optim.AdamW(params, lr=self._lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
-                            weight_decay=float(self.weight_decay or 0.0), amsgrad=self.amsgrad)
+        return _KerasAdamW(params, lr=self._lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
+                           weight_decay=float(self.weight_decay or 0.0), amsgrad=self.amsgrad)
 
 
 class SGD(Optimizer):
@@ -150,8 +188,7 @@ class SGD(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """Keras RMSprop (rho=0.9, eps=1e-7); epsilon is added outside the square root (PyTorch's
-    placement), a negligible difference from Keras' sqrt(v + eps)."""
+    """Keras RMSprop (rho=0.9, eps=1e-7, epsilon inside the square root as in Keras)."""
 
     name = "rmsprop"
 
@@ -162,9 +199,9 @@ class RMSprop(Optimizer):
         self.centered, self.weight_decay = bool(centered), weight_decay
 
     def _make(self, params):
-        return _optim.RMSprop(params, lr=self._lr, alpha=self.rho, eps=self.epsilon,
-                              momentum=self.momentum, centered=self.centered,
-                              weight_decay=float(self.weight_decay or 0.0))
+        return _KerasRMSprop(params, lr=self._lr, alpha=self.rho, eps=self.epsilon,
+                             momentum=self.momentum, centered=self.centered,
+                             weight_decay=float(self.weight_decay or 0.0))
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,

@@ -16,6 +16,9 @@ __all__ = ["RMSprop"]
 
 
 class RMSprop(Optimizer):
+    # Where epsilon goes: PyTorch adds it to sqrt(v); Keras (engine.keras) inside the root.
+    _eps_inside_sqrt = False
+
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
@@ -64,11 +67,16 @@ class RMSprop(Optimizer):
             tmp *= 1.0 - alpha
             ga += tmp
             xp.multiply(ga, ga, out=tmp)
-            xp.subtract(sq, tmp, out=tmp)
-            xp.sqrt(tmp, out=tmp)
+            xp.subtract(sq, tmp, out=tmp)        # tmp = v (centered)
+            src = tmp
         else:
-            xp.sqrt(sq, out=tmp)
-        tmp += eps                               # tmp = denominator
+            src = sq
+        if self._eps_inside_sqrt:                # Keras: sqrt(v + eps)
+            xp.add(src, eps, out=tmp)
+            xp.sqrt(tmp, out=tmp)
+        else:                                    # PyTorch: sqrt(v) + eps
+            xp.sqrt(src, out=tmp)
+            tmp += eps                           # tmp = denominator
         xp.divide(g, tmp, out=tmp)
         if mom > 0:
             buf = state.get("momentum_buffer")
