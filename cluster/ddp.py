@@ -42,6 +42,7 @@ class _Bucket:
         self.filled = 0
         self.seen = set()
         self.handle = None
+        self.scale_after = False    # divide by the world size after the wait (NCCL sums only)
         self.launched_at = None
 
     def reset(self):
@@ -250,8 +251,12 @@ class DistributedDataParallel:
             self.events.append(("launch", b.index, time.perf_counter()))
             if self._nccl is not None and b.flat.__class__.__module__.startswith("cupy"):
                 b.handle = self._nccl.allreduce_async(b.flat, op="sum")
+                b.scale_after = self.average
             else:
-                b.handle = self.comm.allreduce_async(b.flat, op="sum")
+                # "mean" divides each chunk once on its owner inside the ring, before the
+                # all-gather: half a pass over the bucket instead of a full one afterwards.
+                b.handle = self.comm.allreduce_async(b.flat, op="mean" if self.average else "sum")
+                b.scale_after = False
             self._next_launch += 1
         self._finish()
 
@@ -260,7 +265,7 @@ class DistributedDataParallel:
         for b in self.buckets:
             b.handle.wait(self.timeout)
             self.events.append(("done", b.index, time.perf_counter()))
-            if inv != 1.0:
+            if b.scale_after and inv != 1.0:
                 b.flat *= b.flat.dtype.type(inv)
             for p, off in zip(b.params, b.offsets):
                 g = b.flat[off:off + p.size].reshape(p.shape)
