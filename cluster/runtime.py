@@ -208,6 +208,10 @@ class Trainer:
         self._checkpoint_step = self.step
         if self.rank == 0:
             self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
+            written_by = int(state["sampler"].get("num_replicas", self.size))
+            if written_by != self.size:
+                self.log(f"the checkpoint was written by {written_by} worker(s); continuing on {self.size} "
+                         f"with the same global batch {self.cfg.job.global_batch_size}")
         return True
 
     # ---------------------------------------------------------- loop

@@ -7,8 +7,10 @@ r, r+size, r+2*size, ...  Under a DataLoader with batch B, step k on rank r hold
 rows r::size of what one worker with batch B*size would see at step k, which is
 what makes N workers reproduce one worker's training exactly.
 
-For resume, `state_dict()` records the epoch and how many of this rank's samples
-were consumed; `load_state_dict()` skips them.
+For resume, `state_dict()` records the epoch and the position in it as a count of
+samples consumed by all ranks together; `load_state_dict()` skips them.  Because the
+position is global, a checkpoint written by N ranks resumes on M ranks (the global
+batch, hence the position, must divide evenly over the new ranks).
 """
 from __future__ import annotations
 
@@ -67,11 +69,22 @@ class DistributedSampler:
         return self.num_samples - self.start
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "start": self.start, "seed": self.seed}
+        return {"epoch": self.epoch, "consumed": self.start * self.size, "num_replicas": self.size,
+                "seed": self.seed}
 
     def load_state_dict(self, state: dict):
+        if "consumed" in state:
+            consumed = int(state["consumed"])
+            if consumed % self.size:
+                raise ValueError(
+                    f"DistributedSampler: the checkpoint is {consumed} samples into epoch {state['epoch']}, "
+                    f"which does not split evenly over {self.size} ranks; resume with a number of ranks "
+                    f"that divides the global batch size")
+            start = consumed // self.size
+        else:                     # written before positions were global: same world size assumed
+            start = int(state["start"])
         self.epoch = int(state["epoch"])
-        self.start = int(state["start"])
+        self.start = start
         self.seed = int(state.get("seed", self.seed))
 
     def advance(self, n: int):

@@ -41,7 +41,9 @@ class SeedLSTM(nn.Module):
 
 
 def mlp(hidden=128, num_classes=10, batchnorm=False, dropout=0.0):
-    layers = [nn.Flatten(), nn.Linear(784, hidden)]
+    # No bias before BatchNorm: BN subtracts it again, so its true gradient is 0 and Adam
+    # would turn the rounding noise in that gradient into full-size steps of a useless parameter.
+    layers = [nn.Flatten(), nn.Linear(784, hidden, bias=not batchnorm)]
     if batchnorm:
         layers.append(nn.BatchNorm1d(hidden))
     layers.append(nn.ReLU())

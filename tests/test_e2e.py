@@ -65,6 +65,29 @@ def test_interrupted_run_resumes_to_exactly_the_uninterrupted_parameters(tmp_pat
         assert np.array_equal(pa[k], pb[k]), f"{k} differs after resume"
 
 
+@pytest.mark.timeout(400)
+def test_checkpoint_of_two_workers_resumes_on_one_worker(tmp_path):
+    """A lost worker need not stop the job: the global batch, sampler position and RNG state
+    are world-size independent, so a 2-worker checkpoint continues on 1 worker and ends where
+    the uninterrupted 2-worker run ends (BatchNorm is synchronised, dropout drawn per global batch)."""
+    common = QUICK + ["checkpoint.interval=8", "checkpoint.keep=2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    p = dptrain("run", "configs/local.yaml", *common, f"output.dir={a}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = dptrain("run", "configs/local.yaml", *common, f"output.dir={b}",
+                env={"DPTRAIN_FAULT_CRASH_AT_STEP": "13"})
+    assert p.returncode != 0
+    p = dptrain("run", "configs/local.yaml", *common, "cluster.nodes.0.slots=1", f"output.dir={b}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resumed from" in p.stdout and "step-00000008" in p.stdout
+    assert "written by 2 worker(s); continuing on 1 with the same global batch 32" in p.stdout
+    assert json.loads((b / "summary.json").read_text())["world_size"] == 1
+    pa, pb = _params(a), _params(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_allclose(pb[k], pa[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
 @pytest.mark.timeout(60)
 def test_bad_config_exits_2_naming_the_dotted_path_and_starts_nothing(tmp_path):
     out = tmp_path / "never"
