@@ -450,6 +450,10 @@ SCHEMA = Section({
     }),
     "fault_tolerance": Section({
         "max_restarts": Int(0, "Restart the whole worker group up to N times after a failure.", min=0),
+        "min_workers": Nullable(Int(min=1), None,
+                                "Elastic restarts: leave the failed worker's node (one node: one of its slots) "
+                                "out of the next attempt while at least this many workers remain and they divide "
+                                "the global batch; null: always restart on the same nodes."),
         "heartbeat_interval": Float(2.0, "Seconds between worker heartbeats.", min=0, min_exclusive=True),
         "heartbeat_timeout": Float(30.0, "A worker silent this long (seconds) is declared dead.", min=0,
                                    min_exclusive=True),

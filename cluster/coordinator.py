@@ -134,10 +134,14 @@ class Coordinator:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def begin_attempt(self, attempt: int) -> None:
-        """Forget the previous group's workers; messages of older attempts are refused from now on."""
+    def begin_attempt(self, attempt: int, world_size: int | None = None) -> None:
+        """Forget the previous group's workers; messages of older attempts are refused from now on.
+
+        world_size: the new group's size after an elastic restart (default: unchanged)."""
         with self._lock:
             self.attempt = int(attempt)
+            if world_size is not None:
+                self.world_size = int(world_size)
             self.attempt_started = time.time()
             self.workers.clear()
             self._startup_reported = False

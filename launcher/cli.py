@@ -149,6 +149,9 @@ def _run(argv: list[str]) -> int:
             os.chmod(args.output, 0o755)
             sys.stderr.write(f"dptrain: wrote {args.output} ({'sbatch ' if args.slurm else 'bash '}"
                              f"{args.output} to launch {cfg.world_size} ranks)\n")
+        if cfg["fault_tolerance"].get("min_workers"):
+            sys.stderr.write("dptrain: note: fault_tolerance.min_workers (elastic restarts) is applied by "
+                             "`dptrain run` / `dptrain mpirun`; the script restarts on the same nodes\n")
         return 0
 
     use_mpi = cmd == "mpirun" or cfg["cluster"]["backend"] == "mpi" or not cfg.all_local

@@ -132,6 +132,24 @@ class Job:
                            "coordinator": self.coord_addr, "attempts": self.attempts, **extra})
 
 
+    def replan(self, nodes: list[dict]) -> None:
+        """Run the next attempts on `nodes` (elastic shrink): new placement, config.yaml and
+        placement.json, so workers, the coordinator and mpiexec all see the smaller group."""
+        import copy
+        cfg = copy.deepcopy(self.cfg)
+        cfg["cluster"]["nodes"] = nodes
+        from cluster.config import Config
+        cfg = Config(cfg.to_dict(), cfg.source)
+        self.cfg = cfg
+        self.slots = plan(cfg)
+        if not cfg.all_local:
+            node0 = cfg["cluster"]["nodes"][0]["host"]
+            self.master_addr = socket.getfqdn() if is_local_host(node0) else node0
+        self.run.write_config(cfg)
+        from cluster.rundir import atomic_write_bytes
+        atomic_write_bytes(self.run.file("placement.json"), placement_json(cfg, self.slots).encode())
+
+
 def slot_env(slot: Slot, progress: bool) -> dict[str, str]:
     return {
         "DPTRAIN_RANK": str(slot.rank),

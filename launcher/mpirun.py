@@ -148,6 +148,10 @@ class MpiGroup(Group):
         self.proc: subprocess.Popen | None = None
         self.status_dir = job.run.file("status")
 
+    def replanned(self) -> None:
+        with open(self.hostfile, "w") as f:
+            f.write(hostfile_text(self.job.cfg, self.flavor))
+
     def command(self, attempt: int) -> tuple[list[str], dict]:
         env = _env_for_mpiexec(self.job, attempt)
         names = sorted(k for k in self.job.common_env(attempt))

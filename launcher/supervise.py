@@ -81,6 +81,9 @@ class Group:
         """The failure of `rank` when it has already exited non-zero, else None."""
         return None
 
+    def replanned(self) -> None:
+        """The job's nodes changed (elastic restart): rebuild whatever depends on them."""
+
     def close(self) -> None: ...
 
 
@@ -129,7 +132,7 @@ class Supervisor:
             max_restarts = ft["max_restarts"]
             attempt = 0
             while True:
-                coord.begin_attempt(attempt)
+                coord.begin_attempt(attempt, world_size=job.world_size)
                 if attempt and not cfg["cluster"]["master_port"]:
                     job.master_port = free_port()   # the old rendezvous port may still be held
                 rec = {"attempt": attempt, "started": round(time.time(), 3), "status": "running"}
@@ -170,6 +173,7 @@ class Supervisor:
                     return code
                 if attempt < max_restarts:
                     attempt += 1
+                    self._maybe_shrink(failure)
                     self.say(f"restarting the worker group (restart {attempt} of {max_restarts}); workers "
                              f"resume from the newest valid checkpoint")
                     continue
@@ -185,6 +189,25 @@ class Supervisor:
                 if coord is not None:
                     coord.stop()
                 self._restore(old)
+
+    def _maybe_shrink(self, failure: Failure) -> None:
+        """Elastic restart (fault_tolerance.min_workers): leave the failed worker's node out."""
+        job = self.job
+        min_workers = job.cfg["fault_tolerance"].get("min_workers")
+        if not min_workers or failure.rank is None or not 0 <= failure.rank < job.world_size:
+            return
+        from .elastic import shrink_nodes
+        node = job.slots[failure.rank].node_rank
+        shrunk = shrink_nodes(job.cfg["cluster"]["nodes"], node, min_workers,
+                              job.cfg["job"]["global_batch_size"])
+        if shrunk is None:
+            self.say(f"cannot continue on fewer workers (fault_tolerance.min_workers: {min_workers}, "
+                     f"global batch {job.cfg['job']['global_batch_size']}); restarting on the same nodes")
+            return
+        nodes, why = shrunk
+        job.replan(nodes)
+        self.group.replanned()
+        self.say(f"elastic restart: {why}")
 
     def _watch(self, coord):
         """None on success, an int exit code when interrupted, else a Failure."""
