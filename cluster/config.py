@@ -365,7 +365,8 @@ SCHEMA = Section({
         "placement": Enum(("block", "cyclic"), "block",
                           "`block`: fill node 0's slots, then node 1's...; `cyclic`: one rank per node in turn."),
         "backend": Enum(("auto", "mpi", "zmq"), "auto",
-                        "Communication backend. `auto`: ZeroMQ for `dptrain run` on localhost, MPI under mpirun."),
+                        "Communication backend. `auto`: MPI when an mpiexec and mpi4py are available (`dptrain run` "
+                        "then starts the local workers through mpiexec), else ZeroMQ."),
         "allreduce": Enum(("ring", "native"), "ring",
                           "All-reduce algorithm: our ring, or the backend's native collective (MPI only)."),
         "master_port": Int(0, "Port of rank 0's ZeroMQ rendezvous; 0 picks a free port.", min=0, max=65535),

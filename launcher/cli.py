@@ -154,9 +154,12 @@ def _run(argv: list[str]) -> int:
                              "`dptrain run` / `dptrain mpirun`; the script restarts on the same nodes\n")
         return 0
 
-    use_mpi = cmd == "mpirun" or cfg["cluster"]["backend"] == "mpi" or not cfg.all_local
+    backend = cfg["cluster"]["backend"]
+    auto_mpi = cmd == "run" and backend == "auto" and cfg.all_local and _mpi_available(cfg)
+    use_mpi = cmd == "mpirun" or backend == "mpi" or not cfg.all_local or auto_mpi
     if cmd == "run" and use_mpi:
-        why = "cluster.backend is mpi" if cfg["cluster"]["backend"] == "mpi" else "some nodes are remote"
+        why = ("cluster.backend is mpi" if backend == "mpi" else "some nodes are remote" if not cfg.all_local
+               else "cluster.backend is auto and MPI is available (cluster.backend=zmq: without MPI)")
         sys.stderr.write(f"dptrain: {why}: launching through mpiexec (as `dptrain mpirun`)\n")
     if use_mpi:
         from .mpirun import run_mpirun
@@ -166,6 +169,27 @@ def _run(argv: list[str]) -> int:
     from .local import run_local
     job = prepare_job(cfg, "local")
     return run_local(job)
+
+
+def _mpi_available(cfg) -> bool:
+    """MPI is the primary transport; ZeroMQ is the fallback where MPI is not installed.
+
+    Available means: an mpiexec is found (cluster.mpi.mpiexec, next to the worker Python,
+    or on the PATH) and the worker Python can import mpi4py."""
+    from .mpirun import MpiError, find_mpiexec
+    try:
+        find_mpiexec(cfg)
+    except MpiError:
+        return False
+    py = cfg["cluster"]["python"]
+    if not py or os.path.realpath(py) == os.path.realpath(sys.executable):
+        import importlib.util
+        return importlib.util.find_spec("mpi4py") is not None
+    import subprocess
+    try:
+        return subprocess.run([py, "-c", "import mpi4py"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ def clean_env(base: dict | None = None) -> dict:
 
 
 def resolve_backend(cfg: Config, mode: str) -> str:
-    """The comm backend workers get: auto means ZeroMQ for local processes, MPI under mpirun/srun."""
+    """The comm backend workers get: auto means ZeroMQ for processes the launcher starts itself
+    (`dptrain run` picks that mode only where MPI is unavailable), MPI under mpirun/srun."""
     b = cfg["cluster"]["backend"]
     if b != "auto":
         return b

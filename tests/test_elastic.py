@@ -38,22 +38,23 @@ def test_one_node_loses_one_slot_or_as_many_as_the_batch_needs():
 
 
 @pytest.mark.timeout(120)
-def test_a_failing_worker_is_dropped_and_the_rest_finish_the_run(tmp_path):
-    from dist_utils import ROOT, base_env
-    (tmp_path / "el.yaml").write_text("""
+@pytest.mark.parametrize("backend", ["zmq", "mpi"])          # local processes / through mpiexec
+def test_a_failing_worker_is_dropped_and_the_rest_finish_the_run(tmp_path, backend):
+    from dist_utils import base_env
+    (tmp_path / "el.yaml").write_text(f"""
 name: el
-cluster: {nodes: [{host: localhost, slots: 2}]}
+cluster: {{nodes: [{{host: localhost, slots: 2}}], backend: {backend}}}
 job:
   model: mlp_bn
-  model_args: {hidden: 32}
-  dataset: {name: synthetic, train_subset: 640, test_subset: 200}
+  model_args: {{hidden: 32}}
+  dataset: {{name: synthetic, train_subset: 640, test_subset: 200}}
   epochs: 2
   global_batch_size: 32
   log_every: 5
-  optimizer: {lr: 0.01}
-checkpoint: {interval: 8, keep: 2}
-output: {dir: el, progress: false}
-fault_tolerance: {max_restarts: 1, min_workers: 1, heartbeat_interval: 0.5}
+  optimizer: {{lr: 0.01}}
+checkpoint: {{interval: 8, keep: 2}}
+output: {{dir: el, progress: false}}
+fault_tolerance: {{max_restarts: 1, min_workers: 1, heartbeat_interval: 0.5}}
 """)
     r = subprocess.run([sys.executable, "-m", "launcher", "run", "el.yaml"], cwd=tmp_path,
                        env=base_env({"DPTRAIN_FAULT_CRASH_AT_STEP": "13"}), capture_output=True, text=True,

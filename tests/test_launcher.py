@@ -22,6 +22,7 @@ cluster:
   nodes:
     - host: localhost
       slots: 2
+  backend: zmq          # these tests are about the local process launcher (auto would pick MPI)
 job:
   script: {WORKER}
   script_args: [{mode}]
@@ -204,7 +205,7 @@ def test_builtin_worker_restart_and_summary(tmp_path):
     """The real worker (`python -m cluster.worker`): a crash at step 12 is restarted from step 8."""
     (tmp_path / "rt.yaml").write_text("""
 name: rt
-cluster: {nodes: [{host: localhost, slots: 2}]}
+cluster: {nodes: [{host: localhost, slots: 2}], backend: zmq}
 job:
   model: mlp
   dataset: {name: synthetic, train_subset: 1024, test_subset: 256}
