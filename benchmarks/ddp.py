@@ -4,9 +4,12 @@ Prints one table: dptrain DDP over ZeroMQ and over MPI, with 1 and 2 workers x 1
 thread, beside PyTorch DDP (gloo) in the same run when torch is installed.  Each
 configuration runs as real worker processes; time is the median step time of
 `--steps` steps after `--warmup` steps, measured on rank 0, and includes the
-whole step (forward, backward with overlapped all-reduce, optimizer).
+whole step (forward, backward with overlapped all-reduce, optimizer).  Every
+configuration is launched `--repeats` times, round-robin with the others, and the
+table shows the median launch, so a burst of load from elsewhere on a shared
+machine hits all columns alike instead of one of them.
 
-usage: python benchmarks/ddp.py [--steps 30] [--warmup 5] [--batch 128]
+usage: python benchmarks/ddp.py [--steps 30] [--warmup 5] [--batch 128] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -150,6 +153,7 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--worker", choices=["zmq", "mpi", "torch"])
     a = ap.parse_args()
     if a.worker == "torch":
@@ -166,11 +170,16 @@ def main():
     kinds = [("dptrain DDP, ZeroMQ ring", "zmq"), ("dptrain DDP, MPI ring", "mpi")]
     if have_torch:
         kinds.append(("torch 2.13 DDP, gloo", "torch"))
+    import statistics
+    runs = {(kind, n): [] for _, kind in kinds for n in (1, 2)}
+    for _ in range(max(1, a.repeats)):
+        for key in runs:
+            runs[key].append(_launch(key[0], key[1], args)["samples_per_s"])
     for label, kind in kinds:
-        r1 = _launch(kind, 1, args)
-        r2 = _launch(kind, 2, args)
-        rows.append((label, r1["samples_per_s"], r2["samples_per_s"], r2["samples_per_s"] / r1["samples_per_s"]))
-    print(f"\nseed CNN, global batch {a.batch}, 1 thread per worker, median of {a.steps} steps — "
+        s1, s2 = statistics.median(runs[(kind, 1)]), statistics.median(runs[(kind, 2)])
+        rows.append((label, s1, s2, s2 / s1))
+    print(f"\nseed CNN, global batch {a.batch}, 1 thread per worker, median of {a.steps} steps, median of "
+          f"{max(1, a.repeats)} launches — "
           f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores")
     print(f"| {'implementation':<28} | {'1 worker (samples/s)':>20} | {'2 workers (samples/s)':>21} | "
           f"{'scaling':>7} |")

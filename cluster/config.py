@@ -151,6 +151,21 @@ class Int(Spec):
         return value
 
 
+class IntOrAuto(Int):
+    """An integer, or `auto`: measured on this machine when the config is resolved."""
+
+    def describe(self) -> str:
+        return super().describe() + " or `auto`"
+
+    def check(self, value, path, errors):
+        if value == "auto":
+            return value
+        if isinstance(value, str):
+            errors.append(f"{path}: expected {self._expect()} or 'auto', got {_show(value)}")
+            return value
+        return super().check(value, path, errors)
+
+
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -352,8 +367,10 @@ class Section(Spec):
 # --------------------------------------------------------------------------- the schema
 NODE = Section({
     "host": Str(doc="Host name or IP address of the node (`localhost` for this machine)."),
-    "slots": Int(1, "Worker processes (ranks) to start on this node.", min=1),
-    "gpus": Int(0, "GPUs on this node; workers get GPU `local_rank % gpus`, none when 0.", min=0),
+    "slots": IntOrAuto(1, "Worker processes (ranks) to start on this node; `auto` (this machine only): one "
+                          "per GPU when it has GPUs, else usable CPU cores // `job.threads`.", min=1),
+    "gpus": IntOrAuto(0, "GPUs on this node; workers get GPU `local_rank % gpus`, none when 0; `auto` "
+                         "(this machine only): the GPUs CUDA_VISIBLE_DEVICES / nvidia-smi report.", min=0),
 })
 
 SCHEMA = Section({
@@ -621,6 +638,34 @@ def _apply_override(data: dict, parts: list[str], value: Any, text: str, errors:
 
 
 # --------------------------------------------------------------------------- loading
+def _resolve_auto_resources(cfg: dict, errors: list[str]) -> None:
+    """Replace `slots: auto` / `gpus: auto` by what this machine offers.
+
+    Only for nodes that are this machine: the launcher cannot see a remote node's cores
+    before it starts anything there, and a guess would silently misplace work."""
+    from .resources import local_gpu_count, usable_cpu_count
+    nodes = cfg["cluster"].get("nodes")
+    if not isinstance(nodes, list):
+        return
+    threads = cfg["job"].get("threads")
+    threads = threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else 1
+    for i, n in enumerate(nodes):
+        if not isinstance(n, dict) or "auto" not in (n.get("slots"), n.get("gpus")):
+            continue
+        host = n.get("host")
+        if not (isinstance(host, str) and is_local_host(host)):
+            for key in ("slots", "gpus"):
+                if n.get(key) == "auto":
+                    errors.append(f"cluster.nodes.{i}.{key}: 'auto' is measured on this machine, but node {i} "
+                                  f"is {host!r}; give its number of {'workers' if key == 'slots' else 'GPUs'}")
+            continue
+        if n.get("gpus") == "auto":
+            n["gpus"] = local_gpu_count()
+        if n.get("slots") == "auto":
+            gpus = n["gpus"] if isinstance(n.get("gpus"), int) else 0
+            n["slots"] = gpus if gpus > 0 else max(1, usable_cpu_count() // threads)
+
+
 def _cross_checks(cfg: dict, errors: list[str], base_dir: str) -> None:
     """Checks that span several keys; only run on values that passed their own checks."""
     cluster, job = cfg["cluster"], cfg["job"]
@@ -711,6 +756,7 @@ def resolve_config(raw: Any, overrides: Iterable[str] = (), source: str | None =
     resolved = SCHEMA.check(data, "", errors)
     if isinstance(resolved, dict) and all(isinstance(resolved.get(s), dict) for s in
                                           ("cluster", "job", "checkpoint", "output", "fault_tolerance")):
+        _resolve_auto_resources(resolved, errors)
         _cross_checks(resolved, errors, base_dir)
     if errors:
         raise ConfigError(errors, source)

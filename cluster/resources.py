@@ -14,7 +14,38 @@ import time
 
 import psutil
 
-__all__ = ["ResourceSampler", "sample_resources"]
+__all__ = ["ResourceSampler", "sample_resources", "usable_cpu_count", "local_gpu_count"]
+
+
+def usable_cpu_count() -> int:
+    """CPU cores this process may run on (affinity / cpuset aware, unlike os.cpu_count())."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS has no sched_getaffinity
+        return max(1, psutil.cpu_count(logical=True) or 1)
+
+
+def local_gpu_count() -> int:
+    """GPUs visible to workers on this machine: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`.
+
+    No CUDA context is created (importing CuPy for this would cost seconds); 0 without a
+    driver or GPUs."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [v for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+        return len(ids)
+    import shutil
+    import subprocess
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    if out.returncode != 0:
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
 class ResourceSampler:

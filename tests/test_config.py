@@ -281,3 +281,42 @@ def test_cli_validate_exit_codes(tmp_path):
     assert r.returncode == 2 and "job.epochs: expected a positive integer, got 0" in r.stderr
     r = _cli(["reference"], tmp_path)
     assert r.returncode == 0 and "| `cluster.nodes.N.slots` |" in r.stdout
+
+
+# ---------------------------------------------------------------- slots/gpus: auto
+def test_auto_slots_use_this_machines_cores_divided_by_threads(monkeypatch, tmp_path):
+    import cluster.resources as res
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(res, "usable_cpu_count", lambda: 8)
+    monkeypatch.setattr(res, "local_gpu_count", lambda: 0)
+    raw = {"cluster": {"nodes": [{"host": "localhost", "slots": "auto", "gpus": "auto"}]},
+           "job": {"threads": 2, "global_batch_size": 64}}
+    cfg = resolve_config(raw, base_dir=str(tmp_path))
+    assert cfg.cluster.nodes[0].slots == 4 and cfg.cluster.nodes[0].gpus == 0 and cfg.world_size == 4
+
+
+def test_auto_slots_give_one_worker_per_visible_gpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2,3")
+    raw = {"cluster": {"nodes": [{"host": "127.0.0.1", "slots": "auto", "gpus": "auto"}]},
+           "job": {"global_batch_size": 96}}
+    cfg = resolve_config(raw, base_dir=str(tmp_path))
+    assert cfg.cluster.nodes[0].gpus == 3 and cfg.cluster.nodes[0].slots == 3
+
+
+def test_auto_is_refused_for_remote_nodes_and_other_words_are_errors():
+    errs = errors_of({"cluster": {"nodes": [{"host": "localhost"}, {"host": "gpu7", "slots": "auto"}]}})
+    assert errs == ["cluster.nodes.1.slots: 'auto' is measured on this machine, but node 1 is 'gpu7'; "
+                    "give its number of workers"]
+    errs = errors_of({"cluster": {"nodes": [{"host": "localhost", "gpus": "many"}]}})
+    assert errs == ["cluster.nodes.0.gpus: expected a non-negative integer or 'auto', got 'many'"]
+
+
+def test_usable_cpus_and_gpu_count_probes(monkeypatch):
+    from cluster.resources import local_gpu_count, usable_cpu_count
+    assert usable_cpu_count() >= 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert local_gpu_count() == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert local_gpu_count() == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert local_gpu_count() == 1
