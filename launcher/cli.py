@@ -159,8 +159,9 @@ def _run(argv: list[str]) -> int:
     use_mpi = cmd == "mpirun" or backend == "mpi" or not cfg.all_local or auto_mpi
     if cmd == "run" and use_mpi:
         why = ("cluster.backend is mpi" if backend == "mpi" else "some nodes are remote" if not cfg.all_local
-               else "cluster.backend is auto and MPI is available (cluster.backend=zmq: without MPI)")
-        sys.stderr.write(f"dptrain: {why}: launching through mpiexec (as `dptrain mpirun`)\n")
+               else "MPI is available (cluster.backend: auto)")
+        tail = "; cluster.backend=zmq starts the workers directly" if auto_mpi else ""
+        sys.stderr.write(f"dptrain: {why}: launching through mpiexec (as `dptrain mpirun`){tail}\n")
     if use_mpi:
         from .mpirun import run_mpirun
         dry = getattr(args, "dry_run", False)
