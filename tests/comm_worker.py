@@ -175,6 +175,27 @@ def suite(c, ck: Checker, algorithms) -> None:
             full = expected(op, n, shape, dtype)
             ck.eq(f"reduce_scatter {algo} {dtype} {shape} {op}", mine, np.array_split(full, n, axis=0)[r])
 
+    # in-place shards (ZeRO): own shard reduced, whole array gathered back; fewer elements than ranks too
+    for dtype, numel, op in (("float32", 12347, "mean"), ("float64", 10, "sum"), ("int32", max(n - 1, 1), "max"),
+                             ("float32", 0, "sum")):
+        b = c.shard_bounds(numel)
+        ck.true(f"shard_bounds {numel}", b[0] == 0 and b[-1] == numel and len(b) == n + 1, repr(b))
+        flat = data(r, (numel,), dtype)
+        out = c.reduce_scatter_inplace(flat, op=op)
+        full = expected(op, n, (numel,), dtype)
+        ck.true(f"reduce_scatter_inplace returns its input {numel}", out is flat)
+        ck.eq(f"reduce_scatter_inplace {dtype} {numel} {op}", flat[b[r]:b[r + 1]], full[b[r]:b[r + 1]])
+        g = np.zeros(numel, dtype)
+        g[b[r]:b[r + 1]] = full[b[r]:b[r + 1]]
+        c.allgather_inplace_async(g).wait(30)
+        ck.eq(f"allgather_inplace {dtype} {numel}", g, full)
+        ck.digest(f"allgather_inplace {dtype} {numel}", g)
+    try:
+        c.allgather_inplace(np.zeros((2, 2), np.float32))
+        ck.true("allgather_inplace 2-D raises", False)
+    except ValueError as exc:
+        ck.true("allgather_inplace 2-D message", "needs a 1-D array" in str(exc), str(exc))
+
     # barrier and objects
     c.barrier()
     c.barrier(timeout=30)
