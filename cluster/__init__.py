@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import importlib
 
 __all__ = ["DistributedDataParallel", "DDPError", "DistributedSampler", "SyncBatchNorm",
-           "convert_sync_batchnorm", "average_metrics", "init", "Context"]
+           "convert_sync_batchnorm", "ZeroRedundancyOptimizer", "average_metrics", "init", "Context"]
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Context:
 # and working even when the engine cannot be imported.
 _LAZY = {"DistributedDataParallel": "ddp", "DDPError": "ddp", "average_metrics": "ddp",
          "DistributedSampler": "sampler", "SyncBatchNorm": "sync_batchnorm",
-         "convert_sync_batchnorm": "sync_batchnorm"}
+         "convert_sync_batchnorm": "sync_batchnorm", "ZeroRedundancyOptimizer": "zero"}
 
 
 def __getattr__(name):

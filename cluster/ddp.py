@@ -43,12 +43,25 @@ class _Bucket:
         self.seen = set()
         self.handle = None
         self.scale_after = False    # divide by the world size after the wait (NCCL sums only)
+        self.param_flat = None      # ZeRO: the parameters' storage, same layout as `flat`
+        self.bounds = None          # ZeRO: shard_bounds(numel)
         self.launched_at = None
 
     def reset(self):
         self.filled = 0
         self.seen.clear()
         self.handle = None
+
+
+class _Done:
+    """The handle of a reduction that already ran on this thread."""
+
+    @staticmethod
+    def wait(timeout=None):
+        return None
+
+
+_DONE = _Done()
 
 
 class DistributedDataParallel:
@@ -59,10 +72,14 @@ class DistributedDataParallel:
     forward so they stay in step even without SyncBatchNorm.
     find_unused_parameters: walk the output graph each forward and treat parameters
     that took no part as having a zero gradient (otherwise a missing gradient is an error).
+    overlap: True starts each bucket's reduction from the gradient hooks while backward
+    runs (on the communicator's thread); False runs them all on this thread once the last
+    gradient is in; "auto" overlaps unless every CPU core is already computing (see
+    _resolve_overlap).
     """
 
     def __init__(self, module, comm=None, bucket_cap_mb=25, broadcast_buffers=True,
-                 find_unused_parameters=False, average=True, timeout=None):
+                 find_unused_parameters=False, average=True, timeout=None, overlap="auto"):
         if comm is None:
             import comm as comm_pkg
             comm = comm_pkg.init()
@@ -87,7 +104,9 @@ class DistributedDataParallel:
                 self._where[id(p)] = (b, i)
         self._next_launch = 0
         self._handles = []
+        self._sharded = False       # ZeroRedundancyOptimizer: reduce-scatter instead of all-reduce
         self._nccl = self._gpu_allreduce()
+        self.overlap = self._resolve_overlap(overlap)
         if self.size > 1:
             for p in self.params:
                 self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad_ready))
@@ -128,6 +147,33 @@ class DistributedDataParallel:
         flush()
         return buckets
 
+    def _resolve_overlap(self, overlap):
+        """Whether bucket reductions start inside backward (True) or run after it on this thread.
+
+        Overlap pays when communication has something to overlap with for free: a GPU
+        computing, a network transfer, or a CPU core the worker's compute threads leave idle.
+        When every core is busy with compute (e.g. 2 workers x 1 thread on 2 cores) the
+        reduction's CPU work competes with backward and the background thread's polling and
+        GIL hand-offs make the step slower (measured: +1.3 ms on the seed CNN), so "auto"
+        defers the reductions to the end of backward there."""
+        if overlap in (True, False):
+            return overlap
+        if overlap != "auto":
+            raise ValueError(f"overlap must be True, False or 'auto', got {overlap!r}")
+        if self.size == 1:
+            return False
+        if self._nccl is not None or any(b.flat.__class__.__module__.startswith("cupy") for b in self.buckets):
+            return True
+        import os
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # pragma: no cover - macOS
+            cores = os.cpu_count() or 1
+        raw = os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS") or ""
+        threads = int(raw) if raw.isdigit() and int(raw) > 0 else cores
+        local = max(1, getattr(self.comm, "local_size", 1) or 1)
+        return cores // local > threads
+
     def _gpu_allreduce(self):
         """NCCL for buckets in GPU memory when available; otherwise the communicator moves them
         (CUDA-aware MPI, else staged through host memory)."""
@@ -137,6 +183,25 @@ class DistributedDataParallel:
         if not nccl_available():
             return None
         return NcclAllreduce(self.rank, self.size, lambda uid: self.comm.broadcast_obj(uid, root=0))
+
+    def _enable_sharding(self):
+        """Called by ZeroRedundancyOptimizer: from now on backward reduce-scatters every bucket,
+        and each bucket gets a flat parameter buffer (same layout as its gradients) that the
+        parameters become views of, so a shard update plus an all-gather rebuilds the model."""
+        if self._nccl is not None:
+            raise DDPError("ZeroRedundancyOptimizer does not support NCCL buckets yet; use a plain optimizer "
+                           "on GPU")
+        if self._in_flight:
+            raise DDPError("ZeroRedundancyOptimizer must be created before the first backward")
+        for b in self.buckets:
+            xp = get_array_module(b.flat)
+            pf = xp.empty_like(b.flat)
+            for p, off in zip(b.params, b.offsets):
+                pf[off:off + p.size] = p.data.reshape(-1)
+                p.data = pf[off:off + p.size].reshape(p.shape)
+            b.param_flat = pf
+            b.bounds = self.comm.shard_bounds(b.numel)
+        self._sharded = True
 
     # ------------------------------------------------------------ module facade
     def __call__(self, *args, **kwargs):
@@ -244,6 +309,8 @@ class DistributedDataParallel:
             self._launch_ready()
 
     def _launch_ready(self):
+        if not self.overlap and any(b.filled < len(b.params) for b in self.buckets):
+            return                  # deferred: everything is reduced once backward is done
         while self._next_launch < len(self.buckets):
             b = self.buckets[self._next_launch]
             if b.filled < len(b.params):
@@ -255,7 +322,13 @@ class DistributedDataParallel:
             else:
                 # "mean" divides each chunk once on its owner inside the ring, before the
                 # all-gather: half a pass over the bucket instead of a full one afterwards.
-                b.handle = self.comm.allreduce_async(b.flat, op="mean" if self.average else "sum")
+                op = "mean" if self.average else "sum"
+                if self._sharded:
+                    run = self.comm.reduce_scatter_inplace_async if self.overlap else self.comm.reduce_scatter_inplace
+                else:
+                    run = self.comm.allreduce_async if self.overlap else self.comm.allreduce
+                result = run(b.flat, op=op)
+                b.handle = result if self.overlap else _DONE     # deferred: ran inline, already complete
                 b.scale_after = False
             self._next_launch += 1
         self._finish()
@@ -267,6 +340,9 @@ class DistributedDataParallel:
             self.events.append(("done", b.index, time.perf_counter()))
             if b.scale_after and inv != 1.0:
                 b.flat *= b.flat.dtype.type(inv)
+            if self._sharded:       # only this rank's shard is reduced; the optimizer reads it there
+                b.reset()
+                continue
             for p, off in zip(b.params, b.offsets):
                 g = b.flat[off:off + p.size].reshape(p.shape)
                 if p.grad is None:

@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--global-batch", type=int, default=16)
     ap.add_argument("--bucket-mb", type=float, default=25.0)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--overlap", choices=["auto", "true", "false"], default="auto")
+    ap.add_argument("--zero", action="store_true", help="shard SGD's state with ZeroRedundancyOptimizer")
     a = ap.parse_args()
 
     ctx = cluster.init()
@@ -47,8 +49,12 @@ def main():
     first_param = next(iter(model.parameters()))
     hook_times = []
     first_param.register_post_accumulate_grad_hook(lambda p: hook_times.append(time.perf_counter()))
-    ddp = cluster.DistributedDataParallel(model, ctx.comm, bucket_cap_mb=a.bucket_mb)
-    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    overlap = {"auto": "auto", "true": True, "false": False}[a.overlap]
+    ddp = cluster.DistributedDataParallel(model, ctx.comm, bucket_cap_mb=a.bucket_mb, overlap=overlap)
+    if a.zero:
+        opt = cluster.ZeroRedundancyOptimizer(ddp, optim.SGD, lr=0.05, momentum=0.9)
+    else:
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
     rng = np.random.default_rng(0)
     n = a.global_batch * 10
@@ -79,7 +85,7 @@ def main():
         engine.save({k: v for k, v in model.state_dict().items()}, a.out + ".safetensors")
     with open(f"{a.out}.rank{ctx.rank}.json", "w") as f:
         json.dump({"size": ctx.size, "backend": getattr(ctx.comm, "backend", "?"),
-                   "buckets": len(ddp.buckets), "log": log}, f)
+                   "buckets": len(ddp.buckets), "overlap": ddp.overlap, "log": log}, f)
     ctx.comm.barrier()
 
 

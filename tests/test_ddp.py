@@ -52,12 +52,47 @@ def test_one_two_four_workers_end_with_the_same_parameters(tmp_path, backend, mo
     assert _max_diff(init, ref) > 1e-3
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["zmq", "mpi"])
+def test_zero_sharded_optimizer_and_both_overlap_modes_match_one_worker(tmp_path, backend):
+    """ZeroRedundancyOptimizer (reduce-scatter, shard update, all-gather) and DDP with the reductions
+    inside backward (overlap) or after it end where one worker ends."""
+    common = ["--model", "mlp_bn", "--steps", "20", "--global-batch", "16", "--bucket-mb", "0.01"]
+    ref, _ = _train(backend, 1, tmp_path / "w1", *common)
+    for n, extra in ((2, ["--zero"]), (4, ["--zero", "--overlap", "true"]), (2, ["--overlap", "true"]),
+                     (2, ["--overlap", "false"])):
+        got, logs = _train(backend, n, tmp_path / f"w{n}{''.join(extra)}", *common, *extra)
+        assert all(lg["overlap"] == ("true" in extra) for lg in logs) or "--overlap" not in extra
+        diff = _max_diff(ref, got)
+        assert diff <= 1e-5, f"{n} workers {extra} on {backend}: max |param difference| = {diff:.3g}"
+
+
+def test_overlap_auto_follows_the_spare_cores(monkeypatch):
+    """Reductions overlap backward only when a core is left over for them (or on GPU)."""
+    from cluster.ddp import DistributedDataParallel
+
+    class FakeComm:
+        size, rank, local_size = 2, 0, 2
+
+        def broadcast(self, arr, root=0):
+            return arr
+    model = engine.nn.Linear(4, 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert DistributedDataParallel(model, FakeComm()).overlap is False        # 2 cores, 2 workers x 1 thread
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert DistributedDataParallel(model, FakeComm()).overlap is True         # 4 cores per worker, 1 thread
+    assert DistributedDataParallel(model, FakeComm(), overlap=False).overlap is False
+    with pytest.raises(ValueError, match="overlap must be True, False or 'auto'"):
+        DistributedDataParallel(model, FakeComm(), overlap="yes")
+
+
 @pytest.mark.timeout(200)
 def test_first_bucket_allreduce_starts_before_backward_finishes(tmp_path):
     _, logs = _train("zmq", 2, tmp_path / "ov", "--model", "seed_cnn", "--steps", "3",
-                     "--global-batch", "16", "--bucket-mb", "0.0005")
+                     "--global-batch", "16", "--bucket-mb", "0.0005", "--overlap", "true")
     for lg in logs:
-        assert lg["buckets"] >= 3
+        assert lg["buckets"] >= 3 and lg["overlap"] is True
         for step in lg["log"]:
             launches = [e for e in step["events"] if e[0] == "launch"]
             assert [e[1] for e in launches] == list(range(lg["buckets"]))      # in order
