@@ -1,7 +1,8 @@
 """Data-parallel throughput: samples/s of the seed CNN at global batch 128.
 
-Prints one table: dptrain DDP over ZeroMQ and over MPI, with 1 and 2 workers x 1
-thread, beside PyTorch DDP (gloo) in the same run when torch is installed.  Each
+Prints one table: dptrain DDP over ZeroMQ and over MPI, each also with the optimizer
+sharded (cluster.ZeroRedundancyOptimizer, what the runtime uses), with 1 and 2 workers
+x 1 thread, beside PyTorch DDP (gloo) in the same run when torch is installed.  Each
 configuration runs as real worker processes; time is the median step time of
 `--steps` steps after `--warmup` steps, measured on rank 0, and includes the
 whole step (forward, backward with overlapped all-reduce, optimizer).  Every
@@ -44,6 +45,7 @@ def _launch(kind, n, args):
     """Run this file in worker mode on n ranks; return rank 0's JSON result line."""
     me = os.path.abspath(__file__)
     argv = [sys.executable, me, "--worker", kind] + args
+    kind = kind.split("-")[0]                    # "mpi-zero" runs like "mpi"
     if kind == "mpi":
         env = _env()
         env["DPTRAIN_COMM_BACKEND"] = "mpi"
@@ -96,7 +98,10 @@ def worker_dptrain(a):
     engine.manual_seed(0)
     model = build_model("seed_cnn")
     ddp = cluster.DistributedDataParallel(model, ctx.comm)
-    opt = optim.Adam(model.parameters(), lr=1e-3)
+    if a.worker.endswith("-zero"):
+        opt = cluster.ZeroRedundancyOptimizer(ddp, optim.Adam, lr=1e-3)
+    else:
+        opt = optim.Adam(model.parameters(), lr=1e-3)
     local = a.batch // ctx.size
     x, y = _data(local * 8, seed=ctx.rank)
     times = []
@@ -154,7 +159,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--worker", choices=["zmq", "mpi", "torch"])
+    ap.add_argument("--worker", choices=["zmq", "mpi", "zmq-zero", "mpi-zero", "torch"])
     a = ap.parse_args()
     if a.worker == "torch":
         return worker_torch(a)
@@ -167,7 +172,8 @@ def main():
     except ImportError:
         have_torch = False
     rows = []
-    kinds = [("dptrain DDP, ZeroMQ ring", "zmq"), ("dptrain DDP, MPI ring", "mpi")]
+    kinds = [("dptrain DDP, ZeroMQ ring", "zmq"), ("dptrain DDP, MPI ring", "mpi"),
+             ("dptrain DDP+ZeRO-1, ZeroMQ", "zmq-zero"), ("dptrain DDP+ZeRO-1, MPI", "mpi-zero")]
     if have_torch:
         kinds.append(("torch 2.13 DDP, gloo", "torch"))
     import statistics

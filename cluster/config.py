@@ -429,6 +429,8 @@ SCHEMA = Section({
             "betas": ListOf(Float(min=0, max=1), [0.9, 0.999], "Adam/AdamW betas.", length=2),
             "eps": Float(1e-8, "Denominator epsilon (adam, adamw, rmsprop).", min=0, min_exclusive=True),
             "alpha": Float(0.99, "Smoothing constant (rmsprop).", min=0, max=1),
+            "shard": Bool(True, "ZeRO stage 1 (`cluster.ZeroRedundancyOptimizer`) when world size > 1 on CPU: "
+                                "each rank updates and stores 1/N of the optimizer state; same results."),
         }),
         "schedule": Section({
             "name": Enum(("none", "step", "cosine"), "none",
@@ -452,6 +454,9 @@ SCHEMA = Section({
         "sync_batchnorm": Bool(True, "Synchronise BatchNorm statistics across ranks (world size > 1)."),
         "bucket_cap_mb": Float(25.0, "DistributedDataParallel gradient bucket size (MB).", min=0,
                                min_exclusive=True),
+        "ddp_overlap": Enum(("auto", "true", "false"), "auto",
+                            "Start bucket reductions inside backward; `auto`: only when a CPU core is left "
+                            "over for them, or on GPU."),
     }, "What to train."),
     "checkpoint": Section({
         "dir": Nullable(Str(), None, "Checkpoint directory; null: `<output.dir>/checkpoints`."),

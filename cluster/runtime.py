@@ -138,8 +138,15 @@ class Trainer:
         if job.get("sync_batchnorm", True):      # also at size 1: same arithmetic at every size
             model = convert_sync_batchnorm(model, comm)
         self.model = model
-        self.ddp = DistributedDataParallel(model, comm, bucket_cap_mb=job.bucket_cap_mb)
-        self.optimizer = build_optimizer(job.optimizer, model.parameters())
+        overlap = {"auto": "auto", "true": True, "false": False}[job.get("ddp_overlap", "auto")]
+        self.ddp = DistributedDataParallel(model, comm, bucket_cap_mb=job.bucket_cap_mb, overlap=overlap)
+        self.sharded = bool(job.optimizer.get("shard", True)) and self.size > 1 and self.ddp._nccl is None
+        if self.sharded:
+            from .zero import ZeroRedundancyOptimizer
+            self.optimizer = ZeroRedundancyOptimizer(
+                self.ddp, lambda params, **kw: build_optimizer(job.optimizer, params))
+        else:
+            self.optimizer = build_optimizer(job.optimizer, model.parameters())
         self.sampler = DistributedSampler(self.train_set, self.rank, self.size, shuffle=True, seed=job.seed,
                                           drop_last=True)
         from engine.data import DataLoader
@@ -159,10 +166,10 @@ class Trainer:
         self.ckpt_dir = ck.dir or (os.path.join(run_dir, "checkpoints") if run_dir else None)
 
     # ---------------------------------------------------------- checkpoints
-    def _state(self) -> dict:
+    def _state(self, optimizer_state: dict) -> dict:
         return {
             "model": {k: v for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "sampler": self.sampler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
@@ -173,9 +180,10 @@ class Trainer:
     def save_checkpoint(self):
         if self.ckpt_dir is None:
             return
+        opt_state = self.optimizer.state_dict()     # collective when the optimizer is sharded
         if self.rank == 0:
             from .checkpoint import save_checkpoint
-            arrays, skeleton = flatten_state(self._state())
+            arrays, skeleton = flatten_state(self._state(opt_state))
             path = save_checkpoint(self.ckpt_dir, self.step, arrays, {"state": skeleton},
                                    keep=self.cfg.checkpoint.keep)
             self.last_checkpoint = str(path)
@@ -281,7 +289,10 @@ class Trainer:
         self.optimizer.zero_grad()
         loss.backward()                              # DDP has averaged the gradients when this returns
         if job.clip_grad_norm:
-            nn.utils.clip_grad_norm_(self.model.parameters(), job.clip_grad_norm)
+            if self.sharded:                         # the averaged gradient exists only as shards
+                self.optimizer.clip_grad_norm_(job.clip_grad_norm)
+            else:
+                nn.utils.clip_grad_norm_(self.model.parameters(), job.clip_grad_norm)
         self.optimizer.step()
         self.step += 1
         self.sampler.advance(self.local_batch)
