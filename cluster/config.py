@@ -257,6 +257,21 @@ class Enum(Spec):
         return value
 
 
+class AutoBool(Spec):
+    """`auto`, `true` or `false` (YAML booleans): decided at run time unless forced."""
+
+    def describe(self) -> str:
+        return "auto \\| true \\| false"
+
+    def check(self, value, path, errors):
+        if isinstance(value, bool) or value == "auto":
+            return value
+        if value in ("true", "false"):
+            return value == "true"
+        errors.append(f"{path}: expected auto, true or false, got {_show(value)}")
+        return value
+
+
 class Nullable(Spec):
     """`inner` or null (YAML `~` / `null`)."""
 
@@ -429,8 +444,9 @@ SCHEMA = Section({
             "betas": ListOf(Float(min=0, max=1), [0.9, 0.999], "Adam/AdamW betas.", length=2),
             "eps": Float(1e-8, "Denominator epsilon (adam, adamw, rmsprop).", min=0, min_exclusive=True),
             "alpha": Float(0.99, "Smoothing constant (rmsprop).", min=0, max=1),
-            "shard": Bool(True, "ZeRO stage 1 (`cluster.ZeroRedundancyOptimizer`) when world size > 1 on CPU: "
-                                "each rank updates and stores 1/N of the optimizer state; same results."),
+            "shard": AutoBool("auto", "ZeRO stage 1 (`cluster.ZeroRedundancyOptimizer`): each rank updates and "
+                                      "stores 1/N of the optimizer state, same results. `auto`: when world size > 1 "
+                                      "on CPU over MPI (over ZeroMQ the extra collectives cost more than they save)."),
         }),
         "schedule": Section({
             "name": Enum(("none", "step", "cosine"), "none",
@@ -454,9 +470,8 @@ SCHEMA = Section({
         "sync_batchnorm": Bool(True, "Synchronise BatchNorm statistics across ranks (world size > 1)."),
         "bucket_cap_mb": Float(25.0, "DistributedDataParallel gradient bucket size (MB).", min=0,
                                min_exclusive=True),
-        "ddp_overlap": Enum(("auto", "true", "false"), "auto",
-                            "Start bucket reductions inside backward; `auto`: only when a CPU core is left "
-                            "over for them, or on GPU."),
+        "ddp_overlap": AutoBool("auto", "Start bucket reductions inside backward; `auto`: only when a CPU core "
+                                        "is left over for them, or on GPU."),
     }, "What to train."),
     "checkpoint": Section({
         "dir": Nullable(Str(), None, "Checkpoint directory; null: `<output.dir>/checkpoints`."),

@@ -138,9 +138,12 @@ class Trainer:
         if job.get("sync_batchnorm", True):      # also at size 1: same arithmetic at every size
             model = convert_sync_batchnorm(model, comm)
         self.model = model
-        overlap = {"auto": "auto", "true": True, "false": False}[job.get("ddp_overlap", "auto")]
-        self.ddp = DistributedDataParallel(model, comm, bucket_cap_mb=job.bucket_cap_mb, overlap=overlap)
-        self.sharded = bool(job.optimizer.get("shard", True)) and self.size > 1 and self.ddp._nccl is None
+        self.ddp = DistributedDataParallel(model, comm, bucket_cap_mb=job.bucket_cap_mb,
+                                           overlap=job.get("ddp_overlap", "auto"))
+        shard = job.optimizer.get("shard", "auto")
+        if shard == "auto":   # ZeRO doubles the collectives per step: worth it where they are cheap
+            shard = getattr(comm, "backend", "") == "mpi"
+        self.sharded = bool(shard) and self.size > 1 and self.ddp._nccl is None
         if self.sharded:
             from .zero import ZeroRedundancyOptimizer
             self.optimizer = ZeroRedundancyOptimizer(
@@ -332,7 +335,8 @@ class Trainer:
         if self.rank == 0:
             self.log(f"training {self.cfg.job.model} on {self.size} worker(s): global batch "
                      f"{self.cfg.job.global_batch_size} ({self.local_batch} per worker), {self.total_steps} "
-                     f"steps, device {self.device}" + (" (resumed)" if resumed else ""))
+                     f"steps, device {self.device}" + (", optimizer sharded (ZeRO-1)" if self.sharded else "")
+                     + (" (resumed)" if resumed else ""))
         sps = self.train()
         if self._checkpoint_step != self.step:
             self.save_checkpoint()
