@@ -81,12 +81,24 @@ class ZeroRedundancyOptimizer:
         """Update this rank's shards, then all-gather the parameters; returns closure() if given."""
         if not self._sharded:
             return self.optim.step(closure)
+        self._check_storage()
         self.ddp.synchronize()
         loss = self.optim.step(closure)
         handles = [self.comm.allgather_inplace_async(b.param_flat) for b in self.ddp.buckets]
         for h in handles:
             h.wait(self.ddp.timeout)
         return loss
+
+    def _check_storage(self):
+        """The shard update only reaches parameters that still live in the bucket buffers."""
+        for b in self.ddp.buckets:
+            for p in b.params:
+                if p.data.base is not b.param_flat:
+                    raise RuntimeError(
+                        "ZeroRedundancyOptimizer: a parameter's array was replaced after the optimizer was "
+                        "created (e.g. load_state_dict(..., assign=True) or .to(device)), so sharded updates "
+                        "would no longer reach it; load weights in place (the default) or create the "
+                        "optimizer after moving the model")
 
     def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> float:
         """Scale the reduced gradient shards so their global norm is at most max_norm; returns the

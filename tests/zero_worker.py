@@ -85,6 +85,14 @@ def main():
     train(ctx, *plain, steps=3, start=6)
     train(ctx, *a, steps=3, start=6)
     train(ctx, *b, steps=3, start=6)
+    # a parameter whose array is replaced is no longer updated by the shards: a clear error
+    p0 = next(iter(a[0].parameters()))
+    p0.data = p0.data.copy()
+    try:
+        a[2].step()
+        out["guard"] = "no error"
+    except RuntimeError as exc:
+        out["guard"] = str(exc)
     out["resume_into_zero_diff"] = float(np.abs(params(plain[0]) - params(a[0])).max())
     out["resume_from_zero_diff"] = float(np.abs(params(plain[0]) - params(b[0])).max())
     if ctx.rank == 0:
