@@ -97,6 +97,7 @@ class DistributedDataParallel:
         self.events = []            # (what, bucket index, perf_counter) for the last step: tests + profiling
         self.params = [p for p in module.parameters() if p.requires_grad]
         self._sync_module_state()
+        self.overlap = self._resolve_overlap(overlap)
         self.buckets = self._build_buckets()
         self._where = {}
         for b in self.buckets:
@@ -106,7 +107,6 @@ class DistributedDataParallel:
         self._handles = []
         self._sharded = False       # ZeroRedundancyOptimizer: reduce-scatter instead of all-reduce
         self._nccl = self._gpu_allreduce()
-        self.overlap = self._resolve_overlap(overlap)
         if self.size > 1:
             for p in self.params:
                 self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad_ready))
@@ -142,7 +142,9 @@ class DistributedDataParallel:
             # Like PyTorch, the first bucket is small (1 MB): the last layers' gradients get on
             # the wire early instead of waiting for a 25 MB bucket to fill.
             cap = min(self.bucket_cap_bytes, 1024 * 1024) if not buckets else self.bucket_cap_bytes
-            if current_bytes >= cap:
+            # Without overlap nothing is gained by splitting: one bucket, one collective, one
+            # fixed cost (fingerprint exchange and latency) instead of one per bucket.
+            if self.overlap and current_bytes >= cap:
                 flush()
         flush()
         return buckets
@@ -162,7 +164,7 @@ class DistributedDataParallel:
             raise ValueError(f"overlap must be True, False or 'auto', got {overlap!r}")
         if self.size == 1:
             return False
-        if self._nccl is not None or any(b.flat.__class__.__module__.startswith("cupy") for b in self.buckets):
+        if any(p.data.__class__.__module__.startswith("cupy") for p in self.params):
             return True
         import os
         try:
