@@ -52,6 +52,14 @@ class Event:
     time: float = field(default_factory=time.time)
 
 
+def _peer_address(frame) -> str | None:
+    """The TCP peer address ZeroMQ recorded for a received frame (None over other transports)."""
+    try:
+        return frame.get("Peer-Address") or None
+    except (zmq.ZMQError, AttributeError, KeyError, ValueError):
+        return None
+
+
 @dataclass
 class WorkerInfo:
     rank: int
@@ -68,6 +76,7 @@ class WorkerInfo:
     state: str = "running"        # running | done | dead | failed
     last_seq: int = -1
     identity: bytes = b""
+    address: str | None = None    # IP the worker connected from (hostnames can repeat: containers)
 
 
 class Coordinator:
@@ -106,6 +115,7 @@ class Coordinator:
         self.checkpoints: list[dict] = []
         self.rejected: dict[str, int] = {}
         self.messages = 0
+        self._peer: str | None = None   # address of the message being handled
         self._checkpoint_request: int | None = None   # checkpoint at the first step >= this
         self._startup_reported = False
         self._dirty = True
@@ -200,10 +210,11 @@ class Coordinator:
                 if sock in events:
                     for _ in range(1000):   # drain what is queued, then look at the clocks
                         try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                            raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        self._handle(sock, frames)
+                        self._peer = _peer_address(raw[-1])
+                        self._handle(sock, [f.bytes for f in raw])
                 self._check_liveness()
                 self._write_state()
         finally:
@@ -275,7 +286,7 @@ class Coordinator:
         now = time.time()
         self.workers[rank] = WorkerInfo(rank=rank, host=b["host"], pid=b["pid"], registered=now, last_seen=now,
                                         local_rank=b.get("local_rank"), node_rank=b.get("node_rank"),
-                                        gpu=b.get("gpu"), identity=identity,
+                                        gpu=b.get("gpu"), identity=identity, address=self._peer,
                                         last_seq=old.last_seq if old is not None and old.pid == b["pid"] else -1)
         self._events.put(Event("registered", rank, f"{b['host']} pid {b['pid']}", self.attempt))
         return {"attempt": self.attempt, "world_size": self.world_size,
@@ -362,7 +373,8 @@ class Coordinator:
                 "address": self.address, "world_size": self.world_size, "attempt": self.attempt,
                 "heartbeat_timeout": self.heartbeat_timeout, "checkpoint_interval": self.checkpoint_interval,
                 "updated": round(time.time(), 3), "messages": self.messages, "rejected": dict(self.rejected),
-                "workers": {str(r): {"host": w.host, "pid": w.pid, "state": w.state, "step": w.step,
+                "workers": {str(r): {"host": w.host, "address": w.address, "pid": w.pid, "state": w.state,
+                                     "step": w.step,
                                      "epoch": w.epoch, "gpu": w.gpu, "local_rank": w.local_rank,
                                      "node_rank": w.node_rank, "last_seen": round(w.last_seen, 3),
                                      "resources": w.resources}

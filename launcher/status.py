@@ -126,11 +126,14 @@ def format_status(st: dict) -> str:
     if workers:
         lines.append(f"workers    (coordinator {co.get('address')}, attempt {co.get('attempt')}, updated "
                      f"{_ago(co.get('updated'))})")
-        lines.append("  rank  state     host                 pid      step   epoch  cpu%    rss      gpu-mem  "
-                     "last-seen")
+        lines.append("  rank  state     host (address)               pid      step   epoch  cpu%    rss      "
+                     "gpu-mem  last-seen")
         for r, w in sorted(workers.items(), key=lambda kv: int(kv[0])):
             res = w.get("resources") or {}
-            lines.append(f"  {int(r):<5} {w.get('state', '?'):<9} {str(w.get('host'))[:20]:<20} {w.get('pid', '-'):<8} "
+            where = str(w.get("host"))
+            if w.get("address") and w["address"] not in ("127.0.0.1", "::1"):
+                where += f" ({w['address']})"       # hostnames repeat across containers; addresses do not
+            lines.append(f"  {int(r):<5} {w.get('state', '?'):<9} {where[:28]:<28} {w.get('pid', '-'):<8} "
                          f"{_fmt(w.get('step')):<6} {_fmt(w.get('epoch')):<6} {_fmt(res.get('cpu_percent', '-')):<7} "
                          f"{_mb(res.get('rss_bytes')):<8} {_mb(res.get('gpu_mem_used_bytes')):<8} "
                          f"{_ago(w.get('last_seen'))}")

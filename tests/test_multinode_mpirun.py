@@ -1,0 +1,127 @@
+"""`dptrain mpirun` across two "nodes": network namespaces on a bridge, launched by Hydra.
+
+Each node is a network namespace with its own address; Hydra reaches it through a
+stand-in for ssh (`ip netns exec`), exactly as it reaches a remote host through ssh.
+The launcher, the coordinator and mpiexec stay in the root namespace, so the hostfile,
+remote launch, environment propagation, coordinator traffic over the network and the
+elastic restart that drops a failed node are all exercised.  Needs root and iproute2;
+skipped otherwise.
+"""
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from dist_utils import ROOT, base_env
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                                reason="network namespaces need root and iproute2")
+
+
+def _sh(*cmd):
+    subprocess.run(cmd, check=True, capture_output=True, timeout=20)
+
+
+@pytest.fixture
+def cluster_of_two(tmp_path):
+    tag = uuid.uuid4().hex[:5]
+    net = f"10.{random.randint(100, 250)}.{random.randint(1, 250)}"
+    bridge, ns = f"dpb{tag}", {f"{net}.2": f"dpn{tag}a", f"{net}.3": f"dpn{tag}b"}
+    try:
+        _sh("ip", "link", "add", bridge, "type", "bridge")
+        _sh("ip", "addr", "add", f"{net}.1/24", "dev", bridge)
+        _sh("ip", "link", "set", bridge, "up")
+        for i, (addr, name) in enumerate(ns.items()):
+            _sh("ip", "netns", "add", name)
+            _sh("ip", "-n", name, "link", "set", "lo", "up")
+            _sh("ip", "link", "add", f"dpv{tag}{i}", "type", "veth", "peer", "name", "eth0", "netns", name)
+            _sh("ip", "link", "set", f"dpv{tag}{i}", "master", bridge)
+            _sh("ip", "link", "set", f"dpv{tag}{i}", "up")
+            _sh("ip", "-n", name, "addr", "add", f"{addr}/24", "dev", "eth0")
+            _sh("ip", "-n", name, "link", "set", "eth0", "up")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        for name in ns.values():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        pytest.skip(f"cannot create a bridge and network namespaces here: {e}")
+    ssh = tmp_path / "netns-ssh"
+    cases = "\n".join(f'  {addr}) ns={name} ;;' for addr, name in ns.items())
+    ssh.write_text(f"""#!/bin/bash
+# Stand-in for ssh, as Hydra calls it: [options] HOST COMMAND... -> run COMMAND in HOST's namespace
+while [[ "$1" == -* ]]; do shift; done
+host="$1"; shift
+case "$host" in
+{cases}
+  *) echo "unknown host $host" >&2; exit 255 ;;
+esac
+exec ip netns exec "$ns" /bin/sh -c "$*"
+""")
+    ssh.chmod(0o755)
+    yield net, bridge, str(ssh)
+    for name in ns.values():
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+def _config(tmp_path, net, bridge, ssh):
+    (tmp_path / "mn.yaml").write_text(f"""
+name: mn
+cluster:
+  nodes:
+    - {{host: {net}.2, slots: 1}}
+    - {{host: {net}.3, slots: 1}}
+  backend: mpi
+  coordinator: {{host: {net}.1}}
+  mpi:
+    extra_args: ["-launcher", "ssh", "-launcher-exec", "{ssh}", "-iface", "{bridge}"]
+job:
+  model: mlp_bn
+  model_args: {{hidden: 32}}
+  dataset: {{name: synthetic, train_subset: 640, test_subset: 200}}
+  epochs: 2
+  global_batch_size: 32
+  log_every: 5
+checkpoint: {{interval: 8}}
+output: {{dir: run, progress: false}}
+fault_tolerance: {{heartbeat_interval: 0.5, startup_timeout: 60}}
+""")
+    return "mn.yaml"
+
+
+def _dptrain(tmp_path, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=tmp_path, env=base_env(env),
+                          capture_output=True, text=True, timeout=150)
+
+
+@pytest.mark.timeout(200)
+def test_mpirun_places_one_rank_on_each_node_and_trains(tmp_path, cluster_of_two):
+    net, bridge, ssh = cluster_of_two
+    r = _dptrain(tmp_path, "mpirun", _config(tmp_path, net, bridge, ssh))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"on 2 node(s) incl. {net}.2, {net}.3" in r.stderr
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 40
+    workers = json.loads((tmp_path / "run/coordinator.json").read_text())["workers"]
+    # the coordinator saw each rank connect from its own node's address
+    assert {r: w["address"] for r, w in workers.items()} == {"0": f"{net}.2", "1": f"{net}.3"}
+    assert all(w["state"] == "done" for w in workers.values())
+
+
+@pytest.mark.timeout(200)
+def test_a_failed_node_is_left_out_and_the_other_finishes(tmp_path, cluster_of_two):
+    net, bridge, ssh = cluster_of_two
+    r = _dptrain(tmp_path, "mpirun", _config(tmp_path, net, bridge, ssh), "fault_tolerance.max_restarts=1",
+                 "fault_tolerance.min_workers=1", env={"DPTRAIN_FAULT_CRASH_AT_STEP": "13"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "rank 1 failed with exit code 17" in r.stderr or "rank 1 failed: exit code 17" in r.stderr
+    assert f"elastic restart: node 1 ({net}.3) is left out; 1 worker continues" in r.stderr
+    assert (tmp_path / "run/hostfile").read_text().strip() == f"{net}.2:1"
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["restarts"] == 1 and summary["steps"] == 40
+    workers = json.loads((tmp_path / "run/coordinator.json").read_text())["workers"]
+    assert {r: w["address"] for r, w in workers.items()} == {"0": f"{net}.2"}
