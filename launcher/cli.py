@@ -177,20 +177,36 @@ def _mpi_available(cfg) -> bool:
 
     Available means: an mpiexec is found (cluster.mpi.mpiexec, next to the worker Python,
     or on the PATH) and the worker Python can import mpi4py."""
+    import subprocess
     from .mpirun import MpiError, find_mpiexec
     try:
-        find_mpiexec(cfg)
+        mpiexec = find_mpiexec(cfg)
     except MpiError:
         return False
     py = cfg["cluster"]["python"]
     if not py or os.path.realpath(py) == os.path.realpath(sys.executable):
         import importlib.util
-        return importlib.util.find_spec("mpi4py") is not None
-    import subprocess
+        if importlib.util.find_spec("mpi4py") is None:
+            return False
+    else:
+        try:
+            if subprocess.run([py, "-c", "import mpi4py"], capture_output=True, timeout=30).returncode:
+                return False
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    # Hydra must also be able to start a process here (it resolves the host name, for one);
+    # if it cannot, ZeroMQ still works, so say so and fall back instead of failing the run.
     try:
-        return subprocess.run([py, "-c", "import mpi4py"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        probe = subprocess.run([mpiexec, "-n", "1", "-launcher", "fork", "true"], capture_output=True,
+                               text=True, timeout=20, stdin=subprocess.DEVNULL)
+        ok = probe.returncode == 0
+        why = (probe.stderr or probe.stdout).strip().splitlines()[-1:] if not ok else []
+    except (OSError, subprocess.TimeoutExpired) as e:
+        ok, why = False, [str(e)]
+    if not ok:
+        sys.stderr.write(f"dptrain: {mpiexec} cannot start processes here ({' '.join(why) or 'no output'}); "
+                         f"using ZeroMQ (set cluster.backend=zmq to skip this check)\n")
+    return ok
 
 
 if __name__ == "__main__":

@@ -304,3 +304,19 @@ def test_root_cause_prefers_the_rank_that_did_not_fail_because_of_a_peer():
     assert root_cause([(0, 1), (1, 17)], {0: 2.0, 1: 1.0}) == (1, 17)        # earliest seen
     assert root_cause([(0, 1), (1, 17)], seen) == (0, 1)                      # tie: lowest rank
     assert root_cause([(0, EXIT_PEER_FAILURE), (1, EXIT_PEER_FAILURE)], seen) == (0, EXIT_PEER_FAILURE)
+
+
+@pytest.mark.timeout(60)
+def test_auto_backend_falls_back_to_zeromq_when_mpiexec_cannot_start_processes(tmp_path):
+    bad = tmp_path / "mpiexec"
+    bad.write_text("#!/bin/sh\necho 'HYD_sock_connect: unable to get host address for vm' >&2\nexit 5\n")
+    bad.chmod(0o755)
+    path = config(tmp_path)
+    with open(path) as f:
+        text = f.read().replace("  backend: zmq", f"  backend: auto\n  mpi: {{mpiexec: {bad}}}")
+    with open(path, "w") as f:
+        f.write(text)
+    r = dptrain(["run", path], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "cannot start processes here (HYD_sock_connect: unable to get host address for vm); using ZeroMQ" in r.stderr
+    assert "backend zmq" in r.stderr
