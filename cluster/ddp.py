@@ -94,6 +94,7 @@ class DistributedDataParallel:
         self.timeout = timeout
         self._sync_enabled = True
         self._in_flight = False
+        self.reductions = 0         # completed gradient reductions (ZeRO: are the shards fresh?)
         self.events = []            # (what, bucket index, perf_counter) for the last step: tests + profiling
         self.params = [p for p in module.parameters() if p.requires_grad]
         self._sync_module_state()
@@ -354,6 +355,7 @@ class DistributedDataParallel:
             b.reset()
         self._next_launch = 0
         self._in_flight = False
+        self.reductions += 1
 
     def synchronize(self):
         """Finish an outstanding reduction (e.g. after a backward with unused parameters).

@@ -53,6 +53,7 @@ class ZeroRedundancyOptimizer:
             self.optim = optimizer_class(self.params, **defaults)
             return
         ddp._enable_sharding()
+        self._consumed = ddp.reductions            # reductions already used by a step
         self._shards = []
         for b in ddp.buckets:
             lo, hi = b.bounds[ddp.rank], b.bounds[ddp.rank + 1]
@@ -71,6 +72,8 @@ class ZeroRedundancyOptimizer:
         return self.optim.state
 
     def zero_grad(self, set_to_none: bool = True):
+        if self._sharded:
+            self._consumed = self.ddp.reductions    # the shards hold nothing new until the next backward
         for p in self.params:
             if set_to_none:
                 p.grad = None
@@ -81,9 +84,19 @@ class ZeroRedundancyOptimizer:
         """Update this rank's shards, then all-gather the parameters; returns closure() if given."""
         if not self._sharded:
             return self.optim.step(closure)
+        loss = None
+        if closure is not None:
+            from engine.tensor import enable_grad
+            with enable_grad():
+                loss = closure()
         self._check_storage()
         self.ddp.synchronize()
-        loss = self.optim.step(closure)
+        if self.ddp.reductions == self._consumed:
+            # no backward since zero_grad (or the last step): like an optimizer whose .grad are None,
+            # update nothing instead of applying the previous gradient again
+            return loss
+        self._consumed = self.ddp.reductions
+        self.optim.step()
         handles = [self.comm.allgather_inplace_async(b.param_flat) for b in self.ddp.buckets]
         for h in handles:
             h.wait(self.ddp.timeout)

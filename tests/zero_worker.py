@@ -85,6 +85,11 @@ def main():
     train(ctx, *plain, steps=3, start=6)
     train(ctx, *a, steps=3, start=6)
     train(ctx, *b, steps=3, start=6)
+    # step() without a new backward since zero_grad updates nothing (as with .grad None)
+    before = params(a[0])
+    a[2].zero_grad()
+    a[2].step()
+    out["stale_step_diff"] = float(np.abs(params(a[0]) - before).max())
     # a parameter whose array is replaced is no longer updated by the shards: a clear error
     p0 = next(iter(a[0].parameters()))
     p0.data = p0.data.copy()
