@@ -97,6 +97,10 @@ class ZeroRedundancyOptimizer:
             return loss
         self._consumed = self.ddp.reductions
         self.optim.step()
+        if not self.ddp.overlap:         # one bucket, nothing to overlap: no hand-off to the comm thread
+            for b in self.ddp.buckets:
+                self.comm.allgather_inplace(b.param_flat)
+            return loss
         handles = [self.comm.allgather_inplace_async(b.param_flat) for b in self.ddp.buckets]
         for h in handles:
             h.wait(self.ddp.timeout)
