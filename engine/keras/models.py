@@ -4,8 +4,9 @@ from __future__ import annotations
 from .layers.base import CF, CL, InputShapeError, Layer, shape_str, to_channels_last, _as_shape
 from .layers.core import InputLayer
 from .training import Model
+from .functional import Functional
 
-__all__ = ["Sequential", "Model", "load_model", "clone_model"]
+__all__ = ["Sequential", "Model", "Functional", "load_model", "clone_model"]
 
 
 class Sequential(Model):
@@ -22,6 +23,9 @@ class Sequential(Model):
         return [m for m in self._modules.values() if isinstance(m, Layer)]
 
     def add(self, layer):
+        from .functional import KerasTensor
+        if isinstance(layer, KerasTensor) and isinstance(layer._layer, InputLayer):
+            layer = layer._layer                # keras.Input(...) as the first entry
         if isinstance(layer, InputLayer):
             if self.layers:
                 raise ValueError("an Input / InputLayer can only be the first entry of a Sequential model")

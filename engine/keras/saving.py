@@ -33,15 +33,15 @@ def layer_to_json(layer) -> dict:
 
 def layer_from_json(spec, custom_objects=None):
     from .layers import _registry
-    from .models import Sequential
-    classes = {**_registry(), "Sequential": Sequential, **(custom_objects or {})}
+    from .models import Functional, Sequential
+    classes = {**_registry(), "Sequential": Sequential, "Functional": Functional, **(custom_objects or {})}
     name = spec.get("class_name")
     cls = classes.get(name)
     if cls is None:
         raise ValueError(f"unknown layer class {name!r} in the saved model; pass it as "
                          f"custom_objects={{{name!r}: {name}}} to load_model")
     cfg = spec.get("config", {})
-    if name == "Sequential":
+    if name in ("Sequential", "Functional"):
         return cls.from_config(cfg, custom_objects)
     return cls.from_config(cfg)
 
@@ -80,9 +80,9 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True):
     if not model.built:
         raise ValueError(f'model "{model.name}" is not built, so it has no weights to save yet; '
                          "give the first layer input_shape= or call the model on data first")
-    if not hasattr(type(model), "from_config") or type(model).__name__ != "Sequential":
+    if not hasattr(type(model), "from_config") or type(model).__name__ not in ("Sequential", "Functional"):
         raise NotImplementedError(
-            f"model.save() stores the architecture of Sequential models only; for the subclassed "
+            f"model.save() stores the architecture of Sequential and functional models only; for the subclassed "
             f"model {type(model).__name__} use model.save_weights(path) and rebuild it in code")
     compile_cfg = opt_state = None
     if include_optimizer and model.compiled:

@@ -40,10 +40,17 @@ def _to_device(arr, device):
 class Model(Layer):
     """Base of Sequential; subclass it and define call() for custom models (Keras subclassing API)."""
 
+    def __new__(cls, *args, **kwargs):
+        # keras.Model(inputs, outputs) is the functional API: build a Functional model instead
+        if cls is Model and (args or "inputs" in kwargs or "outputs" in kwargs):
+            from .functional import Functional
+            return super().__new__(Functional)
+        return super().__new__(cls)
+
     def __init__(self, *args, name=None, **kwargs):
         if args:
-            raise TypeError("the functional API keras.Model(inputs, outputs) is not supported; "
-                            "use keras.Sequential([...]) or subclass keras.Model and define call()")
+            raise TypeError(f"{type(self).__name__}: unexpected positional arguments; the functional API is "
+                            "keras.Model(inputs, outputs)")
         super().__init__(name=name, **kwargs)
         self.optimizer = None
         self.loss = None

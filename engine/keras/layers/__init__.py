@@ -5,6 +5,7 @@ from .convolutional import (Conv2D, MaxPooling2D, AveragePooling2D, GlobalAverag
                             GlobalMaxPooling2D)
 from .normalization import BatchNormalization
 from .recurrent import LSTM
+from .merge import Add, Subtract, Multiply, Average, Concatenate
 
 # Keras aliases
 Convolution2D = Conv2D
@@ -16,10 +17,11 @@ GlobalMaxPool2D = GlobalMaxPooling2D
 __all__ = ["Layer", "InputShapeError", "InputLayer", "Input", "Dense", "Activation", "ReLU", "Softmax",
            "Dropout", "Flatten", "Reshape", "Conv2D", "Convolution2D", "MaxPooling2D", "MaxPool2D",
            "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "GlobalAvgPool2D",
-           "GlobalMaxPooling2D", "GlobalMaxPool2D", "BatchNormalization", "LSTM"]
+           "GlobalMaxPooling2D", "GlobalMaxPool2D", "BatchNormalization", "LSTM", "Add", "Subtract",
+           "Multiply", "Average", "Concatenate"]
 
 
 def _registry():
     """class name -> class, for rebuilding saved models."""
     return {name: obj for name, obj in globals().items()
-            if isinstance(obj, type) and issubclass(obj, Layer) and obj is not Layer}
+            if isinstance(obj, type) and issubclass(obj, Layer) and obj is not Layer and not name.startswith("_")}

@@ -237,7 +237,14 @@ class Layer(nn.Module):
         return self(inputs, training=training)
 
     def __call__(self, inputs, training=None, **kwargs):
-        """Keras semantics: channels-last in and out, numpy accepted, builds on first use."""
+        """Keras semantics: channels-last in and out, numpy accepted, builds on first use.
+        On a KerasTensor (functional API) it builds for that shape and returns a KerasTensor."""
+        from ..functional import KerasTensor, call_symbolic
+        if isinstance(inputs, KerasTensor):
+            return call_symbolic(self, inputs)
+        if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], KerasTensor):
+            raise ValueError(f'layer "{self.name}" ({type(self).__name__}) takes one input; merge a list of '
+                             "tensors with layers.Add / layers.Concatenate first")
         x = inputs if isinstance(inputs, Tensor) else as_tensor_input(inputs, self._device())
         if training is None:
             training = self.training

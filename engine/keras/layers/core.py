@@ -37,10 +37,14 @@ class InputLayer(Layer):
 
 
 def Input(shape=None, batch_size=None, name=None, dtype=None, batch_shape=None, **kwargs):
-    """keras.Input(shape=(28, 28, 1)): usable as the first entry of a Sequential list."""
+    """keras.Input(shape=(28, 28, 1)): a symbolic tensor for the functional API
+    (`keras.Model(inputs, outputs)`), also accepted as the first entry of a Sequential list."""
+    from ..functional import symbolic_input
     if batch_shape is not None:
-        return InputLayer(batch_input_shape=batch_shape, name=name, dtype=dtype, **kwargs)
-    return InputLayer(input_shape=shape, batch_size=batch_size, name=name, dtype=dtype, **kwargs)
+        layer = InputLayer(batch_input_shape=batch_shape, name=name, dtype=dtype, **kwargs)
+    else:
+        layer = InputLayer(input_shape=shape, batch_size=batch_size, name=name, dtype=dtype, **kwargs)
+    return symbolic_input(layer)
 
 
 class _WithActivation(Layer):

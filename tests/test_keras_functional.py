@@ -1,0 +1,85 @@
+"""The Keras functional API: keras.Input, layer calls on KerasTensors, keras.Model(inputs, outputs)."""
+import numpy as np
+import pytest
+
+import engine
+from engine import keras
+from engine.keras import layers
+
+
+def _data(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 12, 12, 1), dtype=np.float32)
+    y = (x[:, :6].mean(axis=(1, 2, 3)) > x[:, 6:].mean(axis=(1, 2, 3))).astype(np.int64)
+    return x, y
+
+
+def test_a_functional_chain_computes_what_the_same_sequential_model_computes():
+    keras.utils.set_random_seed(0)
+    seq = keras.Sequential([layers.Conv2D(4, 3, activation="relu", input_shape=(12, 12, 1)),
+                            layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(8, activation="relu"),
+                            layers.Dense(2, activation="softmax")])
+    inp = keras.Input(shape=(12, 12, 1))
+    h = layers.Conv2D(4, 3, activation="relu")(inp)
+    h = layers.MaxPooling2D(2)(h)
+    h = layers.Dense(8, activation="relu")(layers.Flatten()(h))
+    out = layers.Dense(2, activation="softmax")(h)
+    fun = keras.Model(inputs=inp, outputs=out)
+    assert type(fun).__name__ == "Functional" and isinstance(fun, keras.Model)
+    assert fun.input_shape == (None, 12, 12, 1) and fun.output_shape == (None, 2)
+    assert h.shape == (None, 8) and "KerasTensor" in repr(h)
+    fun.set_weights(seq.get_weights())
+    x, _ = _data(16)
+    np.testing.assert_allclose(fun.predict(x, verbose=0), seq.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+    assert fun.count_params() == seq.count_params()
+
+
+def test_skip_connection_and_concatenate_train_and_save_load_round_trip(tmp_path):
+    keras.utils.set_random_seed(1)
+    inp = keras.Input(shape=(12, 12, 1), name="image")
+    flat = layers.Flatten()(inp)
+    a = layers.Dense(16, activation="relu")(flat)
+    shared = layers.Dense(16, activation="relu", name="shared")
+    b = shared(a)
+    c = shared(b)                                     # the same layer twice: shared weights
+    skip = layers.Add()([a, c])
+    both = layers.Concatenate()([skip, b])
+    assert both.shape == (None, 32)
+    out = layers.Dense(2, activation="softmax")(both)
+    model = keras.Model(inp, out)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    x, y = _data()
+    hist = model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    assert hist.history["loss"][-1] < hist.history["loss"][0] * 0.8
+    assert model.evaluate(x, y, verbose=0)[1] > 0.8
+    assert len([layer for layer in model.layers if layer.name == "shared"]) == 1
+    path = tmp_path / "f.safetensors"
+    model.save(path)
+    again = keras.models.load_model(path)
+    assert type(again).__name__ == "Functional"
+    np.testing.assert_array_equal(again.predict(x[:20], verbose=0), model.predict(x[:20], verbose=0))
+    again.fit(x, y, epochs=1, batch_size=32, verbose=0)          # optimizer state came back too
+
+
+def test_sequential_still_takes_keras_input_first():
+    model = keras.Sequential([keras.Input(shape=(5,)), layers.Dense(3)])
+    assert model.built and model.output_shape == (None, 3)
+
+
+def test_functional_errors_are_clear():
+    inp = keras.Input(shape=(4,))
+    a, b = layers.Dense(3)(inp), layers.Dense(5)(inp)
+    with pytest.raises(ValueError, match=r'needs inputs of one shape, got \(None, 3\), \(None, 5\)'):
+        layers.Add()([a, b])
+    with pytest.raises(ValueError, match="takes one input"):
+        layers.Dense(2)([a, b])
+    with pytest.raises(NotImplementedError, match="models with 2 inputs are not supported"):
+        keras.Model([inp, keras.Input(shape=(4,))], a)
+    with pytest.raises(ValueError, match="depends on an input that is not `inputs`"):
+        keras.Model(keras.Input(shape=(4,)), a)
+    model = keras.Model(inp, layers.Dense(2)(a))
+    with pytest.raises(ValueError, match=r'Input 0 of model .* expected shape=\(None, 4\), found shape=\(2, 7\)'):
+        model.predict(np.zeros((2, 7), np.float32), verbose=0)
+    with pytest.raises(ValueError, match=r"Concatenate\(\)\(\[a, b\]\)|merges a list"):
+        layers.Concatenate()(a)
