@@ -44,7 +44,7 @@ __all__ = ["Coordinator", "Event", "WorkerInfo", "main"]
 
 @dataclass
 class Event:
-    """Something the launcher must act on: kind is dead | failed | startup_timeout | done | registered."""
+    """Something the launcher must act on: kind is dead | failed | startup_timeout | done | registered | warning."""
     kind: str
     rank: int | None
     detail: str
@@ -116,6 +116,8 @@ class Coordinator:
         self.rejected: dict[str, int] = {}
         self.messages = 0
         self._peer: str | None = None   # address of the message being handled
+        self.low_memory_fraction = 0.05      # warn below this share of free host memory
+        self._memory_warned: dict[str, float] = {}
         self._checkpoint_request: int | None = None   # checkpoint at the first step >= this
         self._startup_reported = False
         self._dirty = True
@@ -301,6 +303,7 @@ class Coordinator:
             w.epoch = b["epoch"]
         res = b.get("resources") or {}
         w.resources = {k: v for k, v in res.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        self._watch_memory(w)
         if self.run_dir:
             rec = {"time": round(time.time(), 3), "rank": w.rank, "attempt": self.attempt, "step": w.step,
                    "epoch": w.epoch, **w.resources}
@@ -310,6 +313,29 @@ class Coordinator:
             except OSError:
                 pass
         return {"checkpoint_pending": self._checkpoint_request is not None}
+
+    def _watch_memory(self, w: WorkerInfo) -> None:
+        """Warn (once a minute per host) when a host runs out of memory, naming its hungriest rank:
+        the kernel's OOM killer would otherwise end the run with nothing but a SIGKILL."""
+        r = w.resources
+        avail, total = r.get("host_mem_available_bytes"), r.get("host_mem_total_bytes")
+        if not isinstance(avail, int) or not isinstance(total, int) or total <= 0:
+            return
+        if avail / total >= self.low_memory_fraction:
+            return
+        now = time.time()
+        host = w.address or w.host
+        if now - self._memory_warned.get(host, 0.0) < 60.0:
+            return
+        self._memory_warned[host] = now
+        same = [v for v in self.workers.values() if (v.address or v.host) == host]
+        top = max(same, key=lambda v: v.resources.get("rss_bytes") or 0)
+        mb = 1 << 20
+        self._events.put(Event(
+            "warning", top.rank,
+            f"host {w.host} has {avail // mb} MB of {total // mb} MB memory left; rank {top.rank} uses the most "
+            f"({(top.resources.get('rss_bytes') or 0) // mb} MB). Lower job.global_batch_size or the workers per "
+            f"node before the kernel kills one", self.attempt))
 
     def checkpoint_due(self, step: int, final: bool = False) -> bool:
         """The checkpoint rule: every `checkpoint_interval` steps, at the end, or once on request."""

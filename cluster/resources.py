@@ -69,7 +69,9 @@ class ResourceSampler:
             pass
         try:
             out["host_cpu_percent"] = round(psutil.cpu_percent(None), 1)
-            out["host_mem_available_bytes"] = int(psutil.virtual_memory().available)
+            vm = psutil.virtual_memory()
+            out["host_mem_available_bytes"] = int(vm.available)
+            out["host_mem_total_bytes"] = int(vm.total)
         except (psutil.Error, OSError):
             pass
         out.update(_gpu_memory())

@@ -237,6 +237,8 @@ class Supervisor:
                 return Failure(ev.rank, 1, ev.detail, [])
             if ev.kind == "failed":
                 self.say(f"rank {ev.rank} reported an error: {ev.detail.splitlines()[-1] if ev.detail else ''}")
+            if ev.kind == "warning":
+                self.say(f"warning: {ev.detail}")
 
     def _finish_summary(self, status: str, code: int, attempt: int, failure: Failure | None = None) -> None:
         """Add launcher facts to summary.json (the runtime writes the training results)."""

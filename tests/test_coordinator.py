@@ -303,3 +303,32 @@ def test_resource_sample_includes_gpu_memory_when_cupy_is_in_use(monkeypatch):
     assert s["rss_bytes"] > 0
     monkeypatch.delitem(sys.modules, "cupy")
     assert "gpu_mem_used_bytes" not in resources.ResourceSampler().sample()
+
+
+def test_low_host_memory_is_a_warning_naming_the_hungriest_rank(coord):
+    class FakeSampler:
+        def __init__(self, rss):
+            self.rss = rss
+
+        def sample(self):
+            return {"rss_bytes": self.rss, "host_mem_available_bytes": 100 << 20,
+                    "host_mem_total_bytes": 8 << 30}
+    c0, c1 = client(coord, 0), client(coord, 1)
+    c0.register()
+    c1.register()
+    c0._sampler, c1._sampler = FakeSampler(900 << 20), FakeSampler(3000 << 20)
+    c0.heartbeat()
+    c1.heartbeat()
+    c0.heartbeat()                                     # once a minute per host, not per heartbeat
+    warnings = []
+    while True:
+        ev = coord.get_event(timeout=0.2)
+        if ev is None:
+            break
+        if ev.kind == "warning":
+            warnings.append(ev)
+    assert len(warnings) == 1, warnings
+    assert "has 100 MB of 8192 MB memory left" in warnings[0].detail
+    assert warnings[0].rank in (0, 1) and "Lower job.global_batch_size" in warnings[0].detail
+    c0.close()
+    c1.close()
