@@ -4,7 +4,7 @@
     dptrain mpirun CONFIG [key=value ...] [--dry-run]
     dptrain script CONFIG [key=value ...] -o launch.sh [--slurm]
     dptrain validate CONFIG [key=value ...] [--json] [--reference]
-    dptrain status RUN_DIR [--json] [--tail N]
+    dptrain status RUN_DIR [--json] [--tail N] [--watch [SECONDS]]
 
 Exit codes: 0 success; 2 invalid config or usage (nothing was started); a failed
 worker's exit code (128+N for signal N) or 1 for other failures; 130 after Ctrl-C.
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir", metavar="RUN_DIR")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.add_argument("--tail", type=int, default=5, help="metrics lines to show (default 5)")
+    sp.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
+                    help="redraw every SECONDS (default 2) until the run ends or Ctrl-C")
     return p
 
 
@@ -116,6 +118,8 @@ def _run(argv: list[str]) -> int:
             sys.stderr.write(f"dptrain status: {e}\n")
             return EXIT_CONFIG
         sys.stdout.write(status_json(st) if args.json else format_status(st))
+        if args.watch is not None and not args.json:
+            return _watch_status(args, st)
         return 0
 
     cfg = _load(args)
@@ -170,6 +174,27 @@ def _run(argv: list[str]) -> int:
     from .local import run_local
     job = prepare_job(cfg, "local")
     return run_local(job)
+
+
+def _watch_status(args, st) -> int:
+    """Redraw `dptrain status` until the run is no longer running (a small `top` for one run)."""
+    import time
+    from .status import collect_status, format_status
+    interval = max(0.2, float(args.watch))
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else "\n"
+    try:
+        while str(st.get("state", "")).startswith("running"):
+            time.sleep(interval)
+            try:
+                st = collect_status(args.run_dir, tail=max(0, args.tail))
+            except FileNotFoundError as e:
+                sys.stderr.write(f"dptrain status: {e}\n")
+                return EXIT_CONFIG
+            sys.stdout.write(clear + format_status(st))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 def _mpi_available(cfg) -> bool:

@@ -104,6 +104,9 @@ def test_run_two_ranks_succeeds(tmp_path):
     js = json.loads(dptrain(["status", str(run), "--json"], tmp_path).stdout)
     assert js["summary"]["world_size"] == 2 and js["launcher"]["attempts"][0]["status"] == "ok"
     assert dptrain(["status", str(tmp_path / "nope")], tmp_path).returncode == 2
+    # --watch on a finished run draws once and returns
+    w = dptrain(["status", str(run), "--watch", "0.2"], tmp_path)
+    assert w.returncode == 0 and w.stdout.count("state      ok") == 1 and w.elapsed < 20
 
 
 @pytest.mark.timeout(60)
