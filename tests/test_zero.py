@@ -22,6 +22,7 @@ def _check(res):
     assert res["resume_into_zero_diff"] <= 1e-6 and res["resume_from_zero_diff"] <= 1e-6, res
     assert "array was replaced after the optimizer was created" in res["guard"], res
     assert res["stale_step_diff"] == 0.0, res
+    assert res["no_sync_diff"] == 0.0, res          # gradient accumulation: identical, no clipping involved
 
 
 @pytest.mark.timeout(180)

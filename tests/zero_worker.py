@@ -53,6 +53,24 @@ def train(ctx, model, ddp, opt, steps, start=0):
     return norms
 
 
+def accumulate(ctx, zero):
+    """Gradient accumulation: two micro-batches under no_sync(), then a synchronised one."""
+    model, ddp, opt = make(ctx, zero)
+    rng = np.random.default_rng(ctx.rank)
+    for _ in range(3):
+        opt.zero_grad()
+        for micro in range(3):
+            x = engine.tensor(rng.random((4, 1, 28, 28), dtype=np.float32))
+            y = engine.tensor(rng.integers(0, 10, 4))
+            if micro < 2:
+                with ddp.no_sync():
+                    F.cross_entropy(ddp(x), y).backward()
+            else:
+                F.cross_entropy(ddp(x), y).backward()
+        opt.step()
+    return params(model)
+
+
 def params(model):
     return np.concatenate([np.asarray(v.data, np.float64).ravel() for v in model.state_dict().values()])
 
@@ -100,6 +118,7 @@ def main():
         out["guard"] = str(exc)
     out["resume_into_zero_diff"] = float(np.abs(params(plain[0]) - params(a[0])).max())
     out["resume_from_zero_diff"] = float(np.abs(params(plain[0]) - params(b[0])).max())
+    out["no_sync_diff"] = float(np.abs(accumulate(ctx, False) - accumulate(ctx, True)).max())
     if ctx.rank == 0:
         print("RESULT " + json.dumps(out), flush=True)
     ctx.comm.barrier()
