@@ -13,8 +13,8 @@ def _result(stdout):
 
 
 def _check(res):
-    # the update is elementwise on the same averaged gradient; only the clipping norm is summed in
-    # another order (per shard, then across ranks), which moves its last bits
+    # the update is elementwise on the same averaged gradient; only summation orders differ (the
+    # clipping norm per shard then across ranks; on 3 ranks small buckets), moving the last bits
     assert res["param_diff"] <= 1e-6, res
     assert res["state_diff"] <= 1e-6 and res["same_keys"], res
     assert res["norm_diff"] < 1e-5 and res["clipped"], res
@@ -22,7 +22,9 @@ def _check(res):
     assert res["resume_into_zero_diff"] <= 1e-6 and res["resume_from_zero_diff"] <= 1e-6, res
     assert "array was replaced after the optimizer was created" in res["guard"], res
     assert res["stale_step_diff"] == 0.0, res
-    assert res["no_sync_diff"] == 0.0, res          # gradient accumulation: identical, no clipping involved
+    # gradient accumulation; on 3 ranks a small bucket is summed in another order by the all-reduce's
+    # small-array path than by the reduce-scatter, which moves the last bits (2 ranks: identical)
+    assert res["no_sync_diff"] <= 1e-6, res
 
 
 @pytest.mark.timeout(180)
