@@ -13,7 +13,8 @@ model again.  Same traffic as DDP alone, 1/N of the optimizer.
 
 Parameters become views into one flat buffer per bucket, laid out like the bucket's
 gradients, so neither the shard update nor the all-gather copies anything.  The
-update is elementwise, so the parameters equal those of unsharded DDP bit for bit.
+update is elementwise, so the parameters equal those of unsharded DDP (bit for bit on two
+ranks; only sums taken in another order, such as the clipping norm, move the last bits).
 
 After backward, a parameter's `.grad` holds this rank's *local* gradient (the
 averaged one exists only shard by shard); use `clip_grad_norm_` of this class, which
