@@ -33,6 +33,34 @@ class Failure:
     tail: list[str]
 
 
+def resource_usage(path: str, attempt: int) -> dict:
+    """Per rank of the last attempt: peak resident memory, mean CPU % and peak GPU memory, from the
+    heartbeats in resources.jsonl (what to size the next run by). Empty when there are none."""
+    import json
+    per: dict = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("attempt") != attempt or not isinstance(rec.get("rank"), int):
+                    continue
+                d = per.setdefault(rec["rank"], {"rss": 0, "cpu": [], "gpu": 0})
+                d["rss"] = max(d["rss"], int(rec.get("rss_bytes") or 0))
+                d["gpu"] = max(d["gpu"], int(rec.get("gpu_mem_used_bytes") or 0))
+                if isinstance(rec.get("cpu_percent"), (int, float)):
+                    d["cpu"].append(float(rec["cpu_percent"]))
+    except OSError:
+        return {}
+    mb = 1 << 20
+    return {str(r): {"peak_rss_mb": round(d["rss"] / mb, 1),
+                     "mean_cpu_percent": round(sum(d["cpu"]) / len(d["cpu"]), 1) if d["cpu"] else None,
+                     **({"peak_gpu_mem_mb": round(d["gpu"] / mb, 1)} if d["gpu"] else {})}
+            for r, d in sorted(per.items())}
+
+
 def root_cause(bad: list[tuple[int, int]], seen: dict[int, float]) -> tuple[int, int]:
     """Pick the (rank, code) that caused a failure out of every rank that failed.
 
@@ -260,6 +288,9 @@ class Supervisor:
             except Exception:  # summary facts are best effort, never fail the launch
                 summary["last_checkpoint"] = None
         summary.update(extra)
+        usage = resource_usage(job.run.file("resources.jsonl"), attempt)
+        if usage:
+            summary["resources"] = usage
         try:
             job.run.write_summary(summary)
         except OSError as e:

@@ -323,3 +323,17 @@ def test_auto_backend_falls_back_to_zeromq_when_mpiexec_cannot_start_processes(t
     assert r.returncode == 0, r.stderr
     assert "cannot start processes here (HYD_sock_connect: unable to get host address for vm); using ZeroMQ" in r.stderr
     assert "backend zmq" in r.stderr
+
+
+def test_summary_resource_usage_per_rank_of_the_last_attempt(tmp_path):
+    from launcher.supervise import resource_usage
+    lines = [{"rank": 0, "attempt": 0, "rss_bytes": 900 << 20, "cpu_percent": 50.0},      # earlier attempt
+             {"rank": 0, "attempt": 1, "rss_bytes": 100 << 20, "cpu_percent": 90.0},
+             {"rank": 0, "attempt": 1, "rss_bytes": 300 << 20, "cpu_percent": 100.0},
+             {"rank": 1, "attempt": 1, "rss_bytes": 200 << 20, "gpu_mem_used_bytes": 64 << 20}]
+    path = tmp_path / "resources.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
+    assert resource_usage(str(path), 1) == {
+        "0": {"peak_rss_mb": 300.0, "mean_cpu_percent": 95.0},
+        "1": {"peak_rss_mb": 200.0, "mean_cpu_percent": None, "peak_gpu_mem_mb": 64.0}}
+    assert resource_usage(str(tmp_path / "missing.jsonl"), 0) == {}
