@@ -46,19 +46,27 @@ def test_end_to_end_modes_and_backends(tmp_path, mode, backend):
     assert ("optimizer sharded (ZeRO-1)" in p.stdout) == (backend == "mpi"), p.stdout[-2000:]
 
 
-@pytest.mark.timeout(400)
-def test_interrupted_run_resumes_to_exactly_the_uninterrupted_parameters(tmp_path):
-    common = QUICK + ["checkpoint.interval=8", "checkpoint.keep=2"]
+RESUME = QUICK + ["checkpoint.interval=8", "checkpoint.keep=2"]
+
+
+def _uninterrupted_and_crashed(tmp_path):
+    """Run dir `a`: the whole job; run dir `b`: the same job where rank 1 dies at step 13, after
+    the checkpoint of step 8, so the run fails and leaves that checkpoint behind."""
     a, b = tmp_path / "a", tmp_path / "b"
-    p = dptrain("run", "configs/local.yaml", *common, f"output.dir={a}")
+    p = dptrain("run", "configs/local.yaml", *RESUME, f"output.dir={a}")
     assert p.returncode == 0, p.stderr[-3000:]
-    # rank 1 dies at step 13 (after the checkpoint of step 8): the run fails ...
-    p = dptrain("run", "configs/local.yaml", *common, f"output.dir={b}",
+    p = dptrain("run", "configs/local.yaml", *RESUME, f"output.dir={b}",
                 env={"DPTRAIN_FAULT_CRASH_AT_STEP": "13"})
     assert p.returncode != 0
     assert not (b / "model.safetensors").exists()
-    # ... and started again on the same output directory it resumes from step 8
-    p = dptrain("run", "configs/local.yaml", *common, f"output.dir={b}")
+    return a, b
+
+
+@pytest.mark.timeout(400)
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_parameters(tmp_path):
+    a, b = _uninterrupted_and_crashed(tmp_path)
+    # started again on the same output directory it resumes from step 8
+    p = dptrain("run", "configs/local.yaml", *RESUME, f"output.dir={b}")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resumed from" in p.stdout
     pa, pb = _params(a), _params(b)
@@ -72,14 +80,8 @@ def test_checkpoint_of_two_workers_resumes_on_one_worker(tmp_path):
     """A lost worker need not stop the job: the global batch, sampler position and RNG state
     are world-size independent, so a 2-worker checkpoint continues on 1 worker and ends where
     the uninterrupted 2-worker run ends (BatchNorm is synchronised, dropout drawn per global batch)."""
-    common = QUICK + ["checkpoint.interval=8", "checkpoint.keep=2"]
-    a, b = tmp_path / "a", tmp_path / "b"
-    p = dptrain("run", "configs/local.yaml", *common, f"output.dir={a}")
-    assert p.returncode == 0, p.stderr[-3000:]
-    p = dptrain("run", "configs/local.yaml", *common, f"output.dir={b}",
-                env={"DPTRAIN_FAULT_CRASH_AT_STEP": "13"})
-    assert p.returncode != 0
-    p = dptrain("run", "configs/local.yaml", *common, "cluster.nodes.0.slots=1", f"output.dir={b}")
+    a, b = _uninterrupted_and_crashed(tmp_path)
+    p = dptrain("run", "configs/local.yaml", *RESUME, "cluster.nodes.0.slots=1", f"output.dir={b}")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resumed from" in p.stdout and "step-00000008" in p.stdout
     assert "written by 2 worker(s); continuing on 1 with the same global batch 32" in p.stdout

@@ -8,7 +8,7 @@ output; a layer may be called more than once (shared weights).
 """
 from __future__ import annotations
 
-from .layers.base import CF, InputShapeError, Layer, shape_str, to_channels_last
+from .layers.base import CF, InputShapeError, Layer, shape_str, shapes_compatible, to_channels_last
 from .layers.core import InputLayer
 from .training import Model
 
@@ -98,8 +98,7 @@ class Functional(Model):
 
     def check_input_shape(self, shape, built=True, x_shape=None):
         expected, shape = self.input_shape_built, tuple(shape)
-        if len(shape) != len(expected) or any(e is not None and s is not None and e != s
-                                               for e, s in zip(expected[1:], shape[1:])):
+        if not shapes_compatible((None,) + tuple(expected[1:]), (None,) + shape[1:]):
             found = x_shape if x_shape is not None else shape
             raise InputShapeError(f'Input 0 of model "{self.name}" is incompatible with it: expected '
                                   f"shape={shape_str(expected)}, found shape={shape_str(found)}")

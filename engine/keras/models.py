@@ -1,7 +1,8 @@
 """keras.models: Sequential, Model, load_model."""
 from __future__ import annotations
 
-from .layers.base import CF, CL, InputShapeError, Layer, shape_str, to_channels_last, _as_shape
+from .layers.base import (CF, CL, InputShapeError, Layer, shape_str, shapes_compatible, to_channels_last,
+                          _as_shape)
 from .layers.core import InputLayer
 from .training import Model
 from .functional import Functional
@@ -97,8 +98,7 @@ class Sequential(Model):
             return
         expected = self.input_shape_built
         shape = tuple(shape)
-        if len(shape) != len(expected) or any(e is not None and s is not None and e != s
-                                               for e, s in zip(expected[1:], shape[1:])):
+        if not shapes_compatible((None,) + tuple(expected[1:]), (None,) + shape[1:]):
             first = self.layers[0] if self.layers else self
             found = x_shape if x_shape is not None else shape
             hint = first._shape_hint(shape) if hasattr(first, "_shape_hint") else ""

@@ -64,6 +64,11 @@ class InputShapeError(ValueError):
     """Data of the wrong shape reached a layer: the message names the layer and both shapes."""
 
 
+def shapes_compatible(expected, shape) -> bool:
+    """Same rank, and equal on every axis where both are known (None matches anything)."""
+    return len(expected) == len(shape) and all(e is None or s is None or e == s for e, s in zip(expected, shape))
+
+
 def _as_shape(shape):
     if shape is None:
         return None
@@ -214,8 +219,7 @@ class Layer(nn.Module):
                 f"expected shape={exp}, found shape={shape_str(shape)}{self._shape_hint(shape)}")
         if built and self.built:
             expected = self.expected_input_shape()
-            if expected is not None and (len(expected) != len(shape) or any(
-                    e is not None and s is not None and e != s for e, s in zip(expected, shape))):
+            if expected is not None and not shapes_compatible(expected, shape):
                 raise InputShapeError(
                     f'Input 0 of layer "{self.name}" ({type(self).__name__}) is incompatible with the '
                     f"layer: expected shape={shape_str(expected)}, found shape={shape_str(shape)}"

@@ -5,6 +5,9 @@ shapes agree, naming the layer and every shape when they do not.
 """
 from __future__ import annotations
 
+import functools
+import operator
+
 from ...tensor import Tensor
 from ... import ops
 from .base import InputShapeError, Layer, as_tensor_input, shape_str
@@ -59,10 +62,7 @@ class _Merge(Layer):
 
 class Add(_Merge):
     def merge(self, xs):
-        out = xs[0]
-        for x in xs[1:]:
-            out = out + x
-        return out
+        return functools.reduce(operator.add, xs)
 
 
 class Subtract(_Merge):
@@ -74,18 +74,12 @@ class Subtract(_Merge):
 
 class Multiply(_Merge):
     def merge(self, xs):
-        out = xs[0]
-        for x in xs[1:]:
-            out = out * x
-        return out
+        return functools.reduce(operator.mul, xs)
 
 
-class Average(_Merge):
+class Average(Add):
     def merge(self, xs):
-        out = xs[0]
-        for x in xs[1:]:
-            out = out + x
-        return out * (1.0 / len(xs))
+        return super().merge(xs) * (1.0 / len(xs))
 
 
 class Concatenate(_Merge):
