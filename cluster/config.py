@@ -446,7 +446,9 @@ SCHEMA = Section({
             "alpha": Float(0.99, "Smoothing constant (rmsprop).", min=0, max=1),
             "shard": AutoBool("auto", "ZeRO stage 1 (`cluster.ZeroRedundancyOptimizer`): each rank updates and "
                                       "stores 1/N of the optimizer state, same results. `auto`: when world size > 1 "
-                                      "on CPU over MPI (over ZeroMQ the extra collectives cost more than they save)."),
+                                      "on CPU over MPI, or over ZeroMQ when all workers share one host (same-host "
+                                      "shared buffers); across hosts over ZeroMQ the extra collectives cost more "
+                                      "than they save."),
         }),
         "schedule": Section({
             "name": Enum(("none", "step", "cosine"), "none",

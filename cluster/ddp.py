@@ -30,7 +30,7 @@ class DDPError(RuntimeError):
 class _Bucket:
     """A contiguous flat buffer holding the gradients of a few parameters."""
 
-    def __init__(self, index, params, xp, dtype):
+    def __init__(self, index, params, alloc):
         self.index = index
         self.params = params
         self.offsets = []
@@ -39,7 +39,7 @@ class _Bucket:
             self.offsets.append(off)
             off += p.size
         self.numel = off
-        self.flat = xp.zeros(off, dtype=dtype)
+        self.flat = alloc(off, params[0].dtype, get_array_module(params[0].data))
         self.filled = 0
         self.seen = set()
         self.handle = None
@@ -133,8 +133,7 @@ class DistributedDataParallel:
         def flush():
             nonlocal current, current_bytes
             if current:
-                xp = get_array_module(current[0].data)
-                buckets.append(_Bucket(len(buckets), current, xp, current[0].dtype))
+                buckets.append(_Bucket(len(buckets), current, self._alloc))
             current, current_bytes = [], 0
         for p in ordered:
             if current and (current[0].dtype != p.dtype or current[0].device != p.device):
@@ -150,6 +149,13 @@ class DistributedDataParallel:
                 flush()
         flush()
         return buckets
+
+    def _alloc(self, numel, dtype, xp):
+        """A flat buffer for collectives: host buffers come from the communicator, which shares
+        them between the ranks of one host so reductions read the peers' copies directly."""
+        if xp is np and self.size > 1 and hasattr(self.comm, "alloc"):
+            return self.comm.alloc(numel, dtype)
+        return xp.zeros(numel, dtype=dtype)
 
     def _resolve_overlap(self, overlap):
         """Whether bucket reductions start inside backward (True) or run after it on this thread.
@@ -197,8 +203,7 @@ class DistributedDataParallel:
         if self._in_flight:
             raise DDPError("ZeroRedundancyOptimizer must be created before the first backward")
         for b in self.buckets:
-            xp = get_array_module(b.flat)
-            pf = xp.empty_like(b.flat)
+            pf = self._alloc(b.numel, b.flat.dtype, get_array_module(b.flat))
             for p, off in zip(b.params, b.offsets):
                 pf[off:off + p.size] = p.data.reshape(-1)
                 p.data = pf[off:off + p.size].reshape(p.shape)

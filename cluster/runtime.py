@@ -142,7 +142,8 @@ class Trainer:
                                            overlap=job.get("ddp_overlap", "auto"))
         shard = job.optimizer.get("shard", "auto")
         if shard == "auto":   # ZeRO doubles the collectives per step: worth it where they are cheap
-            shard = getattr(comm, "backend", "") == "mpi"
+            shard = getattr(comm, "backend", "") == "mpi" or (
+                self.size > 1 and all(comm.is_shared(b.flat) for b in self.ddp.buckets))
         self.sharded = bool(shard) and self.size > 1 and self.ddp._nccl is None
         if self.sharded:
             from .zero import ZeroRedundancyOptimizer

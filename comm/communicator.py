@@ -23,6 +23,7 @@ from .env import Topology, env_int
 from .errors import CollectiveMismatchError, CommError
 from .fingerprint import Fingerprint, check_records
 from .progress import Handle, ProgressEngine
+from .shared import SharedBuffers, gather_shards, reduce_own_shard
 from .ring import (DEFAULT_DEPTH, DEFAULT_SEGMENT_BYTES, exchange_records, ring_allgather_bytes,
                    ring_allreduce, ring_broadcast, ring_pass)
 from .transport import Deadline, PeerInfo, Transport
@@ -81,6 +82,7 @@ class Communicator:
         self.pipeline_depth = env_int("DPTRAIN_COMM_PIPELINE_DEPTH", DEFAULT_DEPTH, minimum=1)
         self.max_object_bytes = env_int("DPTRAIN_COMM_MAX_OBJECT_BYTES", DEFAULT_MAX_OBJECT_BYTES, minimum=1)
         self.small_bytes = env_int("DPTRAIN_COMM_SMALL_BYTES", DEFAULT_SMALL_BYTES)
+        self._shared = SharedBuffers(transport.rank)
 
     # -- identity -----------------------------------------------------------------------------------
     @property
@@ -265,11 +267,20 @@ class Communicator:
         algo = self._algorithm(algorithm)
         work, xp, dsync, finish = self._stage(x)
         n = self.size
+        views = self._shared.lookup(x) if n > 1 and algo == "ring" else None
+        if views is not None:
+            algo = "shared"
 
         def body(deadline, context, seq):
             flat = work.reshape(-1)
             if flat.size and n > 1:
-                if algo == "native":
+                if views is not None:
+                    bounds = self.shard_bounds(int(flat.size))
+                    reduce_own_shard(views, self.rank, bounds, arrays.reduce_fn(np, op), n if op == "mean" else 0)
+                    self._sync(deadline, context, seq, 2)
+                    gather_shards(views, self.rank, bounds)
+                    self._sync(deadline, context, seq, 3)
+                elif algo == "native":
                     if dsync is not None:
                         dsync()
                     self._tp.native_allreduce(flat, op, deadline, context)
@@ -433,7 +444,7 @@ class Communicator:
     def reduce_scatter_inplace(self, flat, op: str = "sum"):
         """Reduce the 1-D array `flat` over ranks, in place, keeping only this rank's shard:
         afterwards flat[b[r]:b[r+1]] (b = shard_bounds(flat.size)) holds the reduced values and the
-        rest of `flat` holds partial sums.  PyTorch's reduce_scatter_tensor without the extra buffer;
+        rest of `flat` is unspecified (partial sums).  PyTorch's reduce_scatter_tensor without the extra buffer;
         half the traffic of an all-reduce.  Returns `flat`."""
         return self._shard_collective(flat, op, "reduce_scatter_inplace", True)
 
@@ -457,10 +468,18 @@ class Communicator:
         work, xp, dsync, finish = self._stage(flat)
         n = self.size
         bounds = self.shard_bounds(int(flat.size))
+        views = self._shared.lookup(flat) if n > 1 else None
 
         def body(deadline, context, seq):
             if n > 1 and work.size:
-                if op is not None:
+                if views is not None:      # same-host shared buffers: read the peers' copies directly
+                    if op is not None:
+                        reduce_own_shard(views, self.rank, bounds, arrays.reduce_fn(np, op),
+                                         n if op == "mean" else 0)
+                    else:
+                        gather_shards(views, self.rank, bounds)
+                    self._sync(deadline, context, seq, 2)
+                elif op is not None:
                     def divide(seg):
                         seg /= n
                     ring_pass(self._tp, work, bounds, deadline=deadline, context=context, tag=self._tag(seq, 1),
@@ -471,9 +490,44 @@ class Communicator:
                               do_ag=True, **self._ring_kw(xp, dsync))
             return finish(work)
 
-        fields = dict(kind=kind, op=op or "", dtype=flat.dtype.str, shape=tuple(flat.shape), algorithm="ring",
-                      **self._settings("ring"))
+        algo = "shared" if views is not None else "ring"
+        fields = dict(kind=kind, op=op or "", dtype=flat.dtype.str, shape=tuple(flat.shape), algorithm=algo,
+                      **self._settings(algo))
         return self._launch(fields, body, sync)
+
+    # -- shared buffers ----------------------------------------------------------------------------
+    def alloc(self, numel: int, dtype=np.float32) -> np.ndarray:
+        """A zero-filled 1-D array meant for collectives (collective: every rank calls it in the same
+        order with the same size).
+
+        When all ranks share this host, every rank's buffer is mapped by the others (see
+        shared.py), and allreduce / reduce_scatter_inplace / allgather_inplace on the *whole*
+        buffer read the peers' copies directly instead of sending them: no transfers, one pass
+        of arithmetic.  Otherwise (several hosts, no usable /dev/shm, DPTRAIN_COMM_SHM=0) this is
+        an ordinary array and the collectives take the ring."""
+        numel = int(numel)
+        if numel < 0:
+            raise ValueError(f"alloc: numel must be >= 0, got {numel}")
+        dtype = np.dtype(dtype)
+        if self.size == 1 or self._local_size != self.size or self._backend == "local":
+            return np.zeros(numel, dtype=dtype)
+
+        def body(deadline, context, seq):
+            def exchange(record, phase):
+                return exchange_records(self._tp, record, deadline=deadline, context=context,
+                                        tag=self._tag(seq, phase))
+            return self._shared.allocate(numel, dtype, exchange)
+
+        return self._launch(dict(kind="alloc", dtype=dtype.str, shape=(numel,)), body, True)
+
+    def is_shared(self, x) -> bool:
+        """Whether `x` is a whole buffer from `alloc` that the other ranks map (collectives on it
+        read their copies directly)."""
+        return self._shared.lookup(x) is not None
+
+    def _sync(self, deadline, context, seq: int, phase: int) -> None:
+        """A barrier inside a collective (a one-byte record from every rank)."""
+        exchange_records(self._tp, b"\x01", deadline=deadline, context=context, tag=self._tag(seq, phase))
 
     # -- barrier -----------------------------------------------------------------------------------
     def barrier(self, timeout: Optional[float] = None) -> None:

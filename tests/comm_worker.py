@@ -196,6 +196,39 @@ def suite(c, ck: Checker, algorithms) -> None:
     except ValueError as exc:
         ck.true("allgather_inplace 2-D message", "needs a 1-D array" in str(exc), str(exc))
 
+    # shared buffers (Communicator.alloc): the same answers as the ring, bit-identical on every rank
+    shared = []
+    for dtype, numel, op in (("float32", 12347, "mean"), ("float64", 10, "sum"), ("int32", max(n - 1, 1), "max"),
+                             ("float16", 1001, "min"), ("float32", 0, "sum")):
+        buf = c.alloc(numel, dtype)
+        shared.append(c.is_shared(buf))
+        ck.true(f"alloc {dtype} {numel}", buf.shape == (numel,) and buf.dtype == np.dtype(dtype) and not buf.any(),
+                f"{buf.dtype}{buf.shape} any={buf.any()}")
+        b, full = c.shard_bounds(numel), expected(op, n, (numel,), dtype)
+        buf[...] = data(r, (numel,), dtype)
+        ck.true(f"alloc allreduce returns its input {numel}", c.allreduce(buf, op=op) is buf)
+        ck.eq(f"alloc allreduce {dtype} {numel} {op}", buf, full)
+        ck.digest(f"alloc allreduce {dtype} {numel} {op}", buf)
+        buf[...] = data(r, (numel,), dtype)
+        c.reduce_scatter_inplace_async(buf, op=op).wait(30)
+        ck.eq(f"alloc reduce_scatter_inplace {dtype} {numel} {op}", buf[b[r]:b[r + 1]], full[b[r]:b[r + 1]])
+        buf[...] = 0
+        buf[b[r]:b[r + 1]] = full[b[r]:b[r + 1]]
+        c.allgather_inplace(buf)
+        ck.eq(f"alloc allgather_inplace {dtype} {numel}", buf, full)
+        part = buf[:numel // 2]            # a slice is not the whole buffer: it takes the ring
+        ck.true(f"alloc slice not shared {numel}", not c.is_shared(part) or numel == 0)
+    ck.shared_buffers = shared
+    if n > 1 and all(shared):
+        # one rank with a shared buffer, the others with private arrays: caught, nothing moved
+        mine = c.alloc(16, "float32")
+        try:
+            c.allreduce(mine if r == 0 else np.zeros(16, np.float32))
+            ck.true("shared vs private raises", False, "no error")
+        except CollectiveMismatchError as exc:
+            ck.true("shared vs private message", "algorithm=shared" in str(exc) and "algorithm=ring" in str(exc),
+                    str(exc))
+
     # barrier and objects
     c.barrier()
     c.barrier(timeout=30)
@@ -305,7 +338,7 @@ def run_suite(args) -> dict:
     result = dict(rank=c.rank, size=c.size, backend=c.backend, local_rank=c.local_rank, local_size=c.local_size,
                   env_rank=env_topo.rank, env_size=env_topo.size, checks=ck.count, failures=ck.failures,
                   hashes=ck.hashes, elapsed=time.perf_counter() - t0,
-                  mpi_imported="mpi4py.MPI" in sys.modules)
+                  mpi_imported="mpi4py.MPI" in sys.modules, shared_buffers=getattr(ck, "shared_buffers", []))
     comm.finalize()
     return result
 
@@ -313,7 +346,11 @@ def run_suite(args) -> dict:
 def run_kill(args) -> dict:
     c = comm.init(args.backend, timeout=args.timeout)
     r = c.rank
-    x = np.ones(1 << 18, np.float32)
+    if args.shared:        # the victim dies while the others read its shared buffer / wait for it
+        x = c.alloc(1 << 18, np.float32)
+        x[...] = 1
+    else:
+        x = np.ones(1 << 18, np.float32)
     c.allreduce(x)
     c.barrier()
     if r == args.victim:
@@ -335,7 +372,7 @@ def run_kill(args) -> dict:
     except CommError as exc:
         outcome["after"] = str(exc)
     outcome["after_elapsed"] = time.monotonic() - t1
-    outcome.update(rank=r, size=c.size, backend=c.backend)
+    outcome.update(rank=r, size=c.size, backend=c.backend, shared=c.is_shared(x))
     return outcome
 
 
@@ -395,6 +432,7 @@ def main() -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--victim", type=int, default=1)
+    p.add_argument("--shared", action="store_true", help="kill: all-reduce a Communicator.alloc buffer")
     args = p.parse_args()
     fn = {"suite": run_suite, "kill": run_kill, "timeout": run_timeout, "init": run_init,
           "early_close": run_early_close}[args.scenario]

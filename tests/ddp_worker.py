@@ -85,7 +85,9 @@ def main():
         engine.save({k: v for k, v in model.state_dict().items()}, a.out + ".safetensors")
     with open(f"{a.out}.rank{ctx.rank}.json", "w") as f:
         json.dump({"size": ctx.size, "backend": getattr(ctx.comm, "backend", "?"),
-                   "buckets": len(ddp.buckets), "overlap": ddp.overlap, "log": log}, f)
+                   "buckets": len(ddp.buckets), "overlap": ddp.overlap, "log": log,
+                   "shared": all(ctx.comm.is_shared(b.flat) and (b.param_flat is None or ctx.comm.is_shared(b.param_flat))
+                                 for b in ddp.buckets)}, f)
     ctx.comm.barrier()
 
 

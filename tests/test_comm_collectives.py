@@ -40,12 +40,23 @@ def _check_suite(launch, n: int, backend: str, min_checks: int) -> None:
         assert not diff, f"rank {res['rank']} differs from rank 0 in {sorted(diff)}"
 
 
+def _shared_files():
+    try:
+        return {f for f in os.listdir("/dev/shm") if f.startswith("dptrain-buf-")}
+    except OSError:
+        return set()
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_suite_mpi(n):
+    before = _shared_files()
     launch = launch_mpi(n, ["suite", "--timeout", "30"], env=SMALL_SEGMENTS, timeout=100)
     _check_suite(launch, n, "mpi", 500)
     assert all(r["mpi_imported"] for r in launch.results)
+    # all ranks on this host: Communicator.alloc hands out buffers the peers map (1 rank: nothing to share)
+    assert all(r["shared_buffers"] == [n > 1] * 5 for r in launch.results), [r["shared_buffers"] for r in launch.results]
+    assert _shared_files() <= before, "shared buffers left files in /dev/shm"
 
 
 @pytest.mark.timeout(120)
@@ -63,6 +74,7 @@ def test_suite_zmq_shared_memory(n):
     launch = launch_zmq(n, ["suite", "--timeout", "30"], env=SMALL_SEGMENTS, timeout=100)
     _check_suite(launch, n, "zmq", 260)
     assert not any(r["mpi_imported"] for r in launch.results), "the ZeroMQ backend must not initialise MPI"
+    assert all(r["shared_buffers"] == [n > 1] * 5 for r in launch.results), [r["shared_buffers"] for r in launch.results]
 
 
 @pytest.mark.timeout(120)
@@ -71,6 +83,7 @@ def test_suite_zmq_frames_only():
     env = {"DPTRAIN_COMM_SHM": "0", "DPTRAIN_COMM_SEGMENT_BYTES": str(128 << 10)}
     launch = launch_zmq(3, ["suite", "--timeout", "30"], env=env, timeout=100)
     _check_suite(launch, 3, "zmq", 260)
+    assert all(r["shared_buffers"] == [False] * 5 for r in launch.results), "DPTRAIN_COMM_SHM=0 must share nothing"
 
 
 @pytest.mark.timeout(60)

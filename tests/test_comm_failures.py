@@ -16,18 +16,20 @@ def _survivors(launch, victim: int):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("liveness", ["1", "0"], ids=["pid-check", "sockets-only"])
-def test_killed_peer_zmq(liveness):
+@pytest.mark.parametrize("liveness,shared", [("1", False), ("0", False), ("1", True)],
+                         ids=["pid-check", "sockets-only", "shared-buffer"])
+def test_killed_peer_zmq(liveness, shared):
     """SIGKILL rank 1 in the middle of all-reduces: every other rank raises within seconds (timeout 30 s).
 
     sockets-only turns the same-host pid check off, so detection comes from the ZeroMQ
     disconnect of the neighbours and the ABORT they forward to rank 3 (not a neighbour of 1).
     """
-    launch = launch_zmq(4, ["kill", "--timeout", "30", "--victim", "1"],
+    launch = launch_zmq(4, ["kill", "--timeout", "30", "--victim", "1"] + (["--shared"] if shared else []),
                         env={"DPTRAIN_COMM_LIVENESS": liveness}, timeout=50)
     survivors = _survivors(launch, 1)
     assert len(survivors) == 3, launch.describe()
     for res in survivors:
+        assert res["shared"] is shared, res
         assert res["error"] == "PeerFailureError", res
         assert "rank 1 (pid" in res["message"], res["message"]
         assert res["elapsed"] < 10, f"rank {res['rank']} needed {res['elapsed']:.1f} s to notice"
@@ -37,10 +39,12 @@ def test_killed_peer_zmq(liveness):
 
 
 @pytest.mark.timeout(60)
-def test_killed_peer_mpi():
+@pytest.mark.parametrize("shared", [False, True], ids=["private", "shared-buffer"])
+def test_killed_peer_mpi(shared):
     """Under mpiexec the launcher itself tears the job down at once and names the dead process;
     survivors that notice first (pid check) raise PeerFailureError naming rank 1."""
-    launch = launch_mpi(3, ["kill", "--timeout", "30", "--victim", "1"], timeout=50)
+    launch = launch_mpi(3, ["kill", "--timeout", "30", "--victim", "1"] + (["--shared"] if shared else []),
+                        timeout=50)
     assert launch.returncodes[0] not in (0, None), launch.describe()
     assert launch.wall < 20, f"job took {launch.wall:.1f} s to end after a rank was killed"
     assert "signal 9" in launch.output.lower() or "EXIT CODE: 9" in launch.output, launch.describe()

@@ -13,14 +13,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 WORKER = os.path.join(ROOT, "tests", "ddp_worker.py")
 
 
-def _train(backend, n, out, *args):
+def _train(backend, n, out, *args, env=None):
     argv = [WORKER, str(out)] + list(args)
     if backend == "zmq":
-        res = run_zmq(n, argv, timeout=150)
+        res = run_zmq(n, argv, timeout=150, env=env)
         for r, (rc, so, se) in enumerate(res):
             assert rc == 0, f"rank {r} failed:\n{so}\n{se[-3000:]}"
     else:
-        rc, so, se = run_mpi(n, argv, timeout=150)
+        rc, so, se = run_mpi(n, argv, timeout=150, env=env)
         assert rc == 0, f"mpiexec failed:\n{so}\n{se[-3000:]}"
     params = engine.load(str(out) + ".safetensors")
     logs = [json.load(open(f"{out}.rank{r}.json")) for r in range(n)]
@@ -42,6 +42,7 @@ def test_one_two_four_workers_end_with_the_same_parameters(tmp_path, backend, mo
         got, logs = _train(backend, n, tmp_path / f"w{n}", "--model", model, "--steps", "20",
                            "--global-batch", "16")
         assert all(lg["size"] == n and lg["backend"] == backend for lg in logs)
+        assert all(lg["shared"] for lg in logs), "one host: the buckets should be same-host shared buffers"
         diff = _max_diff(ref, got)
         assert diff <= 1e-5, f"{n} workers on {backend}: max |param difference| = {diff:.3g}"
     # the training moved the parameters (the test would be vacuous otherwise)
@@ -59,10 +60,14 @@ def test_zero_sharded_optimizer_and_both_overlap_modes_match_one_worker(tmp_path
     inside backward (overlap) or after it end where one worker ends."""
     common = ["--model", "mlp_bn", "--steps", "20", "--global-batch", "16", "--bucket-mb", "0.01"]
     ref, _ = _train(backend, 1, tmp_path / "w1", *common)
-    for n, extra in ((2, ["--zero"]), (4, ["--zero", "--overlap", "true"]), (2, ["--overlap", "true"]),
-                     (2, ["--overlap", "false"])):
-        got, logs = _train(backend, n, tmp_path / f"w{n}{''.join(extra)}", *common, *extra)
+    no_shm = {"DPTRAIN_COMM_SHM": "0"}
+    for n, extra, env in ((2, ["--zero"], None), (4, ["--zero", "--overlap", "true"], None),
+                          (2, ["--overlap", "true"], None), (2, ["--overlap", "false"], None),
+                          (2, ["--zero"], no_shm), (4, [], no_shm)):
+        got, logs = _train(backend, n, tmp_path / f"w{n}{''.join(extra)}{bool(env)}", *common, *extra, env=env)
         assert all(lg["overlap"] == ("true" in extra) for lg in logs) or "--overlap" not in extra
+        # DPTRAIN_COMM_SHM=0: private buffers, the ring moves the data
+        assert all(lg["shared"] is (env is None) for lg in logs), (extra, env)
         diff = _max_diff(ref, got)
         assert diff <= 1e-5, f"{n} workers {extra} on {backend}: max |param difference| = {diff:.3g}"
 
