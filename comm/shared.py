@@ -27,6 +27,7 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import warnings
 import weakref
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -35,6 +36,19 @@ import numpy as np
 SHM_DIR = "/dev/shm"
 PREFIX = "dptrain-buf-"
 NAME_BYTES = 96
+_warned = False
+
+
+def _warn_once(nbytes: int, why: str) -> None:
+    """A failed share costs speed, not correctness: say so once per process, with the fix."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    warnings.warn(f"comm.alloc: could not share a {nbytes}-byte buffer through {SHM_DIR} ({why}); collectives "
+                  f"on it go through the transport instead (slower on one host). Give {SHM_DIR} more room "
+                  f"(docker: --shm-size) or set DPTRAIN_COMM_SHM=0 to turn shared buffers off.",
+                  RuntimeWarning, stacklevel=4)
 
 
 def shm_enabled() -> bool:
@@ -109,9 +123,10 @@ class SharedBuffers:
             path = os.path.join(SHM_DIR, f"{PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
             try:
                 mine = _Mapping(path, nbytes, create=True)
-            except OSError:
+            except OSError as exc:
                 _unlink(path)
                 mine = None
+                _warn_once(nbytes, exc.strerror or str(exc))
         names = exchange(_pad(mine.path if mine else ""), 1)
         paths = [bytes(n).rstrip(b"\0").decode() for n in names]
         maps: List[Optional[_Mapping]] = []
@@ -125,8 +140,9 @@ class SharedBuffers:
                     if os.path.dirname(p) != SHM_DIR or not os.path.basename(p).startswith(PREFIX):
                         raise OSError(f"refusing shared memory path {p!r}")
                     maps.append(_Mapping(p, nbytes, create=False))
-                except OSError:
+                except OSError as exc:
                     ok = False
+                    _warn_once(nbytes, f"mapping rank {r}'s buffer: {exc.strerror or exc}")
                     break
         # Second round: everyone has mapped (or given up), so the names can go; all agree on the outcome.
         agreed = all(bytes(rec)[:1] == b"1" for rec in exchange(_pad("1" if ok else "0"), 2))
