@@ -1,9 +1,12 @@
-"""All-reduce benchmark: ring over MPI, native MPI_Allreduce, ring over ZeroMQ, torch gloo.
+"""All-reduce benchmark: ring over MPI, native MPI_Allreduce, ring over ZeroMQ, shared buffers, torch gloo.
 
 Methods (columns): mpi-ring = comm ring over MPI; mpi-native = comm with
 algorithm="native" (MPI_Iallreduce plus our fingerprint check); MPI_Allreduce = a
 bare blocking mpi4py call, the baseline; zmq-ring = comm ring over ZeroMQ (shared
 memory between ranks on one host; DPTRAIN_COMM_SHM=0 for TCP frames only);
+mpi-shared / zmq-shared = the same communicators on a buffer from `comm.alloc`
+(same-host shared buffers: each rank reads its peers' copies, only the
+synchronisation goes through the transport; what DDP's buckets use);
 gloo = torch.distributed all_reduce (skipped without torch).
 
     .venv/bin/python benchmarks/allreduce.py            # 2 ranks, 4 KB .. 64 MB, float32 sum
@@ -34,7 +37,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("mpi-ring", "mpi-native", "MPI_Allreduce", "zmq-ring", "gloo")
+METHODS = ("mpi-ring", "mpi-native", "MPI_Allreduce", "mpi-shared", "zmq-ring", "zmq-shared", "gloo")
 
 
 def _free_port() -> int:
@@ -83,9 +86,15 @@ def _worker(args) -> None:
             world.Allreduce(MPI.IN_PLACE, x, MPI.SUM)
             return x
         runners["MPI_Allreduce"] = raw
-    if "zmq-ring" in methods:
+    if "mpi-shared" in methods:
+        runners["mpi-shared"] = lambda x: mpi.allreduce(x)
+    if "zmq-ring" in methods or "zmq-shared" in methods:
         zmq_comm = comm.init("zmq", timeout=120)
-        runners["zmq-ring"] = lambda x: zmq_comm.allreduce(x)
+        if "zmq-ring" in methods:
+            runners["zmq-ring"] = lambda x: zmq_comm.allreduce(x)
+        if "zmq-shared" in methods:
+            runners["zmq-shared"] = lambda x: zmq_comm.allreduce(x)
+    owners = {"mpi-shared": mpi, "zmq-shared": zmq_comm}
     if "gloo" in methods:
         try:
             import torch
@@ -106,14 +115,21 @@ def _worker(args) -> None:
     results = {m: {} for m in order}
     for nbytes in [_parse_size(s) for s in args.sizes.split(",")]:
         count = max(1, nbytes // dtype.itemsize)
-        x = np.zeros(count, dtype=dtype)
+        plain = np.zeros(count, dtype=dtype)
+        # the *-shared methods work on a buffer from alloc (collective, so every rank allocates it)
+        bufs = {m: owners[m].alloc(count, dtype) if m in owners else plain for m in order}
         iters = {}
         for m in order:  # correctness first, then calibrate the number of calls per timing
-            check = (np.arange(count) % 5 + rank).astype(dtype)
+            x = bufs[m]
+            if m in owners and not owners[m].is_shared(x):
+                raise SystemExit(f"{m}: comm.alloc did not return a shared buffer (DPTRAIN_COMM_SHM=0?)")
+            check = x
+            check[...] = (np.arange(count) % 5 + rank).astype(dtype)
             out = runners[m](check)
             expect = sum((np.arange(count) % 5 + k).astype(dtype) for k in range(n))
             if not np.array_equal(out, expect):
                 raise SystemExit(f"{m}: wrong all-reduce result at {nbytes} bytes")
+            x[...] = 0
             runners[m](x)
             t0 = time.perf_counter()
             runners[m](x)
@@ -123,6 +139,7 @@ def _worker(args) -> None:
         for _ in range(args.reps):
             for m in order:
                 mpi.barrier()
+                x = bufs[m]
                 t0 = time.perf_counter()
                 for _ in range(iters[m]):
                     runners[m](x)
