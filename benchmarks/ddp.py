@@ -2,7 +2,9 @@
 
 Prints one table: dptrain DDP over ZeroMQ and over MPI, each also with the optimizer
 sharded (cluster.ZeroRedundancyOptimizer, what the runtime uses), with 1 and 2 workers
-x 1 thread, beside PyTorch DDP (gloo) in the same run when torch is installed.  Each
+x 1 thread, beside PyTorch DDP (gloo) in the same run when torch is installed.  On one
+host DDP's buckets are same-host shared buffers (comm.alloc); the `DPTRAIN_COMM_SHM=0`
+row turns them off, so its reductions go through MPI as they would between hosts.  Each
 configuration runs as real worker processes; time is the median step time of
 `--steps` steps after `--warmup` steps, measured on rank 0, and includes the
 whole step (forward, backward with overlapped all-reduce, optimizer).  Every
@@ -45,9 +47,12 @@ def _launch(kind, n, args):
     """Run this file in worker mode on n ranks; return rank 0's JSON result line."""
     me = os.path.abspath(__file__)
     argv = [sys.executable, me, "--worker", kind] + args
+    no_shm = kind.endswith("-noshm")
     kind = kind.split("-")[0]                    # "mpi-zero" runs like "mpi"
     if kind == "mpi":
         env = _env()
+        if no_shm:
+            env["DPTRAIN_COMM_SHM"] = "0"
         env["DPTRAIN_COMM_BACKEND"] = "mpi"
         cmd = [os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(n), "-launcher", "fork"] + argv
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -98,7 +103,7 @@ def worker_dptrain(a):
     engine.manual_seed(0)
     model = build_model("seed_cnn")
     ddp = cluster.DistributedDataParallel(model, ctx.comm)
-    if a.worker.endswith("-zero"):
+    if "-zero" in a.worker:
         opt = cluster.ZeroRedundancyOptimizer(ddp, optim.Adam, lr=1e-3)
     else:
         opt = optim.Adam(model.parameters(), lr=1e-3)
@@ -159,7 +164,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--worker", choices=["zmq", "mpi", "zmq-zero", "mpi-zero", "torch"])
+    ap.add_argument("--worker", choices=["zmq", "mpi", "zmq-zero", "mpi-zero", "mpi-zero-noshm", "torch"])
     a = ap.parse_args()
     if a.worker == "torch":
         return worker_torch(a)
@@ -172,8 +177,9 @@ def main():
     except ImportError:
         have_torch = False
     rows = []
-    kinds = [("dptrain DDP, ZeroMQ ring", "zmq"), ("dptrain DDP, MPI ring", "mpi"),
-             ("dptrain DDP+ZeRO-1, ZeroMQ", "zmq-zero"), ("dptrain DDP+ZeRO-1, MPI", "mpi-zero")]
+    kinds = [("dptrain DDP, ZeroMQ", "zmq"), ("dptrain DDP, MPI", "mpi"),
+             ("dptrain DDP+ZeRO-1, ZeroMQ", "zmq-zero"), ("dptrain DDP+ZeRO-1, MPI", "mpi-zero"),
+             ("same, DPTRAIN_COMM_SHM=0", "mpi-zero-noshm")]
     if have_torch:
         kinds.append(("torch 2.13 DDP, gloo", "torch"))
     import statistics
