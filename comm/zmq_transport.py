@@ -355,7 +355,12 @@ class ZmqTransport(Transport):
     def _check_failures(self, pending: Sequence[Request], context: str) -> None:
         if self.abort_info is not None:
             origin, reason, _ = self.abort_info
-            raise PeerFailureError(f"rank {self.rank}: {context} aborted; rank {origin} reported: {reason}")
+            # The origin may have timed out waiting for *us* while we were waiting for the real
+            # culprit: say whom this rank was waiting for, so the chain can be followed.
+            mine = sorted({r.peer for r in pending if not r.is_send and r.peer != origin})
+            also = (f"; this rank was itself still waiting for data from "
+                    f"{' and '.join(self.peer_label(p) for p in mine)}" if mine else "")
+            raise PeerFailureError(f"rank {self.rank}: {context} aborted; rank {origin} reported: {reason}{also}")
         waiting_on = {r.peer for r in pending}
         now = time.monotonic()
         for peer, since in self.lost.items():

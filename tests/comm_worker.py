@@ -377,7 +377,8 @@ def run_kill(args) -> dict:
 
 
 def run_timeout(args) -> dict:
-    c = comm.init(args.backend, timeout=args.timeout)
+    timeout = args.rank0_timeout if args.rank0_timeout and comm.env.detect().rank == 0 else args.timeout
+    c = comm.init(args.backend, timeout=timeout)
     r = c.rank
     c.barrier()
     if r == args.victim:
@@ -433,6 +434,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--victim", type=int, default=1)
     p.add_argument("--shared", action="store_true", help="kill: all-reduce a Communicator.alloc buffer")
+    p.add_argument("--rank0-timeout", type=float, default=0.0, help="timeout: rank 0 gives up after this instead")
     args = p.parse_args()
     fn = {"suite": run_suite, "kill": run_kill, "timeout": run_timeout, "init": run_init,
           "early_close": run_early_close}[args.scenario]

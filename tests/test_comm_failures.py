@@ -81,6 +81,20 @@ def test_hung_peer_three_ranks_zmq():
 
 
 @pytest.mark.timeout(60)
+def test_abort_from_a_rank_that_timed_out_on_us_still_names_the_hung_rank():
+    """Rank 1 hangs; rank 0 (waiting for rank 2, which waits for rank 1) times out first and aborts the
+    ring. Rank 2's error must still lead to rank 1, not only repeat rank 0's view that rank 2 was late."""
+    launch = launch_zmq(3, ["timeout", "--timeout", "4", "--rank0-timeout", "1.5", "--victim", "1"], timeout=40)
+    by_rank = launch.by_rank()
+    info = f"{by_rank}\n{launch.describe()}"
+    assert by_rank[0]["error"] == "CommTimeoutError" and "waiting for data from rank 2" in by_rank[0]["message"], info
+    assert by_rank[2]["error"] == "PeerFailureError", info
+    msg = by_rank[2]["message"]
+    assert "rank 0 reported" in msg and "itself still waiting for data from rank 1 (pid" in msg, info
+    assert by_rank[2]["elapsed"] < 3.5, info
+
+
+@pytest.mark.timeout(60)
 def test_peer_that_closed_early_is_named_zmq():
     """A rank that called comm.finalize() while the others still run a collective is reported as such
     (its BYE tells a clean close from a crash), well before the 20 s timeout."""
