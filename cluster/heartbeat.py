@@ -9,7 +9,12 @@ need nothing.
 
 Every request waits at most ``timeout`` seconds.  A heartbeat that times out is
 retried at the next interval (after a warning); a ``register`` that times out
-raises ``CoordinatorError`` with the address it tried.
+raises ``CoordinatorError`` with the address it tried.  The coordinator lives in
+the launcher, so a launcher that was killed (``kill -9``, the OOM killer, a closed
+login session) would leave its workers training on as orphans: ``start_heartbeat``
+takes ``lost_after`` / ``on_lost`` and calls ``on_lost(reason)`` once the
+coordinator has been silent that long, or sooner when the launcher's pid
+(``DPTRAIN_LAUNCHER_PID`` on ``DPTRAIN_LAUNCHER_HOST``) is gone from this host.
 
 Usage in a worker::
 
@@ -38,6 +43,27 @@ from . import protocol
 from .protocol import MAX_MESSAGE_BYTES, ProtocolError
 
 __all__ = ["CoordinatorClient", "CoordinatorError"]
+
+
+def launcher_gone() -> str:
+    """Why the launcher that started us is known to be dead ("" when alive or unknown: it is on
+    another host, or the variables are not set)."""
+    raw = os.environ.get("DPTRAIN_LAUNCHER_PID", "")
+    if not raw.isdigit() or os.environ.get("DPTRAIN_LAUNCHER_HOST") != socket.gethostname():
+        return ""
+    pid = int(raw)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"the launcher (pid {pid}) has exited"
+    except PermissionError:
+        return ""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+    return f"the launcher (pid {pid}) has exited" if state in ("Z", "X") else ""
 
 
 class CoordinatorError(RuntimeError):
@@ -168,8 +194,12 @@ class CoordinatorClient:
         self.checkpoint_pending = bool(reply.get("checkpoint_pending"))
         return reply
 
-    def start_heartbeat(self, interval: float | None = None) -> None:
-        """Send heartbeats from a daemon thread every `interval` s (default: $DPTRAIN_HEARTBEAT_INTERVAL or 2)."""
+    def start_heartbeat(self, interval: float | None = None, lost_after: float | None = None,
+                        on_lost=None) -> None:
+        """Send heartbeats from a daemon thread every `interval` s (default: $DPTRAIN_HEARTBEAT_INTERVAL or 2).
+
+        on_lost(reason) is called (once, on that thread) when no heartbeat got an answer for
+        `lost_after` seconds, or when a heartbeat failed and the launcher process is gone."""
         if not self.enabled or self._thread is not None:
             return
         if interval is None:
@@ -178,21 +208,30 @@ class CoordinatorClient:
             except ValueError:
                 interval = 2.0
         self._stop.clear()
-        self._thread = threading.Thread(target=self._beat, args=(max(0.05, interval),),
+        self._thread = threading.Thread(target=self._beat, args=(max(0.05, interval), lost_after, on_lost),
                                         name="dptrain-heartbeat", daemon=True)
         self._thread.start()
 
-    def _beat(self, interval: float) -> None:
+    def _beat(self, interval: float, lost_after: float | None = None, on_lost=None) -> None:
+        last_ok = time.monotonic()
         while not self._stop.is_set():
             try:
                 self.heartbeat()
                 self.failures = 0
+                last_ok = time.monotonic()
             except (CoordinatorError, ProtocolError, zmq.ZMQError) as e:
                 self.failures += 1
                 now = time.time()
                 if now - self._warned_at > 30:
                     self._warned_at = now
                     print(f"[dptrain rank {self.rank}] warning: heartbeat failed: {e}", file=sys.stderr, flush=True)
+                if on_lost is not None and not self._stop.is_set():
+                    silent = time.monotonic() - last_ok
+                    gone = launcher_gone()
+                    if gone or (lost_after and silent > lost_after):
+                        on_lost(gone or f"the coordinator at {self.addr} has not answered for {silent:.0f} s "
+                                        f"(fault_tolerance.heartbeat_timeout {lost_after:g} s)")
+                        return
             self._stop.wait(interval)
 
     def stop_heartbeat(self, timeout: float = 5.0) -> None:

@@ -18,6 +18,21 @@ import traceback
 #: Exit code of a worker that stopped because a *peer* failed first (lost connection, dead
 #: process, aborted collective).  Launchers use it to report the root cause, not its echo.
 EXIT_PEER_FAILURE = 75   # sysexits EX_TEMPFAIL: the cause is elsewhere; a restart may fix it
+#: Exit code of a worker whose launcher (and coordinator) disappeared: nobody supervises the run any more.
+EXIT_LAUNCHER_LOST = 69  # sysexits EX_UNAVAILABLE
+
+
+def _stop_orphan(rank, run_dir):
+    """Heartbeat thread: the launcher is gone, so stop instead of training on unsupervised (the
+    checkpoint files are written to a temporary name and renamed, so stopping here loses nothing
+    but the steps since the last checkpoint)."""
+    def stop(reason):
+        where = f" in {os.path.join(run_dir, 'checkpoints')}" if run_dir else ""
+        print(f"error on rank {rank}: {reason}; this worker stops rather than train on unsupervised. "
+              f"The newest checkpoint{where} is intact: run the same command again to resume.",
+              file=sys.stderr, flush=True)
+        os._exit(EXIT_LAUNCHER_LOST)
+    return stop
 
 
 def _log(rank):
@@ -49,7 +64,9 @@ def main(argv=None) -> int:
         client = CoordinatorClient.from_env(rank=communicator.rank)
         if client is not None:
             client.register()
-            client.start_heartbeat(cfg.fault_tolerance.heartbeat_interval)
+            client.start_heartbeat(cfg.fault_tolerance.heartbeat_interval,
+                                   lost_after=cfg.fault_tolerance.heartbeat_timeout,
+                                   on_lost=_stop_orphan(communicator.rank, run_dir))
         if cfg.job.script:
             sys.argv = [cfg.job.script] + list(cfg.job.script_args)
             runpy.run_path(cfg.job.script, run_name="__main__")

@@ -30,7 +30,7 @@ WORKER_ENV_VARS = (
     "DPTRAIN_JOB_SECRET", "DPTRAIN_RUN_DIR", "DPTRAIN_CONFIG", "DPTRAIN_COMM_BACKEND", "DPTRAIN_ALLREDUCE",
     "DPTRAIN_RESTART", "DPTRAIN_RESTART_COUNT", "DPTRAIN_MAX_RESTARTS", "DPTRAIN_HEARTBEAT_INTERVAL",
     "DPTRAIN_PROGRESS",
-    "DPTRAIN_LAUNCHER", "DPTRAIN_PLACEMENT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+    "DPTRAIN_LAUNCHER", "DPTRAIN_LAUNCHER_PID", "DPTRAIN_LAUNCHER_HOST", "DPTRAIN_PLACEMENT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
     "PYTHONUNBUFFERED",
 )
 PER_RANK_VARS = ("DPTRAIN_RANK", "DPTRAIN_WORLD_SIZE", "DPTRAIN_LOCAL_RANK", "DPTRAIN_LOCAL_WORLD_SIZE",
@@ -115,6 +115,9 @@ class Job:
             "DPTRAIN_MAX_RESTARTS": str(cfg["fault_tolerance"]["max_restarts"]),
             "DPTRAIN_HEARTBEAT_INTERVAL": f"{cfg['fault_tolerance']['heartbeat_interval']:g}",
             "DPTRAIN_LAUNCHER": self.mode,
+            # workers on this host stop when this process is gone (see cluster/heartbeat.py)
+            "DPTRAIN_LAUNCHER_PID": str(os.getpid()),
+            "DPTRAIN_LAUNCHER_HOST": socket.gethostname(),
             "DPTRAIN_PLACEMENT": self.run.file("placement.json"),
             "OMP_NUM_THREADS": threads,
             "OPENBLAS_NUM_THREADS": threads,

@@ -42,7 +42,9 @@ def _common_exports(job: Job, backend: str, launcher: str) -> str:
     fixed = {k: v for k, v in env.items() if k not in (
         "DPTRAIN_JOB_SECRET", "DPTRAIN_RUN_DIR", "DPTRAIN_CONFIG", "DPTRAIN_PLACEMENT", "DPTRAIN_COORD_ADDR",
         "DPTRAIN_MASTER_ADDR", "DPTRAIN_MASTER_PORT", "DPTRAIN_RESTART", "DPTRAIN_RESTART_COUNT",
-        "DPTRAIN_COMM_BACKEND", "DPTRAIN_LAUNCHER")}
+        "DPTRAIN_COMM_BACKEND", "DPTRAIN_LAUNCHER",
+        # `dptrain script` exits at once; the script's coordinator is watched by heartbeats alone
+        "DPTRAIN_LAUNCHER_PID", "DPTRAIN_LAUNCHER_HOST")}
     fixed["DPTRAIN_COMM_BACKEND"] = backend
     fixed["DPTRAIN_LAUNCHER"] = launcher
     lines = [

@@ -261,6 +261,51 @@ def test_request_timeout_names_the_address():
         s.close(0)
 
 
+def test_silent_coordinator_calls_on_lost_after_the_heartbeat_timeout(monkeypatch):
+    """A worker whose coordinator stopped answering (launcher killed on another host) gives up after
+    `lost_after` seconds instead of training on unsupervised."""
+    monkeypatch.delenv("DPTRAIN_LAUNCHER_PID", raising=False)
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.ROUTER)      # a coordinator that never answers
+    port = s.bind_to_random_port("tcp://127.0.0.1")
+    c = CoordinatorClient(f"tcp://127.0.0.1:{port}", SECRET, 3, world_size=4, timeout=0.2)
+    lost = []
+    try:
+        t0 = time.monotonic()
+        c.start_heartbeat(0.05, lost_after=1.0, on_lost=lambda why: lost.append((why, time.monotonic() - t0)))
+        deadline = time.monotonic() + 10
+        while not lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lost, "on_lost was never called"
+        why, after = lost[0]
+        assert f"127.0.0.1:{port} has not answered for" in why and "heartbeat_timeout 1 s" in why, why
+        assert 1.0 <= after < 3.0, after
+        time.sleep(0.5)
+        assert len(lost) == 1               # once, and the thread has stopped
+    finally:
+        c.stop_heartbeat()
+        c.close()
+        s.close(0)
+
+
+def test_launcher_gone_checks_the_pid_on_this_host_only(monkeypatch):
+    import socket
+
+    from cluster.heartbeat import launcher_gone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    monkeypatch.setenv("DPTRAIN_LAUNCHER_HOST", socket.gethostname())
+    monkeypatch.setenv("DPTRAIN_LAUNCHER_PID", str(dead.pid))
+    assert launcher_gone() == f"the launcher (pid {dead.pid}) has exited"
+    monkeypatch.setenv("DPTRAIN_LAUNCHER_PID", str(os.getpid()))
+    assert launcher_gone() == ""
+    monkeypatch.setenv("DPTRAIN_LAUNCHER_PID", str(dead.pid))
+    monkeypatch.setenv("DPTRAIN_LAUNCHER_HOST", "some-other-host")
+    assert launcher_gone() == ""            # another host's pid means nothing here
+    monkeypatch.delenv("DPTRAIN_LAUNCHER_PID")
+    assert launcher_gone() == ""
+
+
 @pytest.mark.timeout(40)
 def test_standalone_coordinator_kills_job_on_dead_rank(tmp_path):
     """`python -m cluster.coordinator` (used by launch scripts) SIGTERMs the pid in --kill-pidfile."""

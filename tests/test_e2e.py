@@ -100,3 +100,61 @@ def test_bad_config_exits_2_naming_the_dotted_path_and_starts_nothing(tmp_path):
     assert p.returncode == 2
     assert "cluster.nodes.0.slots" in p.stderr and "job.optimizer.lr" in p.stderr
     assert not out.exists()
+
+
+def _workers_of(run_dir, everything=False):
+    """Pids of the workers whose environment names this run directory (everything: also mpiexec, its
+    proxies and the per-rank wrappers)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            continue
+        if f"DPTRAIN_RUN_DIR={run_dir}".encode() in env and (
+                everything or (b"cluster.worker" in cmd and b"mpiworker" not in cmd)):
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("backend", ["zmq", "mpi"])
+def test_workers_stop_when_the_launcher_is_killed(tmp_path, backend):
+    """kill -9 of `dptrain run` (OOM killer, closed session) must not leave workers training as orphans."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "launcher", "run", "configs/local.yaml", *QUICK, "job.epochs=1000",
+            f"cluster.backend={backend}", f"output.dir={out}", "fault_tolerance.heartbeat_timeout=20"]
+    p = subprocess.Popen(args, cwd=ROOT, env=base_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_workers_of(out)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _workers_of(out)
+        assert len(workers) == 2, "the workers did not start"
+        time.sleep(1.0)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        t0 = time.monotonic()
+        while _workers_of(out, everything=True) and time.monotonic() - t0 < 30:
+            time.sleep(0.2)
+        left = _workers_of(out, everything=True)
+        assert not left, f"processes {left} still running {time.monotonic() - t0:.0f} s after the launcher died"
+        # well before the 20 s heartbeat timeout: the launcher's pid is checked on this host
+        assert time.monotonic() - t0 < 15
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        for pid in _workers_of(out, everything=True):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
