@@ -24,16 +24,15 @@ gets an ordinary private array instead and the collectives take the ring.
 
 from __future__ import annotations
 
-import mmap
 import os
-import secrets
 import warnings
 import weakref
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-SHM_DIR = "/dev/shm"
+from .shm import SHM_DIR, create_file, open_file, remove_file
+
 PREFIX = "dptrain-buf-"
 NAME_BYTES = 96
 _warned = False
@@ -58,36 +57,6 @@ def shm_enabled() -> bool:
 def buffer_key(x) -> Tuple[int, int]:
     """(address, bytes): identifies a whole buffer handed back by `alloc` (not a slice of it)."""
     return int(x.__array_interface__["data"][0]), int(x.nbytes)
-
-
-class _Mapping:
-    """One rank's file, mapped here."""
-
-    def __init__(self, path: str, nbytes: int, create: bool):
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = os.open(path, flags, 0o600)
-        try:
-            if create:
-                if hasattr(os, "posix_fallocate"):
-                    os.posix_fallocate(fd, 0, max(nbytes, 1))
-                else:  # pragma: no cover - non-Linux
-                    os.ftruncate(fd, max(nbytes, 1))
-            elif os.fstat(fd).st_size < nbytes:
-                raise OSError(f"{path} is smaller than {nbytes} bytes")
-            self.map = mmap.mmap(fd, max(nbytes, 1))
-        finally:
-            os.close(fd)
-        self.path = path
-
-    def array(self, numel: int, dtype) -> np.ndarray:
-        return np.frombuffer(self.map, dtype=dtype, count=numel)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 class SharedBuffers:
@@ -118,39 +87,33 @@ class SharedBuffers:
         dtype = np.dtype(dtype)
         nbytes = int(numel) * dtype.itemsize
         rank = self.rank
-        mine: Optional[_Mapping] = None
+        mine_path, maps = "", []
         if shm_enabled() and os.path.isdir(SHM_DIR):
-            path = os.path.join(SHM_DIR, f"{PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
             try:
-                mine = _Mapping(path, nbytes, create=True)
+                mine_path, mine_map = create_file(PREFIX, nbytes)
             except OSError as exc:
-                _unlink(path)
-                mine = None
                 _warn_once(nbytes, exc.strerror or str(exc))
-        names = exchange(_pad(mine.path if mine else ""), 1)
+        names = exchange(_pad(mine_path), 1)
         paths = [bytes(n).rstrip(b"\0").decode() for n in names]
-        maps: List[Optional[_Mapping]] = []
         ok = all(paths)
         if ok:
             for r, p in enumerate(paths):
                 if r == rank:
-                    maps.append(mine)
+                    maps.append(mine_map)
                     continue
                 try:
-                    if os.path.dirname(p) != SHM_DIR or not os.path.basename(p).startswith(PREFIX):
-                        raise OSError(f"refusing shared memory path {p!r}")
-                    maps.append(_Mapping(p, nbytes, create=False))
+                    maps.append(open_file(p, PREFIX, nbytes))
                 except OSError as exc:
                     ok = False
                     _warn_once(nbytes, f"mapping rank {r}'s buffer: {exc.strerror or exc}")
                     break
         # Second round: everyone has mapped (or given up), so the names can go; all agree on the outcome.
         agreed = all(bytes(rec)[:1] == b"1" for rec in exchange(_pad("1" if ok else "0"), 2))
-        if mine is not None:
-            _unlink(mine.path)
+        if mine_path:
+            remove_file(mine_path)
         if not agreed:
             return np.zeros(numel, dtype=dtype)
-        views: List[Optional[np.ndarray]] = [m.array(numel, dtype) for m in maps]
+        views: List[Optional[np.ndarray]] = [np.frombuffer(m, dtype=dtype, count=numel) for m in maps]
         own = views[rank]
         views[rank] = None
         key = buffer_key(own)

@@ -1,4 +1,4 @@
-"""Shared-memory slots for ZeroMQ links between ranks on the same host.
+"""Shared-memory files in /dev/shm, and the slots ZeroMQ links use between ranks on one host.
 
 Over loopback TCP every byte is copied twice by the kernel, which caps a 2-rank
 ring near 1 GB/s on a small machine.  For a same-host neighbour the ZeroMQ
@@ -25,61 +25,75 @@ import numpy as np
 SHM_DIR = "/dev/shm"
 
 
+def create_file(prefix: str, nbytes: int):
+    """(path, mmap) of a new 0600 file in /dev/shm named prefix + pid + random hex.
+
+    The pages are reserved now: a full /dev/shm fails here with OSError (ENOSPC), not as
+    SIGBUS on the first write into the mapping.  Raises OSError when impossible."""
+    path = os.path.join(SHM_DIR, f"{prefix}{os.getpid()}-{secrets.token_hex(8)}")
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, max(nbytes, 1))
+        else:  # pragma: no cover - non-Linux
+            os.ftruncate(fd, max(nbytes, 1))
+        return path, mmap.mmap(fd, max(nbytes, 1))
+    except BaseException:
+        remove_file(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def open_file(path: str, prefix: str, nbytes: int) -> mmap.mmap:
+    """Map a peer's file from `create_file` (checked to be ours and big enough); raises OSError."""
+    if os.path.dirname(path) != SHM_DIR or not os.path.basename(path).startswith(prefix):
+        raise OSError(f"refusing shared memory path {path!r}")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if os.fstat(fd).st_size < nbytes:
+            raise OSError(f"{path} is smaller than {nbytes} bytes")
+        return mmap.mmap(fd, max(nbytes, 1))
+    finally:
+        os.close(fd)
+
+
 class ShmRegion:
     """`slots` buffers of `slot_bytes` each in one shared mapping."""
 
-    def __init__(self, path: str, slots: int, slot_bytes: int, fd: int, owner: bool):
+    PREFIX = "dptrain-comm-"
+
+    def __init__(self, path: str, slots: int, slot_bytes: int, mapping: mmap.mmap, owner: bool):
         self.path = path
         self.slots = slots
         self.slot_bytes = slot_bytes
         self.owner = owner
-        self._map = mmap.mmap(fd, slots * slot_bytes)
-        os.close(fd)
+        self._map = mapping
         whole = np.frombuffer(self._map, dtype=np.uint8)
         self.views: List[np.ndarray] = [whole[i * slot_bytes:(i + 1) * slot_bytes] for i in range(slots)]
         self.free: List[int] = list(range(slots))[::-1]
 
     @staticmethod
     def create(slots: int, slot_bytes: int) -> Optional["ShmRegion"]:
-        """A new region in /dev/shm, or None when shared memory is unavailable."""
+        """A new region in /dev/shm, or None when shared memory is unavailable (the link falls back to TCP)."""
         if not os.path.isdir(SHM_DIR):
             return None
-        path = os.path.join(SHM_DIR, f"dptrain-comm-{os.getpid()}-{secrets.token_hex(8)}")
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            path, mapping = create_file(ShmRegion.PREFIX, slots * slot_bytes)
         except OSError:
             return None
-        try:
-            # Reserve the pages now: a full /dev/shm must fail here (and fall back to TCP),
-            # not as SIGBUS on the first write into the mapping.
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fd, 0, slots * slot_bytes)
-            else:  # pragma: no cover - non-Linux
-                os.ftruncate(fd, slots * slot_bytes)
-            return ShmRegion(path, slots, slot_bytes, fd, owner=True)
-        except OSError:
-            os.close(fd)
-            _unlink(path)
-            return None
+        return ShmRegion(path, slots, slot_bytes, mapping, owner=True)
 
     @staticmethod
     def attach(path: str, slots: int, slot_bytes: int) -> "ShmRegion":
         """Map the sender's region and remove its name (raises OSError when impossible)."""
-        if os.path.dirname(path) != SHM_DIR or not os.path.basename(path).startswith("dptrain-comm-"):
-            raise OSError(f"refusing shared memory path {path!r}")
-        fd = os.open(path, os.O_RDWR)
-        try:
-            if os.fstat(fd).st_size < slots * slot_bytes:
-                raise OSError(f"{path} is smaller than {slots} x {slot_bytes} bytes")
-            region = ShmRegion(path, slots, slot_bytes, fd, owner=False)
-        except BaseException:
-            os.close(fd)
-            raise
-        _unlink(path)
+        region = ShmRegion(path, slots, slot_bytes, open_file(path, ShmRegion.PREFIX, slots * slot_bytes),
+                           owner=False)
+        remove_file(path)
         return region
 
     def unlink(self) -> None:
-        _unlink(self.path)
+        remove_file(self.path)
 
     def close(self) -> None:
         if self.owner:
@@ -91,7 +105,8 @@ class ShmRegion:
             pass  # a numpy view is still alive somewhere: the mapping goes with it
 
 
-def _unlink(path: str) -> None:
+def remove_file(path: str) -> None:
+    """Unlink, ignoring a name that is already gone."""
     try:
         os.unlink(path)
     except OSError:
