@@ -337,6 +337,8 @@ class Trainer:
             self.log(f"training {self.cfg.job.model} on {self.size} worker(s): global batch "
                      f"{self.cfg.job.global_batch_size} ({self.local_batch} per worker), {self.total_steps} "
                      f"steps, device {self.device}" + (", optimizer sharded (ZeRO-1)" if self.sharded else "")
+                     + (", gradients reduced in same-host shared memory" if self.size > 1 and all(
+                         self.comm.is_shared(b.flat) for b in self.ddp.buckets) else "")
                      + (" (resumed)" if resumed else ""))
         sps = self.train()
         if self._checkpoint_step != self.step:
