@@ -105,7 +105,9 @@ class SharedBuffers:
                     maps.append(open_file(p, PREFIX, nbytes))
                 except OSError as exc:
                     ok = False
-                    _warn_once(nbytes, f"mapping rank {r}'s buffer: {exc.strerror or exc}")
+                    _warn_once(nbytes, f"cannot map rank {r}'s buffer: {exc.strerror or exc}; ranks with the "
+                                       f"same host name and boot id that do not share {SHM_DIR} are separate "
+                                       f"containers, where this is expected")
                     break
         # Second round: everyone has mapped (or given up), so the names can go; all agree on the outcome.
         agreed = all(bytes(rec)[:1] == b"1" for rec in exchange(_pad("1" if ok else "0"), 2))
