@@ -189,15 +189,20 @@ def main():
             runs[key].append(_launch(key[0], key[1], args)["samples_per_s"])
     for label, kind in kinds:
         s1, s2 = statistics.median(runs[(kind, 1)]), statistics.median(runs[(kind, 2)])
-        rows.append((label, s1, s2, s2 / s1))
+        # each 2-worker launch ran right after its 1-worker launch: the median of those ratios
+        # cancels the machine's slow drift in speed, which the ratio of medians does not
+        paired = statistics.median(b / a for a, b in zip(runs[(kind, 1)], runs[(kind, 2)]))
+        rows.append((label, s1, s2, s2 / s1, paired))
     print(f"\nseed CNN, global batch {a.batch}, 1 thread per worker, median of {a.steps} steps, median of "
           f"{max(1, a.repeats)} launches — "
           f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores")
     print(f"| {'implementation':<28} | {'1 worker (samples/s)':>20} | {'2 workers (samples/s)':>21} | "
-          f"{'scaling':>7} |")
-    print(f"|{'-' * 30}|{'-' * 22}:|{'-' * 23}:|{'-' * 8}:|")
-    for label, s1, s2, sc in rows:
-        print(f"| {label:<28} | {s1:>20.0f} | {s2:>21.0f} | {sc:>6.2f}x |")
+          f"{'scaling':>7} | {'paired':>6} |")
+    print(f"|{'-' * 30}|{'-' * 22}:|{'-' * 23}:|{'-' * 8}:|{'-' * 7}:|")
+    for label, s1, s2, sc, paired in rows:
+        print(f"| {label:<28} | {s1:>20.0f} | {s2:>21.0f} | {sc:>6.2f}x | {paired:>5.2f}x |")
+    print("scaling = median 2-worker / median 1-worker figure; paired = median of the per-launch ratios "
+          "(each 2-worker launch against the 1-worker launch just before it)")
     if not have_torch:
         print("(torch is not installed: `pip install torch==2.13.0` adds the PyTorch DDP row)")
 

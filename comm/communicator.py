@@ -294,6 +294,8 @@ class Communicator:
 
         fields = dict(kind="allreduce", op=op, dtype=x.dtype.str, shape=tuple(x.shape), algorithm=algo,
                       **self._settings(algo, small=True))
+        if views is not None:
+            fields["buffer"] = self._shared.index(x)
         return self._launch(fields, body, sync)
 
     # -- broadcast ---------------------------------------------------------------------------------
@@ -493,6 +495,8 @@ class Communicator:
         algo = "shared" if views is not None else "ring"
         fields = dict(kind=kind, op=op or "", dtype=flat.dtype.str, shape=tuple(flat.shape), algorithm=algo,
                       **self._settings(algo))
+        if views is not None:       # two ranks on two different shared buffers would read the wrong peers
+            fields["buffer"] = self._shared.index(flat)
         return self._launch(fields, body, sync)
 
     # -- shared buffers ----------------------------------------------------------------------------

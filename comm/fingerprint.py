@@ -46,11 +46,12 @@ class Fingerprint:
     algorithm: str = ""
     segment: int = 0  # ring segment size: ranks must cut messages alike
     small: int = 0    # all-reduce small-array threshold: ranks must pick the same path
+    buffer: int = -1  # which Communicator.alloc buffer (allocation order, equal on every rank)
 
     def encode(self) -> bytes:
         shape: object = list(self.shape) if self.shape is not None else None
         fields = [self.seq, _code(self.kind, _KINDS), _code(self.op, _OPS), self.dtype, shape, self.root,
-                  _code(self.algorithm, _ALGOS), self.segment, self.small]
+                  _code(self.algorithm, _ALGOS), self.segment, self.small, self.buffer]
         body = msgpack.packb(fields, use_bin_type=True)
         if len(body) > RECORD_BYTES - 1 and self.shape is not None:
             # Long shapes travel as (ndim, element count, crc) so the record stays fixed-size.
@@ -70,14 +71,14 @@ class Fingerprint:
         if n == 0 or n > RECORD_BYTES - 1:
             raise CommError("received a malformed collective fingerprint (protocol error)")
         try:
-            seq, kind, op, dtype, shape, root, algorithm, segment, small = msgpack.unpackb(
+            seq, kind, op, dtype, shape, root, algorithm, segment, small, buffer = msgpack.unpackb(
                 bytes(record[1:1 + n]), raw=False, max_bin_len=RECORD_BYTES, max_str_len=RECORD_BYTES,
                 max_array_len=RECORD_BYTES, max_map_len=0)
         except Exception as exc:  # noqa: BLE001 - any decode failure is a protocol error
             raise CommError(f"received a malformed collective fingerprint ({exc})") from None
         return Fingerprint(seq, _name(kind, _KINDS), _name(op, _OPS), dtype,
                            tuple(shape) if shape is not None else None, root, _name(algorithm, _ALGOS),
-                           segment, small)
+                           segment, small, buffer)
 
     def describe(self, settings: bool = False) -> str:
         """Readable form; settings=True adds the segment / small-array settings."""
@@ -99,6 +100,8 @@ class Fingerprint:
             parts.append(f"root={self.root}")
         if self.algorithm:
             parts.append(f"algorithm={self.algorithm}")
+        if self.buffer >= 0:
+            parts.append(f"alloc buffer #{self.buffer}")
         if settings:
             parts.append(f"DPTRAIN_COMM_SEGMENT_BYTES={self.segment}")
             parts.append(f"DPTRAIN_COMM_SMALL_BYTES={self.small}")

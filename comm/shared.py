@@ -67,6 +67,12 @@ class SharedBuffers:
         # key -> the other ranks' views (None in our slot: holding our own array here would keep it
         # alive forever; the entry goes when our array does)
         self._peers: Dict[Tuple[int, int], List[Optional[np.ndarray]]] = {}
+        self._index: Dict[Tuple[int, int], int] = {}
+        self._allocated = 0     # collective allocations so far: the same count on every rank
+
+    def index(self, x) -> int:
+        """The allocation number of a shared buffer (equal on every rank), -1 for anything else."""
+        return self._index.get(buffer_key(x), -1) if self._peers and isinstance(x, np.ndarray) else -1
 
     def lookup(self, x) -> Optional[List[np.ndarray]]:
         """Every rank's copy of `x` (in rank order) if `x` is a whole buffer from `allocate`."""
@@ -87,6 +93,8 @@ class SharedBuffers:
         dtype = np.dtype(dtype)
         nbytes = int(numel) * dtype.itemsize
         rank = self.rank
+        number = self._allocated
+        self._allocated += 1
         mine_path, maps = "", []
         if shm_enabled() and os.path.isdir(SHM_DIR):
             try:
@@ -120,8 +128,13 @@ class SharedBuffers:
         views[rank] = None
         key = buffer_key(own)
         self._peers[key] = views
-        weakref.finalize(own, self._peers.pop, key, None)
+        self._index[key] = number
+        weakref.finalize(own, self._forget, key)
         return own
+
+    def _forget(self, key) -> None:
+        self._peers.pop(key, None)
+        self._index.pop(key, None)
 
 
 def _pad(text: str) -> bytes:

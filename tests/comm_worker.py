@@ -228,6 +228,15 @@ def suite(c, ck: Checker, algorithms) -> None:
         except CollectiveMismatchError as exc:
             ck.true("shared vs private message", "algorithm=shared" in str(exc) and "algorithm=ring" in str(exc),
                     str(exc))
+        # two shared buffers of one shape: rank 0 on the first, the others on the second (the ring
+        # could not tell these apart; here each rank would read the wrong buffer of its peers)
+        other = c.alloc(16, "float32")
+        try:
+            c.reduce_scatter_inplace(mine if r == 0 else other)
+            ck.true("two shared buffers raises", False, "no error")
+        except CollectiveMismatchError as exc:
+            ck.true("two shared buffers message", "alloc buffer #" in str(exc), str(exc))
+        c.allreduce(other)                  # still usable
 
     # barrier and objects
     c.barrier()
