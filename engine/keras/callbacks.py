@@ -1,4 +1,5 @@
-"""Callbacks: History (returned by fit), the tqdm progress bar, EarlyStopping.
+"""Callbacks: History (returned by fit), the tqdm progress bar, and the ones Keras scripts use most:
+EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, LearningRateScheduler, CSVLogger, TerminateOnNaN.
 
 The hook names and the `logs` dicts follow Keras, so simple user callbacks port
 unchanged.  The progress bar is a tqdm bar per epoch (verbose=1) or one line per
@@ -6,11 +7,14 @@ epoch (verbose=2); off a terminal it refreshes rarely so logs stay readable.
 """
 from __future__ import annotations
 
+import csv
 import math
+import os
 import sys
 import time
 
-__all__ = ["Callback", "History", "ProgbarLogger", "EarlyStopping", "LambdaCallback", "CallbackList"]
+__all__ = ["Callback", "History", "ProgbarLogger", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
+           "LearningRateScheduler", "CSVLogger", "TerminateOnNaN", "LambdaCallback", "CallbackList"]
 
 
 class Callback:
@@ -102,37 +106,60 @@ class ProgbarLogger(Callback):
                   f"{1000 * dt / steps:.0f}ms/step - {_fmt(logs)}", file=self.file, flush=True)
 
 
+class _Monitor:
+    """Which way `monitor` should move, and whether a value beats the best so far (Keras' rule:
+    mode 'auto' means max for accuracy-like keys, min otherwise)."""
+
+    def __init__(self, owner, monitor, mode, min_delta):
+        if mode == "auto":
+            mode = "max" if ("acc" in monitor or monitor.startswith(("fmeasure", "auc"))) else "min"
+        if mode not in ("min", "max"):
+            raise ValueError(f"{owner}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.owner, self.monitor, self.mode, self.min_delta = owner, monitor, mode, abs(min_delta)
+        self.reset()
+
+    def reset(self):
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def value(self, logs, required=True):
+        value = (logs or {}).get(self.monitor)
+        if value is None and required:
+            raise KeyError(f"{self.owner} monitors {self.monitor!r} but the epoch logs only have "
+                           f"{sorted(logs or {})}; pass validation data or monitor another key")
+        return value
+
+    def improved(self, value) -> bool:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+
 class EarlyStopping(Callback):
     """Stop when `monitor` has not improved by `min_delta` for `patience` epochs."""
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
                  restore_best_weights=False, verbose=0):
         super().__init__()
-        self.monitor, self.min_delta, self.patience = monitor, abs(min_delta), patience
-        if mode == "auto":
-            mode = "max" if ("acc" in monitor) else "min"
-        if mode not in ("min", "max"):
-            raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
-        self.mode, self.restore_best_weights, self.verbose = mode, restore_best_weights, verbose
+        self._m = _Monitor("EarlyStopping", monitor, mode, min_delta)
+        self.monitor, self.min_delta, self.patience, self.mode = monitor, self._m.min_delta, patience, self._m.mode
+        self.restore_best_weights, self.verbose = restore_best_weights, verbose
+
+    @property
+    def best(self):
+        return self._m.best
 
     def on_train_begin(self, logs=None):
         self.wait = 0
-        self.best = math.inf if self.mode == "min" else -math.inf
+        self._m.reset()
         self.best_weights = None
         self.stopped_epoch = 0
 
-    def _improved(self, value):
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
-
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None:
-            raise KeyError(f"EarlyStopping monitors {self.monitor!r} but the epoch logs only have "
-                           f"{sorted(logs or {})}; pass validation data or monitor another key")
-        if self._improved(value):
-            self.best, self.wait = value, 0
+        value = self._m.value(logs)
+        if self._m.improved(value):
+            self._m.best, self.wait = value, 0
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
             return
@@ -144,6 +171,168 @@ class EarlyStopping(Callback):
                 print(f"Epoch {epoch + 1}: early stopping", flush=True)
             if self.restore_best_weights and self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (or its weights) after every epoch, or only when `monitor` improved.
+
+    filepath may hold format fields filled from the epoch (1-based) and the logs, as in Keras:
+    "ckpt-{epoch:02d}-{val_loss:.3f}.keras".  Files are written by model.save / save_weights
+    (safetensors + JSON, no pickle; engine.save writes a temporary file and renames it, so a crash
+    never leaves a half-written checkpoint under the final name)."""
+
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
+                 mode="auto", save_freq="epoch", initial_value_threshold=None):
+        super().__init__()
+        if save_freq != "epoch":
+            raise ValueError("ModelCheckpoint: only save_freq='epoch' is supported")
+        self.filepath, self.verbose = os.fspath(filepath), verbose
+        self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
+        self._m = _Monitor("ModelCheckpoint", monitor, mode, 0.0)
+        self.monitor, self.initial_value_threshold = monitor, initial_value_threshold
+
+    @property
+    def best(self):
+        return self._m.best
+
+    def on_train_begin(self, logs=None):
+        self._m.reset()
+        if self.initial_value_threshold is not None:
+            self._m.best = float(self.initial_value_threshold)
+
+    def _path(self, epoch, logs):
+        try:
+            return self.filepath.format(epoch=epoch + 1, **(logs or {}))
+        except KeyError as e:
+            raise KeyError(f"ModelCheckpoint: filepath {self.filepath!r} names {e.args[0]!r}, which is not "
+                           f"in the epoch logs {sorted(logs or {})}") from None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_best_only:
+            value = self._m.value(logs)
+            if not self._m.improved(value):
+                if self.verbose:
+                    print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self._m.best:.5f}", flush=True)
+                return
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: {self.monitor} improved from {self._m.best:.5f} to {value:.5f}",
+                      flush=True)
+            self._m.best = value
+        path = self._path(epoch, logs)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if self.save_weights_only:
+            self.model.save_weights(path, overwrite=True)
+        else:
+            self.model.save(path, overwrite=True)
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: saving model to {path}", flush=True)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by `factor` when `monitor` has not improved for `patience` epochs."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0, **kwargs):
+        super().__init__()
+        if kwargs:
+            raise TypeError(f"ReduceLROnPlateau: unsupported arguments {sorted(kwargs)}")
+        if not 0.0 < factor < 1.0:
+            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor}")
+        self._m = _Monitor("ReduceLROnPlateau", monitor, mode, min_delta)
+        self.monitor, self.factor, self.patience, self.verbose = monitor, float(factor), patience, verbose
+        self.cooldown, self.min_lr = cooldown, float(min_lr)
+
+    def on_train_begin(self, logs=None):
+        self._m.reset()
+        self.wait, self.cooldown_counter = 0, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        opt = self.model.optimizer
+        logs["learning_rate"] = opt.learning_rate
+        value = self._m.value(logs)
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._m.improved(value):
+            self._m.best, self.wait = value, 0
+            return
+        if self.cooldown_counter > 0:
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            old = opt.learning_rate
+            new = max(old * self.factor, self.min_lr)
+            if new < old:
+                opt.learning_rate = new
+                if self.verbose:
+                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new:g}.", flush=True)
+                self.cooldown_counter, self.wait = self.cooldown, 0
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at the start of every epoch to schedule(epoch) or schedule(epoch, lr)."""
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = self.model.optimizer
+        try:
+            lr = self.schedule(epoch, opt.learning_rate)
+        except TypeError:               # the one-argument form
+            lr = self.schedule(epoch)
+        lr = float(lr)
+        if not math.isfinite(lr):
+            raise ValueError(f"LearningRateScheduler: the schedule returned {lr} for epoch {epoch}")
+        opt.learning_rate = lr
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr:g}.", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = self.model.optimizer.learning_rate
+
+
+class CSVLogger(Callback):
+    """One CSV row per epoch (epoch, then the log keys in sorted order), flushed as it goes."""
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        self.filename, self.sep, self.append = os.fspath(filename), separator, append
+        self._fh = self._writer = self._keys = None
+
+    def on_train_begin(self, logs=None):
+        exists = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
+        self._fh = open(self.filename, "a" if self.append else "w", newline="", encoding="utf-8")
+        self._keys = None
+        self._has_header = exists
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self._keys is None:
+            self._keys = sorted(logs)
+            self._writer = csv.writer(self._fh, delimiter=self.sep)
+            if not self._has_header:
+                self._writer.writerow(["epoch"] + self._keys)
+        self._writer.writerow([epoch] + [logs.get(k, "NA") for k in self._keys])
+        self._fh.flush()
+
+    def on_train_end(self, logs=None):
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class TerminateOnNaN(Callback):
+    """Stop training as soon as a batch loss is NaN or infinite."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            print(f"Batch {batch}: invalid loss, terminating training", flush=True)
+            self.model.stop_training = True
 
 
 class LambdaCallback(Callback):
