@@ -74,12 +74,88 @@ def test_functional_errors_are_clear():
         layers.Add()([a, b])
     with pytest.raises(ValueError, match="takes one input"):
         layers.Dense(2)([a, b])
-    with pytest.raises(NotImplementedError, match="models with 2 inputs are not supported"):
-        keras.Model([inp, keras.Input(shape=(4,))], a)
-    with pytest.raises(ValueError, match="depends on an input that is not `inputs`"):
+    with pytest.raises(ValueError, match=r"input\(s\) \['spare'\] are not used to compute the outputs"):
+        keras.Model([inp, keras.Input(shape=(4,), name="spare")], a)
+    with pytest.raises(ValueError, match="depends on an input that is not in `inputs`"):
         keras.Model(keras.Input(shape=(4,)), a)
     model = keras.Model(inp, layers.Dense(2)(a))
     with pytest.raises(ValueError, match=r'Input 0 of model .* expected shape=\(None, 4\), found shape=\(2, 7\)'):
         model.predict(np.zeros((2, 7), np.float32), verbose=0)
     with pytest.raises(ValueError, match=r"Concatenate\(\)\(\[a, b\]\)|merges a list"):
         layers.Concatenate()(a)
+
+
+def _two_input_model():
+    keras.utils.set_random_seed(11)
+    image = keras.Input(shape=(8, 8, 1), name="image")
+    meta = keras.Input(shape=(3,), name="meta")
+    a = layers.Flatten()(layers.Conv2D(4, (3, 3), activation="relu")(image))
+    b = layers.Dense(4, activation="relu")(meta)
+    joint = layers.Dense(16, activation="relu")(layers.Concatenate()([a, b]))
+    out = layers.Dense(2, activation="softmax")(joint)
+    model = keras.Model(inputs=[image, meta], outputs=out)
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def _two_input_data(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    bright = rng.integers(0, 2, n)
+    img = (0.5 * rng.random((n, 8, 8, 1)) + 0.5 * bright[:, None, None, None]).astype(np.float32)
+    meta = rng.normal(size=(n, 3)).astype(np.float32)
+    y = (bright ^ (meta[:, 0] > 0)).astype(np.int64)           # XOR: needs both inputs
+    return img, meta, y
+
+
+def test_two_input_model_trains_from_a_list_or_a_dict_and_saves(tmp_path):
+    img, meta, y = _two_input_data()
+    model = _two_input_model()
+    assert model.input_names == ["image", "meta"]
+    assert model.input_shape == [(None, 8, 8, 1), (None, 3)]
+    h = model.fit([img, meta], y, epochs=15, batch_size=32, verbose=0, validation_split=0.25)
+    assert h.history["accuracy"][-1] > 0.85 and "val_accuracy" in h.history
+    loss, acc = model.evaluate({"meta": meta, "image": img}, y, verbose=0)      # a dict by input name
+    assert acc > 0.85
+    p_list = model.predict([img, meta], verbose=0)
+    np.testing.assert_array_equal(p_list, model.predict({"image": img, "meta": meta}, batch_size=7, verbose=0))
+    assert p_list.shape == (256, 2)
+    path = tmp_path / "two.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.input_names == ["image", "meta"]
+    np.testing.assert_array_equal(loaded.predict([img, meta], verbose=0), p_list)
+    logs = model.train_on_batch([img[:16], meta[:16]], y[:16], return_dict=True)
+    assert set(logs) == {"loss", "accuracy"}
+
+
+def test_two_input_model_from_a_dataloader_of_tuples():
+    from engine.data import DataLoader, Dataset
+    img, meta, y = _two_input_data(n=96, seed=1)
+
+    class Pairs(Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return (img[i], meta[i]), y[i]
+
+    model = _two_input_model()
+    loader = DataLoader(Pairs(), batch_size=32)
+    model.fit(loader, epochs=1, verbose=0)
+    assert model.predict(loader, verbose=0).shape == (96, 2)
+
+
+def test_two_input_model_bad_input_is_a_clear_error():
+    img, meta, y = _two_input_data(n=32)
+    model = _two_input_model()
+    with pytest.raises(ValueError, match=r"has 2 inputs \['image', 'meta'\]; pass a list of 2 arrays"):
+        model.predict(img, verbose=0)
+    with pytest.raises(ValueError, match=r"has 2 inputs \['image', 'meta'\] but got 3 arrays"):
+        model.predict([img, meta, meta], verbose=0)
+    with pytest.raises(ValueError, match=r"missing \['meta'\], unexpected \['metadata'\]"):
+        model.predict({"image": img, "metadata": meta}, verbose=0)
+    with pytest.raises(ValueError, match="different numbers of samples: image has 32, meta has 31"):
+        model.predict([img, meta[:31]], verbose=0)
+    with pytest.raises(ValueError, match=r'Input 1 "meta" of model .* expected shape=\(None, 3\), found shape=\(32, 4\)'):
+        model.fit([img, np.zeros((32, 4), np.float32)], y, verbose=0)

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..tensor import Tensor
 
-__all__ = ["is_batch_iterable", "as_array", "check_xy", "split_validation", "batch_x"]
+__all__ = ["is_batch_iterable", "as_array", "check_xy", "split_validation", "batch_x", "num_samples",
+           "standardize_inputs"]
 
 
 def is_batch_iterable(x) -> bool:
@@ -32,7 +33,8 @@ def as_array(a, what):
     if isinstance(a, dict) or (isinstance(a, (list, tuple)) and a and hasattr(a[0], "shape")
                                and len(a) > 1 and getattr(a[0], "ndim", 0) >= 1
                                and len({getattr(v, "shape", None) for v in a}) > 1):
-        raise TypeError(f"{what}: models with several inputs/outputs are not supported; pass one array")
+        raise TypeError(f"{what}: this model has one input, so pass one array (a list or dict of arrays is for "
+                        f"a functional model built with several keras.Input)")
     if hasattr(a, "__cuda_array_interface__"):
         return a
     arr = np.asarray(a)
@@ -40,6 +42,36 @@ def as_array(a, what):
         raise TypeError(f"{what}: could not make a numeric array out of {type(a).__name__} "
                         "(ragged lists?)")
     return arr
+
+
+def num_samples(x) -> int:
+    """Rows of x: one array, or the list of arrays of a multi-input model."""
+    return len(x[0]) if isinstance(x, list) else len(x)
+
+
+def standardize_inputs(x, names, what):
+    """The arrays of a model with several inputs, in input order, from a list/tuple or a dict by name."""
+    if isinstance(x, dict):
+        missing = [n for n in names if n not in x]
+        extra = [k for k in x if k not in names]
+        if missing or extra:
+            raise ValueError(f"{what}: the dict must have one array per model input {names}; missing {missing}, "
+                             f"unexpected {extra}")
+        x = [x[n] for n in names]
+    if not isinstance(x, (list, tuple)):
+        raise ValueError(f"{what}: the model has {len(names)} inputs {names}; pass a list of {len(names)} arrays "
+                         f"in that order or a dict by input name, not one {type(x).__name__}")
+    if len(x) != len(names):
+        raise ValueError(f"{what}: the model has {len(names)} inputs {names} but got {len(x)} arrays")
+    arrays = [as_array(a, f"{what}[{i}]") for i, a in enumerate(x)]
+    for i, a in enumerate(arrays):
+        if a.ndim == 0:
+            raise ValueError(f"{what}[{i}] ({names[i]}) must be an array with a batch axis first, got a scalar")
+    lengths = {len(a) for a in arrays}
+    if len(lengths) > 1:
+        raise ValueError(f"{what}: the input arrays have different numbers of samples: "
+                         + ", ".join(f"{n} has {len(a)}" for n, a in zip(names, arrays)))
+    return arrays
 
 
 def check_xy(x, y, loss_name, n_outputs):
@@ -80,6 +112,11 @@ def split_validation(x, y, validation_split):
     """Keras semantics: the *last* fraction of the samples, taken before shuffling."""
     if not 0.0 < validation_split < 1.0:
         raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
+    if isinstance(x, list):
+        (_, y_tr), (_, y_val) = split_validation(x[0], y, validation_split)
+        n = len(x[0])
+        split = int(n * (1.0 - validation_split))
+        return ([a[:split] for a in x], y_tr), ([a[split:] for a in x], y_val)
     n = len(x)
     split = int(n * (1.0 - validation_split))
     if split == 0 or split == n:
@@ -89,7 +126,9 @@ def split_validation(x, y, validation_split):
 
 
 def batch_x(x, idx):
-    """Rows idx of x as float32 (one small copy)."""
+    """Rows idx of x as float32 (one small copy); a list for a multi-input model."""
+    if isinstance(x, list):
+        return [batch_x(a, idx) for a in x]
     b = x[idx]
     if b.dtype != np.float32:
         b = b.astype(np.float32)

@@ -3,8 +3,9 @@
 Why: most Keras code beyond a plain stack (skip connections, two branches merged with
 Add or Concatenate) is written this way.  Calling a layer on a `KerasTensor` builds
 the layer for that shape and records a node (layer, inbound tensors); the model keeps
-the nodes in topological order and replays them on real tensors.  One input and one
-output; a layer may be called more than once (shared weights).
+the nodes in topological order and replays them on real tensors.  Several inputs (a list,
+or a dict by input name; fit/predict take the arrays the same way) and one output; a layer
+may be called more than once (shared weights).
 """
 from __future__ import annotations
 
@@ -65,20 +66,29 @@ class Functional(Model):
     def __init__(self, inputs=None, outputs=None, name=None, trainable=True, **kwargs):
         if kwargs:
             raise TypeError(f"Model: unexpected keyword argument(s) {', '.join(sorted(kwargs))}")
-        inputs, outputs = _single(inputs, "inputs"), _single(outputs, "outputs")
+        inputs, outputs = _input_list(inputs), _single(outputs, "outputs")
         super().__init__(name=name, trainable=trainable)
-        if not isinstance(inputs._layer, InputLayer):
-            raise ValueError("Model(inputs=...): inputs must come from keras.Input(shape=...)")
-        self._input_tensor, self._output_tensor = inputs, outputs
+        self._input_tensors, self._output_tensor = inputs, outputs
         self._nodes = _topological_nodes(inputs, outputs)
         for layer in dict.fromkeys(node[0] for node in self._nodes):   # shared layers once
             if layer.name in self._modules:
                 raise ValueError(f'all layers of a model need unique names; "{layer.name}" is used twice')
             self.add_module(layer.name, layer)
-        self.input_shape_built = inputs.shape
+        names = [t._layer.name for t in inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Model(inputs=...): input names must be unique, got {names}")
+        self.input_names = names
+        self.input_shape_built = inputs[0].shape if len(inputs) == 1 else [t.shape for t in inputs]
         self.output_shape_built = outputs.shape
-        self._batch_input_shape = inputs._layer._batch_input_shape
+        self._batch_input_shape = inputs[0]._layer._batch_input_shape if len(inputs) == 1 else None
         self.built = True
+
+    @property
+    def _input_tensor(self):
+        return self._input_tensors[0]
+
+    def _n_inputs(self):
+        return len(self._input_tensors)
 
     @property
     def input_shape(self):
@@ -90,17 +100,31 @@ class Functional(Model):
 
     @property
     def inputs(self):
-        return [self._input_tensor]
+        return list(self._input_tensors)
 
     @property
     def outputs(self):
         return [self._output_tensor]
 
     def check_input_shape(self, shape, built=True, x_shape=None):
-        expected, shape = self.input_shape_built, tuple(shape)
+        if self._n_inputs() > 1:
+            return self.check_input_shapes([shape], [x_shape])
+        return self._check_one(0, shape, x_shape)
+
+    def check_input_shapes(self, shapes, x_shapes=None):
+        """One shape per model input (the data of a multi-input model)."""
+        if len(shapes) != self._n_inputs():
+            raise ValueError(f'model "{self.name}" has {self._n_inputs()} inputs ({", ".join(self.input_names)}) '
+                             f"but got {len(shapes)} array(s); pass a list in that order or a dict by input name")
+        for i, shape in enumerate(shapes):
+            self._check_one(i, shape, (x_shapes or [None] * len(shapes))[i])
+
+    def _check_one(self, i, shape, x_shape=None):
+        expected, shape = self._input_tensors[i].shape, tuple(shape)
         if not shapes_compatible((None,) + tuple(expected[1:]), (None,) + shape[1:]):
             found = x_shape if x_shape is not None else shape
-            raise InputShapeError(f'Input 0 of model "{self.name}" is incompatible with it: expected '
+            what = f'"{self.input_names[i]}" ' if self._n_inputs() > 1 else ""
+            raise InputShapeError(f'Input {i} {what}of model "{self.name}" is incompatible with it: expected '
                                   f"shape={shape_str(expected)}, found shape={shape_str(found)}")
 
     # ------------------------------------------------------------------ forward
@@ -108,8 +132,9 @@ class Functional(Model):
         return self._output_tensor._layer.output_activation()
 
     def _forward(self, x, training, logits=False):
-        self.check_input_shape(tuple(x.shape))
-        values = {self._input_tensor._id: x}
+        xs = list(x) if isinstance(x, (list, tuple)) else [x]
+        self.check_input_shapes([tuple(t.shape) for t in xs])
+        values = {t._id: v for t, v in zip(self._input_tensors, xs)}
         last = len(self._nodes) - 1
         for i, (layer, inbound, out) in enumerate(self._nodes):
             args = [values[t._id] for t in inbound]
@@ -133,6 +158,10 @@ class Functional(Model):
         self.check_input_shape(tuple(input_shape))
         return self.output_shape_built
 
+    def _build_for_many(self, input_shapes):
+        self.check_input_shapes([tuple(s) for s in input_shapes])
+        return self.output_shape_built
+
     def compute_output_shape(self, input_shape):
         return self.output_shape_built
 
@@ -142,7 +171,7 @@ class Functional(Model):
     # ------------------------------------------------------------------ config
     def get_config(self):
         from .saving import layer_to_json
-        key = {self._input_tensor._id: [self._input_tensor._layer.name, 0]}
+        key = {t._id: [t._layer.name, 0] for t in self._input_tensors}
         nodes, calls = [], {}
         for layer, inbound, out in self._nodes:
             k = calls.get(layer.name, 0)
@@ -154,18 +183,19 @@ class Functional(Model):
             if layer.name not in seen:
                 seen.add(layer.name)
                 layers.append(layer_to_json(layer))
-        inp = self._input_tensor._layer
         return {"name": self.name, "trainable": self.trainable,
-                "input": {"name": inp.name, "shape": list(inp._batch_input_shape[1:])},
+                "inputs": [{"name": t._layer.name, "shape": list(t._layer._batch_input_shape[1:])}
+                           for t in self._input_tensors],
                 "layers": layers, "nodes": nodes, "output": key[self._output_tensor._id]}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         from .layers.core import Input
         from .saving import layer_from_json
-        inp = Input(shape=tuple(config["input"]["shape"]), name=config["input"]["name"])
+        specs = config["inputs"] if "inputs" in config else [config["input"]]   # "input": files before 2026-11-25
+        inputs = [Input(shape=tuple(spec["shape"]), name=spec["name"]) for spec in specs]
         layers = {spec["config"]["name"]: layer_from_json(spec, custom_objects) for spec in config["layers"]}
-        tensors = {(config["input"]["name"], 0): inp}
+        tensors = {(spec["name"], 0): t for spec, t in zip(specs, inputs)}
         calls: dict = {}
         for node in config["nodes"]:
             layer = layers[node["layer"]]
@@ -173,8 +203,23 @@ class Functional(Model):
             k = calls.get(layer.name, 0)
             calls[layer.name] = k + 1
             tensors[(layer.name, k)] = layer(args if len(args) > 1 else args[0])
-        return cls(inputs=inp, outputs=tensors[tuple(config["output"])], name=config.get("name"),
-                   trainable=config.get("trainable", True))
+        return cls(inputs=inputs if len(inputs) > 1 else inputs[0], outputs=tensors[tuple(config["output"])],
+                   name=config.get("name"), trainable=config.get("trainable", True))
+
+
+def _input_list(x):
+    """keras.Model(inputs=...) as a list of Input tensors (a tensor, a list, or a dict by name)."""
+    if isinstance(x, dict):
+        x = list(x.values())
+    xs = list(x) if isinstance(x, (list, tuple)) else [x]
+    if not xs:
+        raise ValueError("Model(inputs=...) needs at least one keras.Input")
+    for t in xs:
+        if not isinstance(t, KerasTensor):
+            raise TypeError(f"Model(inputs=...) expects KerasTensors from keras.Input, got {type(t).__name__}")
+        if not isinstance(t._layer, InputLayer):
+            raise ValueError("Model(inputs=...): inputs must come from keras.Input(shape=...)")
+    return xs
 
 
 def _single(x, what):
@@ -191,18 +236,21 @@ def _single(x, what):
     return x
 
 
-def _topological_nodes(inputs: KerasTensor, outputs: KerasTensor):
+def _topological_nodes(inputs, outputs: KerasTensor):
     """(layer, inbound tensors, output tensor) for every call between inputs and outputs, in order."""
     order, state = [], {}
+    given = {t._id for t in inputs}
+    used = set()
 
     def visit(t):
-        if t is inputs:
+        if t._id in given:
+            used.add(t._id)
             return
         if state.get(t._id) == "done":
             return
         if isinstance(t._layer, InputLayer):
-            raise ValueError(f"Model(outputs=...) depends on an input that is not `inputs` "
-                             f"({t!r}); a model has one input")
+            raise ValueError(f"Model(outputs=...) depends on an input that is not in `inputs` ({t!r}); pass "
+                             f"every keras.Input the outputs use")
         if state.get(t._id) == "visiting":  # pragma: no cover - layer calls cannot form cycles
             raise ValueError("the layer graph has a cycle")
         state[t._id] = "visiting"
@@ -214,4 +262,7 @@ def _topological_nodes(inputs: KerasTensor, outputs: KerasTensor):
     visit(outputs)
     if not order:
         raise ValueError("Model(inputs, outputs): outputs is the input itself; add at least one layer")
+    unused = [t._layer.name for t in inputs if t._id not in used]
+    if unused:
+        raise ValueError(f"Model(inputs=...): input(s) {unused} are not used to compute the outputs")
     return order

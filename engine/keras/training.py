@@ -19,7 +19,8 @@ from . import callbacks as cbks
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
-from .data_adapter import as_array, batch_x, check_xy, is_batch_iterable, split_validation
+from .data_adapter import (as_array, batch_x, check_xy, is_batch_iterable, num_samples, split_validation,
+                           standardize_inputs)
 from .layers.base import Layer, as_tensor_input
 
 __all__ = ["Model"]
@@ -32,6 +33,8 @@ def _verbosity(verbose):
 
 
 def _to_device(arr, device):
+    if isinstance(arr, list):                # the inputs of a multi-input model
+        return [_to_device(a, device) for a in arr]
     if device in (None, "cpu"):
         return Tensor._wrap(arr) if isinstance(arr, np.ndarray) else Tensor(arr)
     return Tensor(arr, device=device)
@@ -131,6 +134,9 @@ class Model(Layer):
 
     def _final_activation(self):
         return None
+
+    def _n_inputs(self):
+        return 1
 
     def _ensure_built(self, x_sample):
         if self.built:
@@ -239,12 +245,15 @@ class Model(Layer):
                     yb = batch[1] if len(batch) > 1 else None
                 else:
                     xb, yb = batch, None
-                xt = as_tensor_input(xb, device)
+                if self._n_inputs() > 1 and isinstance(xb, (list, tuple)):
+                    xt = [as_tensor_input(a, device) for a in xb]
+                else:
+                    xt = as_tensor_input(xb, device)
                 if isinstance(yb, Tensor):
                     yb = yb.data
-                yield xt, yb, xt.shape[0]
+                yield xt, yb, (xt[0] if isinstance(xt, list) else xt).shape[0]
             return
-        n = len(x)
+        n = num_samples(x)
         order = default_generator().permutation(n) if shuffle else None
         for start in range(0, n, batch_size):
             if order is not None:
@@ -253,22 +262,31 @@ class Model(Layer):
                 idx = slice(start, start + batch_size)
             xb = batch_x(x, idx)
             yb = None if y is None else y[idx]
-            yield _to_device(xb, device), yb, xb.shape[0]
+            yield _to_device(xb, device), yb, (xb[0] if isinstance(xb, list) else xb).shape[0]
 
     def _prepare(self, x, y, what):
         if is_batch_iterable(x):
             if y is not None:
                 raise ValueError(f"{what}: when x is a DataLoader (batches of (x, y)), y must be None")
             return x, None
-        x = as_array(x, f"{what} x")
         if x is None:
             raise ValueError(f"{what} needs x")
+        x = self._standardize_x(x, f"{what} x")
         y = as_array(y, f"{what} y")
+        if self.loss is not None:
+            y = check_xy(x[0] if isinstance(x, list) else x, y, self.loss.name, self._n_outputs())
+        return x, y
+
+    def _standardize_x(self, x, what):
+        """x as one array (or a list of arrays for a multi-input model), shapes checked against the model."""
+        if self._n_inputs() > 1:
+            x = standardize_inputs(x, self.input_names, what)
+            self.check_input_shapes([(None,) + tuple(a.shape[1:]) for a in x], [tuple(a.shape) for a in x])
+            return x
+        x = as_array(x, what)
         self._ensure_built(as_tensor_input(x[:1]))
         self.check_input_shape((None,) + tuple(x.shape[1:]), x_shape=tuple(x.shape))
-        if self.loss is not None:
-            y = check_xy(x, y, self.loss.name, self._n_outputs())
-        return x, y
+        return x
 
     def _first_batch_build(self, data):
         if self.built or not is_batch_iterable(data):
@@ -315,7 +333,7 @@ class Model(Layer):
         self._ensure_optimizer()
         device = self._device()
         steps = len(x) if is_batch_iterable(x) and hasattr(x, "__len__") else \
-            (None if is_batch_iterable(x) else math.ceil(len(x) / batch_size))
+            (None if is_batch_iterable(x) else math.ceil(num_samples(x) / batch_size))
         history = cbks.History()
         cb_list = list(callbacks or [])
         if verbose:
@@ -363,7 +381,7 @@ class Model(Layer):
         bar = None
         if verbose == 1:
             from tqdm.auto import tqdm
-            total = math.ceil(len(x) / batch_size) if not is_batch_iterable(x) else \
+            total = math.ceil(num_samples(x) / batch_size) if not is_batch_iterable(x) else \
                 (len(x) if hasattr(x, "__len__") else None)
             bar = tqdm(total=total, desc="Evaluate", unit="step", dynamic_ncols=True)
         with no_grad():
@@ -408,9 +426,7 @@ class Model(Layer):
             raise TypeError(f"predict: unexpected arguments {sorted(kwargs)}")
         self._first_batch_build(x)
         if not is_batch_iterable(x):
-            x = as_array(x, "predict x")
-            self._ensure_built(as_tensor_input(x[:1]))
-            self.check_input_shape((None,) + tuple(x.shape[1:]), x_shape=tuple(x.shape))
+            x = self._standardize_x(x, "predict x")
         verbose = _verbosity(verbose)
         bs = int(batch_size or 32)
         self.eval()
@@ -418,7 +434,7 @@ class Model(Layer):
         bar = None
         if verbose == 1:
             from tqdm.auto import tqdm
-            total = math.ceil(len(x) / bs) if not is_batch_iterable(x) else \
+            total = math.ceil(num_samples(x) / bs) if not is_batch_iterable(x) else \
                 (len(x) if hasattr(x, "__len__") else None)
             bar = tqdm(total=total, desc="Predict", unit="step", dynamic_ncols=True)
         with no_grad():
@@ -433,7 +449,8 @@ class Model(Layer):
         return np.concatenate(outs, axis=0)
 
     def predict_on_batch(self, x):
-        return self.predict(x, batch_size=len(x), verbose=0)
+        return self.predict(x, batch_size=max(1, num_samples(self._standardize_x(x, "predict_on_batch x"))),
+                            verbose=0)
 
     def train_on_batch(self, x, y, return_dict=False):
         self._require_compiled("training it")
@@ -445,13 +462,14 @@ class Model(Layer):
             m.reset_state()
         xb = _to_device(batch_x(x, slice(None)), self._device())
         loss, out = self._train_step(xb, y)
-        self._update_metrics(out, y, len(x))
+        self._update_metrics(out, y, num_samples(x))
         logs = {"loss": float(loss.item())}
         logs.update({m.name: m.result() for m in self._metrics})
         return logs if return_dict else (list(logs.values()) if len(logs) > 1 else logs["loss"])
 
     def test_on_batch(self, x, y, return_dict=False):
-        return self.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=return_dict)
+        return self.evaluate(x, y, batch_size=max(1, num_samples(self._standardize_x(x, "test_on_batch x"))),
+                             verbose=0, return_dict=return_dict)
 
     # ------------------------------------------------------------------ shape check / summary / save
     def check_input_shape(self, shape, built=True, x_shape=None):
