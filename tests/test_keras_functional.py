@@ -159,3 +159,81 @@ def test_two_input_model_bad_input_is_a_clear_error():
         model.predict([img, meta[:31]], verbose=0)
     with pytest.raises(ValueError, match=r'Input 1 "meta" of model .* expected shape=\(None, 3\), found shape=\(32, 4\)'):
         model.fit([img, np.zeros((32, 4), np.float32)], y, verbose=0)
+
+
+def _two_output_model(loss_weights=None, metrics=("accuracy",)):
+    keras.utils.set_random_seed(12)
+    inp = keras.Input(shape=(6,), name="features")
+    h = layers.Dense(16, activation="relu")(inp)
+    cls = layers.Dense(3, activation="softmax", name="kind")(h)
+    reg = layers.Dense(1, name="size")(h)
+    model = keras.Model(inp, [cls, reg])
+    model.compile(optimizer=keras.optimizers.Adam(0.02),
+                  loss={"kind": "sparse_categorical_crossentropy", "size": "mse"},
+                  loss_weights=loss_weights, metrics={"kind": list(metrics), "size": ["mae"]})
+    return model
+
+
+def _two_output_data(n=300, seed=3):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    kind = np.argmax(x[:, :3], axis=1).astype(np.int64)
+    size = (x[:, 3] - 0.5 * x[:, 4]).astype(np.float32)[:, None]
+    return x, kind, size
+
+
+def test_two_output_model_logs_losses_and_metrics_per_output_like_keras(tmp_path):
+    x, kind, size = _two_output_data()
+    model = _two_output_model(loss_weights={"kind": 1.0, "size": 0.5})
+    assert model.output_names == ["kind", "size"] and model.output_shape == [(None, 3), (None, 1)]
+    h = model.fit(x, [kind, size], epochs=30, batch_size=32, verbose=0, validation_split=0.2)
+    assert list(h.history) == ["loss", "kind_loss", "size_loss", "kind_accuracy", "size_mae",
+                               "val_loss", "val_kind_loss", "val_size_loss", "val_kind_accuracy", "val_size_mae"]
+    assert h.history["kind_accuracy"][-1] > 0.9 and h.history["size_mae"][-1] < 0.3
+    # the total is the weighted sum of the per-output losses (running means over the same batches)
+    last = {k: v[-1] for k, v in h.history.items()}
+    assert last["loss"] == pytest.approx(last["kind_loss"] + 0.5 * last["size_loss"], rel=1e-4)
+    names_values = model.evaluate(x, {"size": size, "kind": kind}, verbose=0, return_dict=True)
+    assert list(names_values) == ["loss", "kind_loss", "size_loss", "kind_accuracy", "size_mae"]
+    p_kind, p_size = model.predict(x, verbose=0)
+    assert p_kind.shape == (300, 3) and p_size.shape == (300, 1)
+    np.testing.assert_allclose(p_kind.sum(axis=1), 1.0, rtol=1e-5)       # softmax applied in predict
+    path = tmp_path / "two_out.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for a, b in zip(loaded.predict(x, verbose=0), (p_kind, p_size)):
+        np.testing.assert_array_equal(a, b)
+    again = loaded.evaluate(x, [kind, size], verbose=0, return_dict=True)     # compile settings restored
+    assert again == pytest.approx(names_values)
+
+
+def test_fused_softmax_loss_per_output_matches_the_plain_loss():
+    """The classification output trains on its logits (fused, stable); the value equals the plain loss."""
+    x, kind, size = _two_output_data(n=64)
+    model = _two_output_model()
+    assert model._fused == (True, False)
+    import engine
+    from engine.keras.layers.base import as_tensor_input
+    xt = as_tensor_input(x)
+    with engine.no_grad():
+        fused = float(model._compute_loss(model._forward(xt, False, logits=model._fused), [kind, size]).item())
+        probs = model._forward(xt, False)
+        plain = float((model._losses[0](kind, probs[0]) + model._losses[1](size, probs[1])).item())
+    assert fused == pytest.approx(plain, rel=1e-5)
+
+
+def test_two_output_model_errors_name_the_outputs():
+    x, kind, size = _two_output_data(n=32)
+    model = _two_output_model()
+    with pytest.raises(ValueError, match=r"has 2 outputs \['kind', 'size'\]; pass a list of 2 arrays"):
+        model.fit(x, kind, verbose=0)
+    with pytest.raises(ValueError, match=r"missing \['size'\], unexpected \['sizes'\]"):
+        model.fit(x, {"kind": kind, "sizes": size}, verbose=0)
+    with pytest.raises(ValueError, match=r"labels in y range over \[5, 5\] but the model outputs 3 classes"):
+        model.fit(x, [np.full(32, 5), size], verbose=0)
+    with pytest.raises(ValueError, match=r"\['volume'\] are not outputs of this model"):
+        model.compile(optimizer="adam", loss={"kind": "mse", "volume": "mse"})
+    with pytest.raises(ValueError, match=r"no loss for output\(s\) \['size'\]"):
+        model.compile(optimizer="adam", loss={"kind": "mse"})
+    with pytest.raises(ValueError, match="3 entries for 2 outputs"):
+        model.compile(optimizer="adam", loss="mse", loss_weights=[1, 2, 3])

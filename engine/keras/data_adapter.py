@@ -13,7 +13,7 @@ import numpy as np
 from ..tensor import Tensor
 
 __all__ = ["is_batch_iterable", "as_array", "check_xy", "split_validation", "batch_x", "num_samples",
-           "standardize_inputs"]
+           "standardize_inputs", "take_rows"]
 
 
 def is_batch_iterable(x) -> bool:
@@ -49,27 +49,34 @@ def num_samples(x) -> int:
     return len(x[0]) if isinstance(x, list) else len(x)
 
 
-def standardize_inputs(x, names, what):
-    """The arrays of a model with several inputs, in input order, from a list/tuple or a dict by name."""
+def take_rows(a, idx):
+    """Rows idx of an array, or of each array of a list (several inputs / outputs)."""
+    if a is None:
+        return None
+    return [v[idx] for v in a] if isinstance(a, list) else a[idx]
+
+
+def standardize_inputs(x, names, what, kind="inputs"):
+    """The arrays of a model with several inputs (or outputs), in order, from a list/tuple or a dict by name."""
     if isinstance(x, dict):
         missing = [n for n in names if n not in x]
         extra = [k for k in x if k not in names]
         if missing or extra:
-            raise ValueError(f"{what}: the dict must have one array per model input {names}; missing {missing}, "
-                             f"unexpected {extra}")
+            raise ValueError(f"{what}: the dict must have one array per model {kind[:-1]} {names}; missing "
+                             f"{missing}, unexpected {extra}")
         x = [x[n] for n in names]
     if not isinstance(x, (list, tuple)):
-        raise ValueError(f"{what}: the model has {len(names)} inputs {names}; pass a list of {len(names)} arrays "
-                         f"in that order or a dict by input name, not one {type(x).__name__}")
+        raise ValueError(f"{what}: the model has {len(names)} {kind} {names}; pass a list of {len(names)} arrays "
+                         f"in that order or a dict by {kind[:-1]} name, not one {type(x).__name__}")
     if len(x) != len(names):
-        raise ValueError(f"{what}: the model has {len(names)} inputs {names} but got {len(x)} arrays")
+        raise ValueError(f"{what}: the model has {len(names)} {kind} {names} but got {len(x)} arrays")
     arrays = [as_array(a, f"{what}[{i}]") for i, a in enumerate(x)]
     for i, a in enumerate(arrays):
         if a.ndim == 0:
             raise ValueError(f"{what}[{i}] ({names[i]}) must be an array with a batch axis first, got a scalar")
     lengths = {len(a) for a in arrays}
     if len(lengths) > 1:
-        raise ValueError(f"{what}: the input arrays have different numbers of samples: "
+        raise ValueError(f"{what}: the {kind[:-1]} arrays have different numbers of samples: "
                          + ", ".join(f"{n} has {len(a)}" for n, a in zip(names, arrays)))
     return arrays
 
@@ -112,17 +119,13 @@ def split_validation(x, y, validation_split):
     """Keras semantics: the *last* fraction of the samples, taken before shuffling."""
     if not 0.0 < validation_split < 1.0:
         raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
-    if isinstance(x, list):
-        (_, y_tr), (_, y_val) = split_validation(x[0], y, validation_split)
-        n = len(x[0])
-        split = int(n * (1.0 - validation_split))
-        return ([a[:split] for a in x], y_tr), ([a[split:] for a in x], y_val)
-    n = len(x)
+    n = num_samples(x)
     split = int(n * (1.0 - validation_split))
     if split == 0 or split == n:
         raise ValueError(f"validation_split={validation_split} leaves no samples for training or "
                          f"validation with {n} samples")
-    return (x[:split], y[:split]), (x[split:], y[split:])
+    head, tail = slice(None, split), slice(split, None)
+    return (take_rows(x, head), take_rows(y, head)), (take_rows(x, tail), take_rows(y, tail))
 
 
 def batch_x(x, idx):

@@ -4,11 +4,18 @@ Why: most Keras code beyond a plain stack (skip connections, two branches merged
 Add or Concatenate) is written this way.  Calling a layer on a `KerasTensor` builds
 the layer for that shape and records a node (layer, inbound tensors); the model keeps
 the nodes in topological order and replays them on real tensors.  Several inputs (a list,
-or a dict by input name; fit/predict take the arrays the same way) and one output; a layer
-may be called more than once (shared weights).
+or a dict by input name; fit/predict take the arrays the same way) and several outputs (one
+loss each, or one for all, with loss_weights; per-output metrics; logs named like Keras'
+`<output>_loss` / `<output>_<metric>`); a layer may be called more than once (shared weights).
 """
 from __future__ import annotations
 
+import copy
+
+from . import losses as losses_mod
+from . import metrics as metrics_mod
+from . import optimizers as optimizers_mod
+from .data_adapter import check_xy, standardize_inputs
 from .layers.base import CF, InputShapeError, Layer, shape_str, shapes_compatible, to_channels_last
 from .layers.core import InputLayer
 from .training import Model
@@ -66,10 +73,12 @@ class Functional(Model):
     def __init__(self, inputs=None, outputs=None, name=None, trainable=True, **kwargs):
         if kwargs:
             raise TypeError(f"Model: unexpected keyword argument(s) {', '.join(sorted(kwargs))}")
-        inputs, outputs = _input_list(inputs), _single(outputs, "outputs")
+        inputs, outputs = _input_list(inputs), _output_list(outputs)
         super().__init__(name=name, trainable=trainable)
-        self._input_tensors, self._output_tensor = inputs, outputs
+        self._input_tensors, self._output_tensors = inputs, outputs
         self._nodes = _topological_nodes(inputs, outputs)
+        # outputs that also feed another layer cannot stop at their logits (the fused loss path)
+        self._consumed = {t._id for _, inbound, _ in self._nodes for t in inbound}
         for layer in dict.fromkeys(node[0] for node in self._nodes):   # shared layers once
             if layer.name in self._modules:
                 raise ValueError(f'all layers of a model need unique names; "{layer.name}" is used twice')
@@ -78,14 +87,26 @@ class Functional(Model):
         if len(set(names)) != len(names):
             raise ValueError(f"Model(inputs=...): input names must be unique, got {names}")
         self.input_names = names
+        self.output_names = [t._layer.name for t in outputs]
+        if len(set(self.output_names)) != len(outputs):
+            raise ValueError(f"Model(outputs=...): each output must come from a different layer, got "
+                             f"{self.output_names}")
         self.input_shape_built = inputs[0].shape if len(inputs) == 1 else [t.shape for t in inputs]
-        self.output_shape_built = outputs.shape
+        self.output_shape_built = outputs[0].shape if len(outputs) == 1 else [t.shape for t in outputs]
         self._batch_input_shape = inputs[0]._layer._batch_input_shape if len(inputs) == 1 else None
         self.built = True
 
     @property
     def _input_tensor(self):
         return self._input_tensors[0]
+
+    @property
+    def _output_tensor(self):
+        return self._output_tensors[0]
+
+    @property
+    def _multi(self):
+        return len(self._output_tensors) > 1
 
     def _n_inputs(self):
         return len(self._input_tensors)
@@ -104,7 +125,7 @@ class Functional(Model):
 
     @property
     def outputs(self):
-        return [self._output_tensor]
+        return list(self._output_tensors)
 
     def check_input_shape(self, shape, built=True, x_shape=None):
         if self._n_inputs() > 1:
@@ -132,17 +153,22 @@ class Functional(Model):
         return self._output_tensor._layer.output_activation()
 
     def _forward(self, x, training, logits=False):
+        """logits: for one output a bool, for several one bool per output; True stops that output
+        before its final softmax/sigmoid (the loss is fused with it)."""
         xs = list(x) if isinstance(x, (list, tuple)) else [x]
         self.check_input_shapes([tuple(t.shape) for t in xs])
         values = {t._id: v for t, v in zip(self._input_tensors, xs)}
-        last = len(self._nodes) - 1
-        for i, (layer, inbound, out) in enumerate(self._nodes):
+        flags = logits if isinstance(logits, (list, tuple)) else [bool(logits)] * len(self._output_tensors)
+        stop = {t._id for t, f in zip(self._output_tensors, flags) if f}
+        for layer, inbound, out in self._nodes:
             args = [values[t._id] for t in inbound]
-            if i == last and logits:            # stop before the final softmax: the loss is fused
+            if out._id in stop:
                 y, layout = layer.call_internal(args[0], "channels_last", bool(training), final_logits=True)
                 values[out._id] = to_channels_last(y) if layout == CF else y
             else:
                 values[out._id] = layer(args if len(args) > 1 else args[0], training=training)
+        if self._multi:
+            return [values[t._id] for t in self._output_tensors]
         return values[self._output_tensor._id]
 
     def call(self, inputs, training=False):
@@ -168,6 +194,121 @@ class Functional(Model):
     def output_activation(self):
         return self._final_activation()
 
+    # ------------------------------------------------------------------ several outputs
+    # One output goes through Model's code unchanged; the methods below only take over for several.
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
+                run_eagerly=None, steps_per_execution=None, jit_compile=None, **kwargs):
+        if not self._multi:
+            return super().compile(optimizer, loss, metrics, loss_weights, weighted_metrics, run_eagerly,
+                                   steps_per_execution, jit_compile, **kwargs)
+        if kwargs:
+            raise TypeError(f"compile: unexpected arguments {sorted(kwargs)}")
+        if weighted_metrics is not None:
+            raise ValueError("compile: weighted_metrics are not supported")
+        if loss is None:
+            raise ValueError(f"compile needs a loss: one for all outputs, a list, or a dict by output name "
+                             f"{self.output_names}")
+        self._losses = [losses_mod.get(v) for v in self._per_output(loss, "loss")]
+        self._loss_weights = [float(w) for w in self._per_output(loss_weights, "loss_weights", default=1.0)]
+        self.optimizer = optimizers_mod.get(optimizer)
+        self.loss = self._losses[0]                 # Model's "is there a loss" checks
+        self._metric_ids = self._metrics_per_output(metrics)
+        self._metrics = None
+        self._optimizer_built = False
+        self.compiled = True
+
+    def _per_output(self, value, what, default=None):
+        names = self.output_names
+        if isinstance(value, dict):
+            unknown = [k for k in value if k not in names]
+            if unknown:
+                raise ValueError(f"compile({what}=...): {unknown} are not outputs of this model; outputs: {names}")
+            if default is None and any(n not in value for n in names):
+                raise ValueError(f"compile({what}=...): no {what} for output(s) "
+                                 f"{[n for n in names if n not in value]}")
+            return [value.get(n, default) for n in names]
+        if isinstance(value, (list, tuple)):
+            if len(value) != len(names):
+                raise ValueError(f"compile({what}=...): {len(value)} entries for {len(names)} outputs {names}")
+            return list(value)
+        return [default if value is None else value] * len(names)
+
+    def _metrics_per_output(self, metrics):
+        names = self.output_names
+        if metrics is None:
+            return [[] for _ in names]
+        if isinstance(metrics, dict):
+            per = self._per_output(metrics, "metrics", default=[])
+        elif isinstance(metrics, (list, tuple)) and metrics and all(isinstance(m, (list, tuple)) for m in metrics):
+            per = self._per_output(list(metrics), "metrics")
+        else:                                       # the same metrics for every output
+            per = [metrics] * len(names)
+        return [[m] if isinstance(m, (str, metrics_mod.Metric)) else list(m) for m in per]
+
+    @property
+    def _fused(self):
+        if not self._multi:
+            return super()._fused
+        return tuple(bool(loss.fused_with and not loss.from_logits and t._id not in self._consumed
+                          and t._layer.output_activation() == loss.fused_with)
+                     for loss, t in zip(self._losses, self._output_tensors))
+
+    def _resolve_metrics(self):
+        if not self._multi or self._metrics is not None:
+            return super()._resolve_metrics()
+        # per-output loss trackers first, then the metrics: the order of Keras' logs
+        ms = [metrics_mod.Mean(f"{n}_loss") for n in self.output_names]
+        owner = list(range(len(self.output_names)))
+        for i, ids in enumerate(self._metric_ids):
+            for ident in ids:
+                m = metrics_mod.get(copy.deepcopy(ident) if isinstance(ident, metrics_mod.Metric) else ident,
+                                    self._losses[i].name, self._output_tensors[i].shape)
+                m.name = f"{self.output_names[i]}_{m.name}"
+                ms.append(m)
+                owner.append(i)
+        self._metrics, self._metric_owner = ms, owner
+        return ms
+
+    def _compute_loss(self, out, y):
+        if not self._multi:
+            return super()._compute_loss(out, y)
+        total, self._last_losses = None, []
+        for o, yi, loss, w, fused in zip(out, y, self._losses, self._loss_weights, self._fused):
+            li = loss.call_on_logits(yi, o) if fused else loss(yi, o)
+            self._last_losses.append(float(li.item()))
+            term = li if w == 1.0 else li * w
+            total = term if total is None else total + term
+        return total
+
+    def _update_metrics(self, out, yb, n):
+        if not self._multi:
+            return super()._update_metrics(out, yb, n)
+        logits = [f or loss.from_logits for f, loss in zip(self._fused, self._losses)]
+        k = len(self.output_names)
+        for j, m in enumerate(self._metrics):
+            i = self._metric_owner[j]
+            if j < k:
+                m.update(self._last_losses[i], n)
+            else:
+                m.update_state(yb[i], out[i].data, logits=logits[i])
+
+    def _standardize_y(self, x, y, what):
+        if not self._multi:
+            return super()._standardize_y(x, y, what)
+        if y is None:
+            return None
+        ys = standardize_inputs(y, self.output_names, what, kind="outputs")
+        x0 = x[0] if isinstance(x, list) else x
+        return [check_xy(x0, yi, loss.name, t.shape[-1] if t.shape else None)
+                for yi, loss, t in zip(ys, self._losses, self._output_tensors)]
+
+    def get_compile_config(self):
+        if not self._multi or not self.compiled:
+            return super().get_compile_config()
+        return {"optimizer": optimizers_mod.serialize(self.optimizer),
+                "loss": [losses_mod.serialize(v) for v in self._losses], "loss_weights": self._loss_weights,
+                "metrics": [[m if isinstance(m, str) else m.name for m in ids] for ids in self._metric_ids]}
+
     # ------------------------------------------------------------------ config
     def get_config(self):
         from .saving import layer_to_json
@@ -186,7 +327,7 @@ class Functional(Model):
         return {"name": self.name, "trainable": self.trainable,
                 "inputs": [{"name": t._layer.name, "shape": list(t._layer._batch_input_shape[1:])}
                            for t in self._input_tensors],
-                "layers": layers, "nodes": nodes, "output": key[self._output_tensor._id]}
+                "layers": layers, "nodes": nodes, "outputs": [key[t._id] for t in self._output_tensors]}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -203,7 +344,8 @@ class Functional(Model):
             k = calls.get(layer.name, 0)
             calls[layer.name] = k + 1
             tensors[(layer.name, k)] = layer(args if len(args) > 1 else args[0])
-        return cls(inputs=inputs if len(inputs) > 1 else inputs[0], outputs=tensors[tuple(config["output"])],
+        outs = [tensors[tuple(k)] for k in (config["outputs"] if "outputs" in config else [config["output"]])]
+        return cls(inputs=inputs if len(inputs) > 1 else inputs[0], outputs=outs if len(outs) > 1 else outs[0],
                    name=config.get("name"), trainable=config.get("trainable", True))
 
 
@@ -222,21 +364,20 @@ def _input_list(x):
     return xs
 
 
-def _single(x, what):
-    if isinstance(x, (list, tuple)):
-        if len(x) != 1:
-            raise NotImplementedError(f"Model({what}=...): models with {len(x)} {what} are not supported yet; "
-                                      f"use one input and one output (merge branches with layers.Concatenate)")
-        x = x[0]
+def _output_list(x):
+    """keras.Model(outputs=...) as a list of KerasTensors (a tensor, a list, or a dict by name)."""
     if isinstance(x, dict):
-        raise NotImplementedError(f"Model({what}=...): dicts of tensors are not supported; pass one KerasTensor")
-    if not isinstance(x, KerasTensor):
-        raise TypeError(f"Model({what}=...) expects a KerasTensor from keras.Input / a layer call, "
-                        f"got {type(x).__name__}")
-    return x
+        x = list(x.values())
+    xs = list(x) if isinstance(x, (list, tuple)) else [x]
+    if not xs:
+        raise ValueError("Model(outputs=...) needs at least one output tensor")
+    for t in xs:
+        if not isinstance(t, KerasTensor):
+            raise TypeError(f"Model(outputs=...) expects KerasTensors from layer calls, got {type(t).__name__}")
+    return xs
 
 
-def _topological_nodes(inputs, outputs: KerasTensor):
+def _topological_nodes(inputs, outputs):
     """(layer, inbound tensors, output tensor) for every call between inputs and outputs, in order."""
     order, state = [], {}
     given = {t._id for t in inputs}
@@ -259,9 +400,10 @@ def _topological_nodes(inputs, outputs: KerasTensor):
         state[t._id] = "done"
         order.append((t._layer, t._inbound, t))
 
-    visit(outputs)
-    if not order:
-        raise ValueError("Model(inputs, outputs): outputs is the input itself; add at least one layer")
+    for out in outputs:
+        if out._id in given:
+            raise ValueError("Model(inputs, outputs): an output is an input itself; add at least one layer")
+        visit(out)
     unused = [t._layer.name for t in inputs if t._id not in used]
     if unused:
         raise ValueError(f"Model(inputs=...): input(s) {unused} are not used to compute the outputs")

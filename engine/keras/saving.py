@@ -108,8 +108,9 @@ def load_model(filepath, custom_objects=None, compile=True):
     _apply_weights(model, obj["weights"], filepath)
     cc = obj.get("compile")
     if compile and cc:
-        model.compile(optimizer=optimizers_mod.get(cc["optimizer"]), loss=losses_mod.get(cc["loss"]),
-                      metrics=cc.get("metrics") or None)
+        loss = [losses_mod.get(v) for v in cc["loss"]] if isinstance(cc["loss"], list) else losses_mod.get(cc["loss"])
+        model.compile(optimizer=optimizers_mod.get(cc["optimizer"]), loss=loss,
+                      metrics=cc.get("metrics") or None, loss_weights=cc.get("loss_weights"))
         if obj.get("optimizer") is not None:
             model._resolve_metrics()
             model._ensure_optimizer()

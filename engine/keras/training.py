@@ -20,7 +20,7 @@ from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from .data_adapter import (as_array, batch_x, check_xy, is_batch_iterable, num_samples, split_validation,
-                           standardize_inputs)
+                           standardize_inputs, take_rows)
 from .layers.base import Layer, as_tensor_input
 
 __all__ = ["Model"]
@@ -251,6 +251,8 @@ class Model(Layer):
                     xt = as_tensor_input(xb, device)
                 if isinstance(yb, Tensor):
                     yb = yb.data
+                elif isinstance(yb, (list, tuple)):         # the targets of a multi-output model
+                    yb = [v.data if isinstance(v, Tensor) else np.asarray(v) for v in yb]
                 yield xt, yb, (xt[0] if isinstance(xt, list) else xt).shape[0]
             return
         n = num_samples(x)
@@ -261,7 +263,7 @@ class Model(Layer):
             else:
                 idx = slice(start, start + batch_size)
             xb = batch_x(x, idx)
-            yb = None if y is None else y[idx]
+            yb = take_rows(y, idx)
             yield _to_device(xb, device), yb, (xb[0] if isinstance(xb, list) else xb).shape[0]
 
     def _prepare(self, x, y, what):
@@ -272,10 +274,14 @@ class Model(Layer):
         if x is None:
             raise ValueError(f"{what} needs x")
         x = self._standardize_x(x, f"{what} x")
-        y = as_array(y, f"{what} y")
+        return x, self._standardize_y(x, y, f"{what} y")
+
+    def _standardize_y(self, x, y, what):
+        """y as an array checked against the loss (a list for a multi-output model)."""
+        y = as_array(y, what)
         if self.loss is not None:
             y = check_xy(x[0] if isinstance(x, list) else x, y, self.loss.name, self._n_outputs())
-        return x, y
+        return y
 
     def _standardize_x(self, x, what):
         """x as one array (or a list of arrays for a multi-input model), shapes checked against the model."""
@@ -439,13 +445,19 @@ class Model(Layer):
             bar = tqdm(total=total, desc="Predict", unit="step", dynamic_ncols=True)
         with no_grad():
             for xb, _, _ in self._batches(x, None, bs, False, self._device()):
-                outs.append(self._forward(xb, training=False).numpy())
+                out = self._forward(xb, training=False)
+                outs.append([o.numpy() for o in out] if isinstance(out, list) else out.numpy())
                 if bar is not None:
                     bar.update(1)
         if bar is not None:
             bar.close()
+        shapes = self.output_shape_built
+        if isinstance(shapes, list):                 # several outputs: one array each, as Keras returns
+            if not outs:
+                return [np.zeros((0,) + tuple(sh[1:]), dtype=np.float32) for sh in shapes]
+            return [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(shapes))]
         if not outs:
-            return np.zeros((0,) + tuple(self.output_shape_built[1:] or ()), dtype=np.float32)
+            return np.zeros((0,) + tuple(shapes[1:] or ()), dtype=np.float32)
         return np.concatenate(outs, axis=0)
 
     def predict_on_batch(self, x):
