@@ -237,3 +237,22 @@ def test_two_output_model_errors_name_the_outputs():
         model.compile(optimizer="adam", loss={"kind": "mse"})
     with pytest.raises(ValueError, match="3 entries for 2 outputs"):
         model.compile(optimizer="adam", loss="mse", loss_weights=[1, 2, 3])
+
+
+def test_two_output_model_from_a_dataloader_of_target_tuples():
+    from engine.data import DataLoader, Dataset
+    x, kind, size = _two_output_data(n=96)
+
+    class Rows(Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i], (kind[i], size[i])
+
+    model = _two_output_model()
+    loader = DataLoader(Rows(), batch_size=32)
+    h = model.fit(loader, epochs=2, verbose=0)
+    assert set(h.history) == {"loss", "kind_loss", "size_loss", "kind_accuracy", "size_mae"}
+    logs = model.evaluate(loader, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(logs["kind_loss"] + logs["size_loss"], rel=1e-4)
