@@ -1,6 +1,6 @@
 """keras.layers: the Keras layer classes, channels-last, on engine.nn.Module."""
 from .base import Layer, InputShapeError
-from .core import InputLayer, Input, Dense, Activation, ReLU, Softmax, Dropout, Flatten, Reshape
+from .core import InputLayer, Input, Dense, Embedding, Activation, ReLU, Softmax, Dropout, Flatten, Reshape
 from .convolutional import (Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
                             GlobalMaxPooling2D)
 from .normalization import BatchNormalization
@@ -14,7 +14,7 @@ AvgPool2D = AveragePooling2D
 GlobalAvgPool2D = GlobalAveragePooling2D
 GlobalMaxPool2D = GlobalMaxPooling2D
 
-__all__ = ["Layer", "InputShapeError", "InputLayer", "Input", "Dense", "Activation", "ReLU", "Softmax",
+__all__ = ["Layer", "InputShapeError", "InputLayer", "Input", "Dense", "Embedding", "Activation", "ReLU", "Softmax",
            "Dropout", "Flatten", "Reshape", "Conv2D", "Convolution2D", "MaxPooling2D", "MaxPool2D",
            "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "GlobalAvgPool2D",
            "GlobalMaxPooling2D", "GlobalMaxPool2D", "BatchNormalization", "LSTM", "Add", "Subtract",

@@ -1,4 +1,4 @@
-"""Core Keras layers: InputLayer, Dense, Activation, Dropout, Flatten, Reshape."""
+"""Core Keras layers: InputLayer, Dense, Embedding, Activation, Dropout, Flatten, Reshape."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,8 @@ from ... import random as _random
 from .. import activations, initializers
 from .base import CF, CL, Layer, shape_str, to_channels_last
 
-__all__ = ["InputLayer", "Input", "Dense", "Activation", "ReLU", "Softmax", "Dropout", "Flatten", "Reshape"]
+__all__ = ["InputLayer", "Input", "Dense", "Embedding", "Activation", "ReLU", "Softmax", "Dropout", "Flatten",
+           "Reshape"]
 
 
 class InputLayer(Layer):
@@ -237,6 +238,58 @@ class Dropout(Layer):
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate}
+
+
+class Embedding(Layer):
+    """Integer token ids (N, T) -> vectors (N, T, output_dim); the table is `embeddings`
+    (input_dim, output_dim), initialised uniform(-0.05, 0.05) as in Keras.
+
+    Model inputs reach layers as float32 (Keras casts them too); the ids are converted back to
+    integers here, and ids outside [0, input_dim) are an error naming the layer."""
+
+    def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", embeddings_regularizer=None,
+                 mask_zero=False, input_length=None, **kwargs):
+        if mask_zero:
+            raise ValueError("Embedding: mask_zero (masking) is not supported; pad with a real token id and let "
+                             "the model learn it, or keep sequences unpadded")
+        if embeddings_regularizer is not None:
+            raise ValueError("Embedding: regularizers are not supported; use AdamW / weight_decay instead")
+        if input_length is not None and "input_shape" not in kwargs and "batch_input_shape" not in kwargs:
+            kwargs["input_shape"] = (int(input_length),)          # Keras 2 spelling
+        super().__init__(**kwargs)
+        if int(input_dim) <= 0 or int(output_dim) <= 0:
+            raise ValueError(f"Embedding: input_dim and output_dim must be positive, got {input_dim}, {output_dim}")
+        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
+        self.embeddings_initializer = initializers.get(embeddings_initializer)
+
+    def build(self, input_shape):
+        self.add_weight("embeddings", (self.input_dim, self.output_dim), self.embeddings_initializer)
+
+    def expected_input_shape(self):
+        s = self.input_shape_built
+        return (None,) + tuple(s[1:]) if s else None
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.output_dim,)
+
+    def call(self, inputs, training=False):
+        from ...nn import functional as F
+        ids = inputs.data
+        xp = get_array_module(ids)
+        if ids.dtype.kind == "f":
+            if ids.size and not bool(xp.all(ids == xp.floor(ids))):
+                raise ValueError(f'layer "{self.name}" (Embedding) needs integer token ids; got non-integer values')
+            ids = ids.astype(np.int64)
+        if ids.size:
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= self.input_dim:
+                raise ValueError(f'layer "{self.name}" (Embedding): token id {hi if hi >= self.input_dim else lo} is '
+                                 f"outside [0, {self.input_dim}); raise input_dim to the vocabulary size")
+        return F.embedding(Tensor(ids), self.embeddings)
+
+    def get_config(self):
+        return {**super().get_config(), "input_dim": self.input_dim, "output_dim": self.output_dim,
+                "embeddings_initializer": initializers.serialize(self.embeddings_initializer)}
 
 
 class Flatten(Layer):
