@@ -269,12 +269,15 @@ class Functional(Model):
         self._metrics, self._metric_owner = ms, owner
         return ms
 
-    def _compute_loss(self, out, y):
+    def _compute_loss(self, out, y, sw=None):
         if not self._multi:
-            return super()._compute_loss(out, y)
+            return super()._compute_loss(out, y, sw)
         total, self._last_losses = None, []
         for o, yi, loss, w, fused in zip(out, y, self._losses, self._loss_weights, self._fused):
-            li = loss.call_on_logits(yi, o) if fused else loss(yi, o)
+            if sw is None:
+                li = loss.call_on_logits(yi, o) if fused else loss(yi, o)
+            else:                                   # one weight per sample, for every output
+                li = loss.call_on_logits(yi, o, sw) if fused else loss(yi, o, sample_weight=sw)
             self._last_losses.append(float(li.item()))
             term = li if w == 1.0 else li * w
             total = term if total is None else total + term

@@ -31,8 +31,27 @@ def _as_2d(d):
     return d.reshape(-1, d.shape[-1])
 
 
-def sparse_softmax_cross_entropy(logits: Tensor, labels) -> Tensor:
-    """mean(-log softmax(logits)[label]) over every position, one graph node."""
+def _row_weights(xp, weights, rows, dtype):
+    """Per-sample weights (N,) spread over the M = N * k rows of a (N, ..., C) prediction."""
+    w = xp.asarray(weights, dtype=dtype).reshape(-1)
+    if w.size == 0 or rows % w.size:
+        raise ValueError(f"sample_weight has {w.size} values for {rows} predictions; give one weight per sample")
+    return xp.repeat(w, rows // w.size) if rows != w.size else w
+
+
+def _sample_weights(y_pred, weights):
+    """Per-sample weights as a Tensor broadcastable against y_pred (N, ...)."""
+    xp = get_array_module(y_pred.data)
+    w = xp.asarray(weights, dtype=y_pred.dtype).reshape(-1)
+    n = y_pred.shape[0] if y_pred.ndim else 1
+    if w.size != n:
+        raise ValueError(f"sample_weight has {w.size} values for {n} samples; give one weight per sample")
+    return Tensor(w.reshape((n,) + (1,) * (y_pred.ndim - 1)))
+
+
+def sparse_softmax_cross_entropy(logits: Tensor, labels, weights=None) -> Tensor:
+    """mean(-log softmax(logits)[label]) over every position, one graph node (weights: one per
+    sample; Keras' reduction, sum(w * loss) / number of positions)."""
     xp = get_array_module(logits.data)
     z = _as_2d(logits.data)
     y = xp.asarray(labels).reshape(-1).astype(np.int64, copy=False)
@@ -45,18 +64,22 @@ def sparse_softmax_cross_entropy(logits: Tensor, labels) -> Tensor:
     sums = e.sum(axis=1, keepdims=True)
     rows = xp.arange(m)
     picked = shifted[rows, y]
-    loss = (xp.log(sums[:, 0]) - picked).mean()
+    w = None if weights is None else _row_weights(xp, weights, m, z.dtype)
+    per_row = xp.log(sums[:, 0]) - picked
+    loss = per_row.mean() if w is None else (per_row * w).sum() / m
     shape = logits.shape
 
     def backward(g):
         grad = e / sums
         grad[rows, y] -= 1
         grad *= g / m
+        if w is not None:
+            grad *= w[:, None]
         return (grad.reshape(shape),)
     return from_op(xp.asarray(loss, dtype=z.dtype), (logits,), backward, "sparse_softmax_xent")
 
 
-def softmax_cross_entropy(logits: Tensor, target) -> Tensor:
+def softmax_cross_entropy(logits: Tensor, target, weights=None) -> Tensor:
     """mean(-sum(t * log softmax(z))) for one-hot or soft targets t, one graph node."""
     xp = get_array_module(logits.data)
     z = _as_2d(logits.data)
@@ -71,27 +94,35 @@ def softmax_cross_entropy(logits: Tensor, target) -> Tensor:
     e = xp.exp(shifted)
     sums = e.sum(axis=1, keepdims=True)
     logp = shifted - xp.log(sums)
-    loss = -(t * logp).sum() / m
+    w = None if weights is None else _row_weights(xp, weights, m, z.dtype)
+    loss = -(t * logp).sum() / m if w is None else -((t * logp).sum(axis=1) * w).sum() / m
     shape = logits.shape
 
     def backward(g):
         grad = (e / sums) * t.sum(axis=1, keepdims=True) - t
         grad *= g / m
+        if w is not None:
+            grad *= w[:, None]
         return (grad.reshape(shape),)
     return from_op(xp.asarray(loss, dtype=z.dtype), (logits,), backward, "softmax_xent")
 
 
-def sigmoid_binary_cross_entropy(logits: Tensor, target) -> Tensor:
+def sigmoid_binary_cross_entropy(logits: Tensor, target, weights=None) -> Tensor:
     """mean(max(z,0) - z*t + log(1 + exp(-|z|))), the overflow-free BCE on logits."""
     xp = get_array_module(logits.data)
     z = logits.data
     t = xp.asarray(target, dtype=z.dtype).reshape(z.shape)
-    loss = (xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))).mean()
+    per = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
+    w = None
+    if weights is not None:
+        w = _row_weights(xp, weights, z.size, z.dtype).reshape(z.shape)
+    loss = per.mean() if w is None else (per * w).sum() / z.size
     n = z.size
 
     def backward(g):
         s = 0.5 * (xp.tanh(0.5 * z) + 1)
-        return ((s - t) * (g / n),)
+        grad = (s - t) * (g / n)
+        return (grad if w is None else grad * w,)
     return from_op(xp.asarray(loss, dtype=z.dtype), (logits,), backward, "sigmoid_bce")
 
 
@@ -112,17 +143,21 @@ class Loss:
         if name:
             self.name = name
 
-    def __call__(self, y_true, y_pred):
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """Mean loss over the batch; with sample_weight (one per sample), Keras' weighted
+        reduction: sum(weight * per-sample loss) / number of samples."""
         if not isinstance(y_pred, Tensor):
             y_pred = Tensor(np.asarray(y_pred, dtype=np.float32))
         if self.from_logits:
-            return self.call_on_logits(y_true, y_pred)
-        return self.call(y_true, y_pred)
+            return self.call_on_logits(y_true, y_pred, sample_weight)
+        if sample_weight is None:
+            return self.call(y_true, y_pred)
+        return self.call(y_true, y_pred, sample_weight)
 
-    def call(self, y_true, y_pred: Tensor) -> Tensor:
+    def call(self, y_true, y_pred: Tensor, sample_weight=None) -> Tensor:
         raise NotImplementedError
 
-    def call_on_logits(self, y_true, logits: Tensor) -> Tensor:
+    def call_on_logits(self, y_true, logits: Tensor, sample_weight=None) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no logits form")
 
     def get_config(self):
@@ -137,24 +172,27 @@ class SparseCategoricalCrossentropy(Loss):
     name = "sparse_categorical_crossentropy"
     fused_with = "softmax"
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true, y_pred, sample_weight=None):
         xp = get_array_module(y_pred.data)
         p = y_pred.reshape(-1, y_pred.shape[-1])
         p = p / p.sum(axis=-1, keepdims=True)
         p = ops.clip(p, EPSILON, 1.0 - EPSILON)
         y = xp.asarray(_raw(y_true)).reshape(-1).astype(np.int64)
         picked = p[xp.arange(p.shape[0]), y]
-        return -ops.log(picked).mean()
+        if sample_weight is None:
+            return -ops.log(picked).mean()
+        w = Tensor(_row_weights(xp, sample_weight, p.shape[0], y_pred.dtype))
+        return -(ops.log(picked) * w).sum() / p.shape[0]
 
-    def call_on_logits(self, y_true, logits):
-        return sparse_softmax_cross_entropy(logits, _raw(y_true))
+    def call_on_logits(self, y_true, logits, sample_weight=None):
+        return sparse_softmax_cross_entropy(logits, _raw(y_true), sample_weight)
 
 
 class CategoricalCrossentropy(Loss):
     name = "categorical_crossentropy"
     fused_with = "softmax"
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true, y_pred, sample_weight=None):
         xp = get_array_module(y_pred.data)
         t = xp.asarray(_raw(y_true), dtype=y_pred.dtype)
         if t.shape != y_pred.shape:
@@ -162,47 +200,58 @@ class CategoricalCrossentropy(Loss):
         p = y_pred / y_pred.sum(axis=-1, keepdims=True)
         p = ops.clip(p, EPSILON, 1.0 - EPSILON)
         n = int(np.prod(y_pred.shape[:-1]))
-        return -(ops.log(p) * t).sum() / n
+        if sample_weight is None:
+            return -(ops.log(p) * t).sum() / n
+        per = (ops.log(p) * t).sum(axis=-1)
+        return -(per * _sample_weights(per, sample_weight)).sum() / n
 
-    def call_on_logits(self, y_true, logits):
-        return softmax_cross_entropy(logits, _raw(y_true))
+    def call_on_logits(self, y_true, logits, sample_weight=None):
+        return softmax_cross_entropy(logits, _raw(y_true), sample_weight)
 
 
 class BinaryCrossentropy(Loss):
     name = "binary_crossentropy"
     fused_with = "sigmoid"
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true, y_pred, sample_weight=None):
         xp = get_array_module(y_pred.data)
         t = xp.asarray(_raw(y_true), dtype=y_pred.dtype).reshape(y_pred.shape)
         p = ops.clip(y_pred, EPSILON, 1.0 - EPSILON)
-        return -(ops.log(p) * t + ops.log(1.0 - p) * (1.0 - t)).mean()
+        per = ops.log(p) * t + ops.log(1.0 - p) * (1.0 - t)
+        if sample_weight is None:
+            return -per.mean()
+        return -(per * _sample_weights(per, sample_weight)).sum() / per.size
 
-    def call_on_logits(self, y_true, logits):
-        return sigmoid_binary_cross_entropy(logits, _raw(y_true))
+    def call_on_logits(self, y_true, logits, sample_weight=None):
+        return sigmoid_binary_cross_entropy(logits, _raw(y_true), sample_weight)
 
 
 class MeanSquaredError(Loss):
     name = "mean_squared_error"
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true, y_pred, sample_weight=None):
         xp = get_array_module(y_pred.data)
         t = xp.asarray(_raw(y_true), dtype=y_pred.dtype)
         if t.size == y_pred.size and t.shape != y_pred.shape:
             t = t.reshape(y_pred.shape)
         d = y_pred - t
-        return (d * d).mean()
+        if sample_weight is None:
+            return (d * d).mean()
+        return ((d * d) * _sample_weights(d, sample_weight)).sum() / d.size
 
 
 class MeanAbsoluteError(Loss):
     name = "mean_absolute_error"
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true, y_pred, sample_weight=None):
         xp = get_array_module(y_pred.data)
         t = xp.asarray(_raw(y_true), dtype=y_pred.dtype)
         if t.size == y_pred.size and t.shape != y_pred.shape:
             t = t.reshape(y_pred.shape)
-        return ops.abs_(y_pred - t).mean()
+        a = ops.abs_(y_pred - t)
+        if sample_weight is None:
+            return a.mean()
+        return (a * _sample_weights(a, sample_weight)).sum() / a.size
 
 
 _BY_NAME = {
@@ -236,7 +285,10 @@ def get(identifier) -> Loss:
         class _Wrapped(Loss):
             name = getattr(fn, "__name__", "custom_loss")
 
-            def call(self, y_true, y_pred):
+            def call(self, y_true, y_pred, sample_weight=None):
+                if sample_weight is not None:
+                    raise ValueError(f"sample_weight / class_weight need a built-in loss; the custom loss "
+                                     f"{self.name!r} returns a mean already (weight inside it instead)")
                 return fn(y_true, y_pred)
         return _Wrapped()
     raise TypeError(f"cannot interpret {identifier!r} as a loss")

@@ -212,14 +212,14 @@ class Model(Layer):
         return ["loss"] + [m.name for m in (self._metrics or [])]
 
     # ------------------------------------------------------------------ steps
-    def _compute_loss(self, out, y):
+    def _compute_loss(self, out, y, w=None):
         if self._fused:
-            return self.loss.call_on_logits(y, out)
-        return self.loss(y, out)
+            return self.loss.call_on_logits(y, out) if w is None else self.loss.call_on_logits(y, out, w)
+        return self.loss(y, out) if w is None else self.loss(y, out, sample_weight=w)
 
-    def _train_step(self, xb, yb):
+    def _train_step(self, xb, yb, wb=None):
         out = self._forward(xb, training=True, logits=self._fused)
-        loss = self._compute_loss(out, yb)
+        loss = self._compute_loss(out, yb, wb)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -236,13 +236,17 @@ class Model(Layer):
             logs[m.name] = m.result()
         return logs
 
-    def _batches(self, x, y, batch_size, shuffle, device):
-        """Yield (x Tensor, y array or None, n) for arrays or a DataLoader-like iterable."""
+    def _batches(self, x, y, batch_size, shuffle, device, w=None):
+        """Yield (x Tensor, y array or None, n, sample weights or None) for arrays or a
+        DataLoader-like iterable (whose batches are x, (x, y) or (x, y, sample_weight))."""
         if is_batch_iterable(x):
             for batch in x:
+                wb = None
                 if isinstance(batch, (tuple, list)):
                     xb = batch[0]
                     yb = batch[1] if len(batch) > 1 else None
+                    if len(batch) > 2:
+                        wb = batch[2].data if isinstance(batch[2], Tensor) else np.asarray(batch[2])
                 else:
                     xb, yb = batch, None
                 if self._n_inputs() > 1 and isinstance(xb, (list, tuple)):
@@ -253,7 +257,7 @@ class Model(Layer):
                     yb = yb.data
                 elif isinstance(yb, (list, tuple)):         # the targets of a multi-output model
                     yb = [v.data if isinstance(v, Tensor) else np.asarray(v) for v in yb]
-                yield xt, yb, (xt[0] if isinstance(xt, list) else xt).shape[0]
+                yield xt, yb, (xt[0] if isinstance(xt, list) else xt).shape[0], wb
             return
         n = num_samples(x)
         order = default_generator().permutation(n) if shuffle else None
@@ -263,8 +267,45 @@ class Model(Layer):
             else:
                 idx = slice(start, start + batch_size)
             xb = batch_x(x, idx)
-            yb = take_rows(y, idx)
-            yield _to_device(xb, device), yb, (xb[0] if isinstance(xb, list) else xb).shape[0]
+            yield (_to_device(xb, device), take_rows(y, idx), (xb[0] if isinstance(xb, list) else xb).shape[0],
+                   take_rows(w, idx))
+
+    def _sample_weights(self, x, y, sample_weight, class_weight, what):
+        """One weight per sample from sample_weight and/or class_weight (multiplied), or None."""
+        if sample_weight is None and class_weight is None:
+            return None
+        if is_batch_iterable(x):
+            raise ValueError(f"{what}: with a DataLoader, put the sample weights in the batches as (x, y, w); "
+                             "sample_weight= / class_weight= need array inputs")
+        n = num_samples(x)
+        w = np.ones(n, dtype=np.float32)
+        if sample_weight is not None:
+            sw = np.asarray(sample_weight, dtype=np.float32)
+            if sw.ndim > 2 or sw.size != n or (sw.ndim == 2 and sw.shape[1] != 1):
+                raise ValueError(f"{what}: sample_weight must hold one weight per sample, shape ({n},); got "
+                                 f"shape {sw.shape}")
+            if not np.all(np.isfinite(sw)) or (sw < 0).any():
+                raise ValueError(f"{what}: sample_weight must be finite and >= 0")
+            w *= sw.reshape(-1)
+        if class_weight is not None:
+            if isinstance(y, list):
+                raise ValueError(f"{what}: class_weight is not supported for models with several outputs; "
+                                 "pass sample_weight instead")
+            if not isinstance(class_weight, dict):
+                raise TypeError(f"{what}: class_weight must be a dict {{class index: weight}}")
+            labels = np.asarray(y)
+            if labels.ndim == 2 and labels.shape[1] > 1:
+                labels = labels.argmax(axis=1)         # one-hot targets
+            elif labels.ndim > 2 or (labels.ndim == 2 and labels.shape[1] != 1):
+                raise ValueError(f"{what}: class_weight needs one class per sample; targets have shape "
+                                 f"{labels.shape}")
+            labels = labels.reshape(-1).astype(np.int64)
+            table = {int(k): float(v) for k, v in class_weight.items()}
+            missing = sorted(set(np.unique(labels).tolist()) - set(table))
+            if missing:
+                raise ValueError(f"{what}: class_weight has no weight for class(es) {missing} present in y")
+            w *= np.array([table[c] for c in labels], dtype=np.float32)
+        return w
 
     def _prepare(self, x, y, what):
         if is_batch_iterable(x):
@@ -310,8 +351,6 @@ class Model(Layer):
         """Train for `epochs` epochs; returns a History whose .history has one value per epoch."""
         if kwargs:
             raise TypeError(f"fit: unexpected arguments {sorted(kwargs)}")
-        if class_weight is not None or sample_weight is not None:
-            raise ValueError("fit: class_weight / sample_weight are not supported")
         if steps_per_epoch is not None or validation_steps is not None:
             raise ValueError("fit: steps_per_epoch / validation_steps are not supported; "
                              "pass arrays or a DataLoader (one epoch = one pass)")
@@ -322,19 +361,27 @@ class Model(Layer):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self._first_batch_build(x)
         x, y = self._prepare(x, y, "fit")
+        w = self._sample_weights(x, y, sample_weight, class_weight, "fit")
+        val_w = None
         if validation_data is None and validation_split:
             if is_batch_iterable(x):
                 raise ValueError("fit: validation_split needs array inputs; pass validation_data instead")
+            n_all = num_samples(x)
             (x, y), validation_data = split_validation(x, y, validation_split)
+            if w is not None:                       # the validation rows keep their weights, as in Keras
+                w, val_w = w[:num_samples(x)], w[num_samples(x):n_all]
         val = None
         if validation_data is not None:
             if is_batch_iterable(validation_data):
-                val = (validation_data, None)
+                val = (validation_data, None, None)
             else:
-                if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                    raise ValueError("validation_data must be (x_val, y_val) or a DataLoader "
-                                     "(validation sample weights are not supported)")
-                val = self._prepare(validation_data[0], validation_data[1], "fit validation_data")
+                if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                    raise ValueError("validation_data must be (x_val, y_val), (x_val, y_val, sample_weight_val) "
+                                     "or a DataLoader")
+                vx, vy = self._prepare(validation_data[0], validation_data[1], "fit validation_data")
+                if len(validation_data) == 3:
+                    val_w = self._sample_weights(vx, vy, validation_data[2], None, "fit validation_data")
+                val = (vx, vy, val_w)
         self._resolve_metrics()
         self._ensure_optimizer()
         device = self._device()
@@ -356,9 +403,9 @@ class Model(Layer):
             for m in self._metrics:
                 m.reset_state()
             cb.on_epoch_begin(epoch)
-            for step, (xb, yb, n) in enumerate(self._batches(x, y, batch_size, shuffle, device)):
+            for step, (xb, yb, n, wb) in enumerate(self._batches(x, y, batch_size, shuffle, device, w)):
                 cb.on_train_batch_begin(step)
-                loss, out = self._train_step(xb, yb)
+                loss, out = self._train_step(xb, yb, wb)
                 lv = float(loss.item())
                 tracker.update(lv, n)
                 self._update_metrics(out, yb, n)
@@ -367,7 +414,7 @@ class Model(Layer):
                     break
             logs = self._logs(tracker)
             if val is not None and (epoch + 1) % int(validation_freq) == 0:
-                vlogs = self._run_eval(val[0], val[1], int(validation_batch_size or batch_size), 0)
+                vlogs = self._run_eval(val[0], val[1], int(validation_batch_size or batch_size), 0, val[2])
                 logs.update({"val_" + k: v for k, v in vlogs.items()})
             cb.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -378,7 +425,7 @@ class Model(Layer):
         return history
 
     # ------------------------------------------------------------------ evaluate / predict
-    def _run_eval(self, x, y, batch_size, verbose):
+    def _run_eval(self, x, y, batch_size, verbose, w=None):
         self.eval()
         tracker = metrics_mod.Mean("loss")
         for m in self._metrics:
@@ -391,11 +438,11 @@ class Model(Layer):
                 (len(x) if hasattr(x, "__len__") else None)
             bar = tqdm(total=total, desc="Evaluate", unit="step", dynamic_ncols=True)
         with no_grad():
-            for xb, yb, n in self._batches(x, y, batch_size, False, device):
+            for xb, yb, n, wb in self._batches(x, y, batch_size, False, device, w):
                 if yb is None:
                     raise ValueError("evaluate needs targets y (or a DataLoader yielding (x, y))")
                 out = self._forward(xb, training=False, logits=self._fused)
-                tracker.update(float(self._compute_loss(out, yb).item()), n)
+                tracker.update(float(self._compute_loss(out, yb, wb).item()), n)
                 self._update_metrics(out, yb, n)
                 if bar is not None:
                     bar.update(1)
@@ -412,15 +459,16 @@ class Model(Layer):
         """-> loss, or [loss, metric, ...] when compiled with metrics (return_dict=True: a dict)."""
         if kwargs:
             raise TypeError(f"evaluate: unexpected arguments {sorted(kwargs)}")
-        if sample_weight is not None or steps is not None:
-            raise ValueError("evaluate: sample_weight / steps are not supported")
+        if steps is not None:
+            raise ValueError("evaluate: steps is not supported; pass arrays or a DataLoader (one pass)")
         self._require_compiled("evaluating it")
         self._first_batch_build(x)
         x, y = self._prepare(x, y, "evaluate")
+        w = self._sample_weights(x, y, sample_weight, None, "evaluate")
         if y is None and not is_batch_iterable(x):
             raise ValueError("evaluate needs targets: model.evaluate(x_test, y_test)")
         self._resolve_metrics()
-        logs = self._run_eval(x, y, int(batch_size or 32), _verbosity(verbose))
+        logs = self._run_eval(x, y, int(batch_size or 32), _verbosity(verbose), w)
         if return_dict:
             return logs
         vals = list(logs.values())
@@ -444,7 +492,7 @@ class Model(Layer):
                 (len(x) if hasattr(x, "__len__") else None)
             bar = tqdm(total=total, desc="Predict", unit="step", dynamic_ncols=True)
         with no_grad():
-            for xb, _, _ in self._batches(x, None, bs, False, self._device()):
+            for xb, *_ in self._batches(x, None, bs, False, self._device()):
                 out = self._forward(xb, training=False)
                 outs.append([o.numpy() for o in out] if isinstance(out, list) else out.numpy())
                 if bar is not None:
@@ -464,24 +512,25 @@ class Model(Layer):
         return self.predict(x, batch_size=max(1, num_samples(self._standardize_x(x, "predict_on_batch x"))),
                             verbose=0)
 
-    def train_on_batch(self, x, y, return_dict=False):
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
         self._require_compiled("training it")
         x, y = self._prepare(x, y, "train_on_batch")
+        w = self._sample_weights(x, y, sample_weight, class_weight, "train_on_batch")
         self._resolve_metrics()
         self._ensure_optimizer()
         self.train()
         for m in self._metrics:
             m.reset_state()
         xb = _to_device(batch_x(x, slice(None)), self._device())
-        loss, out = self._train_step(xb, y)
+        loss, out = self._train_step(xb, y, w)
         self._update_metrics(out, y, num_samples(x))
         logs = {"loss": float(loss.item())}
         logs.update({m.name: m.result() for m in self._metrics})
         return logs if return_dict else (list(logs.values()) if len(logs) > 1 else logs["loss"])
 
-    def test_on_batch(self, x, y, return_dict=False):
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         return self.evaluate(x, y, batch_size=max(1, num_samples(self._standardize_x(x, "test_on_batch x"))),
-                             verbose=0, return_dict=return_dict)
+                             verbose=0, sample_weight=sample_weight, return_dict=return_dict)
 
     # ------------------------------------------------------------------ shape check / summary / save
     def check_input_shape(self, shape, built=True, x_shape=None):
