@@ -4,7 +4,7 @@ from .core import InputLayer, Input, Dense, Embedding, Activation, ReLU, Softmax
 from .convolutional import (Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
                             GlobalMaxPooling2D)
 from .normalization import BatchNormalization
-from .recurrent import LSTM
+from .recurrent import GRU, LSTM
 from .merge import Add, Subtract, Multiply, Average, Concatenate
 
 # Keras aliases
@@ -17,7 +17,7 @@ GlobalMaxPool2D = GlobalMaxPooling2D
 __all__ = ["Layer", "InputShapeError", "InputLayer", "Input", "Dense", "Embedding", "Activation", "ReLU", "Softmax",
            "Dropout", "Flatten", "Reshape", "Conv2D", "Convolution2D", "MaxPooling2D", "MaxPool2D",
            "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "GlobalAvgPool2D",
-           "GlobalMaxPooling2D", "GlobalMaxPool2D", "BatchNormalization", "LSTM", "Add", "Subtract",
+           "GlobalMaxPooling2D", "GlobalMaxPool2D", "BatchNormalization", "LSTM", "GRU", "Add", "Subtract",
            "Multiply", "Average", "Concatenate"]
 
 

@@ -1,4 +1,4 @@
-"""Keras LSTM: one fused graph node for the whole sequence.
+"""Keras LSTM and GRU: one fused graph node for the whole sequence.
 
 Weights in Keras' layout: kernel (features, 4*units), recurrent_kernel
 (units, 4*units), one bias (4*units,), gates ordered i, f, c, o (the same order
@@ -22,7 +22,7 @@ from ... import ops
 from .. import activations, initializers
 from .base import Layer
 
-__all__ = ["LSTM", "lstm_sequence"]
+__all__ = ["LSTM", "GRU", "lstm_sequence"]
 
 
 def _sigmoid(xp, z, out=None):
@@ -216,6 +216,83 @@ class LSTM(Layer):
                 "activation": activations.serialize(self.activation),
                 "recurrent_activation": activations.serialize(self.recurrent_activation),
                 "use_bias": self.use_bias, "unit_forget_bias": self.unit_forget_bias,
+                "return_sequences": self.return_sequences, "go_backwards": self.go_backwards,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer)}
+
+
+class GRU(Layer):
+    """Keras' GRU (reset_after=True, the Keras 2.x/3 default): kernel (features, 3*units) and
+    recurrent_kernel (units, 3*units) with gates ordered z, r, h, and bias (2, 3*units) holding the
+    input and the recurrent bias.  That is PyTorch's GRU with the gates in another order, so the
+    sequence runs through the engine's fused GRU (engine.nn.functional.gru_layer) on a permuted
+    view of the weights; the permutation is part of the graph, so gradients land in Keras' layout."""
+
+    input_ndim = 3
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, return_sequences=False,
+                 return_state=False, go_backwards=False, stateful=False, unroll=False, reset_after=True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if dropout or recurrent_dropout:
+            raise ValueError("GRU: dropout / recurrent_dropout are not supported; put a Dropout layer "
+                             "before or after the GRU instead")
+        if return_state or stateful:
+            raise ValueError("GRU: return_state and stateful are not supported")
+        if not reset_after:
+            raise ValueError("GRU: only reset_after=True (the Keras default) is supported")
+        self.activation = activations.get(activation)
+        self.recurrent_activation = activations.get(recurrent_activation)
+        if self.activation is not activations.tanh or self.recurrent_activation is not activations.sigmoid:
+            raise ValueError("GRU: only activation='tanh' with recurrent_activation='sigmoid' is supported")
+        self.units = int(units)
+        self.use_bias, self.reset_after = bool(use_bias), True
+        self.return_sequences, self.go_backwards = bool(return_sequences), bool(go_backwards)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.recurrent_initializer = initializers.get(recurrent_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        u = self.units
+        self._torch_order = np.r_[u:2 * u, 0:u, 2 * u:3 * u]       # Keras z, r, h -> PyTorch r, z, n
+
+    def build(self, input_shape):
+        feat = input_shape[-1]
+        if feat is None:
+            raise ValueError(f'layer "{self.name}" (GRU) needs a known feature axis (last)')
+        self.add_weight("kernel", (feat, 3 * self.units), self.kernel_initializer)
+        self.add_weight("recurrent_kernel", (self.units, 3 * self.units), self.recurrent_initializer)
+        if self.use_bias:
+            self.add_weight("bias", (2, 3 * self.units), self.bias_initializer)
+
+    def expected_input_shape(self):
+        s = self.input_shape_built
+        return (None, None, s[-1]) if s else None
+
+    def compute_output_shape(self, input_shape):
+        if self.return_sequences:
+            return (input_shape[0], input_shape[1], self.units)
+        return (input_shape[0], self.units)
+
+    def call(self, inputs, training=False):
+        from ...nn.functional import gru_layer
+        order = self._torch_order
+        w_ih = self.kernel[:, order].T                  # (3U, F) in PyTorch's gate order
+        w_hh = self.recurrent_kernel[:, order].T
+        b_ih = b_hh = None
+        if self.use_bias:
+            b_ih, b_hh = self.bias[0][order], self.bias[1][order]
+        x = inputs[:, ::-1] if self.go_backwards else inputs
+        seq, last = gru_layer(x.transpose(1, 0, 2), None, w_ih, w_hh, b_ih, b_hh)
+        # with go_backwards the sequence comes back in processing (reversed) order, as in Keras
+        return seq.transpose(1, 0, 2) if self.return_sequences else last
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "activation": activations.serialize(self.activation),
+                "recurrent_activation": activations.serialize(self.recurrent_activation),
+                "use_bias": self.use_bias, "reset_after": True,
                 "return_sequences": self.return_sequences, "go_backwards": self.go_backwards,
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
