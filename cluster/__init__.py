@@ -1,7 +1,8 @@
 """The cluster layer: data-parallel training on top of `engine` (models) and `comm` (collectives).
 
 User scripts run by `job.script` call `cluster.init()` to get the communicator and
-their place in the job, then wrap their model in `cluster.DistributedDataParallel`.
+their place in the job, then wrap their model in `cluster.DistributedDataParallel`
+(engine.nn models) or call `cluster.keras.distribute` (engine.keras models).
 """
 from __future__ import annotations
 

@@ -46,3 +46,28 @@ def test_examples_reject_bad_flags():
     proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "seed_keras_cnn.py"), "--epochs", "0"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--epochs must be positive" in proc.stderr
+
+
+@pytest.mark.timeout(90)
+def test_keras_data_parallel_example_runs_alone():
+    """The data-parallel Keras example also runs as one plain process (a 1-rank job)."""
+    acc, out = run_example("keras_data_parallel.py", "--epochs", "1", "--limit", "1500", "--test-limit", "500",
+                           "--verbose", "2")
+    assert "workers: 1" in out and acc > 0.5
+
+
+@pytest.mark.timeout(120)
+def test_keras_data_parallel_example_under_dptrain_run(tmp_path):
+    """`dptrain run ... job.script=examples/keras_data_parallel.py` on 2 ZeroMQ workers."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DPTRAIN_OFFLINE="1", PYTHONPATH=REPO)
+    for k in [k for k in env if k.startswith(("DPTRAIN_", "OMPI_", "PMI_", "HYDRA_"))]:
+        del env[k]
+    env["DPTRAIN_OFFLINE"] = "1"
+    args = ["job.script=examples/keras_data_parallel.py", "cluster.backend=zmq", f"output.dir={tmp_path / 'run'}",
+            f"job.script_args=[--data, {_embedded_dir()}, --epochs, '1', --limit, '1500', --test-limit, '500', "
+            f"--verbose, '2', --batch-size, '64']"]
+    proc = subprocess.run([sys.executable, "-m", "launcher", "run", "configs/local.yaml", *args], env=env,
+                          capture_output=True, text=True, timeout=110, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[rank 0] Test accuracy:" in proc.stdout and "workers: 2" in proc.stdout
+    assert "[rank 1] Test accuracy" not in proc.stdout           # only rank 0 reports

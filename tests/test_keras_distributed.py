@@ -1,0 +1,73 @@
+"""cluster.keras: a Keras model trained with model.fit on 2 and 3 ranks ends where one worker at
+the global batch ends; every rank holds the same weights; the logs are global averages."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dist_utils import ROOT, base_env, run_mpi, run_zmq
+
+WORKER = os.path.join(ROOT, "tests", "keras_dp_worker.py")
+
+
+def _load(out, n):
+    with np.load(str(out) + ".npz") as z:
+        weights = [z[f"arr_{i}"] for i in range(len(z.files))]
+    return weights, [json.load(open(f"{out}.rank{r}.json")) for r in range(n)]
+
+
+def _one_worker(tmp_path):
+    out = tmp_path / "w1"
+    p = subprocess.run([sys.executable, WORKER, str(out)], env=base_env(), cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return _load(out, 1)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["zmq", "mpi"])
+def test_keras_fit_on_several_ranks_matches_one_worker(tmp_path, backend):
+    ref, (ref_log,) = _one_worker(tmp_path)
+    for n in (2, 3):
+        out = tmp_path / f"w{n}"
+        if backend == "zmq":
+            for r, (rc, so, se) in enumerate(run_zmq(n, [WORKER, str(out)], timeout=150)):
+                assert rc == 0, f"rank {r}: {se[-3000:]}"
+        else:
+            rc, so, se = run_mpi(n, [WORKER, str(out)], timeout=150)
+            assert rc == 0, se[-3000:]
+        got, logs = _load(out, n)
+        assert [lg["size"] for lg in logs] == [n] * n and {lg["backend"] for lg in logs} == {backend}
+        assert len({lg["digest"] for lg in logs}) == 1, "ranks ended with different weights"
+        assert [lg["rows"] for lg in logs] == [200 // n] * n          # equal shares, remainder dropped
+        if 200 // n * n == 200 and 24 % n == 0:                     # same rows and steps as one worker
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
+            assert diff <= 1e-5, f"{n} ranks on {backend}: max |weight difference| {diff:.3g}"
+            np.testing.assert_allclose(logs[0]["history"]["loss"], ref_log["history"]["loss"], rtol=1e-5)
+        # MetricAverageCallback: every rank reports the same (global) epoch figures
+        assert all(lg["history"] == logs[0]["history"] for lg in logs)
+
+
+def test_distribute_and_shard_errors_and_single_process_passthrough():
+    import comm
+    from cluster import keras as dpk
+    from engine import keras
+    from engine.keras import layers
+    unbuilt = keras.Sequential([layers.Dense(2)])
+    with pytest.raises(ValueError, match="has no weights yet; give its first layer input_shape="):
+        dpk.distribute(unbuilt)
+    c = comm.init("local")
+    model = keras.Sequential([layers.Dense(2, input_shape=(3,))])
+    ddp = dpk.distribute(model, c)
+    assert dpk.distribute(model, c) is ddp                           # idempotent
+    x, y = np.arange(10), np.arange(10) * 2
+    xs, ys = dpk.shard(x, y, rank=1, size=3)
+    assert xs.tolist() == [1, 4, 7] and ys.tolist() == [2, 8, 14]    # interleaved, 10 -> 9 rows kept
+    assert dpk.shard(x, comm=c).tolist() == list(range(10))
+    with pytest.raises(ValueError, match="different lengths"):
+        dpk.shard(x, y[:5], rank=0, size=2)
+    with pytest.raises(ValueError, match="cannot be split over 4 ranks"):
+        dpk.shard(x[:3], rank=0, size=4)
