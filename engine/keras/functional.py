@@ -352,32 +352,29 @@ class Functional(Model):
                    name=config.get("name"), trainable=config.get("trainable", True))
 
 
-def _input_list(x):
-    """keras.Model(inputs=...) as a list of Input tensors (a tensor, a list, or a dict by name)."""
+def _tensor_list(x, what):
+    """keras.Model(inputs=/outputs=...) as a list of KerasTensors (a tensor, a list, or a dict by name)."""
     if isinstance(x, dict):
         x = list(x.values())
     xs = list(x) if isinstance(x, (list, tuple)) else [x]
     if not xs:
-        raise ValueError("Model(inputs=...) needs at least one keras.Input")
+        raise ValueError(f"Model({what}=...) needs at least one tensor")
     for t in xs:
         if not isinstance(t, KerasTensor):
-            raise TypeError(f"Model(inputs=...) expects KerasTensors from keras.Input, got {type(t).__name__}")
-        if not isinstance(t._layer, InputLayer):
-            raise ValueError("Model(inputs=...): inputs must come from keras.Input(shape=...)")
+            raise TypeError(f"Model({what}=...) expects KerasTensors from keras.Input / layer calls, "
+                            f"got {type(t).__name__}")
+    return xs
+
+
+def _input_list(x):
+    xs = _tensor_list(x, "inputs")
+    if not all(isinstance(t._layer, InputLayer) for t in xs):
+        raise ValueError("Model(inputs=...): inputs must come from keras.Input(shape=...)")
     return xs
 
 
 def _output_list(x):
-    """keras.Model(outputs=...) as a list of KerasTensors (a tensor, a list, or a dict by name)."""
-    if isinstance(x, dict):
-        x = list(x.values())
-    xs = list(x) if isinstance(x, (list, tuple)) else [x]
-    if not xs:
-        raise ValueError("Model(outputs=...) needs at least one output tensor")
-    for t in xs:
-        if not isinstance(t, KerasTensor):
-            raise TypeError(f"Model(outputs=...) expects KerasTensors from layer calls, got {type(t).__name__}")
-    return xs
+    return _tensor_list(x, "outputs")
 
 
 def _topological_nodes(inputs, outputs):

@@ -134,39 +134,34 @@ class _UnitForgetBias(initializers.Initializer):
         return b
 
 
-class LSTM(Layer):
+class _Recurrent(Layer):
+    """What Keras' LSTM and GRU share: arguments, output shape, the (N, T, F) input check, config."""
+
     input_ndim = 3
 
-    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
-                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
-                 bias_initializer="zeros", unit_forget_bias=True, dropout=0.0, recurrent_dropout=0.0,
-                 return_sequences=False, return_state=False, go_backwards=False, stateful=False,
-                 unroll=False, **kwargs):
+    def __init__(self, units, activation, recurrent_activation, use_bias, kernel_initializer,
+                 recurrent_initializer, bias_initializer, dropout, recurrent_dropout, return_sequences,
+                 return_state, go_backwards, stateful, **kwargs):
         super().__init__(**kwargs)
+        kind = type(self).__name__
         if dropout or recurrent_dropout:
-            raise ValueError("LSTM: dropout / recurrent_dropout are not supported; put a Dropout layer "
-                             "before or after the LSTM instead")
+            raise ValueError(f"{kind}: dropout / recurrent_dropout are not supported; put a Dropout layer "
+                             f"before or after the {kind} instead")
         if return_state or stateful:
-            raise ValueError("LSTM: return_state and stateful are not supported in Sequential models")
+            raise ValueError(f"{kind}: return_state and stateful are not supported")
         self.units = int(units)
         self.activation = activations.get(activation)
         self.recurrent_activation = activations.get(recurrent_activation)
-        self.use_bias, self.unit_forget_bias = bool(use_bias), bool(unit_forget_bias)
+        self.use_bias = bool(use_bias)
         self.return_sequences, self.go_backwards = bool(return_sequences), bool(go_backwards)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.recurrent_initializer = initializers.get(recurrent_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
 
-    def build(self, input_shape):
-        feat = input_shape[-1]
-        if feat is None:
-            raise ValueError(f'layer "{self.name}" (LSTM) needs a known feature axis (last)')
-        self.add_weight("kernel", (feat, 4 * self.units), self.kernel_initializer)
-        self.add_weight("recurrent_kernel", (self.units, 4 * self.units), self.recurrent_initializer)
-        if self.use_bias:
-            init = _UnitForgetBias(self.bias_initializer, self.units) if self.unit_forget_bias \
-                else self.bias_initializer
-            self.add_weight("bias", (4 * self.units,), init)
+    def _feature_axis(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(f'layer "{self.name}" ({type(self).__name__}) needs a known feature axis (last)')
+        return input_shape[-1]
 
     def expected_input_shape(self):
         s = self.input_shape_built
@@ -176,6 +171,37 @@ class LSTM(Layer):
         if self.return_sequences:
             return (input_shape[0], input_shape[1], self.units)
         return (input_shape[0], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "activation": activations.serialize(self.activation),
+                "recurrent_activation": activations.serialize(self.recurrent_activation),
+                "use_bias": self.use_bias, "return_sequences": self.return_sequences,
+                "go_backwards": self.go_backwards,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer)}
+
+
+class LSTM(_Recurrent):
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", unit_forget_bias=True, dropout=0.0, recurrent_dropout=0.0,
+                 return_sequences=False, return_state=False, go_backwards=False, stateful=False,
+                 unroll=False, **kwargs):
+        super().__init__(units, activation, recurrent_activation, use_bias, kernel_initializer,
+                         recurrent_initializer, bias_initializer, dropout, recurrent_dropout, return_sequences,
+                         return_state, go_backwards, stateful, **kwargs)
+        self.unit_forget_bias = bool(unit_forget_bias)
+
+    def build(self, input_shape):
+        feat = self._feature_axis(input_shape)
+        self.add_weight("kernel", (feat, 4 * self.units), self.kernel_initializer)
+        self.add_weight("recurrent_kernel", (self.units, 4 * self.units), self.recurrent_initializer)
+        if self.use_bias:
+            init = _UnitForgetBias(self.bias_initializer, self.units) if self.unit_forget_bias \
+                else self.bias_initializer
+            self.add_weight("bias", (4 * self.units,), init)
 
     def _fused_ok(self):
         return self.activation is activations.tanh and self.recurrent_activation is activations.sigmoid
@@ -212,68 +238,37 @@ class LSTM(Layer):
         return ops.stack(outs, axis=1)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units,
-                "activation": activations.serialize(self.activation),
-                "recurrent_activation": activations.serialize(self.recurrent_activation),
-                "use_bias": self.use_bias, "unit_forget_bias": self.unit_forget_bias,
-                "return_sequences": self.return_sequences, "go_backwards": self.go_backwards,
-                "kernel_initializer": initializers.serialize(self.kernel_initializer),
-                "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
-                "bias_initializer": initializers.serialize(self.bias_initializer)}
+        return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
 
 
-class GRU(Layer):
+class GRU(_Recurrent):
     """Keras' GRU (reset_after=True, the Keras 2.x/3 default): kernel (features, 3*units) and
     recurrent_kernel (units, 3*units) with gates ordered z, r, h, and bias (2, 3*units) holding the
     input and the recurrent bias.  That is PyTorch's GRU with the gates in another order, so the
     sequence runs through the engine's fused GRU (engine.nn.functional.gru_layer) on a permuted
     view of the weights; the permutation is part of the graph, so gradients land in Keras' layout."""
 
-    input_ndim = 3
-
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, return_sequences=False,
                  return_state=False, go_backwards=False, stateful=False, unroll=False, reset_after=True,
                  **kwargs):
-        super().__init__(**kwargs)
-        if dropout or recurrent_dropout:
-            raise ValueError("GRU: dropout / recurrent_dropout are not supported; put a Dropout layer "
-                             "before or after the GRU instead")
-        if return_state or stateful:
-            raise ValueError("GRU: return_state and stateful are not supported")
+        super().__init__(units, activation, recurrent_activation, use_bias, kernel_initializer,
+                         recurrent_initializer, bias_initializer, dropout, recurrent_dropout, return_sequences,
+                         return_state, go_backwards, stateful, **kwargs)
         if not reset_after:
             raise ValueError("GRU: only reset_after=True (the Keras default) is supported")
-        self.activation = activations.get(activation)
-        self.recurrent_activation = activations.get(recurrent_activation)
         if self.activation is not activations.tanh or self.recurrent_activation is not activations.sigmoid:
             raise ValueError("GRU: only activation='tanh' with recurrent_activation='sigmoid' is supported")
-        self.units = int(units)
-        self.use_bias, self.reset_after = bool(use_bias), True
-        self.return_sequences, self.go_backwards = bool(return_sequences), bool(go_backwards)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.recurrent_initializer = initializers.get(recurrent_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
         u = self.units
         self._torch_order = np.r_[u:2 * u, 0:u, 2 * u:3 * u]       # Keras z, r, h -> PyTorch r, z, n
 
     def build(self, input_shape):
-        feat = input_shape[-1]
-        if feat is None:
-            raise ValueError(f'layer "{self.name}" (GRU) needs a known feature axis (last)')
+        feat = self._feature_axis(input_shape)
         self.add_weight("kernel", (feat, 3 * self.units), self.kernel_initializer)
         self.add_weight("recurrent_kernel", (self.units, 3 * self.units), self.recurrent_initializer)
         if self.use_bias:
             self.add_weight("bias", (2, 3 * self.units), self.bias_initializer)
-
-    def expected_input_shape(self):
-        s = self.input_shape_built
-        return (None, None, s[-1]) if s else None
-
-    def compute_output_shape(self, input_shape):
-        if self.return_sequences:
-            return (input_shape[0], input_shape[1], self.units)
-        return (input_shape[0], self.units)
 
     def call(self, inputs, training=False):
         from ...nn.functional import gru_layer
@@ -289,11 +284,4 @@ class GRU(Layer):
         return seq.transpose(1, 0, 2) if self.return_sequences else last
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units,
-                "activation": activations.serialize(self.activation),
-                "recurrent_activation": activations.serialize(self.recurrent_activation),
-                "use_bias": self.use_bias, "reset_after": True,
-                "return_sequences": self.return_sequences, "go_backwards": self.go_backwards,
-                "kernel_initializer": initializers.serialize(self.kernel_initializer),
-                "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
-                "bias_initializer": initializers.serialize(self.bias_initializer)}
+        return {**super().get_config(), "reset_after": True}
