@@ -38,6 +38,14 @@ def distribute(model, comm=None, bucket_cap_mb: float = 25):
         return model._dptrain_ddp
     ddp = DistributedDataParallel(model, comm, bucket_cap_mb=bucket_cap_mb)
     model._dptrain_ddp = ddp      # the gradient hooks refer to it: keep it as long as the model
+    # Weights that got no gradient in a step (a branch the loss does not use) would leave their
+    # bucket unreduced and the ranks drifting apart: complete the all-reduce (with zeros for them)
+    # before every update.  A no-op when backward already finished it.
+    hooks = getattr(model, "_before_update", None)
+    if hooks is None:
+        raise TypeError(f"distribute: {type(model).__name__} is not an engine.keras model; wrap engine.nn models "
+                        "in cluster.DistributedDataParallel instead")
+    hooks.append(ddp.synchronize)
     return ddp
 
 

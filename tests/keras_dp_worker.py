@@ -18,8 +18,22 @@ def main():
     out = sys.argv[1]
     ctx = cluster.init()
     keras.utils.set_random_seed(100 + ctx.rank)      # different on every rank: distribute() must fix it
-    model = keras.Sequential([layers.Dense(16, activation="relu", input_shape=(8,)),
-                              layers.Dense(3, activation="softmax")])
+    if "--unused" in sys.argv:
+        class WithSpare(keras.Model):                 # a built layer the loss never uses
+            def __init__(self):
+                super().__init__()
+                self.hidden = layers.Dense(16, activation="relu")
+                self.out = layers.Dense(3, activation="softmax")
+                self.spare = layers.Dense(2)
+
+            def call(self, x, training=False):
+                return self.out(self.hidden(x))
+        model = WithSpare()
+        model(np.zeros((1, 8), np.float32))
+        model.spare(np.zeros((1, 8), np.float32))
+    else:
+        model = keras.Sequential([layers.Dense(16, activation="relu", input_shape=(8,)),
+                                  layers.Dense(3, activation="softmax")])
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     dpk.distribute(model, ctx.comm)
@@ -32,7 +46,7 @@ def main():
                   callbacks=[dpk.MetricAverageCallback(ctx.comm)])
     weights = model.get_weights()
     digest = hashlib.sha256(b"".join(w.tobytes() for w in weights)).hexdigest()
-    if ctx.rank == 0:
+    if ctx.rank == 0 and "--unused" not in sys.argv:
         np.savez(out + ".npz", *weights)
     with open(f"{out}.rank{ctx.rank}.json", "w") as fh:
         json.dump({"rank": ctx.rank, "size": ctx.size, "rows": len(xl), "history": h.history,

@@ -51,6 +51,17 @@ def test_keras_fit_on_several_ranks_matches_one_worker(tmp_path, backend):
         assert all(lg["history"] == logs[0]["history"] for lg in logs)
 
 
+@pytest.mark.timeout(120)
+def test_weights_without_gradient_do_not_stall_the_all_reduce(tmp_path):
+    """A built layer the loss never uses: its bucket is completed with zeros before each update, so
+    the ranks keep reducing and end identical (without that they silently drift apart)."""
+    out = tmp_path / "spare"
+    for r, (rc, so, se) in enumerate(run_zmq(2, [WORKER, str(out), "--unused"], timeout=100)):
+        assert rc == 0, f"rank {r}: {se[-3000:]}"
+    logs = [json.load(open(f"{out}.rank{r}.json")) for r in range(2)]
+    assert logs[0]["digest"] == logs[1]["digest"]
+
+
 def test_distribute_and_shard_errors_and_single_process_passthrough():
     import comm
     from cluster import keras as dpk

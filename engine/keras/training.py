@@ -61,6 +61,9 @@ class Model(Layer):
         self.stop_training = False
         self.history = None
         self._metric_ids = []
+        # called between backward and the optimizer update (cluster.keras: finish the gradient
+        # all-reduce even when some weights got no gradient in this step)
+        self._before_update = []
 
     # ------------------------------------------------------------------ structure
     @property
@@ -222,6 +225,8 @@ class Model(Layer):
         loss = self._compute_loss(out, yb, wb)
         self.optimizer.zero_grad()
         loss.backward()
+        for hook in self._before_update:
+            hook()
         self.optimizer.step()
         return loss, out
 
