@@ -71,7 +71,8 @@ def shard(*arrays, comm=None, rank=None, size=None):
 
 class MetricAverageCallback(Callback):
     """Replace each epoch's logs (loss, metrics, val_*) by their mean over all ranks, so History,
-    EarlyStopping and checkpoints see the global figures (collective: every rank must use it)."""
+    EarlyStopping and checkpoints see the global figures (collective: every rank must use it; list
+    it before the callbacks that read the logs, since callbacks run in list order)."""
 
     def __init__(self, comm):
         super().__init__()
