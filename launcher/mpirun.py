@@ -20,6 +20,7 @@ import sys
 
 from cluster.config import Config, is_local_host
 
+from . import shmclean
 from .job import Job, clean_env, resume_note, worker_command
 from .placement import nodes_per_rank
 from .supervise import root_cause, Failure, Group, Supervisor, exit_code_of, tail_file
@@ -147,6 +148,7 @@ class MpiGroup(Group):
             f.write(hostfile_text(job.cfg, flavor))
         self.proc: subprocess.Popen | None = None
         self.status_dir = job.run.file("status")
+        self._shm_before = shmclean.snapshot()     # MPI segments that are not ours to clean up
 
     def replanned(self) -> None:
         with open(self.hostfile, "w") as f:
@@ -200,6 +202,13 @@ class MpiGroup(Group):
             rank, rc = root_cause([(int(r["rank"]), int(r["exit_code"])) for r in bad], seen)
             return Failure(rank, rc, f"exit code {rc}", tail_file(self.job.run.rank_log(rank)))
         return Failure(None, exit_code_of(mpiexec_code or 1), f"mpiexec exited with code {mpiexec_code}", [])
+
+    def close(self) -> None:
+        """After the last attempt: remove the /dev/shm segments that killed ranks left behind."""
+        removed = shmclean.remove_orphans(self._shm_before)
+        if removed:
+            print(f"dptrain: removed {len(removed)} shared-memory segment(s) left in {shmclean.SHM_DIR} by "
+                  f"MPI ranks that did not finish cleanly", file=sys.stderr, flush=True)
 
     def stop(self, grace: float) -> None:
         p = self.proc

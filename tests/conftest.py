@@ -4,3 +4,16 @@ import os
 os.environ.setdefault("DPTRAIN_OFFLINE", "1")
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_mpi_segments():
+    """Tests kill MPI ranks on purpose; remove the /dev/shm segments those ranks could not (the
+    launcher does the same for its own jobs, see launcher/shmclean.py)."""
+    from launcher import shmclean
+    before = shmclean.snapshot()
+    yield
+    shmclean.remove_orphans(before)

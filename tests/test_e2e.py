@@ -55,10 +55,15 @@ def _uninterrupted_and_crashed(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     p = dptrain("run", "configs/local.yaml", *RESUME, f"output.dir={a}")
     assert p.returncode == 0, p.stderr[-3000:]
+    from launcher import shmclean
+    before = shmclean.snapshot()
     p = dptrain("run", "configs/local.yaml", *RESUME, f"output.dir={b}",
                 env={"DPTRAIN_FAULT_CRASH_AT_STEP": "13"})
     assert p.returncode != 0
     assert not (b / "model.safetensors").exists()
+    # the crashed rank never reached MPI_Finalize; the launcher removed what it left in /dev/shm
+    leftover = shmclean.snapshot() - before - shmclean.in_use()
+    assert not {f"{shmclean.SHM_DIR}/{n}" for n in leftover} - shmclean.in_use(), leftover
     return a, b
 
 
