@@ -709,7 +709,9 @@ def _cross_checks(cfg: dict, errors: list[str], base_dir: str) -> None:
         if isinstance(s, int) and not isinstance(s, bool) and s > 0:
             world += s
     gbs = job.get("global_batch_size")
-    if world > 0 and isinstance(gbs, int) and not isinstance(gbs, bool) and gbs > 0 and gbs % world:
+    # the built-in loop splits the global batch; a job.script chooses its own batches
+    uses_gbs = not (isinstance(job.get("script"), str) and job.get("script", "").strip())
+    if uses_gbs and world > 0 and isinstance(gbs, int) and not isinstance(gbs, bool) and gbs > 0 and gbs % world:
         lo = max(world, gbs - gbs % world)
         errors.append(f"job.global_batch_size: {gbs} is not divisible by the world size {world} "
                       f"(sum of cluster.nodes.*.slots); use a multiple such as {lo} or {lo + world}")

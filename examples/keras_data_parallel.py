@@ -2,6 +2,7 @@
 
 Runs on every worker that `dptrain` starts (one process alone works too):
 
+    .venv/bin/dptrain launch -n 2 examples/keras_data_parallel.py --epochs 1
     .venv/bin/dptrain run configs/local.yaml job.script=examples/keras_data_parallel.py \
         'job.script_args=[--epochs, "1"]'
     python examples/keras_data_parallel.py --epochs 1 --limit 2000     # one process

@@ -1,6 +1,7 @@
 """The `dptrain` command line (also `python -m launcher`).
 
     dptrain run CONFIG [key=value ...]        local worker processes (or mpirun when the config says so)
+    dptrain launch [-n N] SCRIPT [ARGS ...]   a script on N local workers, no config file (like torchrun)
     dptrain mpirun CONFIG [key=value ...] [--dry-run]
     dptrain script CONFIG [key=value ...] -o launch.sh [--slurm]
     dptrain validate CONFIG [key=value ...] [--json] [--reference]
@@ -100,7 +101,57 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _launch_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dptrain launch", description="Run a Python training script on N local worker processes, like "
+        "torchrun --nproc_per_node N: no config file; the script calls cluster.init() (engine.nn models: "
+        "cluster.DistributedDataParallel; Keras models: cluster.keras.distribute). Everything after SCRIPT "
+        "goes to the script.")
+    p.add_argument("-n", "--nproc", default="auto", metavar="N",
+                   help="worker processes (default auto: one per usable core, or per GPU)")
+    p.add_argument("--backend", default="auto", choices=("auto", "mpi", "zmq"),
+                   help="auto: MPI when mpiexec works here, else ZeroMQ")
+    p.add_argument("--threads", type=int, default=1, help="OMP/OpenBLAS threads per worker (default 1)")
+    p.add_argument("--output", default=None, metavar="DIR", help="run directory (default runs/<script name>)")
+    p.add_argument("--max-restarts", type=int, default=0, help="restart the workers this often after a failure")
+    p.add_argument("script", metavar="SCRIPT")
+    p.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    return p
+
+
+def _launch(argv: list[str]) -> int:
+    """`dptrain launch`: the config a one-machine script job needs, built from flags, then `run`."""
+    from cluster.config import ConfigError, resolve_config
+    args = _launch_parser().parse_args(argv)
+    nproc = args.nproc if args.nproc == "auto" else _positive_int(args.nproc)
+    if nproc is None:
+        sys.stderr.write(f"dptrain launch: -n/--nproc must be a positive integer or auto, got {args.nproc!r}\n")
+        return EXIT_CONFIG
+    stem = os.path.splitext(os.path.basename(args.script))[0] or "script"
+    raw = {"name": stem,
+           "cluster": {"nodes": [{"host": "localhost", "slots": nproc}], "backend": args.backend},
+           "job": {"script": args.script, "script_args": list(args.script_args), "threads": args.threads},
+           "output": {"dir": args.output or os.path.join("runs", stem)},
+           "fault_tolerance": {"max_restarts": args.max_restarts}}
+    try:
+        cfg = resolve_config(raw, source="dptrain launch")
+    except ConfigError as e:
+        sys.stderr.write(e.format() + "\n")
+        return EXIT_CONFIG
+    return _start(cfg, "run")
+
+
+def _positive_int(text: str):
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
 def _run(argv: list[str]) -> int:
+    if argv and argv[0] == "launch":       # its own parser: the script's arguments are not overrides
+        return _launch(argv[1:])
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
     if hasattr(args, "overrides"):
@@ -158,6 +209,12 @@ def _run(argv: list[str]) -> int:
                              "`dptrain run` / `dptrain mpirun`; the script restarts on the same nodes\n")
         return 0
 
+    return _start(cfg, cmd, dry=getattr(args, "dry_run", False))
+
+
+def _start(cfg, cmd: str, dry: bool = False) -> int:
+    """Start the job of a validated config: local processes or mpiexec (`run` / `mpirun`)."""
+    from .job import prepare_job
     backend = cfg["cluster"]["backend"]
     auto_mpi = cmd == "run" and backend == "auto" and cfg.all_local and _mpi_available(cfg)
     use_mpi = cmd == "mpirun" or backend == "mpi" or not cfg.all_local or auto_mpi
@@ -168,7 +225,6 @@ def _run(argv: list[str]) -> int:
         sys.stderr.write(f"dptrain: {why}: launching through mpiexec (as `dptrain mpirun`){tail}\n")
     if use_mpi:
         from .mpirun import run_mpirun
-        dry = getattr(args, "dry_run", False)
         job = prepare_job(cfg, "mpirun", create=not dry)
         return run_mpirun(job, dry_run=dry)
     from .local import run_local

@@ -134,7 +134,10 @@ def test_cross_field_checks(tmp_path):
     }, base_dir=str(tmp_path))
     text = "\n".join(errs)
     assert "cluster.nodes.1.host: '127.0.0.1' is already cluster.nodes.0" in text
-    assert "job.global_batch_size: 100 is not divisible by the world size 3" in text
+    # a job.script picks its own batches: the built-in loop's divisibility rule does not apply to it
+    assert "job.global_batch_size" not in text
+    assert "job.global_batch_size: 100 is not divisible by the world size 3" in "\n".join(errors_of({
+        "cluster": {"nodes": [{"host": "localhost", "slots": 3}]}, "job": {"global_batch_size": 100}}))
     assert "fault_tolerance.heartbeat_timeout: 5 s must be longer than fault_tolerance.heartbeat_interval" in text
     assert "cluster.master_port: 5000 is also cluster.coordinator.port" in text
     assert f"job.script: file {str(tmp_path / 'nope.py')!r} does not exist" in text
