@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     with_config("run", "train with local worker processes (or via mpirun when backend is mpi / nodes are remote)")
+    # parsed by _launch_parser (its arguments after SCRIPT belong to the script); listed here for --help
+    sub.add_parser("launch", add_help=False,
+                   help="run SCRIPT [ARGS] on N local workers without a config file (dptrain launch -h)")
     sp = with_config("mpirun", "train through mpiexec with a hostfile built from the config")
     sp.add_argument("--dry-run", action="store_true", help="print the hostfile, environment and command only")
     sp = with_config("script", "write a bash launch script (mpiexec, or sbatch+srun with --slurm)")
