@@ -117,6 +117,11 @@ def _launch_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="OMP/OpenBLAS threads per worker (default 1)")
     p.add_argument("--output", default=None, metavar="DIR", help="run directory (default runs/<script name>)")
     p.add_argument("--max-restarts", type=int, default=0, help="restart the workers this often after a failure")
+    p.add_argument("--hosts", default=None, metavar="HOST:SLOTS,...",
+                   help="several machines, e.g. node1:16,node2:16 (started through mpiexec; -n is then the "
+                        "slots of hosts given without :SLOTS)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --hosts or --backend mpi: print the hostfile, environment and mpiexec command only")
     p.add_argument("script", metavar="SCRIPT")
     p.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS")
     return p
@@ -131,8 +136,22 @@ def _launch(argv: list[str]) -> int:
         sys.stderr.write(f"dptrain launch: -n/--nproc must be a positive integer or auto, got {args.nproc!r}\n")
         return EXIT_CONFIG
     stem = os.path.splitext(os.path.basename(args.script))[0] or "script"
+    nodes = [{"host": "localhost", "slots": nproc}]
+    if args.hosts:
+        nodes = []
+        for item in filter(None, (h.strip() for h in args.hosts.split(","))):
+            host, _, slots = item.partition(":")
+            count = _positive_int(slots) if slots else nproc
+            if not host or count is None:
+                sys.stderr.write(f"dptrain launch: --hosts entry {item!r}: expected HOST or HOST:SLOTS with "
+                                 f"SLOTS a positive integer\n")
+                return EXIT_CONFIG
+            nodes.append({"host": host, "slots": count})
+        if not nodes:
+            sys.stderr.write("dptrain launch: --hosts is empty\n")
+            return EXIT_CONFIG
     raw = {"name": stem,
-           "cluster": {"nodes": [{"host": "localhost", "slots": nproc}], "backend": args.backend},
+           "cluster": {"nodes": nodes, "backend": args.backend},
            "job": {"script": args.script, "script_args": list(args.script_args), "threads": args.threads},
            "output": {"dir": args.output or os.path.join("runs", stem)},
            "fault_tolerance": {"max_restarts": args.max_restarts}}
@@ -141,6 +160,11 @@ def _launch(argv: list[str]) -> int:
     except ConfigError as e:
         sys.stderr.write(e.format() + "\n")
         return EXIT_CONFIG
+    if args.dry_run:
+        if cfg.all_local and args.backend != "mpi":
+            sys.stderr.write("dptrain launch: --dry-run describes an mpiexec launch; add --hosts or --backend mpi\n")
+            return EXIT_CONFIG
+        return _start(cfg, "mpirun", dry=True)
     return _start(cfg, "run")
 
 

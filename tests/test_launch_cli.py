@@ -44,3 +44,14 @@ def test_launch_errors_exit_2_before_starting_anything(tmp_path):
     p = _launch(tmp_path, "missing.py")
     assert p.returncode == 2 and "job.script: file" in p.stderr and "missing.py" in p.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_launch_on_several_hosts_builds_the_mpiexec_command(tmp_path):
+    p = _launch(tmp_path, "--hosts", "node1:4,node2", "-n", "2", "--dry-run", "probe.py", "--lr", "0.1")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "#   node1:4" in p.stdout and "#   node2:2" in p.stdout and "DPTRAIN_WORLD_SIZE=6" in p.stdout
+    assert p.stdout.rstrip().endswith("probe.py --lr 0.1")
+    p = _launch(tmp_path, "--hosts", "node1:x", "probe.py")
+    assert p.returncode == 2 and "expected HOST or HOST:SLOTS" in p.stderr
+    p = _launch(tmp_path, "--dry-run", "probe.py")
+    assert p.returncode == 2 and "add --hosts or --backend mpi" in p.stderr
