@@ -461,7 +461,8 @@ SCHEMA = Section({
         "epochs": Int(1, "Passes over the training set.", min=1),
         "max_steps": Nullable(Int(min=1), None, "Stop after this many optimizer steps (a cap on `epochs`)."),
         "global_batch_size": Int(128, "Samples per optimizer step summed over all ranks; must be divisible by "
-                                      "the world size (each rank gets `global_batch_size / world_size`).", min=1),
+                                      "the world size (each rank gets `global_batch_size / world_size`). Used by "
+                                      "the built-in loop; a `job.script` picks its own batches.", min=1),
         "eval_batch_size": Int(1000, "Per-rank batch size for evaluation.", min=1),
         "seed": Int(0, "Seed of parameter init, shuffling and dropout (same on all ranks)."),
         "threads": Int(1, "Threads per worker (OMP/OpenBLAS/MKL_NUM_THREADS).", min=1),

@@ -212,7 +212,6 @@ def test_fused_softmax_loss_per_output_matches_the_plain_loss():
     x, kind, size = _two_output_data(n=64)
     model = _two_output_model()
     assert model._fused == (True, False)
-    import engine
     from engine.keras.layers.base import as_tensor_input
     xt = as_tensor_input(x)
     with engine.no_grad():

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from dist_utils import ROOT, base_env
+from dist_utils import base_env
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                                 reason="network namespaces need root and iproute2")
