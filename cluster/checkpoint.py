@@ -38,7 +38,7 @@ from safetensors.numpy import save as _st_save
 from .rundir import atomic_write_json, fsync_dir
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_valid_checkpoint", "list_checkpoints",
-           "checkpoint_digest", "verify_checkpoint", "CheckpointError", "CheckpointWarning", "FORMAT"]
+           "checkpoint_digest", "verify_checkpoint", "verify_resume_path", "CheckpointError", "CheckpointWarning", "FORMAT"]
 
 FORMAT = "dptrain-checkpoint-1"
 ARRAYS = "arrays.safetensors"
@@ -98,6 +98,15 @@ def list_checkpoints(ckpt_dir: str) -> list[dict]:
         entries = [{"step": int(m.group(1)), "name": n} for n in _listdir(ckpt_dir)
                    if (m := _STEP_DIR.fullmatch(n))]
     return sorted(entries, key=lambda e: e["step"])
+
+
+def _meta_created(path: str) -> float:
+    """Creation time recorded in a checkpoint's meta.json (0 when unreadable)."""
+    try:
+        with open(os.path.join(path, META), "rb") as f:
+            return float(json.loads(f.read()).get("created") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def _listdir(d: str) -> list[str]:
@@ -198,13 +207,16 @@ def save_checkpoint(ckpt_dir: str, step: int, arrays: Mapping[str, Any], meta: M
     entries.append({"step": step, "name": name, "created": record["created"], "epoch": record.get("epoch"),
                     "files": {ARRAYS: {"sha256": record["arrays"]["sha256"], "bytes": len(blob)},
                               META: {"sha256": _sha256(meta_bytes), "bytes": len(meta_bytes)}}})
-    entries.sort(key=lambda e: e["step"])
+    # Newest means most recently written: a run started over (resume: never) in a directory that
+    # holds an older run's later steps must keep its own checkpoints, not those.
+    entries.sort(key=lambda e: (float(e.get("created") or 0), e["step"]))
     dropped = entries[:-keep] if keep else []
     kept = entries[-keep:] if keep else entries
-    atomic_write_json(os.path.join(ckpt_dir, MANIFEST), {"version": 1, "format": FORMAT, "checkpoints": kept})
+    atomic_write_json(os.path.join(ckpt_dir, MANIFEST), {"version": 1, "format": FORMAT,
+                                                         "checkpoints": sorted(kept, key=lambda e: e["step"])})
     # delete only after the manifest no longer lists them; also old unlisted step dirs
     kept_names = {e["name"] for e in kept}
-    oldest_kept = kept[0]["step"] if kept else step
+    oldest_kept = min(e["step"] for e in kept) if kept else step
     for e in dropped:
         shutil.rmtree(os.path.join(ckpt_dir, e["name"]), ignore_errors=True)
     for n in _listdir(ckpt_dir):
@@ -270,25 +282,62 @@ def _manifest_entry(path: str) -> dict | None:
     return None
 
 
-def latest_valid_checkpoint(ckpt_dir: str) -> str | None:
-    """Directory of the newest checkpoint whose checksums verify, or None; warns about skipped ones."""
+def latest_valid_checkpoint(ckpt_dir: str, since: float | None = None) -> str | None:
+    """Directory of the newest checkpoint whose checksums verify, or None; warns about skipped ones.
+
+    since: only checkpoints created at or after this Unix time (a restart of a launch that must
+    not pick up an older run's checkpoints, `checkpoint.resume: never`)."""
     ckpt_dir = os.path.abspath(ckpt_dir)
     if not os.path.isdir(ckpt_dir):
         return None
     listed = _read_manifest(ckpt_dir) or []
     by_name = {e["name"]: e for e in listed}
     names = set(by_name) | {n for n in _listdir(ckpt_dir) if _STEP_DIR.fullmatch(n)}
-    order = sorted(names, key=lambda n: by_name[n]["step"] if n in by_name else int(_STEP_DIR.fullmatch(n)[1]),
-                   reverse=True)
+
+    def written(n):   # newest = most recently written (then highest step), as save_checkpoint keeps them
+        e = by_name.get(n)
+        created = e.get("created") if e else _meta_created(os.path.join(ckpt_dir, n))
+        return float(created or 0), (e["step"] if e else int(_STEP_DIR.fullmatch(n)[1]))
+
+    order = sorted(names, key=written, reverse=True)
     for name in order:
         path = os.path.join(ckpt_dir, name)
+        entry = by_name.get(name)
+        if since is not None and entry is not None and float(entry.get("created") or 0) < since:
+            continue
         try:
-            _read_verified(path, by_name.get(name))
+            _, meta = _read_verified(path, entry)
         except CheckpointError as e:
             warnings.warn(f"skipping checkpoint: {e}", CheckpointWarning, stacklevel=2)
             continue
+        if since is not None and float(meta.get("created") or 0) < since:
+            continue
         return path
     return None
+
+
+def verify_resume_path(path: str) -> str:
+    """The checkpoint `checkpoint.resume: PATH` would load, verified (checksums) without decoding it.
+
+    PATH is one checkpoint (RUN/checkpoints/step-NNNNNNNN) or a checkpoints directory (its newest
+    valid one).  Raises CheckpointError naming what is wrong, so a launch refuses before any
+    worker starts."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path} is a file, not a checkpoint; give a checkpoint directory "
+                              f"(RUN/checkpoints/step-NNNNNNNN) or the checkpoints directory itself")
+    if os.path.exists(os.path.join(path, META)):
+        _read_verified(path, _manifest_entry(path))
+        return path
+    if os.path.exists(os.path.join(path, MANIFEST)) or any(_STEP_DIR.fullmatch(n) for n in _listdir(path)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            latest = latest_valid_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"no valid checkpoint in {path} (every one is truncated or corrupt)")
+        return latest
+    raise CheckpointError(f"{path} holds no checkpoint ({META} or step-NNNNNNNN directories); give a "
+                          f"checkpoint directory or the checkpoints directory of a run")
 
 
 def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:

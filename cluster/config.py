@@ -730,7 +730,9 @@ def _cross_checks(cfg: dict, errors: list[str], base_dir: str) -> None:
     script = job.get("script")
     if isinstance(script, str) and script.strip():
         p = _abspath(script, base_dir)
-        if not os.path.isfile(p):
+        if os.path.isdir(p):
+            errors.append(f"job.script: {p!r} is a directory; give the Python file to run")
+        elif not os.path.isfile(p):
             errors.append(f"job.script: file {p!r} does not exist")
     resume = cfg["checkpoint"].get("resume")
     if isinstance(resume, str) and resume not in ("auto", "never") and resume.strip():
@@ -738,6 +740,25 @@ def _cross_checks(cfg: dict, errors: list[str], base_dir: str) -> None:
         if not os.path.exists(p):
             errors.append(f"checkpoint.resume: expected 'auto', 'never' or an existing checkpoint path, "
                           f"{p!r} does not exist")
+        else:
+            from .checkpoint import CheckpointError, verify_resume_path
+            try:
+                verify_resume_path(p)
+            except CheckpointError as e:
+                errors.append(f"checkpoint.resume: {e}")
+    py = cluster.get("python")
+    all_local = all(isinstance(n, dict) and isinstance(n.get("host"), str) and is_local_host(n["host"])
+                    for n in nodes)
+    ds = job.get("dataset") if isinstance(job.get("dataset"), dict) else {}
+    root = ds.get("root")       # on remote nodes the path may exist only there: checked where it is read
+    if all_local and isinstance(root, str) and root.strip() and not os.path.isdir(_abspath(root, base_dir)):
+        errors.append(f"job.dataset.root: {_abspath(root, base_dir)!r} is not a directory; give the folder "
+                      f"that holds the dataset (or null to search the default places)")
+    if isinstance(py, str) and py.strip() and all_local:
+        exe = os.path.expanduser(py)
+        if os.sep in exe and not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
+            errors.append(f"cluster.python: {exe!r} is not an executable file; give the worker Python "
+                          f"(or null for the launcher's own)")
 
 
 def _abspath(p: str, base_dir: str) -> str:
@@ -799,6 +820,9 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), base_dir
         raise ConfigError([f"config file {path!r} not found"], path) from None
     except OSError as e:
         raise ConfigError([f"config file {path!r} cannot be read: {e.strerror}"], path) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"config file {path!r} is not UTF-8 text (byte {e.start}); save it as UTF-8 "
+                           f"YAML"], path) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

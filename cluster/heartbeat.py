@@ -75,6 +75,9 @@ def _env_int(name: str, default: int | None = None) -> int | None:
     return int(v) if v.strip().lstrip("-").isdigit() else default
 
 
+_process_client: "CoordinatorClient | None" = None
+
+
 class CoordinatorClient:
     def __init__(self, addr: str | None = None, secret: str | bytes | None = None, rank: int | None = None, *,
                  attempt: int | None = None, world_size: int | None = None, timeout: float = 5.0,
@@ -88,6 +91,8 @@ class CoordinatorClient:
         self.max_message_bytes = max_message_bytes
         self.enabled = bool(addr) and bool(secret)
         self.registered = False
+        self._registration: dict = {}
+        self._done = False
         self.step: int | None = None
         self.epoch: int | None = None
         self.checkpoint_pending = False
@@ -107,7 +112,12 @@ class CoordinatorClient:
         """A client configured from DPTRAIN_COORD_ADDR / DPTRAIN_JOB_SECRET / DPTRAIN_RANK ...; no-op without them.
 
         `rank` / `world_size` override the environment (e.g. the communicator's values).
+        Inside a dptrain worker running a job.script this is the worker's own client (one
+        registration, one heartbeat thread per rank), so a script may use it as it likes.
         """
+        shared = _process_client
+        if shared is not None and shared.enabled and rank in (None, shared.rank):
+            return shared
         return cls(os.environ.get("DPTRAIN_COORD_ADDR") or None, os.environ.get("DPTRAIN_JOB_SECRET") or None,
                    _env_int("DPTRAIN_RANK", 0) if rank is None else rank,
                    attempt=_env_int("DPTRAIN_RESTART", 0),
@@ -172,9 +182,18 @@ class CoordinatorClient:
                 body[key] = int(v)
         if info.get("backend") or os.environ.get("DPTRAIN_COMM_BACKEND"):
             body["backend"] = str(info.get("backend") or os.environ["DPTRAIN_COMM_BACKEND"])
+        if self.registered:
+            return self._registration
         reply = self.request("register", body)
         self.registered = True
+        self._registration = reply
         return reply
+
+    def share(self) -> "CoordinatorClient":
+        """Make this the client `from_env()` returns in this process (the worker's, for its script)."""
+        global _process_client
+        _process_client = self
+        return self
 
     def update(self, step: int | None = None, epoch: int | None = None) -> None:
         """Progress reported with the next heartbeat (cheap; call every step)."""
@@ -271,11 +290,14 @@ class CoordinatorClient:
 
     def report_done(self, status: str = "ok", summary: dict | None = None) -> None:
         """This rank finished normally (so its silence afterwards is not a failure)."""
+        if self._done:
+            return
         body: dict = {"status": status}
         if summary:
             body["summary"] = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
         self.stop_heartbeat()
         self.request("done", body)
+        self._done = True
 
     def report_error(self, message: str, traceback: str | None = None) -> None:
         """Best effort: tell the coordinator why this rank is about to fail (never raises)."""

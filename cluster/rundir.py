@@ -3,12 +3,17 @@
 Layout of a run directory (``output.dir``)::
 
     config.yaml          resolved config (what every worker loads)
-    metrics.jsonl        one JSON object per line, appended by rank 0
-    summary.json         final results, written atomically at the end
+    metrics.jsonl        one JSON object per line, appended by rank 0 (a launch that does not
+                         resume moves the old file to metrics.previous.jsonl)
+    summary.json         final results, written atomically at the end (the previous launch's:
+                         summary.previous.json)
     coordinator.json     live coordinator state: workers, heartbeats, checkpoints
-    resources.jsonl      per-heartbeat resource reports of every rank
+    resources.jsonl      per-heartbeat resource reports of every rank (this launch's)
     launcher.json        launcher state: attempts, exit codes
-    logs/rank{N}.log     everything rank N printed
+    logs/rank{N}.log     everything rank N printed (every launch, separated by ===== lines)
+    logs/rank{N}.traceback  the traceback behind rank N's one-line error, when it was ours
+    status/rank{N}.json  exit code of rank N (under mpiexec, written by launcher.mpiworker)
+    .lock                held by the launcher while the run is live (one launch per directory)
     checkpoints/         see cluster.checkpoint
 
 Why atomic writes: a run may be killed at any instant (that is what fault
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from typing import Any
@@ -113,6 +119,10 @@ def read_jsonl_tail(path: str, n: int = 10) -> list[dict]:
     return out[-n:]
 
 
+class RunDirBusy(RuntimeError):
+    """Another launch holds this run directory."""
+
+
 class RunDir:
     """Writers for the files of one run (the runtime calls them from rank 0)."""
 
@@ -148,6 +158,26 @@ class RunDir:
 
     def create(self) -> "RunDir":
         os.makedirs(self.logs_dir, exist_ok=True)
+        return self
+
+    def lock(self) -> "RunDir":
+        """Hold RUN_DIR/.lock until this process exits (workers do not inherit it).
+
+        Why: two launches on one run directory would resume from, rotate away and overwrite
+        each other's checkpoints, metrics and summary.  Raises RunDirBusy naming the holder."""
+        import fcntl
+        path = self.file(".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirBusy(f"the run directory {self.path} is in use by {holder}: wait for that run to "
+                             f"end (dptrain status {self.path}), or pick another output.dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._lock_fd = fd
         return self
 
     # writers ---------------------------------------------------------------

@@ -132,7 +132,15 @@ class Trainer:
             warnings.simplefilter("always")
             self.train_set, self.test_set, self.embedded = build_datasets(job.dataset, job.seed)
         self.data_notes = sorted({str(w.message) for w in caught})
-        model = build_model(job.model, **dict(job.model_args or {}))
+        try:
+            model = build_model(job.model, **dict(job.model_args or {}))
+        except TypeError as e:     # a misspelt or missing model_args key
+            raise WorkerError(f"job.model_args do not fit the model {job.model!r}: {e}; fix job.model_args "
+                              f"in the config (or override it: job.model_args.NAME=VALUE)") from None
+        except ValueError as e:
+            if not str(e).startswith("job.model"):
+                raise
+            raise WorkerError(str(e)) from None
         if self.device != "cpu":
             model.to(self.device)
         if job.get("sync_batchnorm", True):      # also at size 1: same arithmetic at every size
@@ -157,6 +165,10 @@ class Trainer:
         self.loader = DataLoader(self.train_set, batch_size=self.local_batch, sampler=self.sampler,
                                  drop_last=True, device=self.device)
         self.steps_per_epoch = len(self.sampler) // self.local_batch
+        if self.steps_per_epoch == 0:
+            raise WorkerError(f"the training set has {len(self.train_set)} samples, fewer than one global batch "
+                              f"({job.global_batch_size}), so an epoch would have no step; lower "
+                              f"job.global_batch_size or use more data (job.dataset.train_subset)")
         self.total_steps = self.steps_per_epoch * job.epochs
         max_steps = job.get("max_steps")
         if max_steps:
@@ -198,14 +210,27 @@ class Trainer:
 
     def maybe_resume(self):
         ck = self.cfg.checkpoint
-        if ck.resume == "never" or self.ckpt_dir is None:
+        if self.ckpt_dir is None:
             return False
-        from .checkpoint import latest_valid_checkpoint, load_checkpoint
+        from .checkpoint import latest_valid_checkpoint, list_checkpoints, load_checkpoint
+        # Every rank must resume from the same file: rank 0 decides (and alone warns about bad ones).
+        have_dir = os.path.isdir(self.ckpt_dir) and self.rank == 0
         if ck.resume == "auto":
-            path = latest_valid_checkpoint(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
+            path = latest_valid_checkpoint(self.ckpt_dir) if have_dir else None
+            if path is None and have_dir and list_checkpoints(self.ckpt_dir):
+                # never start over silently where a run's progress was (corrupt disk, wrong copy)
+                raise WorkerError(f"{self.ckpt_dir} holds checkpoints but none is valid (see the warnings "
+                                  f"above); restore them, or start over with checkpoint.resume=never")
         else:
-            path = ck.resume
-        # Every rank must resume from the same file: rank 0 decides.
+            # A restart after a failure continues from this launch's own newest checkpoint, also
+            # with `never` (start over, then keep the progress) or an explicit path (which was
+            # the starting point, not the place to fall back to).
+            path = None
+            since = os.environ.get("DPTRAIN_LAUNCH_STARTED")
+            if self.restarts and since and have_dir:
+                path = latest_valid_checkpoint(self.ckpt_dir, since=float(since) - 2.0)
+            if path is None and ck.resume != "never":
+                path = ck.resume
         path = self.comm.broadcast_obj(str(path) if path else None, root=0)
         if not path:
             return False
@@ -340,13 +365,19 @@ class Trainer:
                      + (", gradients reduced in same-host shared memory" if self.size > 1 and all(
                          self.comm.is_shared(b.flat) for b in self.ddp.buckets) else "")
                      + (" (resumed)" if resumed else ""))
+        finished_before = resumed and self.step >= self.total_steps
+        if finished_before and self.rank == 0:
+            self.log(f"note: the checkpoint at step {self.step} already completes this run's {self.total_steps} "
+                     f"steps, so there is nothing to train: evaluating only. To train again from the start "
+                     f"add checkpoint.resume=never (or use another output.dir); to train longer raise job.epochs")
         sps = self.train()
         if self._checkpoint_step != self.step:
             self.save_checkpoint()
         test_loss, test_acc = self.evaluate()
         summary = {
             "world_size": self.size, "epochs": self.cfg.job.epochs, "steps": self.step,
-            "test_accuracy": test_acc, "test_loss": test_loss, "samples_per_s": sps,
+            "test_accuracy": test_acc, "test_loss": test_loss,
+            "samples_per_s": None if finished_before else sps, "evaluated_only": finished_before,
             "restarts": self.restarts, "last_checkpoint": self.last_checkpoint,
             "model": self.cfg.job.model, "embedded_dataset": self.embedded,
         }
@@ -356,7 +387,7 @@ class Trainer:
                 RunDir(self.run_dir).write_summary(summary)
                 engine.save(self.model.state_dict(), os.path.join(self.run_dir, "model.safetensors"))
             self.log(f"test accuracy {100 * test_acc:.2f}%  test loss {test_loss:.4f}  "
-                     f"({sps:.0f} samples/s)")
+                     + ("(evaluated only)" if finished_before else f"({sps:.0f} samples/s)"))
             if self.run_dir:
                 self.log(f"output directory: {self.run_dir}")
         return summary

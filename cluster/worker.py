@@ -20,6 +20,78 @@ import traceback
 EXIT_PEER_FAILURE = 75   # sysexits EX_TEMPFAIL: the cause is elsewhere; a restart may fix it
 #: Exit code of a worker whose launcher (and coordinator) disappeared: nobody supervises the run any more.
 EXIT_LAUNCHER_LOST = 69  # sysexits EX_UNAVAILABLE
+#: Exit code of a worker whose error would recur on every restart (no dataset, a model that does not
+#: fit its checkpoint, bad model arguments): launchers do not restart on it.
+EXIT_CONFIG = 78         # sysexits EX_CONFIG
+
+
+def _complete_errors() -> tuple:
+    """Our error types whose message already names the problem and the fix: the console gets that
+    one line; the traceback goes to the rank's log directory only (it helps us, not the user)."""
+    import comm
+    from engine.data.datasets import DatasetNotFoundError
+    from engine.data.download import DownloadError
+    from engine.data.idx import IDXFormatError
+    from engine.nn.module import StateDictError
+    from engine.serialization import CheckpointFormatError
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .ddp import DDPError
+    from .heartbeat import CoordinatorError
+    from .runtime import WorkerError
+    return (comm.CommError, DatasetNotFoundError, DownloadError, IDXFormatError, StateDictError,
+            CheckpointFormatError, CheckpointError, ConfigError, DDPError, CoordinatorError, WorkerError)
+
+
+def _recurring_errors() -> tuple:
+    """Errors a restart cannot fix (the same inputs give the same error)."""
+    from engine.data.datasets import DatasetNotFoundError
+    from engine.data.idx import IDXFormatError
+    from engine.nn.module import StateDictError
+    from .config import ConfigError
+    from .runtime import WorkerError
+    return (DatasetNotFoundError, IDXFormatError, StateDictError, ConfigError, WorkerError)
+
+
+def _user_frames(tb):
+    """The traceback without this module's and runpy's frames (a job.script's error starts in it)."""
+    start = tb
+    while tb is not None and (tb.tb_frame.f_code.co_filename in (__file__, "<frozen runpy>")
+                              or tb.tb_frame.f_code.co_filename.endswith("runpy.py")):
+        tb = tb.tb_next
+    return tb if tb is not None else start
+
+
+def _report(rank, exc: BaseException, run_dir) -> int:
+    """Print one readable line for `exc` (plus the traceback where it is ours to read) -> exit code."""
+    print(f"error on rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    try:
+        complete, recurring = _complete_errors(), _recurring_errors()
+    except Exception:  # noqa: BLE001 - the engine itself failed to import: show everything
+        complete, recurring = (), ()
+    text = "".join(traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__)))
+    if isinstance(exc, complete):
+        if run_dir:
+            path = os.path.join(run_dir, "logs", f"rank{rank}.traceback")
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text)
+            except OSError:
+                pass
+    elif os.environ.get("DPTRAIN_TRACEBACK", "1") != "0":
+        print(text, end="", file=sys.stderr, flush=True)
+    return EXIT_CONFIG if isinstance(exc, recurring) else 1
+
+
+def _exit_now(code: int) -> None:
+    """Under MPI a failing rank must not enter MPI_Finalize: it waits for the ranks that are still
+    computing (or stuck waiting for this one), so the failure would surface only at their timeout
+    and as theirs.  Leaving without it makes mpiexec stop the job at once; the shim still records
+    our exit code, so the launcher names this rank."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _stop_orphan(rank, run_dir):
@@ -33,6 +105,21 @@ def _stop_orphan(rank, run_dir):
               file=sys.stderr, flush=True)
         os._exit(EXIT_LAUNCHER_LOST)
     return stop
+
+
+def _plain_warnings() -> None:
+    """Our own warnings are complete sentences: print them as `warning: ...`, without Python's
+    file:line and source echo (a user script's warnings keep theirs)."""
+    import warnings
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    default = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if str(filename).startswith(ours):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt
 
 
 def _log(rank):
@@ -54,6 +141,7 @@ def main(argv=None) -> int:
         print(e.format(), file=sys.stderr)
         return 2
     run_dir = os.environ.get("DPTRAIN_RUN_DIR") or None
+    _plain_warnings()
     import comm
     backend = os.environ.get("DPTRAIN_COMM_BACKEND") or cfg.cluster.backend
     communicator = None
@@ -62,45 +150,52 @@ def main(argv=None) -> int:
         communicator = comm.init(backend=backend)
         from .heartbeat import CoordinatorClient
         client = CoordinatorClient.from_env(rank=communicator.rank)
-        if client is not None:
+        if client is not None and client.enabled:
+            client.share()
             client.register()
             client.start_heartbeat(cfg.fault_tolerance.heartbeat_interval,
                                    lost_after=cfg.fault_tolerance.heartbeat_timeout,
                                    on_lost=_stop_orphan(communicator.rank, run_dir))
         if cfg.job.script:
+            script = os.path.abspath(cfg.job.script)
             sys.argv = [cfg.job.script] + list(cfg.job.script_args)
-            runpy.run_path(cfg.job.script, run_name="__main__")
+            sys.path.insert(0, os.path.dirname(script))   # as `python script.py` would: its modules import
+            runpy.run_path(script, run_name="__main__")
         else:
             from .runtime import Trainer
             Trainer(cfg, communicator, run_dir=run_dir, coordinator=client,
                     log=_log(communicator.rank)).run()
         if client is not None:
             client.report_done()
-        return 0
+        code = 0
     except SystemExit as e:
+        if e.code is not None and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr, flush=True)     # sys.exit("message") prints it, exits 1
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        return code
+        if code == 0 and client is not None:
+            client.report_done()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        code = 130
     except comm.PeerFailureError as e:
         rank = communicator.rank if communicator is not None else os.environ.get("DPTRAIN_RANK", "?")
         print(f"error on rank {rank}: a peer failed first: {e}", file=sys.stderr, flush=True)
-        return EXIT_PEER_FAILURE
-    except Exception as e:  # one readable line first, the traceback for the logs after it
+        code = EXIT_PEER_FAILURE
+    except Exception as e:  # one readable line first; the traceback where it helps
         rank = communicator.rank if communicator is not None else os.environ.get("DPTRAIN_RANK", "?")
-        print(f"error on rank {rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        if os.environ.get("DPTRAIN_TRACEBACK", "1") != "0":
-            traceback.print_exc()
-        return 1
+        code = _report(rank, e, run_dir)
     finally:
         if client is not None:
             client.close()
-        if communicator is not None:
-            try:
-                communicator.close()
-            except Exception:
-                pass
+    mpi = communicator is not None and communicator.backend == "mpi"
+    if code and mpi:
+        _exit_now(code)
+    if communicator is not None:
+        try:
+            communicator.close(timeout=None if code == 0 else 1.0)
+        except Exception:
+            pass
+    return code
 
 
 if __name__ == "__main__":

@@ -77,6 +77,25 @@ def _cuda_aware(MPI) -> bool:
 _MPI_OPS = {"sum": "SUM", "mean": "SUM", "max": "MAX", "min": "MIN"}
 
 
+def _abort_on_uncaught(transport: "MpiTransport") -> None:
+    """An uncaught exception must not end in MPI_Finalize, which waits for the other ranks (still
+    computing, or blocked waiting for this one): they would only fail at their timeout, blaming
+    us for hanging.  With the abort status set, mpi4py aborts the job at exit instead (what
+    `python -m mpi4py script.py` does)."""
+    previous = sys.excepthook
+    if getattr(previous, "_dptrain_mpi", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        if not issubclass(exc_type, KeyboardInterrupt):
+            transport.mark_fatal()
+        previous(exc_type, exc, tb)
+
+    hook._dptrain_mpi = True
+    sys.excepthook = hook
+
+
+
 class MpiTransport(Transport):
     name = "mpi"
     supports_native = True
@@ -106,6 +125,8 @@ class MpiTransport(Transport):
         self._dev_pool: list = []
         self.cuda_aware = _cuda_aware(MPI)
         self.fatal = False
+        _abort_on_uncaught(self)
+
 
     # -- point to point ---------------------------------------------------------------------------
     def isend(self, peer: int, data, tag: int) -> Request:

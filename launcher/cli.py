@@ -161,8 +161,10 @@ def _launch(argv: list[str]) -> int:
         sys.stderr.write(e.format() + "\n")
         return EXIT_CONFIG
     if args.dry_run:
-        if cfg.all_local and args.backend != "mpi":
-            sys.stderr.write("dptrain launch: --dry-run describes an mpiexec launch; add --hosts or --backend mpi\n")
+        if cfg.all_local and (args.backend == "zmq" or (args.backend == "auto" and not _mpi_available(cfg))):
+            sys.stderr.write("dptrain launch: --dry-run prints the mpiexec command of a launch, and this one "
+                             "would start the workers directly over ZeroMQ (no mpiexec); drop --dry-run, or "
+                             "use --backend mpi / --hosts with MPI installed\n")
             return EXIT_CONFIG
         return _start(cfg, "mpirun", dry=True)
     return _start(cfg, "run")
@@ -241,7 +243,31 @@ def _run(argv: list[str]) -> int:
 
 def _start(cfg, cmd: str, dry: bool = False) -> int:
     """Start the job of a validated config: local processes or mpiexec (`run` / `mpirun`)."""
+    try:
+        return _start_job(cfg, cmd, dry)
+    except _Refused as e:
+        sys.stderr.write(f"dptrain: {e}\n")
+        return EXIT_CONFIG
+
+
+class _Refused(Exception):
+    """The launch cannot start (its run directory is busy or not writable): one line, exit 2."""
+
+
+def _prepare(cfg, mode: str, create: bool = True):
+    from cluster.rundir import RunDirBusy
     from .job import prepare_job
+    try:
+        return prepare_job(cfg, mode, create=create)
+    except RunDirBusy as e:
+        raise _Refused(str(e)) from None
+    except OSError as e:
+        where = e.filename or cfg["output"]["dir"]
+        raise _Refused(f"cannot write {where}: {e.strerror or e}; pick a writable output.dir (and "
+                       f"checkpoint.dir) with free space") from None
+
+
+def _start_job(cfg, cmd: str, dry: bool) -> int:
     backend = cfg["cluster"]["backend"]
     auto_mpi = cmd == "run" and backend == "auto" and cfg.all_local and _mpi_available(cfg)
     use_mpi = cmd == "mpirun" or backend == "mpi" or not cfg.all_local or auto_mpi
@@ -252,10 +278,10 @@ def _start(cfg, cmd: str, dry: bool = False) -> int:
         sys.stderr.write(f"dptrain: {why}: launching through mpiexec (as `dptrain mpirun`){tail}\n")
     if use_mpi:
         from .mpirun import run_mpirun
-        job = prepare_job(cfg, "mpirun", create=not dry)
+        job = _prepare(cfg, "mpirun", create=not dry)
         return run_mpirun(job, dry_run=dry)
     from .local import run_local
-    job = prepare_job(cfg, "local")
+    job = _prepare(cfg, "local")
     return run_local(job)
 
 

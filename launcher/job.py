@@ -7,6 +7,7 @@ behave differently depending on how it was started.  The list of variables is
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -28,7 +29,8 @@ WORKER_ENV_VARS = (
     "DPTRAIN_RANK", "DPTRAIN_WORLD_SIZE", "DPTRAIN_LOCAL_RANK", "DPTRAIN_LOCAL_WORLD_SIZE", "DPTRAIN_NODE_RANK",
     "DPTRAIN_NUM_NODES", "DPTRAIN_GPU", "DPTRAIN_MASTER_ADDR", "DPTRAIN_MASTER_PORT", "DPTRAIN_COORD_ADDR",
     "DPTRAIN_JOB_SECRET", "DPTRAIN_RUN_DIR", "DPTRAIN_CONFIG", "DPTRAIN_COMM_BACKEND", "DPTRAIN_ALLREDUCE",
-    "DPTRAIN_RESTART", "DPTRAIN_RESTART_COUNT", "DPTRAIN_MAX_RESTARTS", "DPTRAIN_HEARTBEAT_INTERVAL",
+    "DPTRAIN_RESTART", "DPTRAIN_RESTART_COUNT", "DPTRAIN_LAUNCH_STARTED", "DPTRAIN_MAX_RESTARTS",
+    "DPTRAIN_HEARTBEAT_INTERVAL",
     "DPTRAIN_PROGRESS",
     "DPTRAIN_LAUNCHER", "DPTRAIN_LAUNCHER_PID", "DPTRAIN_LAUNCHER_HOST", "DPTRAIN_PLACEMENT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
     "PYTHONUNBUFFERED",
@@ -63,11 +65,10 @@ def resolve_backend(cfg: Config, mode: str) -> str:
 
 
 def worker_command(cfg: Config) -> list[str]:
-    """What each worker runs: the user's job.script, or the built-in runtime `python -m cluster.worker`."""
+    """What each worker runs: `python -m cluster.worker`, which runs the built-in loop or the
+    user's job.script (with its job.script_args) under the same supervision: registration,
+    heartbeats, one-line errors, exit codes that name the root cause, MPI abort on failure."""
     py = cfg["cluster"]["python"] or sys.executable
-    job = cfg["job"]
-    if job["script"]:
-        return [py, "-u", job["script"], *job["script_args"]]
     return [py, "-u", "-m", "cluster.worker"]
 
 
@@ -112,6 +113,7 @@ class Job:
             "DPTRAIN_ALLREDUCE": cfg["cluster"]["allreduce"],
             "DPTRAIN_RESTART": str(attempt),
             "DPTRAIN_RESTART_COUNT": str(attempt),
+            "DPTRAIN_LAUNCH_STARTED": f"{self.started:.3f}",
             "DPTRAIN_MAX_RESTARTS": str(cfg["fault_tolerance"]["max_restarts"]),
             "DPTRAIN_HEARTBEAT_INTERVAL": f"{cfg['fault_tolerance']['heartbeat_interval']:g}",
             "DPTRAIN_LAUNCHER": self.mode,
@@ -174,6 +176,34 @@ def placement_json(cfg: Config, slots: list[Slot]) -> str:
                        "slots": [s.as_dict() for s in slots]}, indent=1) + "\n"
 
 
+def _is_loopback_name(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def address_for_peers(peers: list[str]) -> str:
+    """This machine's name or address as remote nodes should dial it (coordinator, rendezvous).
+
+    Why not just getfqdn(): on many machines /etc/hosts maps the host name to 127.0.x.1, and a
+    remote worker told to dial `localhost` reaches itself.  Then the address of the interface that
+    routes to the first remote node is used (a UDP connect sends nothing)."""
+    fqdn = socket.getfqdn()
+    if fqdn and not _is_loopback_name(fqdn) and fqdn != "localhost":
+        return fqdn
+    for peer in peers:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((peer, 9))
+                addr = s.getsockname()[0]
+        except OSError:
+            continue
+        if not ipaddress.ip_address(addr).is_loopback:
+            return addr
+    return socket.gethostname()
+
+
 def prepare_job(cfg: Config, mode: str, create: bool = True) -> Job:
     """Compute placement, addresses and the secret; with create=True also make the run directory.
 
@@ -182,10 +212,12 @@ def prepare_job(cfg: Config, mode: str, create: bool = True) -> Job:
     slots = plan(cfg)
     all_local = cfg.all_local
     node0 = cfg["cluster"]["nodes"][0]["host"]
+    remote = [n["host"] for n in cfg["cluster"]["nodes"] if not is_local_host(n["host"])]
+    here = "127.0.0.1" if all_local else address_for_peers(remote)
     if all_local:
         master_addr = "127.0.0.1"
     else:
-        master_addr = socket.getfqdn() if is_local_host(node0) else node0
+        master_addr = here if is_local_host(node0) else node0
     master_port = cfg["cluster"]["master_port"] or (free_port() if create else 0)
     coord = cfg["cluster"]["coordinator"]
     port = coord["port"]
@@ -194,19 +226,26 @@ def prepare_job(cfg: Config, mode: str, create: bool = True) -> Job:
         advertise = coord["host"] or "127.0.0.1"
     else:
         bind = f"tcp://*:{port}"
-        advertise = coord["host"] or socket.getfqdn()
+        advertise = coord["host"] or here
     run = RunDir(cfg["output"]["dir"])
     job = Job(cfg=cfg, run=run, slots=slots, mode=mode, backend=resolve_backend(cfg, mode),
               secret=secrets.token_hex(32), master_addr=master_addr, master_port=master_port,
               coord_bind=bind, coord_advertise=advertise)
     if create:
         run.create()
+        run.lock()
         os.makedirs(cfg["checkpoint"]["dir"], exist_ok=True)
         run.write_config(cfg)
         from cluster.rundir import atomic_write_bytes
         atomic_write_bytes(run.file("placement.json"), placement_json(cfg, slots).encode())
         if os.path.exists(run.summary_path):  # a previous launch's results must not pass for this one's
             os.replace(run.summary_path, run.file("summary.previous.json"))
+        # Resources are per launch (attempt numbers restart at 0); metrics continue only when the
+        # run does (a resumed run appends, a fresh one starts a new file).
+        rotate = ["resources.jsonl"] + ([] if resume_note(cfg) else ["metrics.jsonl"])
+        for name in rotate:
+            if os.path.exists(run.file(name)):
+                os.replace(run.file(name), run.file(name.replace(".jsonl", ".previous.jsonl")))
     return job
 
 
@@ -217,8 +256,7 @@ def start_coordinator(job: Job):
     c = Coordinator(job.secret, job.world_size, run_dir=job.run.path, bind=job.coord_bind,
                     advertise_host=job.coord_advertise, heartbeat_timeout=ft["heartbeat_timeout"],
                     startup_timeout=ft["startup_timeout"],
-                    checkpoint_interval=job.cfg["checkpoint"]["interval"],
-                    require_registration=not job.cfg["job"]["script"])
+                    checkpoint_interval=job.cfg["checkpoint"]["interval"])
     c.start()
     job.coordinator = c
     return c

@@ -247,6 +247,9 @@ def describe_dry_run(cfg: Config, job: Job, mpiexec: str, flavor: str) -> str:
     lines.append("# environment for every rank (per-rank DPTRAIN_RANK/LOCAL_RANK/NODE_RANK/GPU are set by "
                  "launcher.mpiworker from the MPI environment):")
     lines += [f"#   {k}={v}" for k, v in sorted(env.items())]
+    if cfg["job"]["script"]:
+        lines.append("# each rank runs (inside cluster.worker, which supervises it): "
+                     + " ".join(shlex.quote(str(c)) for c in [cfg["job"]["script"], *cfg["job"]["script_args"]]))
     lines.append(" ".join(shlex.quote(c) for c in cmd))
     return "\n".join(lines) + "\n"
 

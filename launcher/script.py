@@ -15,7 +15,7 @@ import sys
 import time
 
 from cluster.config import dump_config
-from cluster.worker import EXIT_PEER_FAILURE
+from cluster.worker import EXIT_CONFIG, EXIT_PEER_FAILURE
 
 from .job import Job, placement_json, worker_command
 from .mpirun import build_command, find_mpiexec, hostfile_text, mpi_flavor
@@ -42,7 +42,7 @@ def _common_exports(job: Job, backend: str, launcher: str) -> str:
     fixed = {k: v for k, v in env.items() if k not in (
         "DPTRAIN_JOB_SECRET", "DPTRAIN_RUN_DIR", "DPTRAIN_CONFIG", "DPTRAIN_PLACEMENT", "DPTRAIN_COORD_ADDR",
         "DPTRAIN_MASTER_ADDR", "DPTRAIN_MASTER_PORT", "DPTRAIN_RESTART", "DPTRAIN_RESTART_COUNT",
-        "DPTRAIN_COMM_BACKEND", "DPTRAIN_LAUNCHER",
+        "DPTRAIN_COMM_BACKEND", "DPTRAIN_LAUNCHER", "DPTRAIN_LAUNCH_STARTED",
         # `dptrain script` exits at once; the script's coordinator is watched by heartbeats alone
         "DPTRAIN_LAUNCHER_PID", "DPTRAIN_LAUNCHER_HOST")}
     fixed["DPTRAIN_COMM_BACKEND"] = backend
@@ -60,7 +60,8 @@ def _common_exports(job: Job, backend: str, launcher: str) -> str:
 
 def _loop(launch: str) -> str:
     """The attempt loop around one launch line (restarts, root-cause exit code)."""
-    return _LOOP.replace("LAUNCH_LINE", launch).replace("EXIT_PEER_FAILURE_CODE", str(EXIT_PEER_FAILURE))
+    return (_LOOP.replace("LAUNCH_LINE", launch).replace("EXIT_PEER_FAILURE_CODE", str(EXIT_PEER_FAILURE))
+            .replace("EXIT_CONFIG_CODE", str(EXIT_CONFIG)))
 
 
 def _prelude(job: Job, python: str, title: str) -> str:
@@ -104,7 +105,7 @@ start_coordinator() {
       ${COORD_HOST:+--advertise-host "$COORD_HOST"} \
       --run-dir "$RUN_DIR" --attempt "$1" --heartbeat-timeout HB_TIMEOUT --startup-timeout STARTUP_TIMEOUT \
       --checkpoint-interval CKPT_INTERVAL --addr-file "$RUN_DIR/coordinator.addr" \
-      --kill-pidfile "$RUN_DIR/mpiexec.pid" OPTIONAL_REG&
+      --kill-pidfile "$RUN_DIR/mpiexec.pid" &
   COORD_PID=$!
   for _ in $(seq 1 300); do
     if [ -s "$RUN_DIR/coordinator.addr" ]; then break; fi
@@ -126,14 +127,15 @@ def _coord_fn(job: Job, bind: str, host_expr: str) -> str:
     ft = job.cfg["fault_tolerance"]
     text = (_COORD_FN.replace("HB_TIMEOUT", f"{ft['heartbeat_timeout']:g}")
             .replace("STARTUP_TIMEOUT", f"{ft['startup_timeout']:g}")
-            .replace("CKPT_INTERVAL", str(job.cfg["checkpoint"]["interval"]))
-            .replace("OPTIONAL_REG", "--optional-registration " if job.cfg["job"]["script"] else ""))
+            .replace("CKPT_INTERVAL", str(job.cfg["checkpoint"]["interval"])))
     return f"COORD_BIND={_q(bind)}\nCOORD_HOST={host_expr or chr(34) * 2}\n" + text
 
 
 _LOOP = r'''
 rc=1
 attempt=0
+DPTRAIN_LAUNCH_STARTED="$(date +%s)"
+export DPTRAIN_LAUNCH_STARTED
 while :; do
   export DPTRAIN_RESTART="$attempt" DPTRAIN_RESTART_COUNT="$attempt"
   rm -f "$RUN_DIR"/status/rank*.json "$RUN_DIR/mpiexec.pid"
@@ -178,6 +180,10 @@ PYEOF
   if [ "$rc" -eq 0 ]; then break; fi
   echo "dptrain: the workers failed with exit code $rc (attempt $attempt)" >&2
   if [ "$attempt" -ge "$MAX_RESTARTS" ]; then break; fi
+  if [ "$rc" -eq EXIT_CONFIG_CODE ]; then
+    echo "dptrain: not restarting: that error would recur (fix it, then run this script again)" >&2
+    break
+  fi
   attempt=$((attempt + 1))
   echo "dptrain: restarting the worker group (restart $attempt of $MAX_RESTARTS)" >&2
 done

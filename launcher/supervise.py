@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from cluster.worker import EXIT_PEER_FAILURE
+from cluster.worker import EXIT_CONFIG, EXIT_PEER_FAILURE
 
 from .job import Job, free_port, start_coordinator
 
@@ -82,9 +82,15 @@ def tail_file(path: str, n: int = 20) -> list[str]:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - 64 * 1024))
-            return f.read().decode("utf-8", errors="replace").splitlines()[-n:]
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
     except OSError:
         return []
+    # the log carries every attempt and launch; only the newest one's lines belong to this failure
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("===== dptrain "):
+            lines = lines[i + 1:]
+            break
+    return lines[-n:]
 
 
 class Group:
@@ -140,7 +146,8 @@ class Supervisor:
     def _install(self) -> dict:
         old = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            # SIGHUP: the terminal closed; stop as cleanly as on Ctrl-C (summary, /dev/shm cleanup)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 old[sig] = signal.signal(sig, self._on_signal)
         return old
 
@@ -190,7 +197,7 @@ class Supervisor:
                 tail = failure.tail or (self.group.tail(failure.rank) if failure.rank is not None else [])
                 if tail:
                     log = job.run.rank_log(failure.rank) if failure.rank is not None else job.run.path
-                    self.say(f"last {len(tail)} lines of {who} (full log: {log}):")
+                    self.say(f"last {len(tail)} line{'s' if len(tail) != 1 else ''} of {who} (full log: {log}):")
                     for line in tail:
                         self.out.write(f"    {line}\n")
                     self.out.flush()
@@ -199,13 +206,17 @@ class Supervisor:
                     code = 128 + self._signal
                     self._finish_summary("interrupted", code, attempt)
                     return code
-                if attempt < max_restarts:
+                if attempt < max_restarts and failure.exit_code == EXIT_CONFIG:
+                    self.say(f"not restarting: that error would recur on every attempt (exit code "
+                             f"{EXIT_CONFIG}); fix it, then run the same command again")
+                elif attempt < max_restarts:
                     attempt += 1
                     self._maybe_shrink(failure)
-                    self.say(f"restarting the worker group (restart {attempt} of {max_restarts}); workers "
-                             f"resume from the newest valid checkpoint")
+                    what = ("the script starts again (DPTRAIN_RESTART tells it which attempt this is)"
+                            if job.cfg["job"]["script"] else "workers resume from the newest valid checkpoint")
+                    self.say(f"restarting the worker group (restart {attempt} of {max_restarts}); {what}")
                     continue
-                if max_restarts:
+                if max_restarts and failure.exit_code != EXIT_CONFIG:
                     self.say(f"giving up after {max_restarts} restart{'s' if max_restarts != 1 else ''}")
                 self._finish_summary("failed", failure.exit_code, attempt, failure)
                 return failure.exit_code or 1

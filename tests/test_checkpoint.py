@@ -213,3 +213,18 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(CheckpointError, match="keep"):
         save_checkpoint(str(tmp_path), 1, {}, {}, keep=0)
     assert latest_valid_checkpoint(str(tmp_path)) is None   # nothing half-written was left behind
+
+
+def test_newest_means_most_recently_written(tmp_path, monkeypatch):
+    """A run started over (resume: never) in a directory holding an older run's later steps keeps
+    its own checkpoints through the rotation, and resuming picks its own, not the older run's."""
+    clock = [1000.0]
+    monkeypatch.setattr(ck.time, "time", lambda: clock[0])
+    for step in (30, 40):                     # the older run
+        save_checkpoint(str(tmp_path), step, arrays(step), meta(step), keep=2)
+        clock[0] += 10
+    newer = save_checkpoint(str(tmp_path), 8, arrays(8), meta(8), keep=2)    # the run started over
+    assert sorted(os.listdir(tmp_path)) == ["manifest.json", "step-00000008", "step-00000040"]
+    assert latest_valid_checkpoint(str(tmp_path)) == newer
+    assert latest_valid_checkpoint(str(tmp_path), since=1015.0) == newer
+    assert latest_valid_checkpoint(str(tmp_path), since=1025.0) is None

@@ -323,3 +323,31 @@ def test_usable_cpus_and_gpu_count_probes(monkeypatch):
     assert local_gpu_count() == 0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert local_gpu_count() == 1
+
+
+def test_paths_that_cannot_work_are_refused_before_anything_starts(tmp_path):
+    """A dataset root, worker Python or resume checkpoint that is not there fails validation (exit 2),
+    rather than silently training on the embedded subset or failing on every rank after a start."""
+    errs = errors_of({"job": {"dataset": {"root": str(tmp_path / "nowhere")}}})
+    assert any(e.startswith("job.dataset.root:") and "is not a directory" in e for e in errs)
+    errs = errors_of({"cluster": {"python": str(tmp_path / "bin/python3")}})
+    assert any(e.startswith("cluster.python:") and "not an executable file" in e for e in errs)
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    errs = errors_of({"checkpoint": {"resume": str(tmp_path / "model.safetensors")}})
+    assert any("is a file, not a checkpoint" in e for e in errs)
+    errs = errors_of({"checkpoint": {"resume": str(tmp_path)}})
+    assert any("holds no checkpoint" in e for e in errs)
+    errs = errors_of({"job": {"script": str(tmp_path)}})
+    assert any(e.startswith("job.script:") and "is a directory" in e for e in errs)
+    # a corrupt explicit checkpoint is named before any worker starts
+    from cluster.checkpoint import save_checkpoint
+    import numpy as np
+    ck = save_checkpoint(str(tmp_path / "ck"), 5, {"w": np.ones(3, np.float32)}, {})
+    with open(os.path.join(ck, "arrays.safetensors"), "ab") as fh:
+        fh.write(b"junk")
+    errs = errors_of({"checkpoint": {"resume": ck}})
+    assert any(e.startswith("checkpoint.resume:") and "step-00000005" in e for e in errs)
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(str(bad))

@@ -97,6 +97,48 @@ def test_checkpoint_of_two_workers_resumes_on_one_worker(tmp_path):
         np.testing.assert_allclose(pb[k], pa[k], rtol=1e-5, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.timeout(400)
+def test_restart_with_resume_never_continues_from_this_launchs_checkpoint(tmp_path):
+    """`checkpoint.resume: never` means start from scratch, not lose progress on a restart: a crash
+    resumes from the checkpoint this launch wrote (step 8), never from an older run's (step 40)."""
+    a = tmp_path / "a"
+    p = dptrain("run", "configs/local.yaml", *RESUME, f"output.dir={a}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    want = _params(a)
+    assert "step-00000040" in json.loads((a / "summary.json").read_text())["last_checkpoint"]
+    p = dptrain("run", "configs/local.yaml", *RESUME, f"output.dir={a}", "checkpoint.resume=never",
+                "fault_tolerance.max_restarts=1", env={"DPTRAIN_FAULT_CRASH_AT_STEP": "13"})
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "fault injection" in p.stdout and "resumed from" in p.stdout and "step-00000008" in p.stdout
+    got = _params(a)
+    for k in want:
+        assert np.array_equal(want[k], got[k]), k
+    # metrics of a fresh launch start a new file; the earlier run's moved aside
+    steps = [json.loads(line)["step"] for line in (a / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0] == 5 and steps[-1] == 40 and (a / "metrics.previous.jsonl").exists()
+    # the same command again: the newest checkpoint already completes the run, so it only evaluates
+    p = dptrain("run", "configs/local.yaml", *RESUME, f"output.dir={a}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "nothing to train: evaluating only" in p.stdout and "checkpoint.resume=never" in p.stdout
+    summary = json.loads((a / "summary.json").read_text())
+    assert summary["evaluated_only"] is True and summary["samples_per_s"] is None
+    assert json.loads((a / "summary.previous.json").read_text())["samples_per_s"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_an_error_that_would_recur_is_one_line_and_not_restarted(tmp_path):
+    out = tmp_path / "run"
+    p = dptrain("run", "configs/local.yaml", *QUICK, "job.model_args={hiddn: 32}", "fault_tolerance.max_restarts=2",
+                f"output.dir={out}")
+    assert p.returncode == 78, p.stdout[-3000:] + p.stderr[-3000:]
+    both = p.stdout + p.stderr
+    assert "WorkerError: job.model_args do not fit the model 'mlp_bn'" in both and "hiddn" in both
+    assert "Traceback" not in both                          # ours: the message is complete
+    assert "not restarting: that error would recur" in p.stderr and "restarting the worker group" not in p.stderr
+    assert len(json.loads((out / "launcher.json").read_text())["attempts"]) == 1
+    assert "Traceback" in (out / "logs" / "rank0.traceback").read_text()
+
+
 @pytest.mark.timeout(60)
 def test_bad_config_exits_2_naming_the_dotted_path_and_starts_nothing(tmp_path):
     out = tmp_path / "never"

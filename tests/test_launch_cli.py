@@ -50,8 +50,49 @@ def test_launch_on_several_hosts_builds_the_mpiexec_command(tmp_path):
     p = _launch(tmp_path, "--hosts", "node1:4,node2", "-n", "2", "--dry-run", "probe.py", "--lr", "0.1")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "#   node1:4" in p.stdout and "#   node2:2" in p.stdout and "DPTRAIN_WORLD_SIZE=6" in p.stdout
-    assert p.stdout.rstrip().endswith("probe.py --lr 0.1")
+    assert "# each rank runs (inside cluster.worker, which supervises it): " in p.stdout
+    assert "probe.py --lr 0.1\n" in p.stdout and p.stdout.rstrip().endswith("-m cluster.worker")
     p = _launch(tmp_path, "--hosts", "node1:x", "probe.py")
     assert p.returncode == 2 and "expected HOST or HOST:SLOTS" in p.stderr
-    p = _launch(tmp_path, "--dry-run", "probe.py")
-    assert p.returncode == 2 and "add --hosts or --backend mpi" in p.stderr
+    p = _launch(tmp_path, "--backend", "zmq", "--dry-run", "probe.py")
+    assert p.returncode == 2 and "would start the workers directly over ZeroMQ" in p.stderr
+    p = _launch(tmp_path, "--hosts", "localhost:2", "--dry-run", "probe.py")   # auto: MPI here
+    assert p.returncode == 0 and "-n 2" in p.stdout, p.stderr
+
+
+FAILING = '''
+import sys
+import time
+import numpy as np
+import cluster
+ctx = cluster.init()
+mode = sys.argv[1]
+for i in range(200):
+    if ctx.rank == 1 and i == 10:
+        if mode == "raise":
+            raise ValueError("rank 1 fails on purpose")
+        sys.exit(3)
+    if ctx.rank == 0 and i == 10 and mode == "exit":
+        time.sleep(40)                  # busy elsewhere: must not delay the report of rank 1's exit
+    ctx.comm.allreduce(np.ones(1000, np.float32))
+'''
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["zmq", "mpi"])
+@pytest.mark.parametrize("mode,code", [("raise", 1), ("exit", 3)])
+def test_a_failing_rank_is_reported_at_once_on_both_backends(tmp_path, backend, mode, code):
+    """Under MPI a rank that raised used to wait in MPI_Finalize for its peers: the job ended only at
+    the communication timeout (60 s), blaming the wrong rank. It must end in seconds, naming rank 1."""
+    import time
+    (tmp_path / "failing.py").write_text(FAILING)
+    t0 = time.monotonic()
+    p = _launch(tmp_path, "-n", "2", "--backend", backend, "failing.py", mode)
+    took = time.monotonic() - t0
+    assert p.returncode == code, p.stdout[-2000:] + p.stderr[-2000:]
+    assert took < 25, took
+    assert f"rank 1 failed: exit code {code}" in p.stderr
+    if mode == "raise":
+        assert "error on rank 1: ValueError: rank 1 fails on purpose" in p.stdout + p.stderr
+        assert 'failing.py", line 11' in p.stdout + p.stderr                # the script's own frame ...
+        assert "runpy" not in p.stdout + p.stderr                           # ... not the wrapper's

@@ -337,3 +337,24 @@ def test_summary_resource_usage_per_rank_of_the_last_attempt(tmp_path):
         "0": {"peak_rss_mb": 300.0, "mean_cpu_percent": 95.0},
         "1": {"peak_rss_mb": 200.0, "mean_cpu_percent": None, "peak_gpu_mem_mb": 64.0}}
     assert resource_usage(str(tmp_path / "missing.jsonl"), 0) == {}
+
+
+@pytest.mark.timeout(60)
+def test_a_second_launch_on_a_live_run_directory_is_refused(tmp_path):
+    """Two launches on one run directory would resume from and rotate away each other's checkpoints."""
+    first = subprocess.Popen([sys.executable, "-m", "launcher", "run", config(tmp_path, "sleep")], cwd=tmp_path,
+                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while "ready pid" not in (tmp_path / "run" / "logs" / "rank1.log").read_text() \
+                if (tmp_path / "run" / "logs" / "rank1.log").exists() else True:
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.1)
+        r = dptrain(["run", config(tmp_path, "ok")], tmp_path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"is in use by pid {first.pid}" in r.stderr and "dptrain status" in r.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=30)
+    r = dptrain(["run", config(tmp_path, "ok")], tmp_path)          # free again once it ended
+    assert r.returncode == 0, r.stdout + r.stderr
