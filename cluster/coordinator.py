@@ -79,6 +79,10 @@ class WorkerInfo:
     address: str | None = None    # IP the worker connected from (hostnames can repeat: containers)
 
 
+
+class CoordinatorStartError(RuntimeError):
+    """The coordinator could not listen on its address (nothing was started)."""
+
 class Coordinator:
     def __init__(self, secret: str | bytes, world_size: int, *, run_dir: str | None = None,
                  bind: str = "tcp://127.0.0.1:0", advertise_host: str | None = None,
@@ -126,12 +130,15 @@ class Coordinator:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 10.0) -> "Coordinator":
+        """Start serving on a thread; raises CoordinatorStartError when the address cannot be bound."""
         self._thread = threading.Thread(target=self._run, name="dptrain-coordinator", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError(f"coordinator did not start within {timeout} s")
         if self._error:
-            raise RuntimeError(f"coordinator could not bind {self.bind_addr}: {self._error}") from self._error
+            raise CoordinatorStartError(
+                f"the coordinator cannot listen on {self.bind_addr}: {self._error}; another run or program "
+                f"probably holds that port: set cluster.coordinator.port to a free port (0 picks one)") from None
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -393,6 +400,11 @@ class Coordinator:
                                        self.attempt))
 
     # ------------------------------------------------------------------ state
+    def missing_ranks(self) -> list[int]:
+        """Ranks of this attempt that have not registered (yet)."""
+        with self._lock:
+            return [r for r in range(self.world_size) if r not in self.workers]
+
     def state(self) -> dict:
         with self._lock:
             return {

@@ -292,6 +292,11 @@ class CoordinatorClient:
         """This rank finished normally (so its silence afterwards is not a failure)."""
         if self._done:
             return
+        if self.enabled:       # a last resource sample: short runs end before the second heartbeat
+            try:
+                self.heartbeat()
+            except CoordinatorError:
+                pass
         body: dict = {"status": status}
         if summary:
             body["summary"] = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}

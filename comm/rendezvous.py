@@ -78,8 +78,8 @@ def _serve(ctx: zmq.Context, address: str, size: int, hello: dict, deadline: Dea
     except zmq.ZMQError as exc:
         sock.close(linger=0)
         raise CommError(f"rank 0 could not bind the rendezvous address {address}: {exc}. Another job may "
-                        f"use this port: pick a free DPTRAIN_MASTER_PORT (or check DPTRAIN_MASTER_ADDR is "
-                        f"an address of this host)") from None
+                        f"use this port: pick a free one (cluster.master_port in a dptrain config, else "
+                        f"DPTRAIN_MASTER_PORT; or check DPTRAIN_MASTER_ADDR is an address of this host)") from None
     infos = {0: hello}
     idents = {}
     try:

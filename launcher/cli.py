@@ -243,9 +243,10 @@ def _run(argv: list[str]) -> int:
 
 def _start(cfg, cmd: str, dry: bool = False) -> int:
     """Start the job of a validated config: local processes or mpiexec (`run` / `mpirun`)."""
+    from cluster.coordinator import CoordinatorStartError
     try:
         return _start_job(cfg, cmd, dry)
-    except _Refused as e:
+    except (_Refused, CoordinatorStartError) as e:
         sys.stderr.write(f"dptrain: {e}\n")
         return EXIT_CONFIG
 

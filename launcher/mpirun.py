@@ -212,7 +212,15 @@ class MpiGroup(Group):
 
     def stop(self, grace: float) -> None:
         p = self.proc
-        if p is None or p.poll() is not None:
+        if p is None:
+            return
+        if p.poll() is not None:
+            # mpiexec is gone, but what it started in its process group may not be (an ssh to an
+            # unreachable node, a proxy): the group id stays reserved while any member lives
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
             return
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:

@@ -273,11 +273,26 @@ class Supervisor:
                         failure = named
                 if failure is not None:
                     return failure
-                return Failure(ev.rank, 1, ev.detail, [])
+                detail = ev.detail
+                if ev.kind == "startup_timeout":
+                    detail += self._where_missing(coord)
+                return Failure(ev.rank, 1, detail, [])
             if ev.kind == "failed":
                 self.say(f"rank {ev.rank} reported an error: {ev.detail.splitlines()[-1] if ev.detail else ''}")
             if ev.kind == "warning":
                 self.say(f"warning: {ev.detail}")
+
+    def _where_missing(self, coord) -> str:
+        """' (hosts ...; ...)': where the ranks that never registered were to run, and what to check."""
+        try:
+            missing = coord.missing_ranks()
+        except Exception:  # noqa: BLE001 - the message is a courtesy
+            return ""
+        hosts = sorted({self.job.slots[r].host for r in missing if 0 <= r < len(self.job.slots)})
+        if not hosts:
+            return ""
+        return (f" (on {', '.join(hosts)}: check that the host is reachable with ssh, has the same Python "
+                f"environment, and can reach the coordinator at {self.job.coord_addr})")
 
     def _finish_summary(self, status: str, code: int, attempt: int, failure: Failure | None = None) -> None:
         """Add launcher facts to summary.json (the runtime writes the training results)."""
