@@ -400,6 +400,13 @@ class Coordinator:
                                        self.attempt))
 
     # ------------------------------------------------------------------ state
+    def silent_ranks(self, older_than: float) -> list[tuple[int, float]]:
+        """(rank, seconds since its last message) of running ranks silent for longer than `older_than`."""
+        now = time.time()
+        with self._lock:
+            return sorted(((w.rank, now - w.last_seen) for w in self.workers.values()
+                           if w.state == "running" and now - w.last_seen > older_than), key=lambda t: -t[1])
+
     def missing_ranks(self) -> list[int]:
         """Ranks of this attempt that have not registered (yet)."""
         with self._lock:

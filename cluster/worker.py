@@ -146,6 +146,7 @@ def main(argv=None) -> int:
     backend = os.environ.get("DPTRAIN_COMM_BACKEND") or cfg.cluster.backend
     communicator = None
     client = None
+    failure = ""
     try:
         communicator = comm.init(backend=backend)
         from .heartbeat import CoordinatorClient
@@ -172,18 +173,19 @@ def main(argv=None) -> int:
         if e.code is not None and not isinstance(e.code, int):
             print(e.code, file=sys.stderr, flush=True)     # sys.exit("message") prints it, exits 1
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        failure = f"exit code {code}" if isinstance(e.code, int) else str(e.code)
         if code == 0 and client is not None:
             client.report_done()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        code = 130
+        code, failure = 130, "interrupted"
     except comm.PeerFailureError as e:
         rank = communicator.rank if communicator is not None else os.environ.get("DPTRAIN_RANK", "?")
         print(f"error on rank {rank}: a peer failed first: {e}", file=sys.stderr, flush=True)
-        code = EXIT_PEER_FAILURE
+        code, failure = EXIT_PEER_FAILURE, "a peer failed first"
     except Exception as e:  # one readable line first; the traceback where it helps
         rank = communicator.rank if communicator is not None else os.environ.get("DPTRAIN_RANK", "?")
-        code = _report(rank, e, run_dir)
+        code, failure = _report(rank, e, run_dir), f"{type(e).__name__}: {e}"
     finally:
         if client is not None:
             client.close()
@@ -192,7 +194,10 @@ def main(argv=None) -> int:
         _exit_now(code)
     if communicator is not None:
         try:
-            communicator.close(timeout=None if code == 0 else 1.0)
+            if code:
+                communicator.abort(failure or f"exit code {code}")
+            else:
+                communicator.close()
         except Exception:
             pass
     return code

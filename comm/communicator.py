@@ -619,6 +619,22 @@ class Communicator:
         return self._launch(dict(kind="allgather_obj", **self._settings("ring")), body, True)
 
     # -- lifecycle ---------------------------------------------------------------------------------
+    def abort(self, reason: str) -> None:
+        """This rank is failing: tell the peers why and release the transport without the clean
+        goodbye.  Peers blocked in a collective with us stop at once with a PeerFailureError that
+        quotes `reason` (a plain close would read as "called fewer collectives"; over MPI the
+        launcher stops the peers)."""
+        if self._closed:
+            return
+        try:
+            self._tp.abort(f"rank {self.rank} failed: {reason}")
+        finally:
+            self._closed = True
+            try:
+                self._engine.close(0.5)
+            finally:
+                self._tp.close(clean=False)
+
     def close(self, timeout: Optional[float] = None) -> None:
         """Finish pending async collectives (up to `timeout`), then release sockets/communicators."""
         if self._closed:

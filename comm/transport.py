@@ -132,6 +132,20 @@ def pid_alive(info: PeerInfo) -> bool:
     return True
 
 
+def why_silent(me: PeerInfo, peer: PeerInfo) -> str:
+    """What became of a peer whose connection was lost, as far as this host can tell."""
+    same_host = me.boot_id and peer.boot_id == me.boot_id and peer.pidns == me.pidns and peer.pid > 0
+    if same_host and pid_alive(peer):
+        stat = _read(f"/proc/{peer.pid}/stat")
+        state = stat[stat.rindex(")") + 2] if ")" in stat else "?"
+        if state in "Tt":
+            return ("that process is stopped (SIGSTOP, Ctrl-Z or a debugger); `kill -CONT "
+                    f"{peer.pid}` would let it go on, else restart the job (from the last checkpoint)")
+        return ("that process still runs but stopped answering (hung or starved); restart the job "
+                "(from the last checkpoint)")
+    return "that process died, was killed, or its host became unreachable; restart the job (from the last checkpoint)"
+
+
 class LivenessMonitor:
     """Checks, at most every `interval` seconds, that peers in our pid namespace still run.
 

@@ -36,7 +36,7 @@ from .env import Topology, env_int
 from .errors import CommError, CommTimeoutError, PeerFailureError
 from .rendezvous import local_ip_towards, rendezvous, resolve
 from .shm import ShmRegion
-from .transport import Deadline, PeerInfo, Request, Transport
+from .transport import Deadline, PeerInfo, Request, Transport, why_silent
 
 # Message kinds (first header field).
 DATA, ABORT, BYE, SHM_DATA, CREDIT, SHM_OFFER, SHM_REPLY = range(7)
@@ -370,9 +370,10 @@ class ZmqTransport(Transport):
                         f"rank {self.rank}: {self.peer_label(peer)} closed its communicator while this rank still "
                         f"waited for it in {context}: the ranks did not call the same number of collectives")
             elif now - since > DISCONNECT_GRACE_S:
+                why = (why_silent(self.me, self.peers[peer]) if 0 <= peer < len(self.peers) else
+                       "that process died, was killed, or its host became unreachable; restart the job")
                 raise PeerFailureError(
-                    f"rank {self.rank}: lost the connection to {self.peer_label(peer)} during {context}: that process "
-                    f"died, was killed, or its host became unreachable; restart the job (from the last checkpoint)")
+                    f"rank {self.rank}: lost the connection to {self.peer_label(peer)} during {context}: {why}")
         if self.liveness is not None:
             self.liveness.check(context)
 

@@ -255,7 +255,7 @@ class Supervisor:
                 return 128 + self._signal
             ok, failure = self.group.poll()
             if failure is not None:
-                return failure
+                return self._behind_echo(failure, coord)
             if ok:
                 return None
             ev = coord.get_event(timeout=0.1)
@@ -281,6 +281,23 @@ class Supervisor:
                 self.say(f"rank {ev.rank} reported an error: {ev.detail.splitlines()[-1] if ev.detail else ''}")
             if ev.kind == "warning":
                 self.say(f"warning: {ev.detail}")
+
+    def _behind_echo(self, failure: Failure, coord) -> Failure:
+        """A rank that stopped only because a peer failed (exit 75) is an echo.  When no rank failed
+        for its own reason, the cause is a peer that is still there but silent (hung, or stopped
+        with SIGSTOP / Ctrl-Z): name the one whose heartbeats stopped first."""
+        if failure.exit_code != EXIT_PEER_FAILURE:
+            return failure
+        interval = float(self.job.cfg["fault_tolerance"]["heartbeat_interval"])
+        try:
+            silent = [(r, s) for r, s in coord.silent_ranks(3 * interval) if r != failure.rank]
+        except Exception:  # noqa: BLE001
+            silent = []
+        if not silent:
+            return failure
+        rank, seconds = silent[0]
+        return Failure(rank, 1, f"no heartbeat for {seconds:.1f} s while rank {failure.rank} lost its connection "
+                                f"to it (hung, or stopped with SIGSTOP / Ctrl-Z)", [])
 
     def _where_missing(self, coord) -> str:
         """' (hosts ...; ...)': where the ranks that never registered were to run, and what to check."""

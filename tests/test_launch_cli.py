@@ -96,3 +96,29 @@ def test_a_failing_rank_is_reported_at_once_on_both_backends(tmp_path, backend, 
         assert "error on rank 1: ValueError: rank 1 fails on purpose" in p.stdout + p.stderr
         assert 'failing.py", line 11' in p.stdout + p.stderr                # the script's own frame ...
         assert "runpy" not in p.stdout + p.stderr                           # ... not the wrapper's
+        if backend == "zmq":   # the peer is told why (not "called fewer collectives")
+            assert "rank 1 reported: rank 1 failed: ValueError: rank 1 fails on purpose" in p.stdout
+
+
+STOPPED = '''
+import os
+import signal
+import numpy as np
+import cluster
+ctx = cluster.init()
+for i in range(100000):
+    if ctx.rank == 1 and i == 20:
+        os.kill(os.getpid(), signal.SIGSTOP)      # frozen mid-training: alive, silent
+    ctx.comm.allreduce(np.ones(1000, np.float32))
+'''
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_rank_is_blamed_not_the_peer_that_lost_it(tmp_path):
+    """kill -STOP (Ctrl-Z, a debugger) on one rank: its peer loses the connection and stops (exit 75, an
+    echo); the launcher must name the silent rank, and the peer must not call it dead."""
+    (tmp_path / "stopped.py").write_text(STOPPED)
+    p = _launch(tmp_path, "-n", "2", "--backend", "zmq", "stopped.py", timeout=110)
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "dptrain: rank 1 failed: no heartbeat for" in p.stderr and "stopped with SIGSTOP" in p.stderr
+    assert "that process is stopped (SIGSTOP, Ctrl-Z or a debugger)" in p.stdout
