@@ -134,3 +134,28 @@ def test_rendezvous_duplicate_rank():
     for res in launch.results:
         assert res["error"] == "CommError", res
         assert "two processes claim rank 1" in res["message"], res["message"]
+
+
+RAISES = """
+import numpy as np
+import comm
+c = comm.init()
+for i in range(50):
+    if c.rank == 1 and i == 5:
+        raise ValueError("rank 1 raises on purpose")
+    c.allreduce(np.ones(100, np.float32))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_uncaught_exception_under_plain_mpiexec_aborts_the_job_at_once(tmp_path):
+    """Without the abort, rank 1 would wait in MPI_Finalize and rank 0 in its all-reduce until the
+    communication timeout (here 30 s) — and the timeout message would blame rank 1 for hanging."""
+    import time
+    from dist_utils import run_mpi
+    script = tmp_path / "raises.py"
+    script.write_text(RAISES)
+    t0 = time.monotonic()
+    rc, out, err = run_mpi(2, [str(script)], timeout=50, env={"DPTRAIN_COMM_TIMEOUT": "30"})
+    assert rc != 0 and time.monotonic() - t0 < 15
+    assert "ValueError: rank 1 raises on purpose" in err and "MPI_Abort" in out + err
