@@ -106,7 +106,7 @@ def select_device(job_cfg) -> str:
     if not engine.backend.gpu_available():
         if want == "cuda":
             raise WorkerError("job.device is 'cuda' but no GPU is usable here (cupy missing or no device); "
-                              "install dptrain[gpu] or set job.device=cpu")
+                              "install cupy-cuda12x (pip install -e '.[gpu]') or set job.device=cpu")
         return "cpu"
     return f"cuda:{int(gpu) if gpu.isdigit() else 0}"
 

@@ -25,7 +25,7 @@ def _nccl():
         from cupy.cuda import nccl  # noqa: PLC0415
     except Exception as exc:  # ImportError, or cupy present without its NCCL bindings/libraries
         raise RuntimeError(f"NCCL is not usable here ({exc}); install cupy with NCCL "
-                           "(pip install 'dptrain[gpu]' and the nvidia-nccl-cu12 wheel) or use the "
+                           "(pip install -e '.[gpu]' in the dptrain checkout, and the nvidia-nccl-cu12 wheel) or use the "
                            "host-staged all-reduce") from exc
     if not getattr(nccl, "available", True):
         raise RuntimeError("cupy was built without NCCL support; use the host-staged all-reduce")

@@ -89,7 +89,8 @@ def to_device(array, device: str):
     cp = cupy_module()
     if cp is None:
         raise RuntimeError(
-            f"device {device!r} needs cupy, which is not installed: pip install 'dptrain[gpu]'")
+            f"device {device!r} needs cupy, which is not installed: pip install -e '.[gpu]' in the "
+            f"dptrain checkout (cupy-cuda12x)")
     dev_id = int(device.split(":")[1])
     if is_cupy_array(array) and array.device.id == dev_id:
         return array

@@ -52,9 +52,12 @@ class _GradMode:
         return wrapper
 
 
-def no_grad():
-    """Ops inside record no graph (evaluation, optimizer updates)."""
-    return _GradMode(False)
+def no_grad(fn=None):
+    """Ops inside record no graph (evaluation, optimizer updates).
+
+    `with no_grad():`, `@no_grad()` or, as in PyTorch 2, `@no_grad` without parentheses."""
+    mode = _GradMode(False)
+    return mode(fn) if callable(fn) else mode
 
 
 def enable_grad():

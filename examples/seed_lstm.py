@@ -1,5 +1,6 @@
-"""The PyTorch seed program (an LSTM reading each Fashion-MNIST image as 28 rows of 28
-pixels) running on dptrain's engine.
+"""The PyTorch seed program (an LSTM reading each Fashion-MNIST image as 28 rows) on dptrain's engine.
+
+Each image is read as 28 time steps of 28 pixels.
 
 Only the imports differ from the PyTorch original:
 

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.add_argument("config", metavar="CONFIG", help="YAML config file")
-        sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. job.epochs=1")
+        sp.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. job.epochs=1")
         return sp
 
     with_config("run", "train with local worker processes (or via mpirun when backend is mpi / nodes are remote)")
@@ -104,8 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _LaunchParser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse counts the (optional) script arguments as required when SCRIPT is missing
+        super().error(message.replace("SCRIPT, ARGS", "SCRIPT"))
+
+
 def _launch_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _LaunchParser(
         prog="dptrain launch", description="Run a Python training script on N local worker processes, like "
         "torchrun --nproc_per_node N: no config file; the script calls cluster.init() (engine.nn models: "
         "cluster.DistributedDataParallel; Keras models: cluster.keras.distribute). Everything after SCRIPT "
@@ -158,7 +165,7 @@ def _launch(argv: list[str]) -> int:
     try:
         cfg = resolve_config(raw, source="dptrain launch")
     except ConfigError as e:
-        sys.stderr.write(e.format() + "\n")
+        sys.stderr.write("".join(f"dptrain launch: {err}\n" for err in e.errors))
         return EXIT_CONFIG
     if args.dry_run:
         if cfg.all_local and (args.backend == "zmq" or (args.backend == "auto" and not _mpi_available(cfg))):

@@ -22,6 +22,7 @@ from cluster.rundir import RunDir, atomic_write_json
 from .placement import Slot, plan
 
 __all__ = ["Job", "prepare_job", "free_port", "worker_command", "WORKER_ENV_VARS", "clean_env",
+           "oversubscription_note", "resume_note",
            "resolve_backend"]
 
 # every variable the launcher sets for workers; inherited values of these are dropped first
@@ -260,6 +261,18 @@ def start_coordinator(job: Job):
     c.start()
     job.coordinator = c
     return c
+
+
+def oversubscription_note(cfg: Config) -> str | None:
+    """A warning when the workers on this machine would run more threads than it has cores."""
+    from cluster.resources import usable_cpu_count
+    here = sum(n["slots"] for n in cfg["cluster"]["nodes"] if is_local_host(n["host"]) and not n.get("gpus"))
+    threads = int(cfg["job"]["threads"])
+    cores = usable_cpu_count()
+    if here * threads <= cores:
+        return None
+    return (f"warning: {here} worker(s) x {threads} thread(s) = {here * threads} threads on {cores} usable "
+            f"core(s) here: they will compete and each step gets slower; lower job.threads or the slots")
 
 
 def resume_note(cfg: Config) -> str | None:

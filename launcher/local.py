@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from .job import Job, clean_env, resume_note, worker_command
+from .job import Job, clean_env, oversubscription_note, resume_note, worker_command
 from .output import Console, RankStream
 from .supervise import Failure, Group, Supervisor, exit_code_of, root_cause
 
@@ -129,5 +129,8 @@ def run_local(job: Job, out=None) -> int:
     note = resume_note(cfg)
     if note:
         err.write(f"dptrain: {note}\n")
+    crowded = oversubscription_note(cfg)
+    if crowded:
+        err.write(f"dptrain: {crowded}\n")
     err.flush()
     return Supervisor(job, LocalGroup(job), out=err).run()

@@ -21,7 +21,7 @@ import sys
 from cluster.config import Config, is_local_host
 
 from . import shmclean
-from .job import Job, clean_env, resume_note, worker_command
+from .job import Job, clean_env, oversubscription_note, resume_note, worker_command
 from .placement import nodes_per_rank
 from .supervise import root_cause, Failure, Group, Supervisor, exit_code_of, tail_file
 
@@ -282,6 +282,9 @@ def run_mpirun(job: Job, dry_run: bool = False, out=None) -> int:
     note = resume_note(cfg)
     if note:
         err.write(f"dptrain: {note}\n")
+    crowded = oversubscription_note(cfg)
+    if crowded:
+        err.write(f"dptrain: {crowded}\n")
     err.flush()
     group = MpiGroup(job, mpiexec, flavor)
     return Supervisor(job, group, out=err).run()

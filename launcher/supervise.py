@@ -318,7 +318,8 @@ class Supervisor:
         extra = {"status": status, "exit_code": code, "restarts": attempt,
                  "wall_time_s": round(time.time() - job.started, 3), "launcher": job.mode}
         summary.setdefault("world_size", job.world_size)
-        summary.setdefault("epochs", job.cfg["job"]["epochs"])
+        if not job.cfg["job"]["script"]:     # a script picks its own epochs (it may write its own summary)
+            summary.setdefault("epochs", job.cfg["job"]["epochs"])
         if failure is not None:
             extra.update(failed_rank=failure.rank, failure=failure.reason)
         if not summary.get("last_checkpoint"):

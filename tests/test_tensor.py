@@ -190,6 +190,11 @@ def test_no_grad_records_nothing():
         return t * t
     assert not f(a).requires_grad
 
+    @engine.no_grad                      # PyTorch 2 also takes it without parentheses
+    def g(t):
+        return t * t
+    assert not g(a).requires_grad and (a * a).requires_grad
+
 
 def test_detach_and_to_cpu():
     a = engine.tensor([1.0, 2.0], requires_grad=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -35,6 +36,16 @@ __all__ = ["MNIST", "FashionMNIST", "DatasetNotFoundError", "search_dirs", "find
 
 SYSTEM_DIR = "/usr/share/datasets"
 _SPLITS = {True: "train", False: "t10k"}
+
+
+def _first_caller_outside_engine() -> int:
+    """warnings' stacklevel of the first frame outside this package: the user's line that loaded
+    the data, whether through engine.data, the Keras datasets or the runtime."""
+    engine_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(engine_dir):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -157,7 +168,7 @@ class _IDXImageDataset(Dataset):
                     f"{', '.join(search_dirs(self.name, root, self.torch_name))}); using the subset "
                     "embedded in the package (6000 train / 1000 test images). Accuracy figures on it "
                     f"are not comparable with the full dataset. {self._how_to_get()}",
-                    stacklevel=2)
+                    stacklevel=_first_caller_outside_engine())
         if hit is None:
             raise DatasetNotFoundError(self._not_found_message(prefix, download, download_error))
         self.source_dir, (img_path, lab_path) = hit

@@ -40,7 +40,8 @@ def cupy():
     except ImportError as exc:  # pragma: no cover - depends on the machine
         raise RuntimeError(
             "a cupy array reached engine.kernels but cupy cannot be imported "
-            f"({exc}); install the GPU extra: pip install 'dptrain[gpu]'") from exc
+            f"({exc}); install the GPU extra: pip install -e '.[gpu]' in the dptrain checkout "
+            f"(cupy-cuda12x)") from exc
     return cp
 
 
