@@ -242,6 +242,17 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        # The step counter is in units of the global batch; the sampler position is in samples.
+        # Resumed at another job.global_batch_size, count steps from the position, or the run
+        # would train past its last epoch (or stop short of it).
+        consumed = int(state["sampler"].get("consumed", 0))
+        at = self.epoch * self.steps_per_epoch + consumed // self.cfg.job.global_batch_size
+        if at != self.step:
+            if self.rank == 0:
+                self.log(f"note: the checkpoint counted {self.step} steps at another global batch size; at "
+                         f"global batch {self.cfg.job.global_batch_size} the same position is step {at} of "
+                         f"{self.total_steps}")
+            self.step = at
         engine.random.set_state(state["rng"])
         self.last_checkpoint = path
         self._checkpoint_step = self.step

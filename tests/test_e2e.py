@@ -125,6 +125,18 @@ def test_restart_with_resume_never_continues_from_this_launchs_checkpoint(tmp_pa
     assert json.loads((a / "summary.previous.json").read_text())["samples_per_s"] > 0
 
 
+@pytest.mark.timeout(200)
+def test_resuming_at_another_global_batch_keeps_the_epoch_count(tmp_path):
+    out = tmp_path / "run"
+    p = dptrain("run", "configs/local.yaml", *QUICK, "job.epochs=1", f"output.dir={out}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = dptrain("run", "configs/local.yaml", *QUICK, "job.global_batch_size=64", f"output.dir={out}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "the same position is step 10 of 20" in p.stdout
+    assert json.loads((out / "summary.json").read_text())["steps"] == 20          # 640 samples / 64 x 2 epochs
+    assert max(json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 @pytest.mark.timeout(120)
 def test_an_error_that_would_recur_is_one_line_and_not_restarted(tmp_path):
     out = tmp_path / "run"
