@@ -85,6 +85,7 @@ class Job:
     master_port: int
     coord_bind: str
     coord_advertise: str
+    here: str = "127.0.0.1"            # this machine as the job's other nodes reach it
     coordinator: object | None = None  # cluster.coordinator.Coordinator once started
     attempts: list[dict] = field(default_factory=list)
     started: float = field(default_factory=time.time)
@@ -231,7 +232,7 @@ def prepare_job(cfg: Config, mode: str, create: bool = True) -> Job:
     run = RunDir(cfg["output"]["dir"])
     job = Job(cfg=cfg, run=run, slots=slots, mode=mode, backend=resolve_backend(cfg, mode),
               secret=secrets.token_hex(32), master_addr=master_addr, master_port=master_port,
-              coord_bind=bind, coord_advertise=advertise)
+              coord_bind=bind, coord_advertise=advertise, here=here)
     if create:
         run.create()
         run.lock()

@@ -81,13 +81,18 @@ def _equal_slots(cfg: Config) -> bool:
     return len({n["slots"] for n in cfg["cluster"]["nodes"]}) == 1
 
 
-def hostfile_text(cfg: Config, flavor: str) -> str:
+def hostfile_text(cfg: Config, flavor: str, here: str | None = None) -> str:
     """Hostfile reproducing the placement: `host:slots` (MPICH) or `host slots=N` (Open MPI).
 
     MPICH cyclic with unequal slots lists one entry per rank run (Hydra fills entries in order),
     so the mapping is exact; the worker shim takes local ranks from the placement, not from Hydra.
+    here: this machine's address for the other nodes.  With remote nodes, a node written as
+    `localhost` / 127.x is listed under it: Hydra tells the remote proxies to call back the
+    launching node by its hostfile name, and `localhost` there is the remote machine itself.
     """
     nodes = cfg["cluster"]["nodes"]
+    if here and not cfg.all_local:
+        nodes = [dict(n, host=here) if _loopback(n["host"]) else n for n in nodes]
     if flavor == "openmpi":
         return "".join(f"{n['host']} slots={n['slots']}\n" for n in nodes)
     if cfg["cluster"]["placement"] == "cyclic" and not _equal_slots(cfg):
@@ -99,6 +104,10 @@ def hostfile_text(cfg: Config, flavor: str) -> str:
                 runs.append([node, 1])
         return "".join(f"{nodes[i]['host']}:{k}\n" for i, k in runs)
     return "".join(f"{n['host']}:{n['slots']}\n" for n in nodes)
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")
 
 
 def build_command(cfg: Config, mpiexec: str, flavor: str, hostfile: str, env_names: list[str],
@@ -145,14 +154,14 @@ class MpiGroup(Group):
         self.flavor = flavor
         self.hostfile = job.run.file("hostfile")
         with open(self.hostfile, "w") as f:
-            f.write(hostfile_text(job.cfg, flavor))
+            f.write(hostfile_text(job.cfg, flavor, job.here))
         self.proc: subprocess.Popen | None = None
         self.status_dir = job.run.file("status")
         self._shm_before = shmclean.snapshot()     # MPI segments that are not ours to clean up
 
     def replanned(self) -> None:
         with open(self.hostfile, "w") as f:
-            f.write(hostfile_text(self.job.cfg, self.flavor))
+            f.write(hostfile_text(self.job.cfg, self.flavor, self.job.here))
 
     def command(self, attempt: int) -> tuple[list[str], dict]:
         env = _env_for_mpiexec(self.job, attempt)
@@ -251,7 +260,7 @@ def describe_dry_run(cfg: Config, job: Job, mpiexec: str, flavor: str) -> str:
                                 f"when 0)"
     env["DPTRAIN_MASTER_PORT"] = str(job.master_port or "<free port chosen at launch>")
     lines = [f"# mpiexec: {mpiexec} ({flavor})", f"# hostfile {hostfile}:"]
-    lines += ["#   " + ln for ln in hostfile_text(cfg, flavor).splitlines()]
+    lines += ["#   " + ln for ln in hostfile_text(cfg, flavor, job.here).splitlines()]
     lines.append("# environment for every rank (per-rank DPTRAIN_RANK/LOCAL_RANK/NODE_RANK/GPU are set by "
                  "launcher.mpiworker from the MPI environment):")
     lines += [f"#   {k}={v}" for k, v in sorted(env.items())]

@@ -212,7 +212,7 @@ def mpirun_script(job: Job) -> str:
     backend = job.backend
     head = "#!/usr/bin/env bash\n" + _prelude(job, python, f"dptrain mpirun launch script ({flavor} mpiexec)")
     head += f"MPIEXEC=\"${{MPIEXEC:-{mpiexec}}}\"\n"
-    head += _heredoc('"$RUN_DIR/hostfile"', hostfile_text(cfg, flavor))
+    head += _heredoc('"$RUN_DIR/hostfile"', hostfile_text(cfg, flavor, job.here))
     head += "\n" + _common_exports(job, backend, "script")
     head += f"export DPTRAIN_MASTER_ADDR={_q(master)}\n"
     head += (f"DPTRAIN_MASTER_PORT=\"${{DPTRAIN_MASTER_PORT:-"

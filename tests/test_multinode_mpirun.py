@@ -125,3 +125,20 @@ def test_a_failed_node_is_left_out_and_the_other_finishes(tmp_path, cluster_of_t
     assert summary["world_size"] == 1 and summary["restarts"] == 1 and summary["steps"] == 40
     workers = json.loads((tmp_path / "run/coordinator.json").read_text())["workers"]
     assert {r: w["address"] for r, w in workers.items()} == {"0": f"{net}.2"}
+
+
+@pytest.mark.timeout(200)
+def test_the_launching_machine_can_be_a_node_too(tmp_path, cluster_of_two):
+    """`host: localhost` for the machine running dptrain, a remote node beside it, and no coordinator
+    host given: remote ranks must be told an address of this machine they can reach (not localhost)."""
+    net, bridge, ssh = cluster_of_two
+    text = open(tmp_path / _config(tmp_path, net, bridge, ssh)).read()
+    text = text.replace(f"    - {{host: {net}.2, slots: 1}}\n    - {{host: {net}.3, slots: 1}}\n",
+                        f"    - {{host: localhost, slots: 1}}\n    - {{host: {net}.2, slots: 1}}\n")
+    text = text.replace(f"  coordinator: {{host: {net}.1}}\n", "")
+    text = text.replace(f', "-iface", "{bridge}"', "")
+    (tmp_path / "mixed.yaml").write_text(text)
+    r = _dptrain(tmp_path, "mpirun", "mixed.yaml")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    workers = json.loads((tmp_path / "run/coordinator.json").read_text())["workers"]
+    assert workers["1"]["address"] == f"{net}.2" and all(w["state"] == "done" for w in workers.values())
