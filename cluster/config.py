@@ -405,7 +405,8 @@ SCHEMA = Section({
         "coordinator": Section({
             "host": Nullable(Str(), None,
                              "Address workers use to reach the coordinator; null: 127.0.0.1 when all nodes are "
-                             "local, else this machine's host name."),
+                             "local, else this machine's name, or its address on the route to "
+                             "the remote nodes when the name resolves to a loopback address."),
             "port": Int(0, "Coordinator TCP port; 0 picks a free port.", min=0, max=65535),
         }, "The coordinator (registration, heartbeats, checkpoints) runs on the launching machine."),
         "mpi": Section({
