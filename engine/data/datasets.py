@@ -163,8 +163,11 @@ class _IDXImageDataset(Dataset):
             self.subset = True
             if self.name not in _warned_embedded:
                 _warned_embedded.add(self.name)
+                env = os.environ.get("DPTRAIN_DATA", "")
+                bad_env = (f" DPTRAIN_DATA={env} is not a directory (check it);" if env and not os.path.isdir(env)
+                           else "")
                 warnings.warn(
-                    f"{type(self).__name__}: no full copy found (searched: "
+                    f"{type(self).__name__}:{bad_env} no full copy found (searched: "
                     f"{', '.join(search_dirs(self.name, root, self.torch_name))}); using the subset "
                     "embedded in the package (6000 train / 1000 test images). Accuracy figures on it "
                     f"are not comparable with the full dataset. {self._how_to_get()}",
