@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 from cluster.config import Config, is_local_host
 
@@ -106,6 +107,37 @@ def hostfile_text(cfg: Config, flavor: str, here: str | None = None) -> str:
     return "".join(f"{n['host']}:{n['slots']}\n" for n in nodes)
 
 
+def _relay_mpiexec_stderr(src, dst, log_path: str) -> None:
+    """Copy mpiexec's own stderr to ours and to logs/mpiexec.log, without MPICH's "BAD TERMINATION
+    ... YOU CAN IGNORE THE BELOW CLEANUP MESSAGES" banner: the launcher names the failed rank and
+    its exit code itself, so on the console the banner is only noise (the log keeps it)."""
+    banner = False
+    try:
+        log = open(log_path, "ab")
+    except OSError:
+        log = None
+    try:
+        for raw in iter(src.readline, b""):
+            if log is not None:
+                log.write(raw)
+                log.flush()
+            line = raw.decode("utf-8", "replace")
+            if not banner and line.startswith("=" * 20):
+                banner = True          # the block opens with a rule; hide up to its last line
+            if banner:
+                if line.startswith("Please see the FAQ page"):
+                    banner = False
+                continue
+            try:
+                dst.write(line)
+                dst.flush()
+            except (OSError, ValueError):
+                pass
+    finally:
+        if log is not None:
+            log.close()
+
+
 def _loopback(host: str) -> bool:
     return host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")
 
@@ -174,7 +206,12 @@ class MpiGroup(Group):
             if n.startswith("rank") and n.endswith(".json"):
                 os.unlink(os.path.join(self.status_dir, n))
         cmd, env = self.command(attempt)
-        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        log = self.job.run.file(os.path.join("logs", "mpiexec.log"))
+        self._relay = threading.Thread(target=_relay_mpiexec_stderr, args=(self.proc.stderr, sys.stderr, log),
+                                       name="dptrain-mpiexec-stderr", daemon=True)
+        self._relay.start()
 
     def _rank_results(self) -> list[dict]:
         out = []
@@ -214,6 +251,9 @@ class MpiGroup(Group):
 
     def close(self) -> None:
         """After the last attempt: remove the /dev/shm segments that killed ranks left behind."""
+        relay = getattr(self, "_relay", None)
+        if relay is not None:
+            relay.join(timeout=2.0)         # mpiexec's last words reach the console and its log
         removed = shmclean.remove_orphans(self._shm_before)
         if removed:
             print(f"dptrain: removed {len(removed)} shared-memory segment(s) left in {shmclean.SHM_DIR} by "

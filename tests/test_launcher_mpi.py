@@ -189,3 +189,22 @@ def test_mpich_hostfiles(tmp_path):
 @needs_mpi
 def test_flavor_detection():
     assert M.mpi_flavor(_mpiexec()) in ("mpich", "openmpi")
+
+
+def test_mpich_cleanup_banner_is_kept_out_of_the_console_but_logged(tmp_path):
+    import io
+    from launcher.mpirun import _relay_mpiexec_stderr
+    text = ("[mpiexec@vm] a real Hydra error\n"
+            "===================================================================================\n"
+            "=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n"
+            "=   PID 4573 RUNNING AT localhost\n"
+            "=   EXIT CODE: 9\n"
+            "===================================================================================\n"
+            "YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)\n"
+            "This typically refers to a problem with your application.\n"
+            "Please see the FAQ page for debugging suggestions\n"
+            "after the banner\n")
+    out = io.StringIO()
+    _relay_mpiexec_stderr(io.BytesIO(text.encode()), out, str(tmp_path / "mpiexec.log"))
+    assert out.getvalue() == "[mpiexec@vm] a real Hydra error\nafter the banner\n"
+    assert (tmp_path / "mpiexec.log").read_text() == text
