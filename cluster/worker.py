@@ -62,6 +62,18 @@ def _user_frames(tb):
     return tb if tb is not None else start
 
 
+def _user_call_site(tb) -> str:
+    """'raised from FILE, line N' for the deepest frame outside dptrain's own packages, if any."""
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    site = ""
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if not name.startswith(ours) and not name.startswith("<") and not name.endswith("runpy.py"):
+            site = f"raised from {name}, line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return site
+
+
 def _report(rank, exc: BaseException, run_dir) -> int:
     """Print one readable line for `exc` (plus the traceback where it is ours to read) -> exit code."""
     print(f"error on rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
@@ -71,14 +83,18 @@ def _report(rank, exc: BaseException, run_dir) -> int:
         complete, recurring = (), ()
     text = "".join(traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__)))
     if isinstance(exc, complete):
-        if run_dir:
-            path = os.path.join(run_dir, "logs", f"rank{rank}.traceback")
+        path = os.path.join(run_dir, "logs", f"rank{rank}.traceback") if run_dir else None
+        if path:
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "w", encoding="utf-8") as f:
                     f.write(text)
             except OSError:
-                pass
+                path = None
+        where = _user_call_site(exc.__traceback__)
+        if where or path:   # the user's own line that led here (a job.script), and where the rest is
+            print("  " + "; ".join(x for x in (where, f"full traceback: {path}" if path else "") if x),
+                  file=sys.stderr, flush=True)
     elif os.environ.get("DPTRAIN_TRACEBACK", "1") != "0":
         print(text, end="", file=sys.stderr, flush=True)
     return EXIT_CONFIG if isinstance(exc, recurring) else 1
