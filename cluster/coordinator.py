@@ -83,6 +83,11 @@ class WorkerInfo:
 class CoordinatorStartError(RuntimeError):
     """The coordinator could not listen on its address (nothing was started)."""
 
+    @classmethod
+    def cannot_bind(cls, bind: str, why) -> "CoordinatorStartError":
+        return cls(f"the coordinator cannot listen on {bind}: {why}; another run or program probably holds "
+                   f"that port: set cluster.coordinator.port to a free port (0 picks one)")
+
 class Coordinator:
     def __init__(self, secret: str | bytes, world_size: int, *, run_dir: str | None = None,
                  bind: str = "tcp://127.0.0.1:0", advertise_host: str | None = None,
@@ -136,9 +141,7 @@ class Coordinator:
         if not self._ready.wait(timeout):
             raise RuntimeError(f"coordinator did not start within {timeout} s")
         if self._error:
-            raise CoordinatorStartError(
-                f"the coordinator cannot listen on {self.bind_addr}: {self._error}; another run or program "
-                f"probably holds that port: set cluster.coordinator.port to a free port (0 picks one)") from None
+            raise CoordinatorStartError.cannot_bind(self.bind_addr, self._error) from None
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -243,10 +243,10 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         # The step counter is in units of the global batch; the sampler position is in samples.
-        # Resumed at another job.global_batch_size, count steps from the position, or the run
+        # Resumed at another job.global_batch_size, count steps back from the epoch's end (the
+        # rest of the epoch is len(sampler) // local_batch whole batches, drop_last), or the run
         # would train past its last epoch (or stop short of it).
-        consumed = int(state["sampler"].get("consumed", 0))
-        at = self.epoch * self.steps_per_epoch + consumed // self.cfg.job.global_batch_size
+        at = (self.epoch + 1) * self.steps_per_epoch - len(self.sampler) // self.local_batch
         if at != self.step:
             if self.rank == 0:
                 self.log(f"note: the checkpoint counted {self.step} steps at another global batch size; at "
@@ -274,9 +274,17 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                        dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
-        t0, samples = time.perf_counter(), 0
-        window_loss, window_correct, window_n = 0.0, 0, 0
+        t0 = time.perf_counter()
         self.model.train()
+        try:
+            return self._train_loop(job, interval, crash_at, bar, t0)
+        finally:
+            if bar is not None:      # also on an error: its message must start on a line of its own
+                bar.close()
+
+    def _train_loop(self, job, interval, crash_at, bar, t0):
+        samples = 0
+        window_loss, window_correct, window_n = 0.0, 0, 0
         while self.step < self.total_steps:
             self.loader.set_epoch(self.epoch)        # the sampler keeps its position on resume
             for x, y in self.loader:
@@ -300,7 +308,7 @@ class Trainer:
                                                     "accuracy": window_correct / window_n,
                                                     "checkpoint_request": asked})
                     requested = m.pop("checkpoint_request") > 0
-                    self._metrics({"step": self.step, "epoch": self.epoch,
+                    self._metrics({"step": self.step, "epoch": self.epoch, "attempt": self.restarts,
                                    "lr": self.optimizer.param_groups[0]["lr"], **m,
                                    "samples_per_s": samples / (time.perf_counter() - t0)})
                     window_loss, window_correct, window_n = 0.0, 0, 0
@@ -316,8 +324,6 @@ class Trainer:
                 self.epoch += 1                      # the epoch was used up
                 continue
             break
-        if bar is not None:
-            bar.close()
         elapsed = time.perf_counter() - t0
         return samples / elapsed if elapsed > 0 and samples else 0.0
 
@@ -382,7 +388,8 @@ class Trainer:
         if finished_before and self.rank == 0:
             self.log(f"note: the checkpoint at step {self.step} already completes this run's {self.total_steps} "
                      f"steps, so there is nothing to train: evaluating only. To train again from the start "
-                     f"add checkpoint.resume=never (or use another output.dir); to train longer raise job.epochs")
+                     f"add checkpoint.resume=never (or use another output.dir); to train longer raise job.epochs "
+                     f"(or job.max_steps)")
         sps = self.train()
         if self._checkpoint_step != self.step:
             self.save_checkpoint()

@@ -206,6 +206,22 @@ def address_for_peers(peers: list[str]) -> str:
     return socket.gethostname()
 
 
+def _check_port_free(bind: str) -> None:
+    """Raise CoordinatorStartError now if the coordinator's fixed port is taken, so a launch that
+    cannot start leaves an existing run directory exactly as it was."""
+    host, _, port = bind.rpartition(":")
+    host = host.replace("tcp://", "").replace("*", "")
+    if not port.isdigit() or int(port) == 0:
+        return
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, int(port)))
+    except OSError as e:
+        from cluster.coordinator import CoordinatorStartError
+        raise CoordinatorStartError.cannot_bind(bind, e.strerror or e) from None
+
+
 def prepare_job(cfg: Config, mode: str, create: bool = True) -> Job:
     """Compute placement, addresses and the secret; with create=True also make the run directory.
 
@@ -234,6 +250,7 @@ def prepare_job(cfg: Config, mode: str, create: bool = True) -> Job:
               secret=secrets.token_hex(32), master_addr=master_addr, master_port=master_port,
               coord_bind=bind, coord_advertise=advertise, here=here)
     if create:
+        _check_port_free(bind)         # before touching the run directory
         run.create()
         run.lock()
         os.makedirs(cfg["checkpoint"]["dir"], exist_ok=True)

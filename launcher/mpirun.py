@@ -107,10 +107,11 @@ def hostfile_text(cfg: Config, flavor: str, here: str | None = None) -> str:
     return "".join(f"{n['host']}:{n['slots']}\n" for n in nodes)
 
 
-def _relay_mpiexec_stderr(src, dst, log_path: str) -> None:
-    """Copy mpiexec's own stderr to ours and to logs/mpiexec.log, without MPICH's "BAD TERMINATION
-    ... YOU CAN IGNORE THE BELOW CLEANUP MESSAGES" banner: the launcher names the failed rank and
-    its exit code itself, so on the console the banner is only noise (the log keeps it)."""
+def _relay_mpiexec_output(src, dst, log_path: str) -> None:
+    """Copy one of mpiexec's streams to ours, without MPICH's "BAD TERMINATION ... YOU CAN IGNORE
+    THE BELOW CLEANUP MESSAGES" banner (Hydra prints it on stdout when ranks are stopped): the
+    launcher names the failed rank and its exit code itself, so on the console the banner is only
+    noise.  logs/mpiexec.log keeps mpiexec's own lines (the ranks' lines have their own logs)."""
     banner = False
     try:
         log = open(log_path, "ab")
@@ -118,10 +119,10 @@ def _relay_mpiexec_stderr(src, dst, log_path: str) -> None:
         log = None
     try:
         for raw in iter(src.readline, b""):
-            if log is not None:
+            line = raw.decode("utf-8", "replace")
+            if log is not None and not line.startswith("[rank "):
                 log.write(raw)
                 log.flush()
-            line = raw.decode("utf-8", "replace")
             if not banner and line.startswith("=" * 20):
                 banner = True          # the block opens with a rule; hide up to its last line
             if banner:
@@ -206,12 +207,15 @@ class MpiGroup(Group):
             if n.startswith("rank") and n.endswith(".json"):
                 os.unlink(os.path.join(self.status_dir, n))
         cmd, env = self.command(attempt)
-        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, start_new_session=True)
         log = self.job.run.file(os.path.join("logs", "mpiexec.log"))
-        self._relay = threading.Thread(target=_relay_mpiexec_stderr, args=(self.proc.stderr, sys.stderr, log),
-                                       name="dptrain-mpiexec-stderr", daemon=True)
-        self._relay.start()
+        self._relays = [threading.Thread(target=_relay_mpiexec_output, args=(src, dst, log),
+                                         name=f"dptrain-mpiexec-{name}", daemon=True)
+                        for name, src, dst in (("stdout", self.proc.stdout, sys.stdout),
+                                               ("stderr", self.proc.stderr, sys.stderr))]
+        for t in self._relays:
+            t.start()
 
     def _rank_results(self) -> list[dict]:
         out = []
@@ -251,8 +255,7 @@ class MpiGroup(Group):
 
     def close(self) -> None:
         """After the last attempt: remove the /dev/shm segments that killed ranks left behind."""
-        relay = getattr(self, "_relay", None)
-        if relay is not None:
+        for relay in getattr(self, "_relays", []):
             relay.join(timeout=2.0)         # mpiexec's last words reach the console and its log
         removed = shmclean.remove_orphans(self._shm_before)
         if removed:

@@ -128,13 +128,19 @@ def test_restart_with_resume_never_continues_from_this_launchs_checkpoint(tmp_pa
 @pytest.mark.timeout(200)
 def test_resuming_at_another_global_batch_keeps_the_epoch_count(tmp_path):
     out = tmp_path / "run"
-    p = dptrain("run", "configs/local.yaml", *QUICK, "job.epochs=1", f"output.dir={out}")
+    # stopped 11 steps (352 samples) into epoch 0 at batch 32; at batch 64 that is 5.5 steps: the
+    # remaining 288 samples make 4 whole batches, so epoch 0 ends at step 10 and epoch 1 at 20
+    p = dptrain("run", "configs/local.yaml", *QUICK, "job.max_steps=11", f"output.dir={out}")
     assert p.returncode == 0, p.stderr[-3000:]
-    p = dptrain("run", "configs/local.yaml", *QUICK, "job.global_batch_size=64", f"output.dir={out}")
+    before = len((out / "metrics.jsonl").read_text().splitlines())
+    p = dptrain("run", "configs/local.yaml", *QUICK, "job.global_batch_size=64", "job.log_every=1",
+                f"output.dir={out}")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "the same position is step 10 of 20" in p.stdout
+    assert "the same position is step 6 of 20" in p.stdout
     assert json.loads((out / "summary.json").read_text())["steps"] == 20          # 640 samples / 64 x 2 epochs
-    assert max(json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()) == 1
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()[before:]]
+    assert [r["step"] for r in records] == list(range(7, 21))
+    assert [r["epoch"] for r in records] == [0] * 4 + [1] * 10
 
 
 @pytest.mark.timeout(120)

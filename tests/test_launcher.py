@@ -358,3 +358,21 @@ def test_a_second_launch_on_a_live_run_directory_is_refused(tmp_path):
         first.communicate(timeout=30)
     r = dptrain(["run", config(tmp_path, "ok")], tmp_path)          # free again once it ended
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_coordinator_port_in_use_refuses_before_touching_the_run_directory(tmp_path):
+    import socket
+    r = dptrain(["run", config(tmp_path, "ok")], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = dptrain(["run", config(tmp_path, "ok"), f"cluster.coordinator.port={port}"], tmp_path)
+    assert r.returncode == 2 and "the coordinator cannot listen on" in r.stderr and "cluster.coordinator.port" in r.stderr
+    assert "workers on this machine" not in r.stderr                     # nothing was started
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after == before

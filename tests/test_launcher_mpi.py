@@ -193,8 +193,9 @@ def test_flavor_detection():
 
 def test_mpich_cleanup_banner_is_kept_out_of_the_console_but_logged(tmp_path):
     import io
-    from launcher.mpirun import _relay_mpiexec_stderr
-    text = ("[mpiexec@vm] a real Hydra error\n"
+    from launcher.mpirun import _relay_mpiexec_output
+    text = ("[rank 0] a rank's line (in its own log)\n"
+            "[mpiexec@vm] a real Hydra error\n"
             "===================================================================================\n"
             "=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n"
             "=   PID 4573 RUNNING AT localhost\n"
@@ -205,6 +206,6 @@ def test_mpich_cleanup_banner_is_kept_out_of_the_console_but_logged(tmp_path):
             "Please see the FAQ page for debugging suggestions\n"
             "after the banner\n")
     out = io.StringIO()
-    _relay_mpiexec_stderr(io.BytesIO(text.encode()), out, str(tmp_path / "mpiexec.log"))
-    assert out.getvalue() == "[mpiexec@vm] a real Hydra error\nafter the banner\n"
-    assert (tmp_path / "mpiexec.log").read_text() == text
+    _relay_mpiexec_output(io.BytesIO(text.encode()), out, str(tmp_path / "mpiexec.log"))
+    assert out.getvalue() == "[rank 0] a rank's line (in its own log)\n[mpiexec@vm] a real Hydra error\nafter the banner\n"
+    assert (tmp_path / "mpiexec.log").read_text() == text.split("\n", 1)[1]
