@@ -270,7 +270,7 @@ class Trainer:
         interval = cfg.checkpoint.interval
         crash_at = int(os.environ.get("DPTRAIN_FAULT_CRASH_AT_STEP", "0") or 0)   # fault injection (tests)
         bar = None
-        if self.rank == 0 and cfg.output.progress:
+        if self.rank == 0 and cfg.output.progress and self.step < self.total_steps:
             from tqdm import tqdm
             bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                        dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
