@@ -191,7 +191,11 @@ def main(argv=None) -> int:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         failure = f"exit code {code}" if isinstance(e.code, int) else str(e.code)
         if code == 0 and client is not None:
-            client.report_done()
+            try:
+                client.report_done()
+            except Exception as done_error:  # noqa: BLE001 - the script itself succeeded
+                print(f"warning: could not tell the coordinator this rank is done: {done_error}",
+                      file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code, failure = 130, "interrupted"
