@@ -14,7 +14,7 @@ import time
 
 from .job import Job, clean_env, oversubscription_note, resume_note, worker_command
 from .output import Console, RankStream
-from .supervise import Failure, Group, Supervisor, exit_code_of, root_cause
+from .supervise import Failure, Group, Supervisor, describe_exit, exit_code_of, root_cause
 
 __all__ = ["LocalGroup", "run_local"]
 
@@ -69,7 +69,7 @@ class LocalGroup(Group):
         if code in (None, 0):
             return None
         self.streams[rank].join(2.0)
-        how = f"exit code {code}" if code > 0 else f"killed by signal {-code} ({_signame(-code)})"
+        how = describe_exit(code)
         return Failure(rank, exit_code_of(code), how, list(self.streams[rank].tail))
 
     def tail(self, rank: int, n: int = 20) -> list[str]:
@@ -113,11 +113,6 @@ def _killpg(p: subprocess.Popen, sig: int) -> None:
             pass
 
 
-def _signame(n: int) -> str:
-    try:
-        return signal.Signals(n).name
-    except ValueError:
-        return "?"
 
 
 def run_local(job: Job, out=None) -> int:

@@ -24,7 +24,7 @@ from cluster.config import Config, is_local_host
 from . import shmclean
 from .job import Job, clean_env, oversubscription_note, resume_note, worker_command
 from .placement import nodes_per_rank
-from .supervise import root_cause, Failure, Group, Supervisor, exit_code_of, tail_file
+from .supervise import root_cause, Failure, Group, Supervisor, describe_exit, exit_code_of, tail_file
 
 __all__ = ["MpiError", "find_mpiexec", "mpi_flavor", "hostfile_text", "build_command", "MpiGroup", "run_mpirun",
            "describe_dry_run"]
@@ -250,7 +250,7 @@ class MpiGroup(Group):
         if bad:
             seen = {int(r["rank"]): float(r.get("time", 0)) for r in bad}
             rank, rc = root_cause([(int(r["rank"]), int(r["exit_code"])) for r in bad], seen)
-            return Failure(rank, rc, f"exit code {rc}", tail_file(self.job.run.rank_log(rank)))
+            return Failure(rank, rc, describe_exit(rc), tail_file(self.job.run.rank_log(rank)))
         return Failure(None, exit_code_of(mpiexec_code or 1), f"mpiexec exited with code {mpiexec_code}", [])
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from cluster.worker import EXIT_CONFIG, EXIT_PEER_FAILURE
 
 from .job import Job, free_port, start_coordinator
 
-__all__ = ["Failure", "Group", "Supervisor", "exit_code_of", "root_cause", "tail_file"]
+__all__ = ["Failure", "Group", "Supervisor", "describe_exit", "exit_code_of", "root_cause", "tail_file"]
 
 
 @dataclass
@@ -74,6 +74,17 @@ def root_cause(bad: list[tuple[int, int]], seen: dict[int, float]) -> tuple[int,
 def exit_code_of(returncode: int) -> int:
     """Shell convention: a process killed by signal N -> 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
+
+
+def describe_exit(code: int) -> str:
+    """'exit code N', or 'killed by signal K (SIGNAME)' for the shell's 128+K (a Popen -K as well)."""
+    sig = -code if code < 0 else code - 128 if code > 128 else 0
+    if sig:
+        try:
+            return f"killed by signal {sig} ({signal.Signals(sig).name})"
+        except ValueError:
+            pass
+    return f"exit code {code}"
 
 
 def tail_file(path: str, n: int = 20) -> list[str]:
