@@ -331,6 +331,13 @@ class Supervisor:
         summary.setdefault("world_size", job.world_size)
         if not job.cfg["job"]["script"]:     # a script picks its own epochs (it may write its own summary)
             summary.setdefault("epochs", job.cfg["job"]["epochs"])
+            if summary.get("steps") is None and job.coordinator is not None:
+                # stopped before the runtime wrote its summary: the last step the workers reported
+                try:
+                    steps = [w.get("step") for w in job.coordinator.state()["workers"].values()]
+                    summary["steps"] = max((s for s in steps if isinstance(s, int)), default=None)
+                except Exception:  # noqa: BLE001 - summary facts are best effort
+                    pass
         if failure is not None:
             extra.update(failed_rank=failure.rank, failure=failure.reason)
         if not summary.get("last_checkpoint"):

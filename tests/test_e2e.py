@@ -223,3 +223,23 @@ def test_workers_stop_when_the_launcher_is_killed(tmp_path, backend):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+@pytest.mark.timeout(120)
+def test_an_interrupted_run_records_how_far_it_got(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "launcher", "run", "configs/local.yaml", *QUICK, "job.epochs=500",
+                          f"output.dir={out}"], cwd=ROOT, env=base_env(None), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert time.time() < deadline and p.poll() is None
+        time.sleep(0.2)
+    time.sleep(1.5)                       # at least one heartbeat carries the step
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=60)
+    assert p.returncode == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and isinstance(summary["steps"], int) and summary["steps"] >= 15
