@@ -302,15 +302,12 @@ def latest_valid_checkpoint(ckpt_dir: str, since: float | None = None) -> str | 
     order = sorted(names, key=written, reverse=True)
     for name in order:
         path = os.path.join(ckpt_dir, name)
-        entry = by_name.get(name)
-        if since is not None and entry is not None and float(entry.get("created") or 0) < since:
+        if since is not None and written(name)[0] < since:
             continue
         try:
-            _, meta = _read_verified(path, entry)
+            _read_verified(path, by_name.get(name))
         except CheckpointError as e:
             warnings.warn(f"skipping checkpoint: {e}", CheckpointWarning, stacklevel=2)
-            continue
-        if since is not None and float(meta.get("created") or 0) < since:
             continue
         return path
     return None

@@ -507,9 +507,14 @@ SCHEMA = Section({
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 
+def is_loopback_host(host: str) -> bool:
+    """`localhost`, 127.x, ::1 or 0.0.0.0: this machine, but only as seen from itself."""
+    return host in LOCAL_HOSTS or host.startswith("127.")
+
+
 def is_local_host(host: str) -> bool:
     """True when `host` names this machine (so workers can be started without ssh)."""
-    if host in LOCAL_HOSTS or host.startswith("127."):
+    if is_loopback_host(host):
         return True
     me = socket.gethostname()   # no DNS lookups: this runs during validation, maybe offline
     return host == me or host.split(".")[0] == me.split(".")[0]
@@ -701,7 +706,7 @@ def _cross_checks(cfg: dict, errors: list[str], base_dir: str) -> None:
             continue
         host = n.get("host")
         if isinstance(host, str) and host:
-            key = "localhost" if host in LOCAL_HOSTS or host.startswith("127.") else host
+            key = "localhost" if is_loopback_host(host) else host
             if key in seen:
                 errors.append(f"cluster.nodes.{i}.host: {host!r} is already cluster.nodes.{seen[key]}; "
                               f"list each machine once and raise its slots")

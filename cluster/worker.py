@@ -24,10 +24,15 @@ EXIT_LAUNCHER_LOST = 69  # sysexits EX_UNAVAILABLE
 #: fit its checkpoint, bad model arguments): launchers do not restart on it.
 EXIT_CONFIG = 78         # sysexits EX_CONFIG
 
+#: Where engine/, comm/, cluster/ and launcher/ live: frames and warnings from here are dptrain's.
+_PACKAGES_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
-def _complete_errors() -> tuple:
-    """Our error types whose message already names the problem and the fix: the console gets that
-    one line; the traceback goes to the rank's log directory only (it helps us, not the user)."""
+
+def _error_kinds() -> tuple[tuple, tuple]:
+    """(complete, recurring) error types.  Complete: ours, whose message already names the problem
+    and the fix, so the console gets that message and the traceback goes to the rank's log
+    directory (it helps us, not the user).  Recurring: a restart cannot fix them (the same inputs
+    give the same error)."""
     import comm
     from engine.data.datasets import DatasetNotFoundError
     from engine.data.download import DownloadError
@@ -39,18 +44,9 @@ def _complete_errors() -> tuple:
     from .ddp import DDPError
     from .heartbeat import CoordinatorError
     from .runtime import WorkerError
-    return (comm.CommError, DatasetNotFoundError, DownloadError, IDXFormatError, StateDictError,
-            CheckpointFormatError, CheckpointError, ConfigError, DDPError, CoordinatorError, WorkerError)
-
-
-def _recurring_errors() -> tuple:
-    """Errors a restart cannot fix (the same inputs give the same error)."""
-    from engine.data.datasets import DatasetNotFoundError
-    from engine.data.idx import IDXFormatError
-    from engine.nn.module import StateDictError
-    from .config import ConfigError
-    from .runtime import WorkerError
-    return (DatasetNotFoundError, IDXFormatError, StateDictError, ConfigError, WorkerError)
+    recurring = (DatasetNotFoundError, IDXFormatError, StateDictError, ConfigError, WorkerError)
+    return recurring + (comm.CommError, DownloadError, CheckpointFormatError, CheckpointError, DDPError,
+                        CoordinatorError), recurring
 
 
 def _user_frames(tb):
@@ -64,11 +60,10 @@ def _user_frames(tb):
 
 def _user_call_site(tb) -> str:
     """'raised from FILE, line N' for the deepest frame outside dptrain's own packages, if any."""
-    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
     site = ""
     while tb is not None:
         name = tb.tb_frame.f_code.co_filename
-        if not name.startswith(ours) and not name.startswith("<") and not name.endswith("runpy.py"):
+        if not name.startswith(_PACKAGES_DIR) and not name.startswith("<") and not name.endswith("runpy.py"):
             site = f"raised from {name}, line {tb.tb_lineno}"
         tb = tb.tb_next
     return site
@@ -78,7 +73,7 @@ def _report(rank, exc: BaseException, run_dir) -> int:
     """Print one readable line for `exc` (plus the traceback where it is ours to read) -> exit code."""
     print(f"error on rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     try:
-        complete, recurring = _complete_errors(), _recurring_errors()
+        complete, recurring = _error_kinds()
     except Exception:  # noqa: BLE001 - the engine itself failed to import: show everything
         complete, recurring = (), ()
     text = "".join(traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__)))
@@ -127,11 +122,10 @@ def _plain_warnings() -> None:
     """Our own warnings are complete sentences: print them as `warning: ...`, without Python's
     file:line and source echo (a user script's warnings keep theirs)."""
     import warnings
-    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
     default = warnings.formatwarning
 
     def fmt(message, category, filename, lineno, line=None):
-        if str(filename).startswith(ours):
+        if str(filename).startswith(_PACKAGES_DIR):
             return f"warning: {message}\n"
         return default(message, category, filename, lineno, line)
 

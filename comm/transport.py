@@ -132,9 +132,10 @@ def pid_alive(info: PeerInfo) -> bool:
     return True
 
 
-def why_silent(me: PeerInfo, peer: PeerInfo) -> str:
+def why_silent(me: PeerInfo, peer: Optional[PeerInfo]) -> str:
     """What became of a peer whose connection was lost, as far as this host can tell."""
-    same_host = me.boot_id and peer.boot_id == me.boot_id and peer.pidns == me.pidns and peer.pid > 0
+    same_host = (peer is not None and me.boot_id and peer.boot_id == me.boot_id and peer.pidns == me.pidns
+                 and peer.pid > 0)
     if same_host and pid_alive(peer):
         stat = _read(f"/proc/{peer.pid}/stat")
         state = stat[stat.rindex(")") + 2] if ")" in stat else "?"

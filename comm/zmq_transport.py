@@ -370,8 +370,7 @@ class ZmqTransport(Transport):
                         f"rank {self.rank}: {self.peer_label(peer)} closed its communicator while this rank still "
                         f"waited for it in {context}: the ranks did not call the same number of collectives")
             elif now - since > DISCONNECT_GRACE_S:
-                why = (why_silent(self.me, self.peers[peer]) if 0 <= peer < len(self.peers) else
-                       "that process died, was killed, or its host became unreachable; restart the job")
+                why = why_silent(self.me, self.peers[peer] if 0 <= peer < len(self.peers) else None)
                 raise PeerFailureError(
                     f"rank {self.rank}: lost the connection to {self.peer_label(peer)} during {context}: {why}")
         if self.liveness is not None:

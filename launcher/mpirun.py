@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 
-from cluster.config import Config, is_local_host
+from cluster.config import Config, is_local_host, is_loopback_host
 
 from . import shmclean
 from .job import Job, clean_env, oversubscription_note, resume_note, worker_command
@@ -93,7 +93,7 @@ def hostfile_text(cfg: Config, flavor: str, here: str | None = None) -> str:
     """
     nodes = cfg["cluster"]["nodes"]
     if here and not cfg.all_local:
-        nodes = [dict(n, host=here) if _loopback(n["host"]) else n for n in nodes]
+        nodes = [dict(n, host=here) if is_loopback_host(n["host"]) else n for n in nodes]
     if flavor == "openmpi":
         return "".join(f"{n['host']} slots={n['slots']}\n" for n in nodes)
     if cfg["cluster"]["placement"] == "cyclic" and not _equal_slots(cfg):
@@ -137,10 +137,6 @@ def _relay_mpiexec_output(src, dst, log_path: str) -> None:
     finally:
         if log is not None:
             log.close()
-
-
-def _loopback(host: str) -> bool:
-    return host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")
 
 
 def build_command(cfg: Config, mpiexec: str, flavor: str, hostfile: str, env_names: list[str],
