@@ -733,13 +733,6 @@ def _cross_checks(cfg: dict, errors: list[str], base_dir: str) -> None:
     if cluster.get("allreduce") == "native" and cluster.get("backend") == "zmq":
         errors.append("cluster.allreduce: 'native' needs MPI collectives but cluster.backend is 'zmq'; "
                       "use allreduce: ring or backend: mpi/auto")
-    script = job.get("script")
-    if isinstance(script, str) and script.strip():
-        p = _abspath(script, base_dir)
-        if os.path.isdir(p):
-            errors.append(f"job.script: {p!r} is a directory; give the Python file to run")
-        elif not os.path.isfile(p):
-            errors.append(f"job.script: file {p!r} does not exist")
     resume = cfg["checkpoint"].get("resume")
     if isinstance(resume, str) and resume not in ("auto", "never") and resume.strip():
         p = _abspath(resume, base_dir)
@@ -755,6 +748,15 @@ def _cross_checks(cfg: dict, errors: list[str], base_dir: str) -> None:
     py = cluster.get("python")
     all_local = all(isinstance(n, dict) and isinstance(n.get("host"), str) and is_local_host(n["host"])
                     for n in nodes)
+    any_local = any(isinstance(n, dict) and isinstance(n.get("host"), str) and is_local_host(n["host"])
+                    for n in nodes)
+    script = job.get("script")  # needed here only when a rank runs here; remote ranks check it themselves
+    if isinstance(script, str) and script.strip() and (any_local or not nodes):
+        p = _abspath(script, base_dir)
+        if os.path.isdir(p):
+            errors.append(f"job.script: {p!r} is a directory; give the Python file to run")
+        elif not os.path.isfile(p):
+            errors.append(f"job.script: file {p!r} does not exist")
     ds = job.get("dataset") if isinstance(job.get("dataset"), dict) else {}
     root = ds.get("root")       # on remote nodes the path may exist only there: checked where it is read
     if all_local and isinstance(root, str) and root.strip() and not os.path.isdir(_abspath(root, base_dir)):

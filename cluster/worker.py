@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import socket
 import sys
 import traceback
 
@@ -169,6 +170,11 @@ def main(argv=None) -> int:
                                    on_lost=_stop_orphan(communicator.rank, run_dir))
         if cfg.job.script:
             script = os.path.abspath(cfg.job.script)
+            if not os.path.isfile(script):  # validated on the launching machine, not on this one
+                from .runtime import WorkerError
+                raise WorkerError(f"job.script: file {script!r} does not exist on {socket.gethostname()}; "
+                                  f"every node needs the script at the same path (a shared file system, "
+                                  f"or copy it there)")
             sys.argv = [cfg.job.script] + list(cfg.job.script_args)
             sys.path.insert(0, os.path.dirname(script))   # as `python script.py` would: its modules import
             runpy.run_path(script, run_name="__main__")

@@ -136,7 +136,7 @@ def _launch_parser() -> argparse.ArgumentParser:
 
 def _launch(argv: list[str]) -> int:
     """`dptrain launch`: the config a one-machine script job needs, built from flags, then `run`."""
-    from cluster.config import ConfigError, resolve_config
+    from cluster.config import ConfigError, is_local_host, resolve_config
     args = _launch_parser().parse_args(argv)
     nproc = args.nproc if args.nproc == "auto" else _positive_int(args.nproc)
     if nproc is None:
@@ -152,6 +152,10 @@ def _launch(argv: list[str]) -> int:
             if not host or count is None:
                 sys.stderr.write(f"dptrain launch: --hosts entry {item!r}: expected HOST or HOST:SLOTS with "
                                  f"SLOTS a positive integer\n")
+                return EXIT_CONFIG
+            if count == "auto" and not is_local_host(host):
+                sys.stderr.write(f"dptrain launch: --hosts entry {item!r}: give its number of workers "
+                                 f"({host}:4) or -n N; -n auto counts this machine's cores only\n")
                 return EXIT_CONFIG
             nodes.append({"host": host, "slots": count})
         if not nodes:

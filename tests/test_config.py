@@ -339,6 +339,10 @@ def test_paths_that_cannot_work_are_refused_before_anything_starts(tmp_path):
     assert any("holds no checkpoint" in e for e in errs)
     errs = errors_of({"job": {"script": str(tmp_path)}})
     assert any(e.startswith("job.script:") and "is a directory" in e for e in errs)
+    # a script for remote nodes only may exist only there (checked by the worker on each node)
+    cfg = resolve_config({"cluster": {"nodes": [{"host": "node1", "slots": 1}]},
+                          "job": {"script": str(tmp_path / "on-the-cluster.py")}})
+    assert cfg.job.script == str(tmp_path / "on-the-cluster.py")
     # a corrupt explicit checkpoint is named before any worker starts
     from cluster.checkpoint import save_checkpoint
     import numpy as np

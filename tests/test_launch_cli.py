@@ -52,6 +52,10 @@ def test_launch_on_several_hosts_builds_the_mpiexec_command(tmp_path):
     assert "#   node1:4" in p.stdout and "#   node2:2" in p.stdout and "DPTRAIN_WORLD_SIZE=6" in p.stdout
     assert "# each rank runs (inside cluster.worker, which supervises it): " in p.stdout
     assert "probe.py --lr 0.1\n" in p.stdout and p.stdout.rstrip().endswith("-m cluster.worker")
+    p = _launch(tmp_path, "--hosts", "node1:2,node2:2", "--dry-run", "/cluster/home/train.py")  # not here: ok
+    assert p.returncode == 0 and "/cluster/home/train.py\n" in p.stdout, p.stderr
+    p = _launch(tmp_path, "--hosts", "node1,node2", "--dry-run", "probe.py")
+    assert p.returncode == 2 and "--hosts entry 'node1': give its number of workers (node1:4) or -n N" in p.stderr
     p = _launch(tmp_path, "--hosts", "node1:x", "probe.py")
     assert p.returncode == 2 and "expected HOST or HOST:SLOTS" in p.stderr
     p = _launch(tmp_path, "--backend", "zmq", "--dry-run", "probe.py")

@@ -124,5 +124,22 @@ def test_worker_runs_without_a_launcher(tmp_path):
     assert "rank 0 finished" in r.stdout and "secret-length 0" in r.stdout
 
 
+def test_a_script_missing_on_a_node_is_named_with_the_host(tmp_path):
+    """Validation on the launching machine cannot see remote nodes' files; the worker there names it."""
+    import socket
+    import subprocess
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cluster: {nodes: [{host: node1, slots: 1}]}\njob: {script: /nonexistent/train.py}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DPTRAIN_")}
+    env.update(DPTRAIN_CONFIG=str(cfg), DPTRAIN_RANK="0", DPTRAIN_WORLD_SIZE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-m", "cluster.worker"], env=env, capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert r.returncode == 78, r.stderr          # it would recur: not restarted
+    assert (f"job.script: file '/nonexistent/train.py' does not exist on {socket.gethostname()}; every node "
+            f"needs the script at the same path") in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 if __name__ == "__main__":  # run as a worker by the launcher tests
     main()
