@@ -45,7 +45,8 @@ def _error_kinds() -> tuple[tuple, tuple]:
     from .ddp import DDPError
     from .heartbeat import CoordinatorError
     from .runtime import WorkerError
-    recurring = (DatasetNotFoundError, IDXFormatError, StateDictError, ConfigError, WorkerError)
+    recurring = (DatasetNotFoundError, IDXFormatError, StateDictError, ConfigError, WorkerError,
+                 comm.CommSetupError)
     return recurring + (comm.CommError, DownloadError, CheckpointFormatError, CheckpointError, DDPError,
                         CoordinatorError), recurring
 

@@ -20,7 +20,7 @@ from typing import Optional
 from . import env
 from .communicator import Communicator
 from .env import Topology, choose_backend, comm_timeout, detect
-from .errors import CollectiveMismatchError, CommError, CommTimeoutError, PeerFailureError
+from .errors import CollectiveMismatchError, CommError, CommSetupError, CommTimeoutError, PeerFailureError
 from .progress import Handle
 from .transport import LocalTransport
 
@@ -34,6 +34,14 @@ def _build(backend: str, topo: Topology, timeout: float) -> Communicator:
         from .mpi_transport import MpiTransport  # imports mpi4py.MPI: only now
 
         transport = MpiTransport(timeout)
+        launched = env.detect_dptrain()
+        if launched is not None and launched.size != transport.size:
+            transport.close(clean=False)
+            raise CommSetupError(
+                f"MPI_COMM_WORLD has {transport.size} rank(s) but the launcher started {launched.size} "
+                f"(DPTRAIN_WORLD_SIZE): MPI did not reach the job's process manager (a rank started "
+                f"without mpiexec, or srun without a PMI plugin), so every rank runs alone. Under srun pass --mpi=pmi2 (MPICH, Intel MPI) or --mpi=pmix (Open MPI), "
+                f"or use cluster.backend: zmq")
     elif backend == "zmq":
         topo = env.detect_dptrain() or topo
         if topo.launcher != "dptrain":
@@ -101,5 +109,5 @@ atexit.register(_close_all_at_exit)
 
 __all__ = [
     "init", "finalize", "Communicator", "Handle", "Topology", "detect", "choose_backend", "env",
-    "CommError", "CommTimeoutError", "CollectiveMismatchError", "PeerFailureError",
+    "CommError", "CommSetupError", "CommTimeoutError", "CollectiveMismatchError", "PeerFailureError",
 ]

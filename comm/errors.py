@@ -23,8 +23,13 @@ class CollectiveMismatchError(CommError):
     """
 
 
+class CommSetupError(CommError):
+    """The processes cannot form the job the launcher described (e.g. MPI without the process
+    manager's PMI, so every rank is alone); the same launch would fail the same way again."""
+
+
 class PeerFailureError(CommError):
     """A peer process died, disconnected, closed its communicator early, or aborted."""
 
 
-__all__ = ["CommError", "CommTimeoutError", "CollectiveMismatchError", "PeerFailureError"]
+__all__ = ["CommError", "CommSetupError", "CommTimeoutError", "CollectiveMismatchError", "PeerFailureError"]

@@ -236,12 +236,19 @@ def _run(argv: list[str]) -> int:
         except MpiError as e:
             sys.stderr.write(f"dptrain script: {e}\n")
             return 1
+        try:
+            if args.slurm:  # sbatch opens `#SBATCH --output` in the run directory before the script runs
+                os.makedirs(job.run.path, exist_ok=True)
+            if args.output != "-":
+                with open(args.output, "w") as f:
+                    f.write(text)
+                os.chmod(args.output, 0o755)
+        except OSError as e:
+            sys.stderr.write(f"dptrain script: {e}\n")
+            return EXIT_CONFIG
         if args.output == "-":
             sys.stdout.write(text)
         else:
-            with open(args.output, "w") as f:
-                f.write(text)
-            os.chmod(args.output, 0o755)
             sys.stderr.write(f"dptrain: wrote {args.output} ({'sbatch ' if args.slurm else 'bash '}"
                              f"{args.output} to launch {cfg.world_size} ranks)\n")
         if cfg["fault_tolerance"].get("min_workers"):

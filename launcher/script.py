@@ -77,6 +77,8 @@ def _prelude(job: Job, python: str, title: str) -> str:
         f"MAX_RESTARTS={int(cfg['fault_tolerance']['max_restarts'])}\n"
         f"WORLD_SIZE={job.world_size}\n\n"
         f"mkdir -p \"$RUN_DIR/logs\" \"$RUN_DIR/status\" {_q(cfg['checkpoint']['dir'])}\n"
+        "# a previous launch's results must not pass for this one's\n"
+        "if [ -e \"$RUN_DIR/summary.json\" ]; then mv -f \"$RUN_DIR/summary.json\" \"$RUN_DIR/summary.previous.json\"; fi\n"
         "# the resolved config every worker loads\n"
         + _heredoc('"$RUN_DIR/config.yaml"', dump_config(cfg))
         + "# rank -> node / local rank / GPU, read by launcher.mpiworker\n"
@@ -94,7 +96,47 @@ on_signal() {
   echo "dptrain: interrupted; stopping the workers" >&2
   if [ -n "$MPI_PID" ]; then kill -TERM "$MPI_PID" 2>/dev/null; wait "$MPI_PID" 2>/dev/null; fi
   stop_coordinator
+  finish interrupted "$1"
   exit "$1"
+}
+# after the job: summary facts (status, exit code, restarts, wall time) and MPI's orphaned /dev/shm segments
+finish() {
+  "$PYTHON" - "$RUN_DIR" "$1" "$2" "${attempt:-0}" "${DPTRAIN_LAUNCH_STARTED:-0}" "${SHM_BEFORE:-}" \
+      CHECKPOINT_DIR <<'PYEOF' || true
+import json, os, sys, time, warnings
+from cluster.rundir import RunDir
+from launcher import shmclean
+run_dir, status, code, attempt, started, shm_before, ckpt_dir = sys.argv[1:8]
+run = RunDir(run_dir)
+summary = run.read_summary() or {}
+summary.update(status=status, exit_code=int(code), restarts=int(attempt), launcher="LAUNCHER_MODE")
+summary.setdefault("world_size", WORLD_SIZE_VALUE)
+if int(started):
+    summary["wall_time_s"] = round(time.time() - int(started), 3)
+if summary.get("steps") is None:  # stopped before the runtime wrote its summary: the last step reported
+    try:
+        with open(os.path.join(run_dir, "coordinator.json")) as f:
+            steps = [w.get("step") for w in json.load(f)["workers"].values()]
+        summary["steps"] = max((s for s in steps if isinstance(s, int)), default=None)
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+if not summary.get("last_checkpoint"):
+    try:
+        from cluster.checkpoint import latest_valid_checkpoint
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            summary["last_checkpoint"] = latest_valid_checkpoint(ckpt_dir)
+    except Exception:  # summary facts are best effort
+        pass
+try:
+    run.write_summary(summary)
+except OSError as e:
+    print(f"dptrain: could not write the summary: {e}", file=sys.stderr)
+removed = shmclean.remove_orphans(set(shm_before.split()[1:])) if shm_before.startswith("snapshot") else []
+if removed:
+    print(f"dptrain: removed {len(removed)} shared-memory segment(s) left in {shmclean.SHM_DIR} by killed ranks",
+          file=sys.stderr)
+PYEOF
 }
 trap stop_coordinator EXIT
 trap 'on_signal 130' INT
@@ -128,6 +170,8 @@ def _coord_fn(job: Job, bind: str, host_expr: str) -> str:
     text = (_COORD_FN.replace("HB_TIMEOUT", f"{ft['heartbeat_timeout']:g}")
             .replace("STARTUP_TIMEOUT", f"{ft['startup_timeout']:g}")
             .replace("CKPT_INTERVAL", str(job.cfg["checkpoint"]["interval"])))
+    text = (text.replace("LAUNCHER_MODE", job.mode).replace("WORLD_SIZE_VALUE", str(job.world_size))
+            .replace("CHECKPOINT_DIR", _q(job.cfg["checkpoint"]["dir"])))
     return f"COORD_BIND={_q(bind)}\nCOORD_HOST={host_expr or chr(34) * 2}\n" + text
 
 
@@ -136,6 +180,7 @@ rc=1
 attempt=0
 DPTRAIN_LAUNCH_STARTED="$(date +%s)"
 export DPTRAIN_LAUNCH_STARTED
+SHM_BEFORE="snapshot $(ls /dev/shm 2>/dev/null | tr '\n' ' ')"
 while :; do
   export DPTRAIN_RESTART="$attempt" DPTRAIN_RESTART_COUNT="$attempt"
   rm -f "$RUN_DIR"/status/rank*.json "$RUN_DIR/mpiexec.pid"
@@ -173,8 +218,14 @@ if bad:  # the root cause, not a rank that failed because a peer did
 PYEOF
 )"
   if [ -n "$first" ]; then
-    echo "dptrain: rank ${first% *} failed with exit code ${first#* }; last lines of its log:" >&2
-    tail -n 20 "$RUN_DIR/logs/rank${first% *}.log" | sed 's/^/    /' >&2
+    how="exit code ${first#* }"
+    if [ "${first#* }" -gt 128 ] && sig="$(kill -l $((${first#* } - 128)) 2>/dev/null)"; then
+      how="$how (killed by signal $((${first#* } - 128)) (SIG$sig))"
+    fi
+    echo "dptrain: rank ${first% *} failed with $how; last lines of its log:" >&2
+    # this attempt's lines only (the log keeps every launch, each after a '===== dptrain' line)
+    awk '/^===== dptrain /{n=0} {l[n++]=$0} END{for(i=(n>20?n-20:0);i<n;i++) print l[i]}' \
+        "$RUN_DIR/logs/rank${first% *}.log" | sed 's/^/    /' >&2
     rc="${first#* }"
   fi
   if [ "$rc" -eq 0 ]; then break; fi
@@ -187,8 +238,12 @@ PYEOF
   attempt=$((attempt + 1))
   echo "dptrain: restarting the worker group (restart $attempt of $MAX_RESTARTS)" >&2
 done
+if [ "$rc" -eq 0 ]; then finish ok 0; else finish failed "$rc"; fi
 exit "$rc"
 '''
+
+
+_FREE_PORT = "$(\"$PYTHON\" -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); print(s.getsockname()[1])')"
 
 
 def mpirun_script(job: Job) -> str:
@@ -216,9 +271,7 @@ def mpirun_script(job: Job) -> str:
     head += "\n" + _common_exports(job, backend, "script")
     head += f"export DPTRAIN_MASTER_ADDR={_q(master)}\n"
     head += (f"DPTRAIN_MASTER_PORT=\"${{DPTRAIN_MASTER_PORT:-"
-             + (str(cfg['cluster']['master_port']) if cfg['cluster']['master_port'] else
-                "$(\"$PYTHON\" -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); "
-                "print(s.getsockname()[1])')")
+             + (str(cfg['cluster']['master_port']) if cfg['cluster']['master_port'] else _FREE_PORT)
              + "}\"\nexport DPTRAIN_MASTER_PORT\n")
     if os.geteuid() == 0 and flavor == "openmpi":
         head += "export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1\n"
@@ -248,12 +301,19 @@ def slurm_script(job: Job) -> str:
     head += ('DPTRAIN_MASTER_ADDR="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(hostname)}" 2>/dev/null '
              '| head -n 1)"\n'
              'export DPTRAIN_MASTER_ADDR="${DPTRAIN_MASTER_ADDR:-$(hostname)}"\n')
-    port = cfg["cluster"]["master_port"] or 29500
-    head += f"export DPTRAIN_MASTER_PORT=\"${{DPTRAIN_MASTER_PORT:-{port}}}\"\n"
+    # rank 0 runs on the first node of the allocation, which is where this batch script runs: a port
+    # free there (not a fixed one: jobs sharing a node would collide)
+    port = cfg["cluster"]["master_port"] or _FREE_PORT
+    head += f"DPTRAIN_MASTER_PORT=\"${{DPTRAIN_MASTER_PORT:-{port}}}\"\nexport DPTRAIN_MASTER_PORT\n"
     host = cfg["cluster"]["coordinator"]["host"]
     coord = _coord_fn(job, "tcp://*:" + str(cfg["cluster"]["coordinator"]["port"]),
                       _q(host) if host else '"$(hostname -f 2>/dev/null || hostname)"')
     cmd = " ".join(_q(c) for c in worker_command(cfg)[1:])
-    launch = (f'srun --kill-on-bad-exit=1 --distribution={dist} --ntasks="$WORLD_SIZE" '
+    # without a PMI plugin every MPI rank would start as a 1-rank MPI_COMM_WORLD; pmi2 serves MPICH
+    # (the venv's wheel), Intel MPI and MVAPICH; Open MPI builds want SRUN_MPI=pmix
+    mpi = ' --mpi="$SRUN_MPI"' if backend == "mpi" else ""
+    if mpi:
+        head += 'SRUN_MPI="${SRUN_MPI:-pmi2}"\n'
+    launch = (f'srun{mpi} --kill-on-bad-exit=1 --distribution={dist} --ntasks="$WORLD_SIZE" '
               f'"$PYTHON" -m launcher.mpiworker -- "$PYTHON" {cmd}')
     return head + coord + _loop(launch)

@@ -167,3 +167,23 @@ def test_uncaught_exception_under_plain_mpiexec_aborts_the_job_at_once(tmp_path)
         time.sleep(0.1)
     assert rc != 0 and took < 15
     assert "ValueError: rank 1 raises on purpose" in err and "MPI_Abort" in out + err
+
+
+@pytest.mark.timeout(60)
+def test_mpi_ranks_that_each_see_a_world_of_one_are_refused():
+    """srun without --mpi=pmi2 (or a rank started without mpiexec) gives every rank its own
+    1-rank MPI_COMM_WORLD: they would all call themselves rank 0 and train alone."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("mpi4py")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DPTRAIN_", "PMI_", "OMPI_", "HYDRA_"))}
+    env.update(DPTRAIN_RANK="0", DPTRAIN_WORLD_SIZE="2", DPTRAIN_MASTER_ADDR="127.0.0.1",
+               DPTRAIN_MASTER_PORT="29999", PYTHONPATH=root, OMP_NUM_THREADS="1")
+    code = ("import comm\ntry:\n    comm.init('mpi')\nexcept comm.CommSetupError as e:\n    print(e)\n"
+            "    raise SystemExit(3)\n")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=50)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert ("MPI_COMM_WORLD has 1 rank(s) but the launcher started 2 (DPTRAIN_WORLD_SIZE)" in r.stdout
+            and "--mpi=pmi2" in r.stdout)

@@ -122,6 +122,9 @@ def test_script_runs_and_propagates_exit_codes(tmp_path):
     assert (tmp_path / "run/config.yaml").exists() and (tmp_path / "run/logs/rank0.log").exists()
     co = json.loads((tmp_path / "run/coordinator.json").read_text())
     assert {w["state"] for w in co["workers"].values()} == {"done"}
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["status"] == "ok" and summary["exit_code"] == 0 and summary["restarts"] == 0
+    assert summary["launcher"] == "script" and summary["world_size"] == 2
     # a failing job: the script exits non-zero after its restart budget
     bad = tmp_path / "bad.sh"
     assert dptrain(["script", config(tmp_path, "failalways"), "fault_tolerance.max_restarts=1", "-o", str(bad)],
@@ -131,6 +134,9 @@ def test_script_runs_and_propagates_exit_codes(tmp_path):
     assert "restarting the worker group (restart 1 of 1)" in run.stderr
     assert run.stderr.count("rank 1 failed with exit code 3; last lines of its log:") == 2
     assert "    rank 1 is failing on purpose" in run.stderr
+    summary = json.loads((tmp_path / "run/summary.json").read_text())   # not the previous launch's "ok"
+    assert summary["status"] == "failed" and summary["exit_code"] == 3 and summary["restarts"] == 1
+    assert json.loads((tmp_path / "run/summary.previous.json").read_text())["status"] == "ok"
 
 
 def test_slurm_script_is_valid_bash(tmp_path):
@@ -209,3 +215,21 @@ def test_mpich_cleanup_banner_is_kept_out_of_the_console_but_logged(tmp_path):
     _relay_mpiexec_output(io.BytesIO(text.encode()), out, str(tmp_path / "mpiexec.log"))
     assert out.getvalue() == "[rank 0] a rank's line (in its own log)\n[mpiexec@vm] a real Hydra error\nafter the banner\n"
     assert (tmp_path / "mpiexec.log").read_text() == text.split("\n", 1)[1]
+
+
+def test_slurm_script_mpi_pmi_port_and_run_dir(tmp_path):
+    """sbatch opens #SBATCH --output before the script runs: the run directory must exist; MPI ranks
+    under srun need a PMI plugin; two jobs on one node must not share a fixed rendezvous port."""
+    out = tmp_path / "job.sbatch"
+    cfg = tmp_path / "slurm.yaml"
+    cfg.write_text(f"cluster:\n  nodes:\n    - {{host: a, slots: 2}}\n  backend: mpi\noutput:\n  dir: {tmp_path / 'run'}\n")
+    r = dptrain(["script", str(cfg), "--slurm", "-o", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = out.read_text()
+    assert (tmp_path / "run").is_dir()
+    assert 'srun --mpi="$SRUN_MPI"' in s and 'SRUN_MPI="${SRUN_MPI:-pmi2}"' in s
+    assert "29500" not in s and "s.bind((\"\", 0))" in s
+    zmq = dptrain(["script", str(cfg), "--slurm", "-o", "-", "cluster.backend=zmq"], tmp_path).stdout
+    assert "--mpi" not in zmq
+    bad = dptrain(["script", str(cfg), "--slurm", "-o", str(tmp_path / "no/such/dir/job.sh")], tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
