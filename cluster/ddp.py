@@ -80,7 +80,14 @@ class DistributedDataParallel:
     """
 
     def __init__(self, module, comm=None, bucket_cap_mb=25, broadcast_buffers=True,
-                 find_unused_parameters=False, average=True, timeout=None, overlap="auto"):
+                 find_unused_parameters=False, average=True, timeout=None, overlap="auto",
+                 device_ids=None, output_device=None, **torch_kw):
+        # torch's DistributedDataParallel(model, device_ids=[local_rank], ...): the module already
+        # lives on its device here, so device_ids/output_device only have to agree with it.
+        for k in ("gradient_as_bucket_view", "static_graph"):    # performance hints: nothing to do
+            torch_kw.pop(k, None)
+        if torch_kw:
+            raise TypeError(f"DistributedDataParallel: unexpected arguments {sorted(torch_kw)}")
         if comm is None:
             import comm as comm_pkg
             comm = comm_pkg.init()
@@ -257,12 +264,6 @@ class DistributedDataParallel:
     def parameters(self):
         return self.module.parameters()
 
-    def named_parameters(self):
-        return self.module.named_parameters()
-
-    def state_dict(self):
-        return self.module.state_dict()
-
     def load_state_dict(self, state, strict=True):
         return self.module.load_state_dict(state, strict=strict)
 
@@ -274,8 +275,21 @@ class DistributedDataParallel:
         self.module.eval()
         return self
 
-    def zero_grad(self):
-        self.module.zero_grad()
+    def zero_grad(self, set_to_none=True):
+        self.module.zero_grad(set_to_none=set_to_none)
+
+    def to(self, *args, **kwargs):
+        self.module.to(*args, **kwargs)
+        return self                 # torch: DDP(model).to(device) is still the DDP wrapper
+
+    def named_parameters(self, *args, **kwargs):
+        return self.module.named_parameters(*args, **kwargs)
+
+    def state_dict(self, *args, **kwargs):
+        return self.module.state_dict(*args, **kwargs)
+
+    def __repr__(self):
+        return f"DistributedDataParallel(\n  (module): {self.module!r}\n)"
 
     def __getattr__(self, name):
         # Only reached for attributes not found normally: forward to the wrapped module.

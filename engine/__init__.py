@@ -2,14 +2,17 @@
 from . import backend
 from .tensor import Tensor, from_op, tensor, no_grad, enable_grad, is_grad_enabled
 from . import ops
+from . import tensor_methods
 from .ops import concat, stack, where, maximum, minimum, argmax, argmin
 from .ops import exp, log, sqrt, tanh, sigmoid, relu, matmul
 from .ops import sum_ as sum, mean, max_ as max, min_ as min, reshape, transpose, flatten
-from .ops import abs_ as abs, clip, var, unsqueeze, squeeze
+from .ops import abs_ as abs, clip, var, std, unsqueeze, squeeze
 from .factories import (zeros, ones, empty, full, zeros_like, ones_like, arange, randn, rand,
                         randint, from_numpy)
 from .random import manual_seed
 from .gradcheck import gradcheck, GradcheckError
+
+tensor_methods.install()
 
 cat = concat
 clamp = clip
@@ -23,7 +26,7 @@ __all__ = [
     "Tensor", "tensor", "from_op", "no_grad", "enable_grad", "is_grad_enabled", "backend",
     "concat", "cat", "stack", "where", "maximum", "minimum", "argmax", "argmin", "exp", "log",
     "sqrt", "tanh", "sigmoid", "relu", "matmul", "sum", "mean", "max", "min", "reshape",
-    "transpose", "flatten", "abs", "clip", "clamp", "var", "unsqueeze", "squeeze", "zeros", "ones",
+    "transpose", "flatten", "abs", "clip", "clamp", "var", "std", "unsqueeze", "squeeze", "zeros", "ones",
     "empty", "full", "zeros_like", "ones_like", "arange", "randn", "rand", "randint", "from_numpy",
     "manual_seed", "gradcheck", "GradcheckError",
 ]
@@ -48,3 +51,9 @@ def _optional_submodules():
 
 
 _optional_submodules()
+
+
+# torch's other dtype names (engine.long, engine.float, ... as torch.long, torch.float), as numpy
+# dtype strings.  Last in the file: inside this module they shadow the builtins of the same name.
+int8, int16, uint8, half, double, long = "int8", "int16", "uint8", "float16", "float64", "int64"
+float, int, bool = "float32", "int32", "bool"  # noqa: A001

@@ -6,6 +6,8 @@ Broadcasting follows NumPy; `_unbroadcast` sums gradients back to each input's s
 """
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 from .backend import get_array_module, scatter_add
@@ -404,25 +406,77 @@ def _minmax(a, axis, keepdims, kw, name):
     return from_op(out, (a,), backward, name)
 
 
-def max_(a, axis=None, keepdims=False, **kw):
-    return _minmax(a, axis, keepdims, kw, "max")
+class MinMax(collections.namedtuple("MinMax", ["values", "indices"])):
+    """What torch.max(x, dim) / x.max(dim=...) return (torch.return_types.max)."""
+
+    __slots__ = ()
+
+    def __array__(self, *args, **kwargs):
+        # numpy-style code that treats the result as the values (x - x.max(dim=1)) fails loudly
+        # instead of broadcasting the (values, indices) pair, as torch raises a TypeError there
+        raise TypeError("max/min with dim= returns (values, indices) as in torch; use .values "
+                        "(or axis= for NumPy's values-only result)")
 
 
-def min_(a, axis=None, keepdims=False, **kw):
-    return _minmax(a, axis, keepdims, kw, "min")
+def _minmax_dispatch(a, args, kw, name):
+    """NumPy style (`axis=` keyword, or no axis): the reduced values, as documented.
+    PyTorch style (`dim=` keyword or a positional dim): (values, indices), as torch returns;
+    a Tensor as second argument is the elementwise maximum/minimum (torch.max(a, b))."""
+    if len(args) > 2:
+        raise TypeError(f"{name}() takes at most 2 positional arguments after the tensor")
+    if args and isinstance(args[0], Tensor):
+        if len(args) > 1 or kw:
+            raise TypeError(f"{name}(a, b): no further arguments")
+        return (maximum if name == "max" else minimum)(a, args[0])
+    torch_style = "dim" in kw or (bool(args) and args[0] is not None)
+    if not torch_style:
+        axis = args[0] if args else kw.pop("axis", None)
+        keepdims = args[1] if len(args) > 1 else kw.pop("keepdims", False)
+        return _minmax(a, axis, keepdims, kw, name)
+    if "axis" in kw:
+        raise TypeError(f"{name}: give axis= or dim=, not both")
+    dim = kw.pop("dim") if "dim" in kw else args[0]
+    keepdim = args[1] if len(args) > 1 else kw.pop("keepdim", kw.pop("keepdims", False))
+    if kw:
+        raise TypeError(f"{name}: unexpected arguments {sorted(kw)}")
+    values = _minmax(a, dim, keepdim, {}, name)
+    indices = (argmax if name == "max" else argmin)(a, axis=dim, keepdims=keepdim)
+    return MinMax(values, indices)
 
 
-def var(a, axis=None, keepdims=False, ddof=0, **kw):
+def max_(a, *args, **kw):
+    return _minmax_dispatch(a, args, kw, "max")
+
+
+def min_(a, *args, **kw):
+    return _minmax_dispatch(a, args, kw, "min")
+
+
+def var(a, *args, ddof=None, **kw):
+    """NumPy's var for `axis=` (ddof=0 unless given); PyTorch's for `dim=` or a positional dim
+    (unbiased, correction=1, unless `unbiased=`/`correction=` say otherwise), as `max` does."""
+    torch_style = "dim" in kw or (bool(args) and args[0] is not None)
+    if len(args) > 2:
+        raise TypeError("var() takes at most 2 positional arguments after the tensor")
     if "unbiased" in kw:
         ddof = 1 if kw.pop("unbiased") else 0
     if "correction" in kw:
         ddof = kw.pop("correction")
+    if ddof is None:
+        ddof = 1 if torch_style else 0
+    axis = args[0] if args else kw.pop("axis", None)
+    keepdims = args[1] if len(args) > 1 else kw.pop("keepdims", False)
     axis, keepdims = _axis_kw(axis, keepdims, kw, "var")
     m = mean(a, axis=axis, keepdims=True)
     diff = a - m
     ax = _norm_axis(axis, a.ndim)
     count = a.size if ax is None else int(np.prod([a.shape[i] for i in ax]))
     return sum_(diff * diff, axis=axis, keepdims=keepdims) / max(count - ddof, 1)
+
+
+def std(a, *args, **kw):
+    """sqrt(var(...)), with var's NumPy/PyTorch defaults."""
+    return sqrt(var(a, *args, **kw))
 
 
 # ---------------------------------------------------------------- shape ops
@@ -510,9 +564,7 @@ def getitem(a, index):
     except IndexError as e:
         raise IndexError(f"index {index!r} is out of range for a tensor of shape {a.shape}: {e}") from None
     advanced = _is_advanced(idx)
-    shape, dtype = a.shape, a.dtype
-    if not advanced and out.base is not None:
-        out = out  # a view; backward writes into a zero array through the same index
+    shape = a.shape   # backward writes into a zero array of this shape through the same index
 
     def backward(g):
         gz = xp.zeros(shape, dtype=g.dtype)
@@ -536,8 +588,9 @@ def _tensor_list(tensors, opname):
     return ts
 
 
-def concat(tensors, axis=0, **kw):
+def concat(tensors, axis=None, **kw):
     axis, _ = _axis_kw(axis, False, kw, "concat")
+    axis = 0 if axis is None else axis
     ts = _tensor_list(tensors, "concat")
     ax = axis % ts[0].ndim
     for t in ts[1:]:
@@ -553,8 +606,9 @@ def concat(tensors, axis=0, **kw):
     return from_op(out, tuple(ts), backward, "concat")
 
 
-def stack(tensors, axis=0, **kw):
+def stack(tensors, axis=None, **kw):
     axis, _ = _axis_kw(axis, False, kw, "stack")
+    axis = 0 if axis is None else axis
     ts = _tensor_list(tensors, "stack")
     for t in ts[1:]:
         if t.shape != ts[0].shape:
@@ -627,6 +681,7 @@ def _install():
     T.exp, T.log, T.sqrt, T.tanh, T.sigmoid, T.relu, T.abs = exp, log, sqrt, tanh, sigmoid, relu, abs_
     T.neg = neg
     T.sum, T.mean, T.max, T.min, T.var = sum_, mean, max_, min_, var
+    T.std = std
     T.argmax, T.argmin = argmax, argmin
     T.reshape = reshape
     T.view = reshape

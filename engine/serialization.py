@@ -193,10 +193,15 @@ class _Decoder:
         raise CheckpointFormatError(f"{self.path}: unknown structure node {sorted(node)}")
 
 
-def load(path, device=None, verify: bool = True):
+def load(path, device=None, verify: bool = True, map_location=None, weights_only=None):
     """Read a file written by `save`. Arrays come back as numpy arrays (on `device` if given),
     Tensors as Tensors. verify=False skips the checksum (saves one pass over the data)."""
     from safetensors import safe_open
+    # torch.load(path, map_location=...): a device string / torch-style device; weights_only is
+    # always true here (nothing but arrays and JSON is ever read)
+    if device is None and map_location is not None and not callable(map_location) \
+            and not isinstance(map_location, dict):
+        device = str(map_location)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")

@@ -203,6 +203,12 @@ class Tensor:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.item()
 
+    def __format__(self, spec):
+        # torch: f"{loss:.4f}" formats a one-element tensor like its Python number
+        if spec and self.data.size == 1:
+            return format(self.item(), spec)
+        return format(str(self), spec)
+
     def __float__(self):
         return float(self.item())
 
@@ -225,8 +231,19 @@ class Tensor:
     def clone(self) -> "Tensor":
         return from_op(self.data.copy(), (self,), lambda g: (g,), "clone")
 
-    def to(self, device=None, dtype=None) -> "Tensor":
-        """Move to a device (differentiable: the gradient flows back to the source device)."""
+    def to(self, device=None, dtype=None, **kw) -> "Tensor":
+        """Move to a device (differentiable: the gradient flows back to the source device).
+
+        Like torch, `x.to(dtype)` (a dtype as the first argument) and `x.to(other_tensor)` work,
+        and `non_blocking=`/`copy=` are accepted (host copies are always synchronous)."""
+        kw.pop("non_blocking", None)
+        kw.pop("copy", None)
+        if kw:
+            raise TypeError(f"to(): unexpected arguments {sorted(kw)}")
+        if isinstance(device, Tensor):
+            device, dtype = device.device, device.dtype if dtype is None else dtype
+        elif device is not None and not isinstance(device, int) and _is_dtype(device):
+            device, dtype = None, device
         out = self
         if dtype is not None:
             out = out.astype(dtype)
@@ -445,3 +462,14 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu") -> Tensor:
     if isinstance(data, Tensor):
         data = data.data.copy()
     return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
+
+
+def _is_dtype(x) -> bool:
+    """True for a dtype spec (np.float32, "float64", np.dtype(...)) rather than a device spec."""
+    if isinstance(x, str) and (x.split(":")[0].lower() in ("cpu", "cuda", "gpu")):
+        return False
+    try:
+        np.dtype(x)
+        return True
+    except TypeError:
+        return False

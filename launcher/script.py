@@ -270,7 +270,7 @@ def mpirun_script(job: Job) -> str:
     head += _heredoc('"$RUN_DIR/hostfile"', hostfile_text(cfg, flavor, job.here))
     head += "\n" + _common_exports(job, backend, "script")
     head += f"export DPTRAIN_MASTER_ADDR={_q(master)}\n"
-    head += (f"DPTRAIN_MASTER_PORT=\"${{DPTRAIN_MASTER_PORT:-"
+    head += ("DPTRAIN_MASTER_PORT=\"${{DPTRAIN_MASTER_PORT:-"
              + (str(cfg['cluster']['master_port']) if cfg['cluster']['master_port'] else _FREE_PORT)
              + "}\"\nexport DPTRAIN_MASTER_PORT\n")
     if os.geteuid() == 0 and flavor == "openmpi":

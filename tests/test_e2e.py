@@ -154,7 +154,8 @@ def test_an_error_that_would_recur_is_one_line_and_not_restarted(tmp_path):
     assert "Traceback" not in both                          # ours: the message is complete
     assert "not restarting: that error would recur" in p.stderr and "restarting the worker group" not in p.stderr
     assert len(json.loads((out / "launcher.json").read_text())["attempts"]) == 1
-    assert "Traceback" in (out / "logs" / "rank0.traceback").read_text()
+    # the rank that failed first wrote its traceback (the other may be stopped before it gets there)
+    assert any("Traceback" in f.read_text() for f in (out / "logs").glob("rank*.traceback"))
 
 
 @pytest.mark.timeout(60)

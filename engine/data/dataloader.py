@@ -85,8 +85,16 @@ class DataLoader:
     device: put the batch Tensors on this device ("cpu", "cuda:0"); default cpu.
     """
 
+    # torch.utils.data.DataLoader arguments that only concern worker processes / pinned memory:
+    # accepted so torch code runs unchanged; batches are gathered in this process either way.
+    _IGNORED = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor",
+                "worker_init_fn", "timeout", "multiprocessing_context", "pin_memory_device")
+
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None,
-                 sampler=None, collate_fn=None, transform=None, device=None):
+                 sampler=None, collate_fn=None, transform=None, device=None, generator=None, **kw):
+        unknown = sorted(k for k in kw if k not in self._IGNORED)
+        if unknown:
+            raise TypeError(f"DataLoader: unexpected arguments {unknown}")
         if batch_size is None or int(batch_size) < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
         if sampler is not None and shuffle:
@@ -103,7 +111,10 @@ class DataLoader:
         self.transform = transform
         self.device = device
         if seed is None and shuffle:
-            seed = int(np.random.SeedSequence().entropy % (2**63))   # fresh but recorded
+            # drawn from `generator` or the engine's global generator: engine.manual_seed(s)
+            # makes the order reproducible, as torch.manual_seed does for torch's DataLoader
+            from ..random import resolve
+            seed = int(resolve(None, generator).integers(2**63))
         self.seed = seed
         self.epoch = 0
 

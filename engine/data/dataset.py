@@ -91,8 +91,12 @@ class Subset(Dataset):
         raise AttributeError(name)
 
 
-def random_split(dataset, lengths, seed=None):
-    """Split into non-overlapping Subsets of the given lengths (or fractions summing to 1)."""
+def random_split(dataset, lengths, seed=None, generator=None):
+    """Split into non-overlapping Subsets of the given lengths (or fractions summing to 1).
+
+    The permutation comes from `seed=`, else `generator=` (a numpy Generator), else the engine's
+    global generator, so `engine.manual_seed(s)` makes the split reproducible and the same on
+    every rank of a data-parallel job (as torch.manual_seed does for torch's random_split)."""
     n = len(dataset)
     lengths = list(lengths)
     if all(isinstance(x, float) for x in lengths) and abs(sum(lengths) - 1.0) < 1e-6:
@@ -102,7 +106,8 @@ def random_split(dataset, lengths, seed=None):
         lengths = counts
     if sum(lengths) != n:
         raise ValueError(f"random_split: lengths sum to {sum(lengths)}, dataset has {n} samples")
-    perm = np.random.default_rng(seed).permutation(n)
+    from ..random import resolve
+    perm = resolve(seed, generator).permutation(n)
     out, start = [], 0
     for k in lengths:
         out.append(Subset(dataset, perm[start:start + k]))
