@@ -1,0 +1,80 @@
+"""`dptrain script --slurm` under a real Slurm: runs only where a Slurm controller answers and a node
+is idle (e.g. the one-node Slurm of the README's "Testing the Slurm path"); skipped elsewhere.
+
+Why a real one: the generated sbatch script broke in ways `bash -n` cannot see (Slurm opens
+`#SBATCH --output` before the script runs; srun without `--mpi=pmi2` gives every MPI rank a world
+of one).
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dist_utils import ROOT, base_env
+from test_e2e import QUICK
+
+
+def _idle_node():
+    if not (shutil.which("sbatch") and shutil.which("sinfo") and shutil.which("squeue")):
+        return None
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-t", "idle", "-o", "%N"], capture_output=True,
+                             text=True, timeout=10).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    here = socket.gethostname().split(".")[0]
+    return here if here in out else None    # the job must run here: the run directory is local
+
+
+NODE = _idle_node()
+needs_slurm = pytest.mark.skipif(NODE is None, reason="no Slurm controller with this machine as an idle node")
+
+
+def _state(job_id):
+    r = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=10)
+    for field in r.stdout.split():
+        if field.startswith("JobState="):
+            return field.split("=", 1)[1]
+    return "UNKNOWN"
+
+
+@needs_slurm
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["mpi", "zmq"])
+def test_sbatch_script_trains_and_writes_the_summary(tmp_path, backend):
+    out = tmp_path / "run"
+    script = tmp_path / "job.sh"
+    args = [sys.executable, "-m", "launcher", "script", "configs/local.yaml", *QUICK,
+            f"cluster.nodes=[{{host: {NODE}, slots: 2}}]", f"cluster.backend={backend}",
+            f"output.dir={out}", "--slurm", "-o", str(script)]
+    p = subprocess.run(args, cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert out.is_dir()                     # sbatch opens its --output file there before the script runs
+    sub = subprocess.run(["sbatch", "--parsable", str(script)], cwd=tmp_path, env=base_env(),
+                         capture_output=True, text=True, timeout=30)
+    assert sub.returncode == 0, sub.stderr
+    job_id = sub.stdout.strip().split(";")[0]
+    t0, state = time.monotonic(), "PENDING"
+    try:
+        while time.monotonic() - t0 < 240:
+            state = _state(job_id)
+            if state == "PENDING" and time.monotonic() - t0 > 60:
+                pytest.skip(f"Slurm job {job_id} still pending after 60 s (the node is busy)")
+            if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+                break
+            time.sleep(1)
+    finally:
+        if state in ("PENDING", "RUNNING", "CONFIGURING"):
+            subprocess.run(["scancel", job_id], timeout=10)
+    log = "".join(f.read_text() for f in out.glob("slurm-*.out"))
+    assert state == "COMPLETED", f"{state}\n{log[-3000:]}"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["launcher"] == "slurm" and summary["world_size"] == 2
+    assert summary["steps"] == 40 and summary["test_accuracy"] > 0.2
+    assert "[rank 0]" in log and "test accuracy" in log and "all ranks finished" in log
+    assert os.path.exists(out / "logs" / "rank1.log")
