@@ -70,10 +70,12 @@ def _prelude(job: Job, python: str, title: str) -> str:
         f"# {title}\n"
         f"# Written by `dptrain script` on {time.strftime('%Y-%m-%d %H:%M:%S')} for run {cfg['name']!r}: "
         f"{job.world_size} ranks on {len(cfg['cluster']['nodes'])} node(s).\n"
-        "# Everything it needs is inline; override PYTHON / MPIEXEC / RUN_DIR from the environment.\n"
+        "# Everything it needs is inline; override PYTHON / MPIEXEC from the environment. The run\n"
+        "# directory is part of the embedded config: for another one, write the script again with\n"
+        "# output.dir=... (and checkpoint.dir=...).\n"
         "set -uo pipefail\n\n"
         f"PYTHON=\"${{PYTHON:-{python}}}\"\n"
-        f"RUN_DIR=\"${{RUN_DIR:-{job.run.path}}}\"\n"
+        f"RUN_DIR={_q(job.run.path)}\n"
         f"MAX_RESTARTS={int(cfg['fault_tolerance']['max_restarts'])}\n"
         f"WORLD_SIZE={job.world_size}\n\n"
         f"mkdir -p \"$RUN_DIR/logs\" \"$RUN_DIR/status\" {_q(cfg['checkpoint']['dir'])}\n"
@@ -314,6 +316,7 @@ def slurm_script(job: Job) -> str:
     mpi = ' --mpi="$SRUN_MPI"' if backend == "mpi" else ""
     if mpi:
         head += 'SRUN_MPI="${SRUN_MPI:-pmi2}"\n'
+    # srun of Slurm 22.05+ does not inherit sbatch's --cpus-per-task: say it again for the step
     launch = (f'srun{mpi} --kill-on-bad-exit=1 --distribution={dist} --ntasks="$WORLD_SIZE" '
-              f'"$PYTHON" -m launcher.mpiworker -- "$PYTHON" {cmd}')
+              f'--cpus-per-task={cfg["job"]["threads"]} "$PYTHON" -m launcher.mpiworker -- "$PYTHON" {cmd}')
     return head + coord + _loop(launch)
