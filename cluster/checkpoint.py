@@ -100,6 +100,12 @@ def list_checkpoints(ckpt_dir: str) -> list[dict]:
     return sorted(entries, key=lambda e: e["step"])
 
 
+def checkpoint_step(path: str | None) -> int | None:
+    """The training step a checkpoint directory holds, from its name (None when it is not one)."""
+    m = _STEP_DIR.fullmatch(os.path.basename(os.path.normpath(path))) if path else None
+    return int(m.group(1)) if m else None
+
+
 def _meta_created(path: str) -> float:
     """Creation time recorded in a checkpoint's meta.json (0 when unreadable)."""
     try:

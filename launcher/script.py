@@ -130,6 +130,10 @@ if not summary.get("last_checkpoint"):
             summary["last_checkpoint"] = latest_valid_checkpoint(ckpt_dir)
     except Exception:  # summary facts are best effort
         pass
+from cluster.checkpoint import checkpoint_step
+ckpt_step = checkpoint_step(summary.get("last_checkpoint"))
+if isinstance(summary.get("steps"), int) and ckpt_step is not None and ckpt_step > summary["steps"]:
+    summary["steps"] = ckpt_step  # heartbeats report the step every few seconds; the checkpoint is newer
 try:
     run.write_summary(summary)
 except OSError as e:

@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from cluster.checkpoint import checkpoint_step
 from cluster.worker import EXIT_CONFIG, EXIT_PEER_FAILURE
 
 from .job import Job, free_port, start_coordinator
@@ -349,6 +350,10 @@ class Supervisor:
                     summary["last_checkpoint"] = latest_valid_checkpoint(job.cfg["checkpoint"]["dir"])
             except Exception:  # summary facts are best effort, never fail the launch
                 summary["last_checkpoint"] = None
+        # heartbeats report the step every few seconds: a newer checkpoint proves a later one
+        ckpt_step = checkpoint_step(summary.get("last_checkpoint"))
+        if isinstance(summary.get("steps"), int) and ckpt_step is not None and ckpt_step > summary["steps"]:
+            summary["steps"] = ckpt_step
         summary.update(extra)
         usage = resource_usage(job.run.file("resources.jsonl"), attempt)
         if usage:

@@ -228,3 +228,10 @@ def test_newest_means_most_recently_written(tmp_path, monkeypatch):
     assert latest_valid_checkpoint(str(tmp_path)) == newer
     assert latest_valid_checkpoint(str(tmp_path), since=1015.0) == newer
     assert latest_valid_checkpoint(str(tmp_path), since=1025.0) is None
+
+
+def test_checkpoint_step_reads_the_directory_name(tmp_path):
+    from cluster.checkpoint import checkpoint_step
+    path = save_checkpoint(str(tmp_path), 800, {"w": np.zeros(2, np.float32)}, {})
+    assert checkpoint_step(path) == 800 and checkpoint_step(path + "/") == 800
+    assert checkpoint_step(str(tmp_path)) is None and checkpoint_step(None) is None
