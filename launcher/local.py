@@ -72,6 +72,9 @@ class LocalGroup(Group):
         how = describe_exit(code)
         return Failure(rank, exit_code_of(code), how, list(self.streams[rank].tail))
 
+    def on_console(self, rank: int, lines: list[str]) -> bool:
+        return self.console.recent.shows(rank, lines)
+
     def tail(self, rank: int, n: int = 20) -> list[str]:
         if 0 <= rank < len(self.streams):
             self.streams[rank].join(1.0)

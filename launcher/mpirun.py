@@ -23,6 +23,7 @@ from cluster.config import Config, is_local_host, is_loopback_host
 
 from . import shmclean
 from .job import Job, clean_env, oversubscription_note, resume_note, worker_command
+from .output import RecentLines
 from .placement import nodes_per_rank
 from .supervise import root_cause, Failure, Group, Supervisor, describe_exit, exit_code_of, tail_file
 
@@ -107,7 +108,7 @@ def hostfile_text(cfg: Config, flavor: str, here: str | None = None) -> str:
     return "".join(f"{n['host']}:{n['slots']}\n" for n in nodes)
 
 
-def _relay_mpiexec_output(src, dst, log_path: str) -> None:
+def _relay_mpiexec_output(src, dst, log_path: str, recent: RecentLines | None = None) -> None:
     """Copy one of mpiexec's streams to ours, without MPICH's "BAD TERMINATION ... YOU CAN IGNORE
     THE BELOW CLEANUP MESSAGES" banner (Hydra prints it on stdout when ranks are stopped): the
     launcher names the failed rank and its exit code itself, so on the console the banner is only
@@ -129,6 +130,8 @@ def _relay_mpiexec_output(src, dst, log_path: str) -> None:
                 if line.startswith("Please see the FAQ page"):
                     banner = False
                 continue
+            if recent is not None:
+                recent.add(line)
             try:
                 dst.write(line)
                 dst.flush()
@@ -187,6 +190,7 @@ class MpiGroup(Group):
         self.proc: subprocess.Popen | None = None
         self.status_dir = job.run.file("status")
         self._shm_before = shmclean.snapshot()     # MPI segments that are not ours to clean up
+        self.recent = RecentLines()                 # what the console showed, for the failure report
 
     def replanned(self) -> None:
         with open(self.hostfile, "w") as f:
@@ -206,7 +210,7 @@ class MpiGroup(Group):
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, start_new_session=True)
         log = self.job.run.file(os.path.join("logs", "mpiexec.log"))
-        self._relays = [threading.Thread(target=_relay_mpiexec_output, args=(src, dst, log),
+        self._relays = [threading.Thread(target=_relay_mpiexec_output, args=(src, dst, log, self.recent),
                                          name=f"dptrain-mpiexec-{name}", daemon=True)
                         for name, src, dst in (("stdout", self.proc.stdout, sys.stdout),
                                                ("stderr", self.proc.stderr, sys.stderr))]
@@ -283,6 +287,9 @@ class MpiGroup(Group):
 
     def tail(self, rank: int, n: int = 20) -> list[str]:
         return tail_file(self.job.run.rank_log(rank), n)
+
+    def on_console(self, rank: int, lines: list[str]) -> bool:
+        return self.recent.shows(rank, lines)
 
     def exited_ok(self, rank: int) -> bool:
         return any(r.get("rank") == rank and r.get("exit_code") == 0 for r in self._rank_results())

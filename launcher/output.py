@@ -23,7 +23,27 @@ import threading
 import time
 from typing import IO
 
-__all__ = ["Console", "RankStream", "split_segments"]
+__all__ = ["Console", "RankStream", "RecentLines", "split_segments"]
+
+
+class RecentLines:
+    """The last lines shown on the console, so a failure report need not print a rank's last
+    lines a second time when they are right above (a multi-line error from every rank would
+    otherwise appear once per rank and once more in the report)."""
+
+    def __init__(self, keep: int = 200):
+        self._lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    def add(self, line: str) -> None:
+        with self._lock:
+            self._lines.append(line.rstrip("\r\n"))
+
+    def shows(self, rank: int, lines: list[str]) -> bool:
+        """True when every one of `lines` was shown as `[rank N] line` among the recent lines."""
+        with self._lock:
+            recent = set(self._lines)
+        return bool(lines) and all(f"[rank {rank}] {line}" in recent for line in lines)
 
 
 class Console:
@@ -36,6 +56,7 @@ class Console:
         self._lock = threading.Lock()
         self._progress: str | None = None
         self._last_progress_line = 0.0
+        self.recent = RecentLines()
 
     def _clear(self) -> None:
         if self.tty and self._progress is not None:
@@ -49,6 +70,7 @@ class Console:
         with self._lock:
             try:
                 self._clear()
+                self.recent.add(text)
                 self.stream.write(text + "\n")
                 self._redraw()
                 self.stream.flush()

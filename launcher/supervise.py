@@ -88,6 +88,16 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+def _one_terminal() -> bool:
+    """stdout (the ranks' lines) and stderr (this report) are the same terminal: what is "above"
+    in one is above in the other (not so when either is redirected to a file or a pipe)."""
+    try:
+        return sys.stdout.isatty() and sys.stderr.isatty() and \
+            os.ttyname(sys.stdout.fileno()) == os.ttyname(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def tail_file(path: str, n: int = 20) -> list[str]:
     try:
         with open(path, "rb") as f:
@@ -118,6 +128,10 @@ class Group:
 
     def tail(self, rank: int, n: int = 20) -> list[str]:
         return []
+
+    def on_console(self, rank: int, lines: list[str]) -> bool:
+        """True when `lines` of `rank` were just shown on the console (no need to repeat them)."""
+        return False
 
     def exited_ok(self, rank: int) -> bool:
         """True when `rank` already finished with exit code 0 (its silence is then no failure)."""
@@ -209,10 +223,14 @@ class Supervisor:
                 tail = failure.tail or (self.group.tail(failure.rank) if failure.rank is not None else [])
                 if tail:
                     log = job.run.rank_log(failure.rank) if failure.rank is not None else job.run.path
-                    self.say(f"last {len(tail)} line{'s' if len(tail) != 1 else ''} of {who} (full log: {log}):")
-                    for line in tail:
-                        self.out.write(f"    {line}\n")
-                    self.out.flush()
+                    if (failure.rank is not None and _one_terminal()
+                            and self.group.on_console(failure.rank, tail)):
+                        self.say(f"{who}'s last lines are above (full log: {log})")
+                    else:
+                        self.say(f"last {len(tail)} line{'s' if len(tail) != 1 else ''} of {who} (full log: {log}):")
+                        for line in tail:
+                            self.out.write(f"    {line}\n")
+                        self.out.flush()
                 job.write_launcher_state(status="failed")
                 if self._signal is not None:
                     code = 128 + self._signal

@@ -376,3 +376,42 @@ def test_a_coordinator_port_in_use_refuses_before_touching_the_run_directory(tmp
     assert "workers on this machine" not in r.stderr                     # nothing was started
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert after == before
+
+
+def test_recent_console_lines_know_what_a_rank_just_showed():
+    from launcher.output import Console, RecentLines
+    import io
+    console = Console(io.StringIO(), tty=False)
+    for line in ("error on rank 1: DatasetNotFoundError: ...", "  /usr/share/datasets/mnist"):
+        console.line(f"[rank 1] {line}")
+    console.line("[rank 0] something else")
+    assert console.recent.shows(1, ["error on rank 1: DatasetNotFoundError: ...", "  /usr/share/datasets/mnist"])
+    assert not console.recent.shows(0, ["error on rank 1: DatasetNotFoundError: ..."])
+    assert not console.recent.shows(1, []) and not RecentLines().shows(1, ["x"])
+
+
+@pytest.mark.timeout(60)
+def test_on_one_terminal_a_failed_rank_s_lines_are_not_printed_twice(tmp_path):
+    """Its error is right above on the same terminal; with stdout or stderr redirected (the other
+    tests) the report repeats the lines, since 'above' would then be in another file."""
+    import pty
+    cfg = config(tmp_path, "fail")
+    pid, fd = pty.fork()
+    if pid == 0:  # child: stdout and stderr are the pty
+        os.chdir(tmp_path)
+        os.execve(sys.executable, [sys.executable, "-m", "launcher", "run", cfg], env())
+    chunks = []
+    deadline = time.time() + 50
+    while time.time() < deadline:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    assert os.waitstatus_to_exitcode(status) == 3, text[-2000:]
+    assert "[rank 1] rank 1 is failing on purpose" in text
+    assert "rank 1's last lines are above (full log: " in text and "last 20 lines of rank 1" not in text
