@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Dataset", "TensorDataset", "Subset", "random_split"]
+__all__ = ["Dataset", "IterableDataset", "TensorDataset", "Subset", "ConcatDataset", "ChainDataset",
+           "random_split"]
 
 
 class Dataset:
@@ -21,6 +22,26 @@ class Dataset:
 
     def __getitem__(self, index):
         raise NotImplementedError
+
+    def __add__(self, other):
+        """`a + b` concatenates, as in torch."""
+        return ConcatDataset([self, other])
+
+
+class IterableDataset(Dataset):
+    """A stream of samples: subclasses define __iter__ (and __len__ if they know it).
+
+    The DataLoader batches it in iteration order (no sampler, no shuffle); with one loader
+    process there is no worker sharding to do, so get_worker_info() is None."""
+
+    def __iter__(self):
+        raise NotImplementedError
+
+    def __getitem__(self, index):
+        raise TypeError(f"{type(self).__name__} is an IterableDataset: iterate over it instead of indexing")
+
+    def __add__(self, other):
+        return ChainDataset([self, other])
 
 
 def _raw(x):
@@ -89,6 +110,87 @@ class Subset(Dataset):
         if name == "get_batch" and hasattr(self.dataset, "get_batch"):
             return lambda idx: self.dataset.get_batch(self.indices[np.asarray(idx, dtype=np.int64)])
         raise AttributeError(name)
+
+
+class ConcatDataset(Dataset):
+    """The samples of several datasets one after the other (index i of the whole maps to one part).
+
+    Keeps the vectorized get_batch path when every part has it: a batch is gathered with one
+    fancy index per part and reassembled in the requested order."""
+
+    def __init__(self, datasets):
+        self.datasets = list(datasets)
+        if not self.datasets:
+            raise ValueError("ConcatDataset: datasets should not be an empty iterable")
+        for d in self.datasets:
+            if isinstance(d, IterableDataset):
+                raise TypeError("ConcatDataset does not support IterableDataset (use ChainDataset)")
+        self.cumulative_sizes = np.cumsum([len(d) for d in self.datasets]).tolist()
+
+    def __len__(self):
+        return self.cumulative_sizes[-1]
+
+    def _locate(self, index):
+        """(part numbers, indices within the parts) for an int array of global indices."""
+        n = len(self)
+        idx = np.asarray(index, dtype=np.int64)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"ConcatDataset: index out of range for a dataset of length {n}")
+        idx = np.where(idx < 0, idx + n, idx)
+        part = np.searchsorted(self.cumulative_sizes, idx, side="right")
+        starts = np.concatenate([[0], self.cumulative_sizes[:-1]]).astype(np.int64)
+        return part, idx - starts[part]
+
+    def __getitem__(self, index):
+        part, local = self._locate(int(index))
+        return self.datasets[int(part)][int(local)]
+
+    def __getattr__(self, name):
+        # get_batch only if every part has it, so the loader picks the right path
+        if name == "get_batch" and all(hasattr(d, "get_batch") for d in self.__dict__.get("datasets", ())):
+            return self._get_batch
+        raise AttributeError(name)
+
+    def _get_batch(self, indices):
+        part, local = self._locate(np.asarray(indices, dtype=np.int64).reshape(-1))
+        out, order = None, []
+        for k in np.unique(part):
+            sel = np.nonzero(part == k)[0]
+            fields = tuple(self.datasets[int(k)].get_batch(local[sel]))
+            out = [[] for _ in fields] if out is None else out
+            if len(fields) != len(out):
+                raise ValueError("ConcatDataset: the datasets have different numbers of fields")
+            for acc, f in zip(out, fields):
+                acc.append(f)
+            order.append(sel)
+        if out is None:
+            return self.datasets[0].get_batch(local)
+        if len(order) == 1:                       # all from one part: already in order
+            return tuple(acc[0] for acc in out)
+        from ..backend import get_array_module
+        inverse = np.argsort(np.concatenate(order), kind="stable")
+        result = []
+        for acc in out:
+            xp = get_array_module(acc[0])
+            cat = xp.concatenate(acc) if len(acc) > 1 else acc[0]
+            result.append(cat[_index_array(inverse, cat)])
+        return tuple(result)
+
+
+class ChainDataset(IterableDataset):
+    """Several IterableDatasets one after the other (torch's ChainDataset)."""
+
+    def __init__(self, datasets):
+        self.datasets = list(datasets)
+
+    def __iter__(self):
+        for d in self.datasets:
+            if not isinstance(d, IterableDataset):
+                raise TypeError("ChainDataset only supports IterableDataset")
+            yield from d
+
+    def __len__(self):
+        return sum(len(d) for d in self.datasets)
 
 
 def random_split(dataset, lengths, seed=None, generator=None):

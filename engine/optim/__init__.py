@@ -1,8 +1,13 @@
-"""engine.optim: SGD, Adam, AdamW, RMSprop and learning-rate schedulers (PyTorch semantics)."""
+"""engine.optim: SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, NAdam, RAdam and learning-rate
+schedulers (PyTorch semantics)."""
 from . import lr_scheduler
+from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adamax import Adamax
+from .nadam import NAdam, RAdam
 from .optimizer import Optimizer
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "lr_scheduler"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam",
+           "lr_scheduler"]

@@ -84,6 +84,10 @@ def _host(x):
     return x
 
 
+# per-parameter state that is one number here but a 0-d tensor in torch's state dicts
+_SCALAR_STATE = {"step": int, "mu_product": float}
+
+
 class Optimizer:
     fused_name: str | None = None      # name looked up in engine.kernels (see _fused.py)
 
@@ -282,8 +286,8 @@ class Optimizer:
             return v
         xp = get_array_module(p.data)
         arr = v.data if hasattr(v, "grad") else v          # engine Tensor -> array
-        if name == "step":                                   # torch keeps it as a 0-d float tensor
-            return int(np.asarray(arr.get() if hasattr(arr, "get") else arr).item())
+        if name in _SCALAR_STATE:                            # torch keeps these as 0-d float tensors
+            return _SCALAR_STATE[name](np.asarray(arr.get() if hasattr(arr, "get") else arr).item())
         if get_array_module(arr) is not np and xp is np:
             arr = arr.get()
         if tuple(arr.shape) != tuple(p.data.shape):
