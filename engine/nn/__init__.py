@@ -6,16 +6,20 @@ _tune_malloc()   # reuse freed activation memory instead of page-faulting it bac
 
 from . import functional, init
 from .parameter import Parameter
-from .module import Module, Sequential, ModuleList, ModuleDict, StateDictError, IncompatibleKeys
+from .module import (Module, Sequential, ModuleList, ModuleDict, ParameterList, ParameterDict, StateDictError,
+                     IncompatibleKeys)
 from .linear import Identity, Linear, Flatten, Unflatten
-from .conv import Conv2d
-from .pooling import MaxPool2d, AvgPool2d
-from .activation import ReLU, LeakyReLU, Tanh, Sigmoid, GELU, Softmax, LogSoftmax
+from .conv import Conv1d, Conv2d
+from .pooling import MaxPool2d, AvgPool2d, AdaptiveAvgPool2d
+from .activation import (ReLU, LeakyReLU, Tanh, Sigmoid, GELU, Softmax, LogSoftmax, SiLU, ELU, Softplus, Hardtanh,
+                         ReLU6)
 from .dropout import Dropout
-from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm, GroupNorm
 from .sparse import Embedding
-from .rnn import RNNBase, RNN, LSTM, GRU
-from .loss import CrossEntropyLoss, NLLLoss, MSELoss, L1Loss
+from .rnn import RNNBase, RNN, LSTM, GRU, RNNCellBase, RNNCell, LSTMCell, GRUCell
+from .transformer import MultiheadAttention, TransformerEncoderLayer, TransformerEncoder
+from .loss import (CrossEntropyLoss, NLLLoss, MSELoss, L1Loss, BCEWithLogitsLoss, BCELoss, SmoothL1Loss, HuberLoss,
+                   KLDivLoss)
 from .functional import ShapeError
 
 try:                      # clip_grad_norm_ & co. (written separately; optional while it is absent)
@@ -30,4 +34,7 @@ __all__ = [
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax", "Dropout", "BatchNorm1d",
     "BatchNorm2d", "LayerNorm", "Embedding", "RNNBase", "RNN", "LSTM", "GRU", "CrossEntropyLoss", "NLLLoss",
     "MSELoss", "L1Loss", "ShapeError", "utils",
+    "ParameterList", "ParameterDict", "Conv1d", "AdaptiveAvgPool2d", "SiLU", "ELU", "Softplus", "Hardtanh", "ReLU6",
+    "GroupNorm", "RNNCellBase", "RNNCell", "LSTMCell", "GRUCell", "MultiheadAttention", "TransformerEncoderLayer",
+    "TransformerEncoder", "BCEWithLogitsLoss", "BCELoss", "SmoothL1Loss", "HuberLoss", "KLDivLoss",
 ]

@@ -28,6 +28,9 @@ __all__ = [
     "linear", "conv2d", "conv2d_relu_max_pool2d", "max_pool2d", "avg_pool2d", "relu", "leaky_relu", "gelu", "sigmoid", "tanh",
     "softmax", "log_softmax", "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "dropout", "batch_norm",
     "layer_norm", "embedding", "one_hot", "flatten", "lstm_layer", "gru_layer", "rnn_layer", "ShapeError",
+    "conv1d", "adaptive_avg_pool2d", "silu", "elu", "softplus", "hardtanh", "relu6", "smooth_l1_loss",
+    "huber_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "group_norm", "pad",
+    "normalize", "cosine_similarity", "pairwise_distance", "scaled_dot_product_attention",
 ]
 
 
@@ -199,6 +202,33 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                       _conv.conv2d_backward)
 
 
+def _single(v, name):
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    v = tuple(int(a) for a in v)
+    if len(v) != 1:
+        raise ValueError(f"{name} must be an int or a 1-tuple, got {v}")
+    return v[0]
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """1-D convolution on (N, C, L) or (C, L) input with a (out, in/groups, k) weight.
+
+    Runs as conv2d on an (N, C, 1, L) view with the weight viewed as (out, in/groups, 1, k): the
+    same im2col + one sgemm path (and GPU kernels), and the reshape views hand the gradients back
+    in the 1-D shapes.
+    """
+    x = _t(input)
+    if x.ndim not in (2, 3):
+        raise ShapeError(f"conv1d: expected a 3-D (N, C, L) or 2-D (C, L) input, got shape {x.shape}")
+    if weight.ndim != 3:
+        raise ShapeError(f"conv1d: expected a 3-D (out, in/groups, k) weight, got shape {weight.shape}")
+    pad2 = padding if isinstance(padding, str) else (0, _single(padding, "padding"))
+    out = conv2d(_ops.unsqueeze(x, x.ndim - 1), _ops.unsqueeze(weight, 2), bias,
+                 (1, _single(stride, "stride")), pad2, (1, _single(dilation, "dilation")), groups)
+    return _ops.squeeze(out, out.ndim - 2)
+
+
 def _conv_node(x, weight, bias, unbatched, name, forward, backward_fn):
     """One autodiff node around a conv-like kernel pair: forward(xd, W, b) -> (out, ctx) and
     backward_fn(g, W, ctx, need_x, need_w, need_b) -> (dx, dw, db)."""
@@ -290,6 +320,61 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     out = from_op(out, (x,), lambda g: (_conv.avg_pool2d_backward(g, ctx),), "avg_pool2d")
     return _ops.squeeze(out, 0) if unbatched else out
 
+def _adaptive_matrix(size, out, dtype):
+    """(out, size) averaging matrix over PyTorch's adaptive bins
+    [floor(i * size / out), ceil((i + 1) * size / out)), which may overlap when out does not divide size."""
+    m = np.zeros((out, size), dtype=dtype)
+    for i in range(out):
+        a, b = (i * size) // out, -(-((i + 1) * size) // out)
+        m[i, a:b] = 1.0 / (b - a)
+    return m
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Average pooling to a fixed output size (None in output_size keeps that input size).
+
+    One node, three paths: (1, 1) -- the global-pool head of most CNNs -- is a mean over H, W;
+    an output that divides the input is a reshape-mean; any other size multiplies by the (oh, H)
+    and (W, ow) bin-averaging matrices, which is PyTorch's overlapping-bin definition exactly.
+    """
+    x, unbatched = _pool_input(input, "adaptive_avg_pool2d")
+    N, C, H, W = x.shape
+    if isinstance(output_size, numbers.Integral) or output_size is None:
+        output_size = (output_size, output_size)
+    output_size = tuple(output_size)
+    if len(output_size) == 1:
+        output_size = output_size * 2
+    if len(output_size) != 2:
+        raise ValueError(f"adaptive_avg_pool2d: output_size must be an int or a pair, got {output_size}")
+    oh, ow = (H if output_size[0] is None else int(output_size[0]),
+              W if output_size[1] is None else int(output_size[1]))
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"adaptive_avg_pool2d: output_size must be positive, got {(oh, ow)}")
+    d = x.data
+    xp = get_array_module(d)
+    dt = d.dtype
+    if oh == 1 and ow == 1:
+        out = d.mean(axis=(2, 3), keepdims=True)
+
+        def backward(g):
+            return (xp.broadcast_to(g / _f(dt, H * W), (N, C, H, W)).copy(),)
+    elif H % oh == 0 and W % ow == 0:
+        kh, kw = H // oh, W // ow
+        out = d.reshape(N, C, oh, kh, ow, kw).mean(axis=(3, 5))
+
+        def backward(g):
+            gb = xp.broadcast_to((g / _f(dt, kh * kw))[:, :, :, None, :, None], (N, C, oh, kh, ow, kw))
+            return (gb.reshape(N, C, H, W),)
+    else:
+        ah = xp.asarray(_adaptive_matrix(H, oh, dt))
+        aw = xp.asarray(_adaptive_matrix(W, ow, dt))
+        out = ah @ d @ aw.T
+
+        def backward(g):
+            return (ah.T @ g @ aw,)
+    out = from_op(out, (x,), backward, "adaptive_avg_pool2d")
+    return _ops.squeeze(out, 0) if unbatched else out
+
 
 # ------------------------------------------------------------------------------------------ activations
 
@@ -355,6 +440,67 @@ def sigmoid(input):
 
 def tanh(input):
     return _ops.tanh(_t(input))
+
+
+def _sigmoid_array(d, xp):
+    """sigmoid as 0.5 * (1 + tanh(x / 2)): never overflows, unlike 1 / (1 + exp(-x))."""
+    half = _f(d.dtype, 0.5)
+    return half * (xp.tanh(d * half) + _f(d.dtype, 1))
+
+
+def _softplus_array(d, xp):
+    """log(1 + exp(x)) as max(x, 0) + log1p(exp(-|x|)): no overflow for large |x|."""
+    return xp.maximum(d, _f(d.dtype, 0)) + xp.log1p(xp.exp(-xp.abs(d)))
+
+
+def silu(input, inplace=False):
+    """x * sigmoid(x) (a.k.a. swish) as one node; backward reuses the sigmoid."""
+    x = _t(input)
+    d = x.data
+    xp = get_array_module(d)
+    s = _sigmoid_array(d, xp)
+    one = _f(d.dtype, 1)
+    return from_op(d * s, (x,), lambda g: (g * (s * (one + d * (one - s))),), "silu")
+
+
+def elu(input, alpha=1.0, inplace=False):
+    """x for x > 0, alpha * (exp(x) - 1) otherwise (expm1 of min(x, 0): no overflow)."""
+    x = _t(input)
+    d = x.data
+    xp = get_array_module(d)
+    a = _f(d.dtype, alpha)
+    pos = d > 0
+    neg = a * xp.expm1(xp.minimum(d, _f(d.dtype, 0)))
+    out = xp.where(pos, d, neg)
+    return from_op(out, (x,), lambda g: (xp.where(pos, g, g * (neg + a)),), "elu")
+
+
+def softplus(input, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta * x)) / beta, linear where beta * x > threshold (PyTorch's definition)."""
+    x = _t(input)
+    d = x.data
+    xp = get_array_module(d)
+    b = _f(d.dtype, beta)
+    z = d * b
+    lin = z > _f(d.dtype, threshold)
+    out = xp.where(lin, d, _softplus_array(z, xp) / b)
+    return from_op(out, (x,), lambda g: (xp.where(lin, g, g * _sigmoid_array(z, xp)),), "softplus")
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
+    """clip(x, min_val, max_val); the gradient is 1 strictly inside the range (as PyTorch)."""
+    if min_val > max_val:
+        raise ValueError(f"hardtanh: min_val {min_val} cannot be greater than max_val {max_val}")
+    x = _t(input)
+    d = x.data
+    xp = get_array_module(d)
+    lo, hi = _f(d.dtype, min_val), _f(d.dtype, max_val)
+    inside = (d > lo) & (d < hi)
+    return from_op(xp.clip(d, lo, hi), (x,), lambda g: (g * inside,), "hardtanh")
+
+
+def relu6(input, inplace=False):
+    return hardtanh(input, 0.0, 6.0)
 
 
 def _softmax_dim(dim, ndim, name):
@@ -699,6 +845,202 @@ def l1_loss(input, target, size_average=None, reduce=None, reduction="mean"):
     return _pointwise_loss(input, target, reduction, "l1_loss", fwd, grad)
 
 
+def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean", beta=1.0):
+    """0.5 d^2 / beta where |d| < beta, |d| - 0.5 beta elsewhere (beta=0 is the L1 loss)."""
+    reduction = _reduction(size_average, reduce, reduction)
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
+    if beta == 0:
+        return l1_loss(input, target, reduction=reduction)
+
+    def fwd(d):
+        xp = get_array_module(d)
+        ad = xp.abs(d)
+        b = _f(d.dtype, beta)
+        return xp.where(ad < b, _f(d.dtype, 0.5) * d * d / b, ad - _f(d.dtype, 0.5) * b)
+
+    def grad(d):
+        xp = get_array_module(d)
+        b = _f(d.dtype, beta)
+        return xp.where(xp.abs(d) < b, d / b, xp.sign(d))
+    return _pointwise_loss(input, target, reduction, "smooth_l1_loss", fwd, grad)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
+    """0.5 d^2 where |d| < delta, delta (|d| - 0.5 delta) elsewhere (= delta * smooth_l1 with beta=delta)."""
+    reduction = _reduction(None, None, reduction)
+    if weight is not None:
+        raise NotImplementedError("huber_loss: weight= is not supported; multiply the per-element loss instead")
+    if delta <= 0:
+        raise ValueError(f"huber_loss: delta must be positive, got {delta}")
+
+    def fwd(d):
+        xp = get_array_module(d)
+        ad = xp.abs(d)
+        c = _f(d.dtype, delta)
+        return xp.where(ad < c, _f(d.dtype, 0.5) * d * d, c * (ad - _f(d.dtype, 0.5) * c))
+
+    def grad(d):
+        xp = get_array_module(d)
+        c = _f(d.dtype, delta)
+        return xp.clip(d, -c, c)
+    return _pointwise_loss(input, target, reduction, "huber_loss", fwd, grad)
+
+
+def _same_shape_target(x, target, name):
+    t = _t(target, like=x)
+    if t.shape != x.shape:
+        raise ShapeError(f"{name}: target size {t.shape} must be the same as input size {x.shape}")
+    return t, t.data.astype(x.dtype, copy=False)
+
+
+def _loss_constant(value, x, name, what):
+    """An optional weight / pos_weight as an array in x's dtype and device, broadcastable to x.
+    It is a constant of the loss: no gradient flows into it."""
+    if value is None:
+        return None
+    arr = _t(value, like=x).data.astype(x.dtype, copy=False)
+    try:
+        ok = np.broadcast_shapes(arr.shape, x.shape) == x.shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ShapeError(f"{name}: {what} of shape {tuple(arr.shape)} does not broadcast to input {x.shape}")
+    return arr
+
+
+def _reduce_loss(per, reduction, xp, batch=1):
+    if reduction == "mean":
+        return xp.asarray(per.mean(), dtype=per.dtype)
+    if reduction == "sum":
+        return xp.asarray(per.sum(), dtype=per.dtype)
+    if reduction == "batchmean":
+        return xp.asarray(per.sum() / _f(per.dtype, batch), dtype=per.dtype)
+    return per
+
+
+def _grad_scale(g, reduction, n):
+    """d loss / d per-element loss: g / n for the averaging reductions, g otherwise."""
+    return g / _f(g.dtype, max(n, 1)) if reduction in ("mean", "batchmean") else g
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
+                                     reduction="mean", pos_weight=None):
+    """Sigmoid + binary cross-entropy on logits in one stable node:
+    (1 - t) x + (1 + (pos_weight - 1) t) softplus(-x), softplus as max(.,0) + log1p(exp(-|.|)),
+    so no logit overflows (sigmoid then log would give inf/nan for |x| beyond ~17 in float32).
+    `weight` scales each element, `pos_weight` the positive term (broadcast over the last dim, as
+    PyTorch); both are constants.  The target gets a gradient too (soft labels, distillation)."""
+    reduction = _reduction(size_average, reduce, reduction)
+    name = "binary_cross_entropy_with_logits"
+    x = _t(input)
+    t, td = _same_shape_target(x, target, name)
+    xd = x.data
+    xp = get_array_module(xd)
+    dt = xd.dtype
+    w = _loss_constant(weight, x, name, "weight")
+    pw = _loss_constant(pos_weight, x, name, "pos_weight")
+    one = _f(dt, 1)
+    sp = _softplus_array(-xd, xp)                   # -log sigmoid(x)
+    lw = None if pw is None else one + (pw - one) * td
+    per = (one - td) * xd + (sp if lw is None else lw * sp)
+    if w is not None:
+        per = per * w
+    out = _reduce_loss(per, reduction, xp)
+    n = per.size
+    tdtype = t.dtype
+
+    def backward(g):
+        gs = _grad_scale(g, reduction, n)
+        if w is not None:
+            gs = gs * w
+        dx = dtt = None
+        if x.requires_grad:
+            s = _sigmoid_array(xd, xp)
+            dx = (s - td if lw is None else (one - td) - lw * (one - s)) * gs
+        if t.requires_grad:
+            dtt = _back_dtype((-xd if pw is None else (pw - one) * sp - xd) * gs, tdtype)
+        return dx, dtt
+    return from_op(out, (x, t), backward, name)
+
+
+def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None, reduction="mean"):
+    """-w (t log x + (1 - t) log(1 - x)) on probabilities x in [0, 1].  Each log is clamped at
+    -100 as PyTorch does, so x = 0 or 1 gives a finite loss; binary_cross_entropy_with_logits on
+    the logits is the stable choice."""
+    reduction = _reduction(size_average, reduce, reduction)
+    name = "binary_cross_entropy"
+    x = _t(input)
+    t, td = _same_shape_target(x, target, name)
+    xd = x.data
+    xp = get_array_module(xd)
+    dt = xd.dtype
+    if xp is np and xd.size and not (xd.min() >= 0 and xd.max() <= 1):     # checked on the CPU only (no sync)
+        raise ValueError(f"{name}: all elements of input should be between 0 and 1 (probabilities; "
+                         "for logits use binary_cross_entropy_with_logits / BCEWithLogitsLoss)")
+    w = _loss_constant(weight, x, name, "weight")
+    one, floor = _f(dt, 1), _f(dt, -100)
+    with np.errstate(divide="ignore"):
+        lx = xp.maximum(xp.log(xd), floor)
+        l1x = xp.maximum(xp.log1p(-xd), floor)
+    per = -(td * lx + (one - td) * l1x)
+    if w is not None:
+        per = per * w
+    out = _reduce_loss(per, reduction, xp)
+    n = per.size
+    tdtype = t.dtype
+
+    def backward(g):
+        gs = _grad_scale(g, reduction, n)
+        if w is not None:
+            gs = gs * w
+        dx = dtt = None
+        if x.requires_grad:
+            dx = (xd - td) / xp.maximum((one - xd) * xd, _f(dt, 1e-12)) * gs
+        if t.requires_grad:
+            dtt = _back_dtype((l1x - lx) * gs, tdtype)
+        return dx, dtt
+    return from_op(out, (x, t), backward, name)
+
+
+def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_target=False):
+    """KL(target || input) pointwise with input as log-probabilities: target (log target - input),
+    0 where target is 0 (xlogy); log_target=True takes the target as log-probabilities too.
+    reduction='batchmean' (sum / batch size) is the mathematically correct KL; 'mean' averages
+    over every element, as PyTorch does."""
+    if reduction == "batchmean" and size_average is None and reduce is None:
+        pass
+    else:
+        reduction = _reduction(size_average, reduce, reduction)
+    x = _t(input)
+    t, td = _same_shape_target(x, target, "kl_div")
+    xd = x.data
+    xp = get_array_module(xd)
+    dt = xd.dtype
+    one = _f(dt, 1)
+    if log_target:
+        et = xp.exp(td)
+        per = et * (td - xd)
+    else:
+        logt = xp.log(xp.where(td > 0, td, one))        # xlogy: 0 * log 0 = 0
+        per = td * logt - td * xd
+    batch = x.shape[0] if x.ndim else 1
+    out = _reduce_loss(per, reduction, xp, batch)
+    n = batch if reduction == "batchmean" else per.size
+    tdtype = t.dtype
+
+    def backward(g):
+        gs = _grad_scale(g, reduction, n)
+        dx = dtt = None
+        if x.requires_grad:
+            dx = -(et if log_target else td) * gs
+        if t.requires_grad:
+            dtt = (et * (td - xd + one) if log_target else logt + one - xd) * gs
+            dtt = _back_dtype(dtt, tdtype)
+        return dx, dtt
+    return from_op(out, (x, t), backward, "kl_div")
+
+
 # ------------------------------------------------------------------------------------------ regularisation
 
 
@@ -859,6 +1201,27 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     return from_op(out, parents, backward, "layer_norm")
 
 
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    """Normalise (N, C, *) input over each group of C / num_groups channels (and all spatial
+    positions), then scale and shift per channel.  Composed from layer_norm on an (N, G, -1) view,
+    so it uses that fused node's statistics and backward; the affine part is two broadcast ops."""
+    x = _t(input)
+    if x.ndim < 2:
+        raise ShapeError(f"group_norm: expected input of shape (N, C, *), got {x.shape}")
+    N, C = x.shape[:2]
+    G = int(num_groups)
+    if G <= 0 or C % G:
+        raise ValueError(f"group_norm: num_channels {C} must be divisible by num_groups {G}")
+    xr = _ops.reshape(x, (N, G, x.size // max(N * G, 1)))
+    y = _ops.reshape(layer_norm(xr, (xr.shape[-1],), None, None, eps), x.shape)
+    bshape = (1, C) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        y = y * _ops.reshape(weight, bshape)
+    if bias is not None:
+        y = y + _ops.reshape(bias, bshape)
+    return y
+
+
 # ------------------------------------------------------------------------------------------ embedding
 
 
@@ -934,6 +1297,194 @@ def one_hot(tensor, num_classes=-1):
 
 def flatten(input, start_dim=0, end_dim=-1):
     return _ops.flatten(_t(input), start_dim, end_dim)
+
+
+# ------------------------------------------------------------------------------------------ padding, distances
+
+
+def _pad_index(n, lo, hi, mode):
+    """Source index of each output position along one axis for the non-constant pad modes."""
+    if mode == "replicate":
+        if n == 0:
+            raise ValueError("pad: mode='replicate' needs a non-empty dimension")
+        return np.clip(np.arange(-lo, n + hi), 0, n - 1)
+    if mode == "reflect":
+        if lo >= n or hi >= n:
+            raise ValueError(f"pad: mode='reflect' needs padding ({lo}, {hi}) smaller than the dimension ({n})")
+        period = 2 * (n - 1)
+        m = np.mod(np.arange(-lo, n + hi), period) if period else np.zeros(n + lo + hi, dtype=np.int64)
+        return np.where(m < n, m, period - m)
+    if mode == "circular":
+        if lo > n or hi > n:
+            raise ValueError(f"pad: mode='circular' needs padding ({lo}, {hi}) at most the dimension ({n})")
+        return np.mod(np.arange(-lo, n + hi), n)
+    raise NotImplementedError(f"pad: mode {mode!r} is not supported; use 'constant', 'reflect', 'replicate' "
+                              "or 'circular'")
+
+
+def pad(input, pad, mode="constant", value=None):
+    """torch.nn.functional.pad: `pad` is (left, right, top, bottom, ...) -- pairs from the LAST
+    dimension backwards; negative amounts crop.  'constant' is one node (the backward slices the
+    gradient back out); 'reflect' / 'replicate' / 'circular' gather with one index array per padded
+    dimension (getitem, whose backward accumulates repeated indices), so every mode is exact."""
+    x = _t(input)
+    pad = tuple(int(p) for p in pad)
+    if len(pad) % 2 or len(pad) // 2 > x.ndim:
+        raise ValueError(f"pad: padding length {len(pad)} must be even and at most twice the number of "
+                         f"dimensions of the input ({x.shape})")
+    pairs = [(pad[2 * i], pad[2 * i + 1]) for i in range(len(pad) // 2)]
+    nd = x.ndim
+    d = x.data
+    xp = get_array_module(d)
+    if mode != "constant":
+        if value not in (None, 0, 0.0):
+            raise ValueError(f"pad: a padding value is only meaningful for mode='constant', not {mode!r}")
+        out = x
+        for i, (lo, hi) in enumerate(pairs):
+            if lo == 0 and hi == 0:
+                continue
+            ax = nd - 1 - i
+            idx = xp.asarray(_pad_index(x.shape[ax], lo, hi, mode))
+            out = _ops.getitem(out, (slice(None),) * ax + (idx,))
+        return out
+    shape, src, dst = list(d.shape), [slice(None)] * nd, [slice(None)] * nd
+    for i, (lo, hi) in enumerate(pairs):
+        ax = nd - 1 - i
+        n = d.shape[ax]
+        if n + lo + hi < 0:
+            raise ValueError(f"pad: padding ({lo}, {hi}) would give dimension {ax} of size {n} a negative size")
+        s0, s1 = min(max(-lo, 0), n), max(n - max(-hi, 0), 0)
+        s1 = max(s1, s0)
+        t0 = max(lo, 0)
+        t1 = min(t0 + (s1 - s0), n + lo + hi)
+        s1 = s0 + (t1 - t0)
+        shape[ax] = n + lo + hi
+        src[ax], dst[ax] = slice(s0, s1), slice(t0, t1)
+    src, dst = tuple(src), tuple(dst)
+    fill = 0 if value is None else value
+    out = xp.full(tuple(shape), fill, dtype=d.dtype)
+    out[dst] = d[src]
+    in_shape = d.shape
+
+    def backward(g):
+        gx = xp.zeros(in_shape, dtype=g.dtype)
+        gx[src] = g[dst]
+        return (gx,)
+    return from_op(out, (x,), backward, "pad")
+
+
+def _vector_norm(x, p, axis):
+    """p-norm of x along `axis` (kept as size 1) as one node.  Its backward gives a zero vector a
+    zero gradient (as PyTorch's norm does) instead of the nan of sqrt'(0) * 0."""
+    d = x.data
+    xp = get_array_module(d)
+    dt = d.dtype
+    p = float(p)
+    if p == 2.0:
+        n = xp.sqrt((d * d).sum(axis=axis, keepdims=True))
+    elif math.isinf(p) or p <= 0:
+        raise NotImplementedError(f"norm: p={p} is not supported here (use p >= 1 or 0 < p finite)")
+    else:
+        n = (xp.abs(d) ** _f(dt, p)).sum(axis=axis, keepdims=True) ** _f(dt, 1.0 / p)
+
+    def backward(g):
+        safe = xp.where(n > 0, n, _f(dt, 1))
+        if p == 2.0:
+            gx = d / safe
+        else:
+            gx = xp.sign(d) * xp.abs(d) ** _f(dt, p - 1) / safe ** _f(dt, p - 1)
+        return (xp.where(n > 0, g, _f(dt, 0)) * gx,)
+    return from_op(n, (x,), backward, "norm")
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12, out=None, axis=None):
+    """input / max(||input||_p, eps) along dim (PyTorch's definition and default dim=1)."""
+    if out is not None:
+        raise NotImplementedError("normalize: out= is not supported; use the returned tensor")
+    x = _t(input)
+    ax = _axis(dim if axis is None else None, axis, "normalize", 1) % max(x.ndim, 1)
+    return x / _ops.clip(_vector_norm(x, p, ax), _f(x.dtype, eps), None)
+
+
+def cosine_similarity(x1, x2, dim=1, eps=1e-8, axis=None):
+    """sum((x1 / max(||x1||, eps)) * (x2 / max(||x2||, eps))) along dim, with broadcasting;
+    each input is normalised first, as PyTorch does, so large norms cannot overflow a product."""
+    a = _t(x1)
+    b = _t(x2, like=a)
+    nd = max(a.ndim, b.ndim)
+    ax = _axis(dim if axis is None else None, axis, "cosine_similarity", 1)
+    ax = ax % max(nd, 1)
+    a_ax, b_ax = ax - (nd - a.ndim), ax - (nd - b.ndim)
+    if a_ax < 0 or b_ax < 0:
+        raise ShapeError(f"cosine_similarity: dim {dim} is out of range for shapes {a.shape} and {b.shape}")
+    ea = _f(a.dtype, eps)
+    an = a / _ops.clip(_vector_norm(a, 2.0, a_ax), ea, None)
+    bn = b / _ops.clip(_vector_norm(b, 2.0, b_ax), ea, None)
+    return _ops.sum_(an * bn, axis=ax)
+
+
+def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
+    """||x1 - x2 + eps||_p over the last dimension (PyTorch's definition, eps avoids the kink at 0)."""
+    a = _t(x1)
+    diff = a - _t(x2, like=a) + _f(a.dtype, eps)
+    n = _vector_norm(diff, p, diff.ndim - 1)
+    return n if keepdim else _ops.squeeze(n, n.ndim - 1)
+
+
+# ------------------------------------------------------------------------------------------ attention
+
+
+def _additive_mask(mask, like, true_means_masked):
+    """A bool or float attention mask as an additive float array in like's dtype (-inf where masked)."""
+    m = mask.data if isinstance(mask, Tensor) else mask
+    xp = get_array_module(like.data)
+    if not hasattr(m, "dtype"):
+        m = np.asarray(m)
+    if get_array_module(m) is not xp:
+        m = backend.to_device(m, like.device)
+    dt = like.dtype
+    if m.dtype == np.bool_:
+        blocked = m if true_means_masked else ~m
+        return xp.where(blocked, _f(dt, -np.inf), _f(dt, 0))
+    return m.astype(dt, copy=False)
+
+
+def _attention(q, k, v, mask_add=None, dropout_p=0.0, scale=None):
+    """softmax(q k^T * scale + mask_add) v over (..., L, E) / (..., S, E) tensors, composed from
+    matmul, softmax and dropout nodes.  Returns (output, attention weights)."""
+    E = q.shape[-1]
+    s = _f(q.dtype, 1.0 / math.sqrt(E) if scale is None else scale)
+    scores = _ops.matmul(q * s, _swap_last(k))
+    if mask_add is not None:
+        scores = scores + Tensor._wrap(mask_add)
+    w = softmax(scores, dim=-1)
+    if dropout_p > 0:
+        w = dropout(w, dropout_p, True)
+    return _ops.matmul(w, v), w
+
+
+def _swap_last(t):
+    axes = list(range(t.ndim))
+    axes[-1], axes[-2] = axes[-2], axes[-1]
+    return _ops.transpose(t, tuple(axes))
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False):
+    """torch's F.scaled_dot_product_attention: softmax(Q K^T / sqrt(E) + mask) V on (..., L, E) inputs.
+    A bool attn_mask marks the positions that TAKE PART (torch's convention here, the opposite of
+    MultiheadAttention's masks); a float mask is added; is_causal applies the lower-triangular mask."""
+    q, k, v = _t(query), _t(key), _t(value)
+    L, S = q.shape[-2], k.shape[-2]
+    xp = get_array_module(q.data)
+    mask_add = None
+    if is_causal:
+        if attn_mask is not None:
+            raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal=True, not both")
+        mask_add = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), _f(q.dtype, 0), _f(q.dtype, -np.inf))
+    elif attn_mask is not None:
+        mask_add = _additive_mask(attn_mask, q, true_means_masked=False)
+    return _attention(q, k, v, mask_add, dropout_p, scale)[0]
 
 
 # ------------------------------------------------------------------------------------------ recurrent layers

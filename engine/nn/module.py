@@ -1,4 +1,5 @@
-"""Module: the container every layer derives from, plus Sequential / ModuleList / ModuleDict.
+"""Module: the container every layer derives from, plus Sequential / ModuleList / ModuleDict and
+ParameterList / ParameterDict.
 
 The bookkeeping follows torch.nn.Module on purpose: parameters, buffers and
 sub-modules live in three ordered dicts filled by attribute assignment, and
@@ -660,3 +661,117 @@ class ModuleDict(Module):
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError("ModuleDict is a container: look modules up by key and call them")
+
+
+def _as_parameter(value, owner):
+    """Tensors and arrays put into a ParameterList/Dict become Parameters (sharing the array), as in torch."""
+    if isinstance(value, Parameter):
+        return value
+    if isinstance(value, Tensor):
+        return Parameter(value)
+    if isinstance(value, np.ndarray) or backend.is_cupy_array(value):
+        return Parameter(Tensor(value))
+    raise TypeError(f"{owner} holds parameters (Parameter, Tensor or array), got {type(value).__name__}")
+
+
+class ParameterList(Module):
+    """A list of Parameters registered under '0', '1', ... (state_dict keys 'name.0', ...), as torch's."""
+
+    def __init__(self, values=None):
+        super().__init__()
+        if values is not None:
+            self.extend(values)
+
+    def _idx(self, idx):
+        n = len(self._parameters)
+        idx = operator.index(idx)
+        if not -n <= idx < n:
+            raise IndexError(f"index {idx} is out of range for ParameterList of length {n}")
+        return idx % n
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters.values())
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return ParameterList(list(self._parameters.values())[idx])
+        return self._parameters[str(self._idx(idx))]
+
+    def __setitem__(self, idx, param):
+        self.register_parameter(str(self._idx(idx)), _as_parameter(param, "ParameterList"))
+
+    def append(self, value):
+        self.register_parameter(str(len(self)), _as_parameter(value, "ParameterList"))
+        return self
+
+    def extend(self, values):
+        for v in values:
+            self.append(v)
+        return self
+
+    def __iadd__(self, values):
+        return self.extend(values)
+
+    def extra_repr(self):
+        return "\n".join(f"({i}): Parameter containing: [{p.dtype} of size {'x'.join(map(str, p.shape))}]"
+                         for i, p in enumerate(self))
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("ParameterList is a container: index it to get its parameters")
+
+
+class ParameterDict(Module):
+    """A dict of Parameters registered under their keys (state_dict keys 'name.key'), as torch's."""
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        if parameters is not None:
+            self.update(parameters)
+
+    def __getitem__(self, key):
+        return self._parameters[key]
+
+    def __setitem__(self, key, value):
+        self.register_parameter(key, _as_parameter(value, "ParameterDict"))
+
+    def __delitem__(self, key):
+        del self._parameters[key]
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters)
+
+    def __contains__(self, key):
+        return key in self._parameters
+
+    def keys(self):
+        return self._parameters.keys()
+
+    def values(self):
+        return self._parameters.values()
+
+    def items(self):
+        return self._parameters.items()
+
+    def get(self, key, default=None):
+        return self._parameters.get(key, default)
+
+    def pop(self, key):
+        return self._parameters.pop(key)
+
+    def update(self, parameters):
+        items = parameters.items() if hasattr(parameters, "items") else parameters
+        for k, v in items:
+            self[k] = v
+
+    def extra_repr(self):
+        return "\n".join(f"({k}): Parameter containing: [{p.dtype} of size {'x'.join(map(str, p.shape))}]"
+                         for k, p in self.items())
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("ParameterDict is a container: look parameters up by key")

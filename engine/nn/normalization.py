@@ -1,4 +1,4 @@
-"""BatchNorm1d / BatchNorm2d (running statistics as buffers) and LayerNorm."""
+"""BatchNorm1d / BatchNorm2d (running statistics as buffers), LayerNorm and GroupNorm."""
 from __future__ import annotations
 
 import numbers
@@ -130,3 +130,41 @@ class LayerNorm(Module):
     def extra_repr(self):
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
                 + (f", bias={self._has_bias}" if self.elementwise_affine else ""))
+
+
+class GroupNorm(Module):
+    """Normalises (N, C, *) input over groups of C / num_groups channels; per-channel affine
+    weight (ones) and bias (zeros) as PyTorch.  Batch-size independent, unlike BatchNorm."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, device=None,
+                 dtype=None, bias: bool = True):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_channels {num_channels} must be divisible by num_groups {num_groups}")
+        self.num_groups, self.num_channels = int(num_groups), int(num_channels)
+        self.eps, self.affine = eps, affine
+        if affine:
+            self.weight = new_param((self.num_channels,), device, dtype)
+            if bias:
+                self.bias = new_param((self.num_channels,), device, dtype)
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        if self.affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def forward(self, input):
+        shape = tuple(input.shape)
+        if len(shape) < 2 or shape[1] != self.num_channels:
+            raise ShapeError(f"{self!r}: expected input of shape (N, {self.num_channels}, *), got {shape}")
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"

@@ -1,4 +1,4 @@
-"""MaxPool2d and AvgPool2d with PyTorch's arguments (stride defaults to kernel_size)."""
+"""MaxPool2d, AvgPool2d (stride defaults to kernel_size) and AdaptiveAvgPool2d, with PyTorch's arguments."""
 from __future__ import annotations
 
 from . import functional as F
@@ -37,3 +37,18 @@ class AvgPool2d(Module):
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average-pools (N, C, H, W) to output_size for any input size; AdaptiveAvgPool2d(1) (or (1, 1))
+    is the global-average-pool head of ResNet-style models.  None in output_size keeps that dim."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, input):
+        return F.adaptive_avg_pool2d(input, self.output_size)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"

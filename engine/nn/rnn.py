@@ -1,4 +1,4 @@
-"""RNN, LSTM and GRU modules: PyTorch's arguments, parameter names, shapes and return values.
+"""RNN, LSTM and GRU modules and their one-step cells: PyTorch's arguments, parameter names, shapes and return values.
 
 Each (layer, direction) runs as one fused autodiff node (functional.lstm_layer / gru_layer /
 rnn_layer) that loops over time internally.  Multi-layer stacks, batch_first, initial
@@ -206,3 +206,109 @@ class GRU(RNNBase):
         out, finals = self._run(x, [h0], step)
         h_n = _ops.stack(finals, axis=0)
         return self._finish(out, unbatched), (_ops.squeeze(h_n, 1) if unbatched else h_n)
+
+
+# ------------------------------------------------------------------------------------------ cells
+
+
+class RNNCellBase(Module):
+    """One time step of an RNN / LSTM / GRU with PyTorch's parameter names (weight_ih, weight_hh,
+    bias_ih, bias_hh), gate layouts and init U(-1/sqrt(hidden), 1/sqrt(hidden)).
+
+    A step runs through the same fused layer node as the full-sequence modules (a sequence of
+    length 1), so a cell and its sequence module compute bit-for-bit the same step and share one
+    tested backward.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None, dtype=None):
+        super().__init__()
+        self.input_size, self.hidden_size, self.bias = int(input_size), int(hidden_size), bool(bias)
+        self.weight_ih = new_param((num_chunks * hidden_size, input_size), device, dtype)
+        self.weight_hh = new_param((num_chunks * hidden_size, hidden_size), device, dtype)
+        if bias:
+            self.bias_ih = new_param((num_chunks * hidden_size,), device, dtype)
+            self.bias_hh = new_param((num_chunks * hidden_size,), device, dtype)
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    reset_parameters = RNNBase.reset_parameters
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        return s
+
+    def _input(self, input):
+        """(N, I) or unbatched (I,) -> a (1, N, I) sequence of one step, and whether it was unbatched."""
+        x = input if isinstance(input, Tensor) else Tensor(input)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ShapeError(f"{self!r}: expected input of shape (N, {self.input_size}) or ({self.input_size},), "
+                             f"got {x.shape}")
+        unbatched = x.ndim == 1
+        return _ops.reshape(x, (1, 1 if unbatched else x.shape[0], self.input_size)), unbatched
+
+    def _state(self, h, name, n, unbatched):
+        if h is None:
+            return None
+        h = h if isinstance(h, Tensor) else Tensor(h)
+        expect = (self.hidden_size,) if unbatched else (n, self.hidden_size)
+        if h.shape != expect:
+            raise ShapeError(f"{self!r}: expected {name} of shape {expect}, got {h.shape}")
+        return _ops.unsqueeze(h, 0) if unbatched else h
+
+    @staticmethod
+    def _out(h, unbatched):
+        return _ops.squeeze(h, 0) if unbatched else h
+
+
+class RNNCell(RNNCellBase):
+    """h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh), act = tanh or relu."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device=None, dtype=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"unknown nonlinearity {nonlinearity!r}, use 'tanh' or 'relu'")
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input, hx=None):
+        x, unbatched = self._input(input)
+        h0 = self._state(hx, "hx", x.shape[1], unbatched)
+        _, h = F.rnn_layer(x, h0, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
+        return self._out(h, unbatched)
+
+
+class LSTMCell(RNNCellBase):
+    """One LSTM step (gates i, f, g, o); forward(input, (h, c)) -> (h', c')."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype)
+
+    def forward(self, input, hx=None):
+        x, unbatched = self._input(input)
+        h0 = c0 = None
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{self!r}: hx must be a tuple (h, c)")
+            h0 = self._state(hx[0], "h", x.shape[1], unbatched)
+            c0 = self._state(hx[1], "c", x.shape[1], unbatched)
+        _, h, c = F.lstm_layer(x, h0, c0, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return self._out(h, unbatched), self._out(c, unbatched)
+
+
+class GRUCell(RNNCellBase):
+    """One GRU step (gates r, z, n); forward(input, h) -> h'."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
+
+    def forward(self, input, hx=None):
+        x, unbatched = self._input(input)
+        h0 = self._state(hx, "hx", x.shape[1], unbatched)
+        _, h = F.gru_layer(x, h0, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return self._out(h, unbatched)

@@ -1,4 +1,5 @@
-"""Gradient clipping (torch.nn.utils.clip_grad_norm_).
+"""torch.nn.utils: gradient clipping (clip_grad_norm_, clip_grad_value_), parameters_to_vector /
+vector_to_parameters, and the `rnn` submodule (pad_sequence).
 
 The norm is computed and applied on the gradients' own array module without a
 host round trip: the clip coefficient min(1, max_norm / (norm + 1e-6)) stays an
@@ -12,9 +13,10 @@ import math
 
 import numpy as np
 
-from ..backend import get_array_module
+from ...backend import get_array_module
+from . import rnn  # noqa: F401  (torch.nn.utils.rnn)
 
-__all__ = ["clip_grad_norm_"]
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "parameters_to_vector", "vector_to_parameters", "rnn"]
 
 
 def _grads(parameters):
@@ -42,7 +44,7 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0,
                     error_if_nonfinite: bool = False):
     """Scale gradients in place so their joint norm is at most max_norm; return the norm
     before clipping as a 0-d engine Tensor (like PyTorch)."""
-    from ..tensor import Tensor
+    from ...tensor import Tensor
     norm_type = float(norm_type)
     max_norm = float(max_norm)
     grads = _grads(parameters)
@@ -63,3 +65,43 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0,
     for g in grads:
         g *= coef.astype(g.dtype)
     return Tensor(total)
+
+
+def clip_grad_value_(parameters, clip_value: float, foreach=None):
+    """Clip every gradient element to [-clip_value, clip_value] in place (on the gradient's device)."""
+    v = float(clip_value)
+    for g in _grads(parameters):
+        xp = get_array_module(g)
+        xp.clip(g, -v, v, out=g)
+
+
+def _param_list(parameters):
+    if hasattr(parameters, "grad") and hasattr(parameters, "data"):
+        return [parameters]
+    return list(parameters)
+
+
+def parameters_to_vector(parameters):
+    """All parameters flattened and concatenated into one 1-D tensor (differentiable, as torch's)."""
+    from ... import ops
+    params = _param_list(parameters)
+    if not params:
+        raise ValueError("parameters_to_vector: no parameters given")
+    return ops.concat([ops.reshape(p, (-1,)) for p in params], axis=0)
+
+
+def vector_to_parameters(vec, parameters):
+    """Copy consecutive slices of the 1-D `vec` into the parameters, in place (no graph recorded)."""
+    from ...tensor import Tensor
+    data = vec.data if isinstance(vec, Tensor) else vec
+    if getattr(data, "ndim", None) != 1:
+        raise TypeError(f"vector_to_parameters: expected a 1-D vector, got shape {getattr(data, 'shape', None)}")
+    params = _param_list(parameters)
+    total = sum(p.size for p in params)
+    if data.shape[0] != total:
+        raise ValueError(f"vector_to_parameters: the vector has {data.shape[0]} elements, the parameters {total}")
+    ptr = 0
+    for p in params:
+        n = p.size
+        p.data[...] = data[ptr:ptr + n].reshape(p.shape).astype(p.dtype, copy=False)
+        ptr += n
