@@ -1,14 +1,21 @@
 """dptrain's autodiff engine: Tensor + reverse-mode autodiff over numpy or cupy."""
 from . import backend
-from .tensor import Tensor, from_op, tensor, no_grad, enable_grad, is_grad_enabled
+from .tensor import (Tensor, from_op, tensor, no_grad, enable_grad, is_grad_enabled,
+                     set_grad_enabled, inference_mode, is_tensor)
+from .backend import Device as device
 from . import ops
 from . import tensor_methods
 from .ops import concat, stack, where, maximum, minimum, argmax, argmin
 from .ops import exp, log, sqrt, tanh, sigmoid, relu, matmul
 from .ops import sum_ as sum, mean, max_ as max, min_ as min, reshape, transpose, flatten
 from .ops import abs_ as abs, clip, var, std, unsqueeze, squeeze
+from .ops import (sin, cos, square, rsqrt, erf, floor_divide, remainder, cumsum, prod, logsumexp,
+                  norm, einsum, bmm, gather, index_select, split, chunk, unbind, flip, tril, triu,
+                  tile, sort, argsort, topk, isnan, isinf, isfinite, allclose, equal)
 from .factories import (zeros, ones, empty, full, zeros_like, ones_like, arange, randn, rand,
-                        randint, from_numpy)
+                        randint, from_numpy, empty_like, full_like, rand_like, randn_like, eye,
+                        linspace, randperm)
+from . import cuda
 from .random import manual_seed
 from .gradcheck import gradcheck, GradcheckError
 
@@ -29,6 +36,12 @@ __all__ = [
     "transpose", "flatten", "abs", "clip", "clamp", "var", "std", "unsqueeze", "squeeze", "zeros", "ones",
     "empty", "full", "zeros_like", "ones_like", "arange", "randn", "rand", "randint", "from_numpy",
     "manual_seed", "gradcheck", "GradcheckError",
+    "set_grad_enabled", "inference_mode", "is_tensor", "device", "cuda",
+    "sin", "cos", "square", "rsqrt", "erf", "floor_divide", "remainder", "cumsum", "prod",
+    "logsumexp", "norm", "einsum", "bmm", "gather", "index_select", "split", "chunk", "unbind",
+    "flip", "tril", "triu", "tile", "sort", "argsort", "topk", "isnan", "isinf", "isfinite",
+    "allclose", "equal", "empty_like", "full_like", "rand_like", "randn_like", "eye", "linspace",
+    "randperm",
 ]
 
 

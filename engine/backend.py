@@ -27,14 +27,19 @@ def cupy_module():
     return _cupy
 
 
-def gpu_available() -> bool:
+def gpu_count() -> int:
+    """CUDA devices cupy can use (0 without cupy, a driver, or a device)."""
     cp = cupy_module()
     if cp is None:
-        return False
+        return 0
     try:
-        return cp.cuda.runtime.getDeviceCount() > 0
+        return int(cp.cuda.runtime.getDeviceCount())
     except Exception:
-        return False
+        return 0
+
+
+def gpu_available() -> bool:
+    return gpu_count() > 0
 
 
 def is_cupy_array(x) -> bool:
@@ -73,10 +78,35 @@ def parse_device(device) -> str:
     return f"cuda:{int(m.group(2) or 0)}"
 
 
-def device_of(array) -> str:
-    if is_cupy_array(array):
-        return f"cuda:{array.device.id}"
-    return "cpu"
+class Device(str):
+    """torch.device for ported code: `Device("cuda")`, `Device("cuda", 1)`, `.type`, `.index`.
+
+    It *is* the engine's device string ("cpu" or "cuda:N", "cuda" meaning "cuda:0"), so
+    `x.to(device)`, `x.device == device`, `device == "cpu"`, f-strings and JSON all keep working."""
+
+    def __new__(cls, type, index=None):
+        if isinstance(type, Device) and index is None:
+            return type
+        return super().__new__(cls, parse_device(type if index is None else f"{type}:{index}"))
+
+    @property
+    def type(self) -> str:
+        return self.partition(":")[0]
+
+    @property
+    def index(self):
+        return int(self.partition(":")[2]) if ":" in self else None
+
+
+_devices: dict = {}
+
+
+def device_of(array) -> Device:
+    name = f"cuda:{array.device.id}" if is_cupy_array(array) else "cpu"
+    dev = _devices.get(name)
+    if dev is None:
+        dev = _devices[name] = Device(name)
+    return dev
 
 
 def to_device(array, device: str):

@@ -41,12 +41,49 @@ def full(shape, fill_value, dtype=None, device="cpu", requires_grad=False):
     return _make(np.full(tuple(shape), fill_value, dtype=dtype), None, device, requires_grad)
 
 
-def zeros_like(t, dtype=None, requires_grad=False):
-    return zeros(*t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
+def zeros_like(t, dtype=None, requires_grad=False, device=None):
+    return zeros(*t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
 
 
-def ones_like(t, dtype=None, requires_grad=False):
-    return ones(*t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
+def ones_like(t, dtype=None, requires_grad=False, device=None):
+    return ones(*t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def empty_like(t, dtype=None, requires_grad=False, device=None):
+    return empty(*t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def full_like(t, fill_value, dtype=None, requires_grad=False, device=None):
+    """Keeps t's dtype (an int tensor gets an int fill), as torch does."""
+    return full(t.shape, fill_value, dtype=dtype or t.dtype, device=device or t.device,
+                requires_grad=requires_grad)
+
+
+def rand_like(t, dtype=None, requires_grad=False, device=None, seed=None, generator=None):
+    return rand(*t.shape, dtype=dtype or t.dtype, device=device or t.device,
+                requires_grad=requires_grad, seed=seed, generator=generator)
+
+
+def randn_like(t, dtype=None, requires_grad=False, device=None, seed=None, generator=None):
+    return randn(*t.shape, dtype=dtype or t.dtype, device=device or t.device,
+                 requires_grad=requires_grad, seed=seed, generator=generator)
+
+
+def eye(n, m=None, dtype=None, device="cpu", requires_grad=False):
+    return _make(np.eye(n, m, dtype=dtype or DEFAULT_FLOAT), None, device, requires_grad)
+
+
+def linspace(start, end, steps, dtype=None, device="cpu", requires_grad=False):
+    """`steps` evenly spaced values from start to end inclusive (float32 unless dtype says)."""
+    arr = np.linspace(start, end, int(steps)).astype(dtype or DEFAULT_FLOAT)
+    return _make(arr, None, device, requires_grad)
+
+
+def randperm(n, dtype=np.int64, device="cpu", requires_grad=False, seed=None, generator=None):
+    """A random permutation of 0..n-1 from the global generator (engine.manual_seed) unless a
+    seed= or numpy generator= is given, so every rank draws the same one."""
+    rng = resolve(seed, generator)
+    return _make(rng.permutation(int(n)).astype(dtype), None, device, requires_grad)
 
 
 def arange(start, stop=None, step=1, dtype=None, device="cpu", requires_grad=False):

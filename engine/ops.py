@@ -648,6 +648,468 @@ argmax = _arg_reduction("argmax")
 argmin = _arg_reduction("argmin")
 
 
+# ---------------------------------------------------------------- elementwise math (torch names)
+
+
+def sin(a):
+    xp = get_array_module(a.data)
+    d = _float_input(a)
+    return from_op(xp.sin(d), (a,), lambda g: (g * xp.cos(d),), "sin")
+
+
+def cos(a):
+    xp = get_array_module(a.data)
+    d = _float_input(a)
+    return from_op(xp.cos(d), (a,), lambda g: (-g * xp.sin(d),), "cos")
+
+
+def square(a):
+    """x * x as one node (keeps int dtypes, as torch.square does)."""
+    d = a.data
+    return from_op(d * d, (a,), lambda g: (g * (d + d),), "square")
+
+
+def rsqrt(a):
+    """1 / sqrt(x) as one node: normalisation layers written by hand use it."""
+    xp = get_array_module(a.data)
+    d = _float_input(a)
+    out = xp.reciprocal(xp.sqrt(d))
+    return from_op(out, (a,), lambda g: (g * out * out * out * d.dtype.type(-0.5),), "rsqrt")
+
+
+def _erf_array(d, xp):
+    """NumPy has no erf: the engine's own (kernels.npmath, used by GELU) on CPU, cupyx's on GPU."""
+    if xp is np:
+        from .kernels.npmath import erf as np_erf
+        return np_erf(d)
+    from cupyx.scipy.special import erf as cp_erf  # noqa: PLC0415 (GPU only)
+    return cp_erf(d)
+
+
+def erf(a):
+    xp = get_array_module(a.data)
+    d = _float_input(a)
+    two_over_sqrt_pi = d.dtype.type(2.0 / np.sqrt(np.pi))
+    return from_op(_erf_array(d, xp), (a,),
+                   lambda g: (g * two_over_sqrt_pi * xp.exp(-d * d),), "erf")
+
+
+def floor_divide(a, b):
+    """`//`: floor division as NumPy and torch (>= 1.13) both round; torch has no derivative for it,
+    so the result records no graph (a backward through it would fail in torch too)."""
+    a, b = _binary_prep(a, b, "//")
+    xp = get_array_module(a.data)
+    return Tensor._wrap(_result_dtype_fix(xp.floor_divide(a.data, b.data), a.data, b.data))
+
+
+def remainder(a, b):
+    """`%`: Python's sign-of-the-divisor remainder (NumPy's mod, torch.remainder), with torch's
+    gradient: 1 for a, -floor(a / b) for b."""
+    a, b = _binary_prep(a, b, "%")
+    ad, bd = a.data, b.data
+    xp = get_array_module(ad)
+    out = _result_dtype_fix(xp.mod(ad, bd), ad, bd)
+
+    def backward(g):
+        return (_unbroadcast(g, ad.shape) if a.requires_grad else None,
+                _unbroadcast(-g * xp.floor_divide(ad, bd), bd.shape) if b.requires_grad else None)
+    return from_op(out, (a, b), backward, "remainder")
+
+
+# ---------------------------------------------------------------- scans and reductions (torch names)
+
+
+def cumsum(a, axis=None, **kw):
+    """Running sum along a dim (torch requires one; without it NumPy's flattened cumsum).
+    Its gradient is the reversed running sum of the output gradient."""
+    axis, _ = _axis_kw(axis, False, kw, "cumsum")
+    xp = get_array_module(a.data)
+    shape = a.shape
+    if axis is None:
+        out = xp.cumsum(a.data.reshape(-1))
+
+        def backward_flat(g):
+            return (xp.flip(xp.cumsum(xp.flip(g)), 0).reshape(shape),)
+        return from_op(out, (a,), backward_flat, "cumsum")
+    ax = axis % a.ndim
+    out = xp.cumsum(a.data, axis=ax)
+    return from_op(out, (a,), lambda g: (xp.flip(xp.cumsum(xp.flip(g, ax), axis=ax), ax),), "cumsum")
+
+
+def _exclusive_cumprod(xp, m, reverse=False):
+    """Product of the elements strictly before (or after) each one along the last axis."""
+    if reverse:
+        return xp.flip(_exclusive_cumprod(xp, xp.flip(m, -1)), -1)
+    ones = xp.ones(m.shape[:-1] + (1,), dtype=m.dtype)
+    return xp.concatenate([ones, xp.cumprod(m[..., :-1], axis=-1)], axis=-1)[..., :m.shape[-1]]
+
+
+def prod(a, axis=None, keepdims=False, **kw):
+    """Product over dims. The gradient is the product of all the *other* elements (prefix x suffix
+    products), not out / x, so inputs that contain zeros get the right gradient."""
+    axis, keepdims = _axis_kw(axis, keepdims, kw, "prod")
+    xp = get_array_module(a.data)
+    d = a.data
+    ax = _norm_axis(axis, a.ndim)
+    red = tuple(range(a.ndim)) if ax is None else ax
+    out = xp.asarray(d.prod(axis=ax, keepdims=keepdims))
+    shape = a.shape
+
+    def backward(g):
+        keep = [i for i in range(len(shape)) if i not in red]
+        perm = keep + list(red)
+        inv = tuple(np.argsort(perm))
+        lead = [shape[i] for i in keep]
+        m = xp.transpose(d, perm).reshape(lead + [int(np.prod([shape[i] for i in red]))])
+        others = _exclusive_cumprod(xp, m) * _exclusive_cumprod(xp, m, reverse=True)
+        gk = xp.transpose(_expand_back(g, shape, ax, keepdims), perm).reshape(lead + [1])
+        gx = (gk * others).reshape([shape[i] for i in perm])
+        return (xp.transpose(gx, inv).astype(g.dtype, copy=False),)
+    return from_op(out, (a,), backward, "prod")
+
+
+def logsumexp(a, axis=None, keepdims=False, **kw):
+    """log(sum(exp(x))) shifted by the max so it neither overflows nor underflows; the gradient is
+    the softmax along the reduced dims."""
+    axis, keepdims = _axis_kw(axis, keepdims, kw, "logsumexp")
+    xp = get_array_module(a.data)
+    d = _float_input(a)
+    ax = _norm_axis(axis, a.ndim)
+    m = d.max(axis=ax, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))     # all -inf (or inf) rows: no shift
+    with np.errstate(divide="ignore"):                    # log(0) = -inf is the answer there
+        outk = xp.log(xp.exp(d - m).sum(axis=ax, keepdims=True)) + m
+    out = outk if keepdims else outk.reshape([s for i, s in enumerate(a.shape)
+                                              if ax is not None and i not in ax])
+    shape = a.shape
+    return from_op(out, (a,), lambda g: (_expand_back(g, shape, ax, keepdims) * xp.exp(d - outk),),
+                   "logsumexp")
+
+
+def _norm2(a, ax, keepdim):
+    """sqrt(sum(x^2)) as one node whose gradient is 0 (not 0/0) where the norm is 0, as torch's."""
+    xp = get_array_module(a.data)
+    d = _float_input(a)
+    out = xp.sqrt((d * d).sum(axis=ax, keepdims=keepdim))
+    shape = a.shape
+
+    def backward(g):
+        o = _expand_back(out, shape, ax, keepdim)
+        o = xp.where(o == 0, xp.ones_like(o), o)
+        return (_expand_back(g, shape, ax, keepdim) * d / o,)
+    return from_op(xp.asarray(out), (a,), backward, "norm")
+
+
+def norm(a, p="fro", dim=None, keepdim=False, dtype=None, **kw):
+    """torch's Tensor.norm: vector p-norm over `dim` (all elements when None); 'fro' and 2 are the
+    same thing here (a Frobenius norm over the dims given). 'nuc' and matrix 2-norms are not here."""
+    dim = kw.pop("axis", dim)
+    keepdim = kw.pop("keepdims", keepdim)
+    if kw:
+        raise TypeError(f"norm: unexpected arguments {sorted(kw)}")
+    if dtype is not None:
+        a = astype(a, dtype)
+    ax = _norm_axis(dim, a.ndim)
+    if p in ("fro", 2, 2.0):
+        return _norm2(a, ax, keepdim)
+    if isinstance(p, str):
+        raise ValueError(f"norm: p={p!r} is not supported (vector norms: a number, inf, or 'fro')")
+    if p == 1:
+        return sum_(abs_(a), axis=ax, keepdims=keepdim)
+    if p in (np.inf, -np.inf):
+        return _minmax(abs_(a), ax, keepdim, {}, "max" if p > 0 else "min")
+    if p == 0:      # how many elements are non-zero; no gradient, as in torch
+        d = _float_input(a)
+        return Tensor._wrap(get_array_module(d).asarray((d != 0).sum(axis=ax, keepdims=keepdim)
+                                                        .astype(d.dtype)))
+    return power(sum_(power(abs_(a), p), axis=ax, keepdims=keepdim), 1.0 / p)
+
+
+# ---------------------------------------------------------------- einsum and batched products
+
+
+def _einsum_subscripts(eq, shapes):
+    """Rewrite an einsum equation with explicit subscripts and an explicit output: '...' becomes
+    letters the equation does not use, so backward can swap operand and output subscripts."""
+    eq = eq.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    ins = lhs.split(",")
+    if len(ins) != len(shapes):
+        raise ValueError(f"einsum: equation {eq!r} names {len(ins)} operands, got {len(shapes)}")
+    ell_dims = []
+    for s, shp in zip(ins, shapes):
+        n = len(shp) - (len(s) - 3) if "..." in s else 0
+        if ("..." not in s and len(s) != len(shp)) or n < 0:
+            raise ValueError(f"einsum: subscripts {s!r} do not fit an operand of shape {tuple(shp)}")
+        ell_dims.append(n)
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in eq]
+    ell = "".join(free[:max(ell_dims, default=0)])
+    subs = [s.replace("...", ell[len(ell) - n:]) for s, n in zip(ins, ell_dims)]
+    if arrow:
+        out = rhs.replace("...", ell)
+    else:     # implicit output: broadcast dims, then the letters used once, in alphabetical order
+        counts = collections.Counter("".join(ins).replace("...", ""))
+        out = ell + "".join(sorted(c for c, k in counts.items() if k == 1))
+    return subs, out
+
+
+def _einsum_call(xp, subs, out, arrays):
+    """xp.einsum; NumPy gets optimize=True so contractions go through BLAS (tensordot)."""
+    kw = {"optimize": True} if xp is np else {}
+    return xp.einsum(",".join(subs) + "->" + out, *arrays, **kw)
+
+
+def _einsum_grad(xp, g, i, subs, out, arrays):
+    """Gradient for operand i: einsum of the output gradient with the other operands, then
+    broadcast over letters only operand i had, summed over its broadcast (size-1) dims, and
+    written onto the diagonal where a letter repeats in its subscripts ('ii->i')."""
+    s, shape = subs[i], arrays[i].shape
+    others = [j for j in range(len(subs)) if j != i]
+    avail = set(out).union(*[subs[j] for j in others])
+    uniq = "".join(dict.fromkeys(s))
+    keep = "".join(c for c in uniq if c in avail)
+    gi = _einsum_call(xp, [out] + [subs[j] for j in others], keep, [g] + [arrays[j] for j in others])
+    gi = gi.reshape([gi.shape[keep.index(c)] if c in keep else 1 for c in uniq])
+    own = [shape[s.index(c)] for c in uniq]
+    gi = xp.broadcast_to(_unbroadcast(gi, own), own)
+    if len(uniq) == len(s):
+        return gi
+    full = xp.zeros(shape, dtype=gi.dtype)
+    where = tuple(xp.arange(shape[p]).reshape([-1 if k == uniq.index(c) else 1 for k in range(len(uniq))])
+                  for p, c in enumerate(s))
+    full[where] = gi
+    return full
+
+
+def einsum(equation, *operands):
+    """torch.einsum / np.einsum, with '...' and implicit outputs; also einsum(eq, [a, b])."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    first = next((t for t in operands if isinstance(t, Tensor)), None)
+    ts = [t if isinstance(t, Tensor) else as_tensor(t, like=first) for t in operands]
+    for t in ts[1:]:
+        _check_same_device(ts[0], t, "einsum")
+    subs, out_sub = _einsum_subscripts(equation, [t.shape for t in ts])
+    arrays = [t.data for t in ts]
+    xp = get_array_module(*arrays)
+    out = _result_dtype_fix(xp.asarray(_einsum_call(xp, subs, out_sub, arrays)), *arrays)
+
+    def backward(g):
+        return tuple(_einsum_grad(xp, g, i, subs, out_sub, arrays).astype(arrays[i].dtype, copy=False)
+                     if t.requires_grad else None for i, t in enumerate(ts))
+    return from_op(out, tuple(ts), backward, "einsum")
+
+
+def bmm(a, b):
+    """Batched matrix product of (B, n, m) and (B, m, p); unlike matmul it does not broadcast."""
+    if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"bmm needs (B, n, m) and (B, m, p) tensors, got {a.shape} and {b.shape}")
+    return matmul(a, b)
+
+
+# ---------------------------------------------------------------- indexing, slicing, reordering
+
+
+def _dim_grid(xp, index, dim):
+    """An advanced-index tuple selecting x[..., index[i, j, k], ...] at every position of index."""
+    nd = index.ndim
+    return tuple(index if d == dim else xp.arange(index.shape[d]).reshape(
+        [-1 if k == d else 1 for k in range(nd)]) for d in range(nd))
+
+
+def gather(a, dim, index, sparse_grad=False):
+    """torch.gather: out[i][j] = x[index[i][j]][j] (dim 0); backward scatter-adds, so an index
+    that repeats accumulates its gradients."""
+    xp = get_array_module(a.data)
+    idx = index.data if isinstance(index, Tensor) else xp.asarray(index)
+    dim = dim % a.ndim
+    if idx.ndim != a.ndim or any(idx.shape[d] > a.shape[d] for d in range(a.ndim) if d != dim):
+        raise ValueError(f"gather: index of shape {tuple(idx.shape)} does not fit a tensor of shape "
+                         f"{a.shape} along dim {dim} (same ndim, no larger outside dim)")
+    grid = _dim_grid(xp, idx, dim)
+    shape = a.shape
+
+    def backward(g):
+        return (scatter_add(xp, xp.zeros(shape, dtype=g.dtype), grid, g),)
+    return from_op(a.data[grid], (a,), backward, "gather")
+
+
+def index_select(a, dim, index):
+    """x selected along dim by a 1-D index (repeats allowed: their gradients accumulate)."""
+    idx = index.data if isinstance(index, Tensor) else get_array_module(a.data).asarray(index)
+    if idx.ndim != 1:
+        raise ValueError(f"index_select: index must be 1-D, got shape {tuple(idx.shape)}")
+    return getitem(a, (slice(None),) * (dim % a.ndim) + (idx,))
+
+
+def split(a, split_size_or_sections, dim=0):
+    """torch.split: pieces of one size (the last may be smaller) or of the sizes listed, as views
+    whose gradients flow back into x."""
+    dim = dim % a.ndim
+    n = a.shape[dim]
+    if isinstance(split_size_or_sections, (int, np.integer)):
+        size = int(split_size_or_sections)
+        if size <= 0:
+            raise ValueError(f"split: split_size must be positive, got {size}")
+        sizes = [min(size, n - s) for s in range(0, n, size)] or [0]
+    else:
+        sizes = [int(s) for s in split_size_or_sections]
+        if sum(sizes) != n:
+            raise ValueError(f"split: sizes {sizes} sum to {sum(sizes)}, not {n} (size of dim {dim})")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    pre = (slice(None),) * dim
+    return tuple(getitem(a, pre + (slice(int(s), int(e)),)) for s, e in zip(starts[:-1], starts[1:]))
+
+
+def chunk(a, chunks, dim=0):
+    """torch.chunk: pieces of ceil(n / chunks) elements, so there may be fewer than `chunks`."""
+    if chunks <= 0:
+        raise ValueError(f"chunk: chunks must be positive, got {chunks}")
+    n = a.shape[dim % a.ndim]
+    return split(a, max(-(-n // chunks), 1), dim)
+
+
+def unbind(a, dim=0):
+    """The slices along dim, each without that dim."""
+    dim = dim % a.ndim
+    pre = (slice(None),) * dim
+    return tuple(getitem(a, pre + (i,)) for i in range(a.shape[dim]))
+
+
+def _dims_arg(dims):
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        return tuple(dims[0])
+    return tuple(dims)
+
+
+def flip(a, *dims):
+    """torch.flip(x, dims) and x.flip(*dims)."""
+    xp = get_array_module(a.data)
+    ax = tuple(d % a.ndim for d in _dims_arg(dims))
+    return from_op(xp.flip(a.data, axis=ax), (a,), lambda g: (xp.flip(g, axis=ax),), "flip")
+
+
+def tril(a, diagonal=0):
+    xp = get_array_module(a.data)
+    return from_op(xp.tril(a.data, diagonal), (a,), lambda g: (xp.tril(g, diagonal),), "tril")
+
+
+def triu(a, diagonal=0):
+    xp = get_array_module(a.data)
+    return from_op(xp.triu(a.data, diagonal), (a,), lambda g: (xp.triu(g, diagonal),), "triu")
+
+
+def repeat(a, *sizes):
+    """torch's Tensor.repeat, which is np.tile (NumPy's repeat is torch's repeat_interleave).
+    The gradient sums the copies: g seen as (reps0, n0, reps1, n1, ...) summed over the reps."""
+    sizes = tuple(int(s) for s in _dims_arg(sizes))
+    if len(sizes) < a.ndim:
+        raise ValueError(f"repeat: give a count for each of the {a.ndim} dims (got {sizes}); "
+                         "torch.tile pads missing counts with 1")
+    xp = get_array_module(a.data)
+    shape = (1,) * (len(sizes) - a.ndim) + a.shape
+    out = xp.tile(a.data.reshape(shape), sizes)
+    src = a.shape
+
+    def backward(g):
+        pairs = [v for pair in zip(sizes, shape) for v in pair]
+        return (g.reshape(pairs).sum(axis=tuple(range(0, len(pairs), 2))).reshape(src),)
+    return from_op(out, (a,), backward, "repeat")
+
+
+def tile(a, dims):
+    """torch.tile: repeat with missing leading counts taken as 1."""
+    dims = tuple(dims) if isinstance(dims, (list, tuple)) else (dims,)
+    return repeat(a, (1,) * (a.ndim - len(dims)) + dims)
+
+
+# ---------------------------------------------------------------- sorting and selection
+
+
+class SortResult(collections.namedtuple("SortResult", ["values", "indices"])):
+    """What torch.sort / torch.topk return: values (differentiable) and int64 indices."""
+
+    __slots__ = ()
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("sort/topk return (values, indices) as in torch; use .values")
+
+
+def _sort_order(a, dim, descending):
+    """Indices that sort along dim. Equal elements keep their index order (torch's stable sort)
+    both ways, and NaN counts as the largest value, as in torch."""
+    xp = get_array_module(a.data)
+    d = a.data
+    if descending:
+        if d.dtype.kind == "f":
+            d = xp.where(xp.isnan(d), xp.asarray(-np.inf, dtype=d.dtype), -d)
+        else:
+            d = -d.astype(np.int64)
+    kw = {"kind": "stable"} if xp is np else {}      # cupy's sort is always stable
+    return xp.argsort(d, axis=dim, **kw)
+
+
+def _dim_alias(dim, kw, opname):
+    """A dim given positionally, as dim= or as NumPy's axis=."""
+    if "axis" in kw:
+        dim = kw.pop("axis")
+    if kw:
+        raise TypeError(f"{opname}: unexpected arguments {sorted(kw)}")
+    return dim
+
+
+def sort(a, dim=-1, descending=False, stable=False, **kw):
+    dim = _dim_alias(dim, kw, "sort") % a.ndim
+    order = _sort_order(a, dim, descending)
+    return SortResult(gather(a, dim, order), Tensor._wrap(order))
+
+
+def argsort(a, dim=-1, descending=False, stable=False, **kw):
+    dim = _dim_alias(dim, kw, "argsort") % a.ndim
+    return Tensor._wrap(_sort_order(a, dim, descending))
+
+
+def topk(a, k, dim=-1, largest=True, sorted=True, **kw):
+    """The k largest (or smallest) along dim, as (values, indices); always in sorted order."""
+    dim = _dim_alias(dim, kw, "topk") % a.ndim
+    if not 0 <= k <= a.shape[dim]:
+        raise ValueError(f"topk: k={k} is out of range for dim {dim} of size {a.shape[dim]}")
+    order = _sort_order(a, dim, largest)
+    order = order[(slice(None),) * dim + (slice(0, k),)]
+    return SortResult(gather(a, dim, order), Tensor._wrap(order))
+
+
+# ---------------------------------------------------------------- predicates and comparisons
+
+
+def _predicate(name):
+    """isnan / isinf / isfinite: bool tensors, no gradient."""
+    def op(a):
+        return Tensor._wrap(getattr(get_array_module(a.data), name)(a.data))
+    op.__name__ = name
+    return op
+
+
+isnan = _predicate("isnan")
+isinf = _predicate("isinf")
+isfinite = _predicate("isfinite")
+
+
+def allclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
+    """torch.allclose: a Python bool (NumPy's broadcasting rules)."""
+    a, b = _binary_prep(a, b, "allclose")
+    xp = get_array_module(a.data)
+    return bool(xp.allclose(a.data, b.data, rtol=rtol, atol=atol, equal_nan=equal_nan))
+
+
+def equal(a, b):
+    """torch.equal: True when shapes and all elements are equal."""
+    if not isinstance(b, Tensor):
+        b = as_tensor(b, like=a)
+    _check_same_device(a, b, "equal")
+    return a.shape == b.shape and bool((a.data == b.data).all())
+
+
 # ---------------------------------------------------------------- attach to Tensor
 
 
@@ -702,6 +1164,22 @@ def _install():
     T.matmul = lambda a, b: matmul(a, b)
     T.all = lambda a: Tensor._wrap(get_array_module(a.data).asarray(a.data.all()))
     T.any = lambda a: Tensor._wrap(get_array_module(a.data).asarray(a.data.any()))
+    T.__floordiv__ = lambda a, b: floor_divide(a, b)
+    T.__rfloordiv__ = lambda a, b: floor_divide(b, a)
+    T.__mod__ = lambda a, b: remainder(a, b)
+    T.__rmod__ = lambda a, b: remainder(b, a)
+    T.floor_divide, T.remainder = floor_divide, remainder
+    T.sin, T.cos, T.square, T.rsqrt, T.erf = sin, cos, square, rsqrt, erf
+    T.cumsum, T.prod, T.logsumexp, T.norm = cumsum, prod, logsumexp, norm
+    T.gather, T.index_select = gather, index_select
+    T.split, T.chunk, T.unbind = split, chunk, unbind
+    T.flip = flip
+    T.tril, T.triu = tril, triu
+    T.repeat, T.tile = repeat, tile
+    T.sort, T.argsort, T.topk = sort, argsort, topk
+    T.isnan, T.isinf, T.isfinite = isnan, isinf, isfinite
+    T.allclose, T.equal = allclose, equal
+    T.bmm = bmm
 
 
 _install()

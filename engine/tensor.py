@@ -64,6 +64,37 @@ def enable_grad():
     return _GradMode(True)
 
 
+class set_grad_enabled(_GradMode):
+    """torch.set_grad_enabled(flag): takes effect when called, so it works as a plain call
+    (`engine.set_grad_enabled(False)`) and, restoring the previous mode on exit, as a context
+    manager (`with engine.set_grad_enabled(is_train):`)."""
+
+    def __init__(self, enabled: bool):
+        super().__init__(bool(enabled))
+        self.prev = is_grad_enabled()
+        _state.grad_enabled = self.enabled
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, fn):
+        # used as a decorator: the mode applies inside fn only (as torch's does)
+        _state.grad_enabled = self.prev
+        return super().__call__(fn)
+
+
+def inference_mode(mode=True):
+    """torch.inference_mode: here the same as no_grad() (mode=False: enable_grad()); also a
+    decorator with or without parentheses."""
+    if callable(mode):
+        return _GradMode(False)(mode)
+    return _GradMode(not mode)
+
+
+def is_tensor(obj) -> bool:
+    return isinstance(obj, Tensor)
+
+
 DEFAULT_FLOAT = np.float32
 _FLOAT_KINDS = "f"
 
@@ -164,7 +195,8 @@ class Tensor:
         return self.data.ndim
 
     @property
-    def device(self) -> str:
+    def device(self) -> "backend.Device":
+        """The device name, "cpu" or "cuda:N": a str that also has torch.device's .type/.index."""
         return backend.device_of(self.data)
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ops
+from . import factories, ops
 from .backend import get_array_module
 from .tensor import Tensor, is_grad_enabled
 
@@ -63,6 +63,21 @@ def _log_softmax(a, dim=None, **kw):
     return F.log_softmax(a, dim=dim, **kw)
 
 
+def _new_factory(make):
+    """x.new_zeros(...) & co.: a new tensor with x's dtype and device unless told otherwise."""
+    def method(a, *args, dtype=None, device=None, requires_grad=False, **kw):
+        return make(*args, dtype=dtype or a.dtype, device=device or a.device,
+                    requires_grad=requires_grad, **kw)
+    return method
+
+
+def _new_tensor(a, data, dtype=None, device=None, requires_grad=False):
+    """A copy of data (torch never aliases here) with x's dtype and device by default."""
+    data = _raw(data)
+    data = data.copy() if hasattr(data, "shape") else data
+    return Tensor(data, dtype=dtype or a.dtype, device=device or a.device, requires_grad=requires_grad)
+
+
 def _wrap_bits(op):
     return lambda a, b: Tensor._wrap(op(a.data, _raw(b)))
 
@@ -93,3 +108,9 @@ def install() -> None:
     T.masked_fill_ = _in_place("masked_fill_",
                                lambda x, mask, v: get_array_module(x).where(_raw(mask), _raw(v), x))
     T.__setitem__ = _setitem
+    T.new_zeros = _new_factory(factories.zeros)
+    T.new_ones = _new_factory(factories.ones)
+    T.new_empty = _new_factory(factories.empty)
+    T.new_full = _new_factory(factories.full)
+    T.new_tensor = _new_tensor
+    T.is_floating_point = lambda a: a.dtype.kind == "f"
