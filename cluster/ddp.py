@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -198,7 +199,21 @@ class DistributedDataParallel:
         from comm.nccl import NcclAllreduce, nccl_available
         if not nccl_available():
             return None
-        return NcclAllreduce(self.rank, self.size, lambda uid: self.comm.broadcast_obj(uid, root=0))
+        nccl, error = None, ""
+        try:   # collective: NCCL refuses e.g. two ranks on one GPU, on every rank alike
+            nccl = NcclAllreduce(self.rank, self.size, lambda uid: self.comm.broadcast_obj(uid, root=0))
+        except Exception as e:  # noqa: BLE001 - any NCCL failure means: use the communicator instead
+            error = f"{type(e).__name__}: {e}"
+        errors = [e for e in self.comm.allgather_obj(error) if e]
+        if errors:          # all ranks take the same path, or the next collective would hang
+            if nccl is not None:
+                nccl.close()
+            if self.rank == 0:
+                warnings.warn(f"NCCL is not usable for this placement ({errors[0]}); gradient buckets are "
+                              f"reduced through the {self.comm.backend} communicator instead (staged "
+                              f"through host memory), which is slower", stacklevel=3)
+            return None
+        return nccl
 
     def _enable_sharding(self):
         """Called by ZeroRedundancyOptimizer: from now on backward reduce-scatters every bucket,

@@ -90,8 +90,21 @@ class NcclAllreduce:
             raise RuntimeError("NCCL: unique_id_bcast_fn returned None; it must return rank 0's unique id on "
                                "every rank (e.g. lambda u: comm.broadcast_obj(u, root=0))")
         self.device = self._cupy.cuda.Device()
-        self._comm = self._nccl.NcclCommunicator(self.size, tuple(int(v) for v in uid), self.rank)
+        self._comm = self._communicator(uid)
         self._closed = False
+
+    def _communicator(self, uid):
+        """cupy >= 13 takes the unique id as bytes, older versions as a tuple of (signed) chars; the id
+        may arrive in either form (it crossed msgpack), so offer the other on a TypeError."""
+        as_bytes = uid if isinstance(uid, bytes) else bytes(int(v) & 0xFF for v in uid)
+        as_tuple = tuple(v - 256 if v > 127 else v for v in as_bytes)
+        for form in (as_bytes, as_tuple):
+            try:
+                return self._nccl.NcclCommunicator(self.size, form, self.rank)
+            except TypeError:
+                continue
+        raise TypeError(f"NCCL: this cupy's NcclCommunicator accepts neither form of the unique id "
+                        f"({type(uid).__name__} of {len(as_bytes)} bytes)")
 
     def _codes(self, array, op):
         name = array.dtype.name

@@ -352,7 +352,7 @@ class Tensor:
         if self.grad is None:
             # Own the buffer: g may alias an upstream array (e.g. `+` passes g to both inputs).
             if (not owned or id(g) in handed or getattr(g, "base", None) is not None
-                    or not g.flags.writeable):
+                    or not getattr(g.flags, "writeable", True)):   # cupy arrays have no such flag
                 g = g.copy()
             else:
                 handed.add(id(g))

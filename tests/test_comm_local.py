@@ -491,3 +491,24 @@ def test_forked_child_leaves_the_parents_communicator_alone():
     assert os.WEXITSTATUS(status) == 0
     results, errors = run_comms(comms, lambda c: c.allgather_obj(c.rank))  # the parent's still works
     assert not any(errors) and results == [[0, 1], [0, 1]]
+
+
+@pytest.mark.parametrize("accepts", [bytes, tuple])
+def test_nccl_unique_id_is_offered_in_the_form_this_cupy_takes(accepts):
+    """cupy >= 13 wants bytes, older cupy a tuple of signed chars; the id crossed msgpack either way
+    (found on an H200 with cupy 14, where the tuple form raised TypeError)."""
+    from comm.nccl import NcclAllreduce
+
+    class FakeNccl:
+        def NcclCommunicator(self, size, uid, rank):
+            if not isinstance(uid, accepts):
+                raise TypeError(f"Argument 'commId' has incorrect type (expected {accepts.__name__})")
+            return (size, uid, rank)
+
+    nccl = object.__new__(NcclAllreduce)
+    nccl._nccl, nccl.size, nccl.rank = FakeNccl(), 2, 1
+    raw = bytes([1, 200, 3])
+    for uid in (raw, [1, -56, 3], (1, -56, 3)):
+        size, got, rank = nccl._communicator(uid)
+        assert (size, rank) == (2, 1)
+        assert got == (raw if accepts is bytes else (1, -56, 3))
