@@ -10,19 +10,24 @@ from .functional import ShapeError, _pair
 from .module import Module
 
 
+def _check_conv_args(in_channels, out_channels, groups, padding_mode):
+    """PyTorch's constructor checks, shared by Conv1d and Conv2d."""
+    if groups <= 0:
+        raise ValueError("groups must be a positive integer")
+    if in_channels % groups:
+        raise ValueError("in_channels must be divisible by groups")
+    if out_channels % groups:
+        raise ValueError("out_channels must be divisible by groups")
+    if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+        raise ValueError(f"padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', got "
+                         f"{padding_mode!r}")
+
+
 class Conv2d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
         super().__init__()
-        if groups <= 0:
-            raise ValueError("groups must be a positive integer")
-        if in_channels % groups:
-            raise ValueError("in_channels must be divisible by groups")
-        if out_channels % groups:
-            raise ValueError("out_channels must be divisible by groups")
-        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
-            raise ValueError(f"padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', got "
-                             f"{padding_mode!r}")
+        _check_conv_args(in_channels, out_channels, groups, padding_mode)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
@@ -105,15 +110,7 @@ class Conv1d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
         super().__init__()
-        if groups <= 0:
-            raise ValueError("groups must be a positive integer")
-        if in_channels % groups:
-            raise ValueError("in_channels must be divisible by groups")
-        if out_channels % groups:
-            raise ValueError("out_channels must be divisible by groups")
-        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
-            raise ValueError(f"padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', got "
-                             f"{padding_mode!r}")
+        _check_conv_args(in_channels, out_channels, groups, padding_mode)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = (F._single(kernel_size, "kernel_size"),)
         self.stride = (F._single(stride, "stride"),)

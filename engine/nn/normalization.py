@@ -102,22 +102,10 @@ class LayerNorm(Module):
         self.normalized_shape = tuple(int(s) for s in normalized_shape)
         self.eps, self.elementwise_affine = eps, elementwise_affine
         self._has_bias = bias
-        if elementwise_affine:
-            self.weight = new_param(self.normalized_shape, device, dtype)
-            if bias:
-                self.bias = new_param(self.normalized_shape, device, dtype)
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        _affine_params(self, self.normalized_shape, elementwise_affine, bias, device, dtype)
 
     def reset_parameters(self):
-        if self.elementwise_affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, input):
         k = len(self.normalized_shape)
@@ -132,6 +120,28 @@ class LayerNorm(Module):
                 + (f", bias={self._has_bias}" if self.elementwise_affine else ""))
 
 
+def _affine_params(module, shape, affine, bias, device, dtype):
+    """weight (ones) and optional bias (zeros) of the given shape, or None parameters, as
+    PyTorch's LayerNorm / GroupNorm register them (state_dict keys stay the same)."""
+    if affine:
+        module.weight = new_param(shape, device, dtype)
+        if bias:
+            module.bias = new_param(shape, device, dtype)
+        else:
+            module.register_parameter("bias", None)
+    else:
+        module.register_parameter("weight", None)
+        module.register_parameter("bias", None)
+    _reset_affine(module)
+
+
+def _reset_affine(module):
+    if module.weight is not None:
+        init.ones_(module.weight)
+    if module.bias is not None:
+        init.zeros_(module.bias)
+
+
 class GroupNorm(Module):
     """Normalises (N, C, *) input over groups of C / num_groups channels; per-channel affine
     weight (ones) and bias (zeros) as PyTorch.  Batch-size independent, unlike BatchNorm."""
@@ -143,22 +153,10 @@ class GroupNorm(Module):
             raise ValueError(f"GroupNorm: num_channels {num_channels} must be divisible by num_groups {num_groups}")
         self.num_groups, self.num_channels = int(num_groups), int(num_channels)
         self.eps, self.affine = eps, affine
-        if affine:
-            self.weight = new_param((self.num_channels,), device, dtype)
-            if bias:
-                self.bias = new_param((self.num_channels,), device, dtype)
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        _affine_params(self, (self.num_channels,), affine, bias, device, dtype)
 
     def reset_parameters(self):
-        if self.affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, input):
         shape = tuple(input.shape)

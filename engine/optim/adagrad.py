@@ -21,12 +21,7 @@ class Adagrad(Optimizer):
 
     def _validate(self, group):
         super()._validate(group)
-        if group["lr_decay"] < 0:
-            raise ValueError(f"invalid lr_decay value: {group['lr_decay']}")
-        if group["initial_accumulator_value"] < 0:
-            raise ValueError(f"invalid initial_accumulator_value: {group['initial_accumulator_value']}")
-        if group["eps"] < 0:
-            raise ValueError(f"invalid epsilon value: {group['eps']}")
+        self._nonnegative(group, "lr_decay", "initial_accumulator_value", "eps")
 
     def _init_state(self, p, group):
         xp = get_array_module(p.data)
@@ -37,13 +32,7 @@ class Adagrad(Optimizer):
         wd, eps = float(group["weight_decay"]), float(group["eps"])
         state["step"] += 1
         clr = float(group["lr"]) / (1.0 + (state["step"] - 1) * float(group["lr_decay"]))
-        if wd != 0.0:
-            tmp, tmp2 = self._tmp(p, 2)
-            xp.multiply(p, wd, out=tmp2)
-            tmp2 += g
-            g = tmp2
-        else:
-            (tmp,) = self._tmp(p)
+        g, tmp = self._l2_grad(p, g, wd)
         acc = state["sum"]
         xp.multiply(g, g, out=tmp)
         acc += tmp

@@ -30,8 +30,7 @@ class Adam(Optimizer):
         super()._validate(group)
         group["betas"] = tuple(group["betas"])
         _check_betas(group["betas"])
-        if group["eps"] < 0:
-            raise ValueError(f"invalid epsilon value: {group['eps']}")
+        self._nonnegative(group, "eps")
 
     def _init_state(self, p, group):
         xp = get_array_module(p.data)

@@ -21,8 +21,7 @@ class Adamax(Optimizer):
         super()._validate(group)
         group["betas"] = tuple(group["betas"])
         _check_betas(group["betas"])
-        if group["eps"] < 0:
-            raise ValueError(f"invalid epsilon value: {group['eps']}")
+        self._nonnegative(group, "eps")
 
     def _init_state(self, p, group):
         xp = get_array_module(p.data)
@@ -33,13 +32,7 @@ class Adamax(Optimizer):
         lr, wd, eps = float(group["lr"]), float(group["weight_decay"]), float(group["eps"])
         beta1, beta2 = (float(b) for b in group["betas"])
         state["step"] += 1
-        if wd != 0.0:
-            tmp, tmp2 = self._tmp(p, 2)
-            xp.multiply(p, wd, out=tmp2)
-            tmp2 += g
-            g = tmp2
-        else:
-            (tmp,) = self._tmp(p)
+        g, tmp = self._l2_grad(p, g, wd)
         m, u = state["exp_avg"], state["exp_inf"]
         xp.subtract(g, m, out=tmp)
         tmp *= 1.0 - beta1

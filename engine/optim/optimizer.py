@@ -140,6 +140,24 @@ class Optimizer:
         if group.get("weight_decay", 0) < 0:
             raise ValueError(f"invalid weight_decay value: {group['weight_decay']}")
 
+    @staticmethod
+    def _nonnegative(group: dict, *names: str) -> None:
+        """PyTorch's argument checks: each named hyper-parameter must be >= 0."""
+        for name in names:
+            if group[name] < 0:
+                raise ValueError(f"invalid {'epsilon' if name == 'eps' else name} value: {group[name]}")
+
+    def _l2_grad(self, p, g, wd: float):
+        """(g + wd * p, one scratch array): PyTorch's coupled weight decay, computed in scratch
+        memory so p.grad is never modified; the scratch array is free for the update's own use."""
+        if wd == 0.0:
+            (tmp,) = self._tmp(p)
+            return g, tmp
+        tmp, tmp2 = self._tmp(p, 2)
+        get_array_module(p).multiply(p, wd, out=tmp2)
+        tmp2 += g
+        return tmp2, tmp
+
     # ------------------------------------------------------------------ stepping
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop gradients (set_to_none=True, the default and cheapest) or zero them in place."""

@@ -26,12 +26,7 @@ class RMSprop(Optimizer):
 
     def _validate(self, group):
         super()._validate(group)
-        if group["alpha"] < 0:
-            raise ValueError(f"invalid alpha value: {group['alpha']}")
-        if group["eps"] < 0:
-            raise ValueError(f"invalid epsilon value: {group['eps']}")
-        if group["momentum"] < 0:
-            raise ValueError(f"invalid momentum value: {group['momentum']}")
+        self._nonnegative(group, "alpha", "eps", "momentum")
 
     def _init_state(self, p, group):
         xp = get_array_module(p.data)
@@ -47,13 +42,7 @@ class RMSprop(Optimizer):
         lr, wd, eps = float(group["lr"]), float(group["weight_decay"]), float(group["eps"])
         alpha, mom = float(group["alpha"]), float(group["momentum"])
         state["step"] += 1
-        if wd != 0.0:
-            tmp, tmp2 = self._tmp(p, 2)
-            xp.multiply(p, wd, out=tmp2)
-            tmp2 += g
-            g = tmp2
-        else:
-            (tmp,) = self._tmp(p)
+        g, tmp = self._l2_grad(p, g, wd)
         sq = state["square_avg"]
         sq *= alpha
         xp.multiply(g, g, out=tmp)
