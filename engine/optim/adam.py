@@ -12,12 +12,12 @@ PyTorch's definition, step t (starting at 1):
 from __future__ import annotations
 
 from ..backend import get_array_module
-from .optimizer import Optimizer, _bias_corrections, _check_betas
+from .optimizer import MomentsOptimizer, _bias_corrections
 
 __all__ = ["Adam", "AdamW"]
 
 
-class Adam(Optimizer):
+class Adam(MomentsOptimizer):
     fused_name = "adam"
     _decoupled = False
 
@@ -26,11 +26,6 @@ class Adam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, fused=fused))
 
-    def _validate(self, group):
-        super()._validate(group)
-        group["betas"] = tuple(group["betas"])
-        _check_betas(group["betas"])
-        self._nonnegative(group, "eps")
 
     def _init_state(self, p, group):
         xp = get_array_module(p.data)

@@ -8,20 +8,15 @@
 from __future__ import annotations
 
 from ..backend import get_array_module
-from .optimizer import Optimizer, _check_betas
+from .optimizer import MomentsOptimizer
 
 __all__ = ["Adamax"]
 
 
-class Adamax(Optimizer):
+class Adamax(MomentsOptimizer):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
-    def _validate(self, group):
-        super()._validate(group)
-        group["betas"] = tuple(group["betas"])
-        _check_betas(group["betas"])
-        self._nonnegative(group, "eps")
 
     def _init_state(self, p, group):
         xp = get_array_module(p.data)

@@ -21,19 +21,14 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from .optimizer import Optimizer, _check_betas
+from .optimizer import MomentsOptimizer
 
 __all__ = ["NAdam", "RAdam"]
 
 
-class _AdamFamily(Optimizer):
+class _AdamFamily(MomentsOptimizer):
     """Validation, state and the shared weight-decay / moment updates of NAdam and RAdam."""
 
-    def _validate(self, group):
-        super()._validate(group)
-        group["betas"] = tuple(group["betas"])
-        _check_betas(group["betas"])
-        self._nonnegative(group, "eps")
 
     def _init_state(self, p, group):
         xp = get_array_module(p.data)

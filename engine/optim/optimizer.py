@@ -333,5 +333,15 @@ def _check_betas(betas):
         raise ValueError(f"invalid betas {betas!r}: need two values in [0, 1)")
 
 
+class MomentsOptimizer(Optimizer):
+    """The checks every Adam-style optimizer (two betas, an epsilon) makes on a param group."""
+
+    def _validate(self, group):
+        super()._validate(group)
+        group["betas"] = tuple(group["betas"])
+        _check_betas(group["betas"])
+        self._nonnegative(group, "eps")
+
+
 def _bias_corrections(beta1, beta2, step):
     return 1.0 - beta1 ** step, math.sqrt(1.0 - beta2 ** step)
