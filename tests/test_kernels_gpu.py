@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from engine import kernels as K
-from engine.kernels import _multi_tensor, _runtime, _source
+from engine.kernels import _multi_tensor, _runtime, _source, rnn_step
+from engine.nn import _rnn
+from rnn_cases import SEED_LSTM, SMALL, check_gru, check_lstm, check_rnn
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not K.available(), reason="needs cupy and a CUDA device")]
@@ -160,6 +162,80 @@ def test_kernels_compile_once(cp):
     K.im2col(x, 3, 3, 1, 1, 1, 1)
     assert _runtime.raw_kernel("conv.cu", "im2col_f32") is k1
     assert set(_runtime._modules) <= set(_source.cu_files())
+
+
+RNN_SPECS = [rnn_step.LSTM_FWD, rnn_step.LSTM_BWD, rnn_step.GRU_FWD, rnn_step.GRU_BWD, rnn_step.RNN_FWD,
+             rnn_step.RNN_BWD]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", RNN_SPECS, ids=[s.name for s in RNN_SPECS])
+def test_rnn_step_kernel_matches_twin(cp, rng, spec, dtype):
+    """Each fused step kernel on strided (N, H) gate views, as the layers pass them, against its numpy twin."""
+    N, H = 128, 96
+    params = _source.parse_params(spec, "double")
+    for kind in ("tanh", "relu") if spec.scalars else ("tanh",):
+        args, twin_args = [], []
+        for p in params:
+            if p.is_scalar:
+                args.append(np.int32(K.ACT_CODES[kind]))
+                twin_args.append(args[-1])
+                continue
+            buf = (np.full((N, 4 * H), np.nan, dtype) if p.is_out
+                   else (rng.standard_normal((N, 4 * H)) * 3).astype(dtype))
+            if not p.is_out:
+                buf[0, 2 * H:2 * H + 2] = [40.0, -40.0]                     # saturation: no inf / nan
+            args.append(cp.asarray(buf)[:, 2 * H:3 * H])
+            twin_args.append(buf[:, 2 * H:3 * H].copy())
+        _runtime.LAUNCHER.elementwise(spec.name, *args)
+        rnn_step.TWINS[spec.name](*twin_args)
+        for p, got, ref in zip(params, args, twin_args):
+            if p.is_out:
+                assert bool(cp.isfinite(got).all()), f"{spec.name}: {p.name} not finite"
+                close(got, ref, ELEM, dtype)
+
+
+# whole layers (T matmuls + T fused kernels each way, cuBLAS against numpy's BLAS): matmul-level tolerance
+LAYER_REL = {np.float32: RED, np.float64: 1e-10}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sizes", [SMALL, SEED_LSTM], ids=["small", "seed"])
+@pytest.mark.parametrize("bias,h0_is_zero,needs", [(True, True, (True, False, False, True)),
+                                                   (False, False, (True, True, True, True))])
+def test_lstm_layer_fused(cp, sizes, bias, h0_is_zero, needs, dtype):
+    check_lstm(None, dtype, bias, h0_is_zero, needs, rel=LAYER_REL[dtype], dev=cp.asarray, sizes=sizes,
+               seed=int(np.random.default_rng().integers(1 << 30)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sizes", [SMALL, SEED_LSTM], ids=["small", "seed"])
+@pytest.mark.parametrize("b_ih,b_hh", [(True, True), (False, True), (True, False)])
+def test_gru_layer_fused(cp, sizes, b_ih, b_hh, dtype):
+    check_gru(None, dtype, b_ih, b_hh, rel=LAYER_REL[dtype], dev=cp.asarray, sizes=sizes,
+              seed=int(np.random.default_rng().integers(1 << 30)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sizes", [SMALL, SEED_LSTM], ids=["small", "seed"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_layer_fused(cp, sizes, nonlinearity, dtype):
+    check_rnn(None, dtype, nonlinearity, rel=LAYER_REL[dtype], dev=cp.asarray, sizes=sizes,
+              seed=int(np.random.default_rng().integers(1 << 30)))
+
+
+def test_recurrent_layers_dispatch_to_the_fused_kernels(cp):
+    """engine.nn._rnn hands cupy float arrays to engine.kernels.rnn_step (and its context back to it)."""
+    T, N, I, H = 3, 2, 4, 5
+    z = lambda *s: cp.asarray(np.random.default_rng().standard_normal(s).astype(np.float32))  # noqa: E731
+    x, h0 = z(T, N, I), z(N, H)
+    assert _rnn._fused(x) is rnn_step
+    packed, ctx = _rnn.lstm_forward(x, h0, z(N, H), z(4 * H, I), z(4 * H, H), z(4 * H))
+    assert isinstance(ctx, rnn_step.FusedCtx) and packed.shape == (T + 1, N, H)
+    grads = _rnn.lstm_backward(cp.ones(packed.shape, cp.float32), ctx, True, True, True, True)
+    assert [g.shape for g in grads] == [(T, N, I), (N, H), (N, H), (4 * H, I), (4 * H, H), (4 * H,)]
+    assert isinstance(_rnn.gru_forward(x, h0, z(3 * H, I), z(3 * H, H), None, None)[1], rnn_step.FusedCtx)
+    assert isinstance(_rnn.rnn_forward(x, h0, z(H, I), z(H, H), None, "relu")[1], rnn_step.FusedCtx)
 
 
 def test_nccl_single_rank_allreduce(cp):

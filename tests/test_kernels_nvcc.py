@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import engine.kernels  # noqa: F401  (registers every kernel)
-from engine.kernels import _multi_tensor, _source, bias_act, bucket, conv, optim_fused, softmax_xent
+from engine.kernels import _multi_tensor, _source, bias_act, bucket, conv, optim_fused, rnn_step, softmax_xent
+from rnn_cases import check_gru, check_lstm, check_rnn
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
@@ -267,3 +268,67 @@ def test_emulator_rejects_mismatched_argument_types(launcher):
         launcher.raw("conv.cu", "im2col", np.float32, 36, (x.astype(np.float64),) + tuple(good[1:]))
     with pytest.raises(TypeError, match="arguments"):
         launcher.raw("conv.cu", "im2col", np.float32, 36, tuple(good[:-1]))
+
+
+# ------------------------------------------------------------------------------------------ fused RNN steps
+# The layer glue of engine.kernels.rnn_step with the CUDA step kernels run by the emulator, against the numpy
+# layers of engine.nn._rnn (cases shared with tests/test_rnn_fused.py, which runs the same glue on the twins).
+
+RNN_SPECS = [rnn_step.LSTM_FWD, rnn_step.LSTM_BWD, rnn_step.GRU_FWD, rnn_step.GRU_BWD, rnn_step.RNN_FWD,
+             rnn_step.RNN_BWD]
+# host libm's tanhf stands in for the device's: float32 results may differ from numpy's tanh by an ulp or two
+_LAYER_REL = {np.float32: 2e-6, np.float64: 1e-12}
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", RNN_SPECS, ids=[s.name for s in RNN_SPECS])
+def test_emulated_rnn_step_matches_twin(spec, dtype, launcher):
+    """Each step kernel against its numpy twin on strided (N, H) views, saturating inputs (|z| = 40) included."""
+    N, H = 5, 7
+    params = _source.parse_params(spec, "double")
+    for kind in ("tanh", "relu") if spec.scalars else ("tanh",):
+        args, twin_args = [], []
+        for p in params:
+            if p.is_scalar:
+                args.append(np.int32(bias_act.ACT_CODES[kind]))
+                twin_args.append(args[-1])
+                continue
+            buf = (np.full((N, 3 * H), np.nan, dtype) if p.is_out
+                   else (RNG.standard_normal((N, 3 * H)) * 3).astype(dtype))
+            if not p.is_out:
+                buf[0, H:H + 2] = [40.0, -40.0]
+            args.append(buf[:, H:2 * H])
+            twin_args.append(buf[:, H:2 * H].copy())
+        launcher.elementwise(spec.name, *args)
+        rnn_step.TWINS[spec.name](*twin_args)
+        for p, got, ref in zip(params, args, twin_args):
+            if p.is_out:
+                assert np.isfinite(got).all(), f"{spec.name}: {p.name} not finite"
+                np.testing.assert_allclose(got, ref, **_tol(dtype))
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias,h0_is_zero,needs", [(True, False, (True, True, True, True)),
+                                                   (False, True, (True, False, True, True))])
+def test_emulated_lstm_layer(bias, h0_is_zero, needs, dtype, launcher):
+    check_lstm(launcher, dtype, bias, h0_is_zero, needs, rel=_LAYER_REL[dtype])
+    sfx = "f32" if dtype == np.float32 else "f64"
+    assert [n for n, _, _ in launcher.launches] == [f"dpt_lstm_fwd_step_{sfx}"] * 6 + [f"dpt_lstm_bwd_step_{sfx}"] * 6
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b_ih,b_hh", [(True, True), (False, True), (True, False)])
+def test_emulated_gru_layer(b_ih, b_hh, dtype, launcher):
+    check_gru(launcher, dtype, b_ih, b_hh, rel=_LAYER_REL[dtype])
+    assert len(launcher.launches) == 12
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_emulated_rnn_layer(nonlinearity, dtype, launcher):
+    check_rnn(launcher, dtype, nonlinearity, rel=_LAYER_REL[dtype])
+    assert len(launcher.launches) == 12

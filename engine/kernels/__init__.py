@@ -10,6 +10,8 @@ cupy in   -> a CuPy kernel (RawKernel from the .cu files here, or an Elementwise
     bias_act_forward/_backward        fused bias + activation                (bias_act.py, act.cuh)
     sgd_momentum, adam                fused multi-tensor optimizer steps     (optim_fused.py/.cu)
     pack, unpack, layout              DDP gradient bucket                    (bucket.py/.cu)
+    rnn_step                          fused LSTM/GRU/RNN time steps + GPU    (rnn_step.py/.cuh)
+                                      layer loops (used by engine.nn._rnn)
     erf                               vectorised numpy erf (GELU on the CPU) (npmath.py)
 """
 from ._runtime import available
@@ -18,8 +20,9 @@ from .bucket import layout, pack, unpack
 from .conv import col2im, get_conv_outsize, im2col
 from .npmath import erf
 from .optim_fused import adam, sgd_momentum
+from . import rnn_step
 from .softmax_xent import softmax_xent_backward, softmax_xent_forward
 
 __all__ = ["available", "im2col", "col2im", "get_conv_outsize", "softmax_xent_forward", "softmax_xent_backward",
            "bias_act_forward", "bias_act_backward", "ACT_CODES", "sgd_momentum", "adam", "pack", "unpack",
-           "layout", "erf"]
+           "layout", "erf", "rnn_step"]

@@ -13,14 +13,41 @@ tanh call covers every gate of a step; the 1/2 is folded into a scaled copy of t
 
 Each forward returns (packed, ctx) where packed holds [outputs h_1..h_T] (+ [c_T] for the
 LSTM) so that a single autodiff op can expose output, h_n (and c_n) as slices.
+
+On a GPU (cupy float32/float64 arrays, a device present) each function hands over to
+engine.kernels.rnn_step: there every elementwise op below would be a kernel launch of its own
+(launch-bound), and one fused kernel per step does the step's gate math instead.  The numpy
+code here is the CPU path and the reference those kernels are tested against.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import get_array_module
+
+_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _half(dtype):
     return dtype.type(0.5)
+
+
+def _fused(a):
+    """engine.kernels.rnn_step when `a` is a float32/float64 cupy array and a CUDA device is there, else None.
+
+    Imported lazily: CPU runs never load the kernels package for the recurrent layers."""
+    if type(a).__module__.split(".", 1)[0] != "cupy" or a.dtype not in _FUSED_DTYPES:
+        return None
+    from .. import kernels
+    return kernels.rnn_step if kernels.available() else None
+
+
+def _fused_ctx(ctx):
+    """engine.kernels.rnn_step when `ctx` came from a fused forward (its backward must be fused too), else None."""
+    if isinstance(ctx, tuple):
+        return None
+    from ..kernels import rnn_step
+    return rnn_step if isinstance(ctx, rnn_step.FusedCtx) else None
 
 
 # ------------------------------------------------------------------------------------------ LSTM
@@ -40,6 +67,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False):
     slice is a contiguous block and numpy's elementwise fast paths apply (strided (N, H)
     column slices are 3-5x slower for the small per-step arrays).
     """
+    fused = _fused(x)
+    if fused is not None:
+        return fused.lstm_forward_gpu(x, h0, c0, w_ih, w_hh, b, h0_is_zero)
     xp = get_array_module(x)
     T, N, I = x.shape
     H = w_hh.shape[1]
@@ -91,6 +121,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False):
 
 def lstm_backward(gpacked, ctx, need_x, need_h0, need_c0, need_w):
     """Backward through time.  Returns dx, dh0, dc0, dw_ih, dw_hh, db (db serves both biases)."""
+    fused = _fused_ctx(ctx)
+    if fused is not None:
+        return fused.lstm_backward_gpu(gpacked, ctx, need_x, need_h0, need_c0, need_w)
     xh, cs, tcs, act, wcat, perm, I, K0, h0_is_zero = ctx
     xp = get_array_module(gpacked)
     T, _, N = act.shape
@@ -168,6 +201,9 @@ def lstm_backward(gpacked, ctx, need_x, need_h0, need_c0, need_w):
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
     """x (T, N, I), h0 (N, H).  Returns packed (T, N, H) = [h_1 .. h_T] and the context."""
+    fused = _fused(x)
+    if fused is not None:
+        return fused.gru_forward_gpu(x, h0, w_ih, w_hh, b_ih, b_hh)
     xp = get_array_module(x)
     T, N, I = x.shape
     H = w_hh.shape[1]
@@ -210,6 +246,9 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
 
 
 def gru_backward(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_bih, need_bhh):
+    fused = _fused_ctx(ctx)
+    if fused is not None:
+        return fused.gru_backward_gpu(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_bih, need_bhh)
     x, buf, act, hn = ctx
     xp = get_array_module(gout)
     T, N, I = x.shape
@@ -260,6 +299,9 @@ def gru_backward(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_bih, need_
 
 def rnn_forward(x, h0, w_ih, w_hh, b, nonlinearity):
     """Elman RNN, h = act(W_ih x + W_hh h + b), act tanh or relu.  Returns packed (T, N, H) and ctx."""
+    fused = _fused(x)
+    if fused is not None:
+        return fused.rnn_forward_gpu(x, h0, w_ih, w_hh, b, nonlinearity)
     xp = get_array_module(x)
     T, N, I = x.shape
     H = w_hh.shape[1]
@@ -282,6 +324,9 @@ def rnn_forward(x, h0, w_ih, w_hh, b, nonlinearity):
 
 
 def rnn_backward(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_b):
+    fused = _fused_ctx(ctx)
+    if fused is not None:
+        return fused.rnn_backward_gpu(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_b)
     x, buf, nonlinearity = ctx
     xp = get_array_module(gout)
     T, N, I = x.shape
