@@ -15,11 +15,13 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 
 from cluster.config import Config, is_local_host, is_loopback_host
+from cluster.worker import EXIT_PEER_FAILURE
 
 from . import shmclean
 from .job import Job, clean_env, oversubscription_note, resume_note, worker_command
@@ -237,16 +239,40 @@ class MpiGroup(Group):
             return False, None
         code = self.proc.poll()
         if code is None:
-            bad = [r for r in self._rank_results() if r.get("exit_code")]
-            if bad:  # a rank failed but mpiexec has not noticed yet
-                return False, self._failure(bad, None)
+            results = self._rank_results()
+            bad = [r for r in results if r.get("exit_code")]
+            if bad or self._vanished(results):  # a rank failed but mpiexec has not noticed yet
+                return False, self._failure(results, None)
             return False, None
         if code == 0:
             return True, None
-        bad = [r for r in self._rank_results() if r.get("exit_code")]
-        return False, self._failure(bad, code)
+        return False, self._failure(self._rank_results(), code)
 
-    def _failure(self, bad: list[dict], mpiexec_code: int | None) -> Failure:
+    def _vanished(self, results: list[dict]) -> list[dict]:
+        """Ranks whose shim (on this host) started and is gone without a final record: it was killed
+        (mpiexec then reports only its own exit code, naming no rank)."""
+        here = socket.gethostname()
+        gone = []
+        for r in results:
+            if r.get("exit_code") is None and r.get("host") == here and isinstance(r.get("pid"), int):
+                try:
+                    os.kill(r["pid"], 0)
+                except ProcessLookupError:
+                    gone.append(r)
+                except PermissionError:
+                    pass
+        return gone
+
+    def _failure(self, results: list[dict], mpiexec_code: int | None) -> Failure:
+        bad = [r for r in results if r.get("exit_code")]
+        real = [r for r in bad if r["exit_code"] != EXIT_PEER_FAILURE]
+        gone = self._vanished(results)
+        if gone and not real:   # its peers' exits are echoes (75) of this one
+            r = min(gone, key=lambda g: float(g.get("time", 0)))
+            rank = int(r["rank"])
+            return Failure(rank, exit_code_of(mpiexec_code or 137),
+                           f"its launcher.mpiworker (pid {r['pid']}) was killed before the rank finished",
+                           tail_file(self.job.run.rank_log(rank)))
         if bad:
             seen = {int(r["rank"]): float(r.get("time", 0)) for r in bad}
             rank, rc = root_cause([(int(r["rank"]), int(r["exit_code"])) for r in bad], seen)

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             pass_fds.append(int(v))
     try:
         child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, pass_fds=pass_fds)
+                                 stderr=subprocess.STDOUT, pass_fds=pass_fds, preexec_fn=_die_with_parent)
     except OSError as e:
         console.line(f"[rank {rank}] dptrain: cannot start {argv[0]}: {e}")
         _write_status(run_dir, rank, 127)
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{os.environ.get('DPTRAIN_RESTART', '0')} pid {child.pid} host {socket.gethostname()} "
                         f"{time.strftime('%Y-%m-%d %H:%M:%S')} =====")
     stream.start()
+    _write_status(run_dir, rank, None)   # started: a shim that vanishes without a final record was killed
 
     def forward(signum, frame):
         try:
@@ -157,7 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
-def _write_status(run_dir: str | None, rank: int, rc: int) -> None:
+def _die_with_parent() -> None:
+    """In the worker, before exec: SIGTERM when this shim dies (Linux), so a killed shim does not
+    leave its worker training on unsupervised, its output going nowhere."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _write_status(run_dir: str | None, rank: int, rc: int | None) -> None:
+    """RUN_DIR/status/rankN.json: exit_code None once the worker started, its code at the end."""
     if not run_dir:
         return
     d = os.path.join(run_dir, "status")

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -233,3 +234,34 @@ def test_slurm_script_mpi_pmi_port_and_run_dir(tmp_path):
     assert "--mpi" not in zmq
     bad = dptrain(["script", str(cfg), "--slurm", "-o", str(tmp_path / "no/such/dir/job.sh")], tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+@needs_mpi
+@pytest.mark.timeout(60)
+def test_a_killed_mpiworker_shim_is_named_and_takes_its_worker_along(tmp_path):
+    """mpiexec reports only its own exit code when a rank's shim is killed; the shim's start record
+    names the rank, and its worker gets SIGTERM with it instead of running on unsupervised."""
+    import time
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "mpirun", config(tmp_path, "sleep")], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    status = tmp_path / "run" / "status" / "rank1.json"
+    deadline = time.time() + 30
+    while time.time() < deadline and not (status.exists() and "ready pid=" in
+                                          (tmp_path / "run/logs/rank1.log").read_text(errors="replace")):
+        time.sleep(0.2)
+    record = json.loads(status.read_text())
+    assert record["exit_code"] is None and record["rank"] == 1
+    worker = int(re.search(r"ready pid=(\d+)", (tmp_path / "run/logs/rank1.log").read_text()).group(1))
+    os.kill(record["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=40)
+    assert proc.returncode != 0
+    assert f"rank 1 failed: its launcher.mpiworker (pid {record['pid']}) was killed" in err, err
+    for _ in range(50):                      # the worker went with its shim
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"worker {worker} outlived its killed shim")
