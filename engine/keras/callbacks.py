@@ -137,14 +137,18 @@ class _Monitor:
 
 
 class EarlyStopping(Callback):
-    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs."""
+    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs (Keras 3 rules:
+    `baseline` must be beaten to reset the wait, epochs before `start_from_epoch` are ignored, and
+    restore_best_weights=True puts the best epoch's weights back at the end of training, whether
+    or not it stopped early)."""
 
-    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
-                 restore_best_weights=False, verbose=0):
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto",
+                 baseline=None, restore_best_weights=False, start_from_epoch=0):
         super().__init__()
         self._m = _Monitor("EarlyStopping", monitor, mode, min_delta)
         self.monitor, self.min_delta, self.patience, self.mode = monitor, self._m.min_delta, patience, self._m.mode
         self.restore_best_weights, self.verbose = restore_best_weights, verbose
+        self.baseline, self.start_from_epoch = baseline, int(start_from_epoch)
 
     @property
     def best(self):
@@ -154,23 +158,43 @@ class EarlyStopping(Callback):
         self.wait = 0
         self._m.reset()
         self.best_weights = None
+        self.best_epoch = 0
         self.stopped_epoch = 0
+
+    def _beats_baseline(self, value):
+        if self.baseline is None:
+            return True
+        b = float(self.baseline)
+        return value < b - self._m.min_delta if self._m.mode == "min" else value > b + self._m.min_delta
 
     def on_epoch_end(self, epoch, logs=None):
         value = self._m.value(logs)
+        if value is None or epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights, self.best_epoch = self.model.get_weights(), epoch
+        self.wait += 1
         if self._m.improved(value):
-            self._m.best, self.wait = value, 0
+            self._m.best, self.best_epoch = value, epoch
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
-            return
-        self.wait += 1
+            if self._beats_baseline(value):
+                self.wait = 0
+                return
+            # better than before but not than the baseline: still counts towards patience (Keras'
+            # documented rule: stop if the model shows no improvement over the baseline)
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping", flush=True)
+        if self.restore_best_weights and self.best_weights is not None:
             if self.verbose:
-                print(f"Epoch {epoch + 1}: early stopping", flush=True)
-            if self.restore_best_weights and self.best_weights is not None:
-                self.model.set_weights(self.best_weights)
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.",
+                      flush=True)
+            self.model.set_weights(self.best_weights)
 
 
 class ModelCheckpoint(Callback):

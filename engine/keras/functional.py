@@ -53,6 +53,8 @@ def is_symbolic(x) -> bool:
 def symbolic_input(input_layer: InputLayer) -> KerasTensor:
     t = KerasTensor((None,) + tuple(input_layer._batch_input_shape[1:]), input_layer)
     input_layer._symbolic_output = t
+    input_layer.built = True                      # model.layers[0] in summary(): shape, 0 params
+    input_layer.input_shape_built = input_layer.output_shape_built = t.shape
     return t
 
 
@@ -95,6 +97,13 @@ class Functional(Model):
         self.output_shape_built = outputs[0].shape if len(outputs) == 1 else [t.shape for t in outputs]
         self._batch_input_shape = inputs[0]._layer._batch_input_shape if len(inputs) == 1 else None
         self.built = True
+
+    @property
+    def layers(self):
+        """Keras' order: the InputLayer(s) first, then the layers (model.layers[1] is the first
+        layer after the input, as in Keras)."""
+        inputs = [t._layer for t in self.__dict__.get("_input_tensors", ())]
+        return inputs + [m for m in self._modules.values() if isinstance(m, Layer) and m not in inputs]
 
     @property
     def _input_tensor(self):
@@ -253,20 +262,25 @@ class Functional(Model):
                           and t._layer.output_activation() == loss.fused_with)
                      for loss, t in zip(self._losses, self._output_tensors))
 
-    def _resolve_metrics(self):
-        if not self._multi or self._metrics is not None:
-            return super()._resolve_metrics()
+    def _resolve_metrics(self, y=None):
+        if not self._multi:
+            return super()._resolve_metrics(y)
+        ys = y if isinstance(y, list) and len(y) == len(self.output_names) else None
+        if self._metrics is not None and (ys is None or getattr(self, "_metrics_from_y", False)):
+            return self._metrics
         # per-output loss trackers first, then the metrics: the order of Keras' logs
         ms = [metrics_mod.Mean(f"{n}_loss") for n in self.output_names]
         owner = list(range(len(self.output_names)))
         for i, ids in enumerate(self._metric_ids):
             for ident in ids:
                 m = metrics_mod.get(copy.deepcopy(ident) if isinstance(ident, metrics_mod.Metric) else ident,
-                                    self._losses[i].name, self._output_tensors[i].shape)
+                                    self._losses[i].name, self._output_tensors[i].shape,
+                                    None if ys is None else tuple(ys[i].shape))
                 m.name = f"{self.output_names[i]}_{m.name}"
                 ms.append(m)
                 owner.append(i)
         self._metrics, self._metric_owner = ms, owner
+        self._metrics_from_y = ys is not None
         return ms
 
     def _compute_loss(self, out, y, sw=None):

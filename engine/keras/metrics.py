@@ -121,8 +121,28 @@ _BY_NAME = {
 }
 
 
-def get(identifier, loss_name: str, output_shape) -> Metric:
-    """Resolve a metric; 'accuracy'/'acc' picks the variant that fits the loss, as Keras does."""
+def _accuracy_class(loss_name, output_shape, y_shape):
+    """Keras' choice for 'accuracy': from the shapes of the targets and the predictions
+    (keras.src.trainers.compile_utils: binary when the prediction has one unit, sparse when the
+    targets have fewer axes or a last axis of 1, else categorical).  Without targets (a
+    DataLoader, or a model loaded before it saw data) the loss decides."""
+    p_last = output_shape[-1] if output_shape else None
+    if y_shape is not None and output_shape:
+        if p_last == 1:
+            return BinaryAccuracy
+        y_last = y_shape[-1] if len(y_shape) else None
+        if len(y_shape) < len(output_shape) or (y_last == 1 and p_last is not None and p_last > 1):
+            return SparseCategoricalAccuracy
+        return CategoricalAccuracy
+    if "binary" in loss_name or p_last == 1:
+        return BinaryAccuracy
+    if loss_name.startswith("sparse"):
+        return SparseCategoricalAccuracy
+    return CategoricalAccuracy
+
+
+def get(identifier, loss_name: str, output_shape, y_shape=None) -> Metric:
+    """Resolve a metric; 'accuracy'/'acc' picks the variant Keras picks (see _accuracy_class)."""
     if isinstance(identifier, Metric):
         return identifier
     if isinstance(identifier, type) and issubclass(identifier, Metric):
@@ -131,12 +151,7 @@ def get(identifier, loss_name: str, output_shape) -> Metric:
         raise TypeError(f"cannot interpret {identifier!r} as a metric; use a name such as 'accuracy'")
     key = identifier.lower()
     if key in ("accuracy", "acc"):
-        if "binary" in loss_name or (output_shape and output_shape[-1] == 1):
-            cls = BinaryAccuracy
-        elif loss_name.startswith("sparse"):
-            cls = SparseCategoricalAccuracy
-        else:
-            cls = CategoricalAccuracy
+        cls = _accuracy_class(loss_name, output_shape, y_shape)
         return cls(name=identifier)           # History keys use the name the user wrote
     if key not in _BY_NAME:
         raise ValueError(f"unknown metric {identifier!r}; known: accuracy, {', '.join(sorted(_BY_NAME))}")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .. import optim as _optim
 from ..backend import get_array_module
 
@@ -121,6 +123,31 @@ class Optimizer:
             self._clip()
         self.engine.step()
         self.iterations += 1
+
+    def apply_gradients(self, grads_and_vars):
+        """Keras' custom-training-loop step: `opt.apply_gradients(zip(grads, model.trainable_weights))`
+        with grads from `loss.backward()` (each weight's .grad).  The variables' .grad is cleared
+        afterwards, so the next backward() starts from zero as TensorFlow's gradients do."""
+        from ..tensor import Tensor
+        pairs = [(g, v) for g, v in grads_and_vars]
+        if self.engine is None:
+            self.build([v for _, v in pairs])
+        held = {id(p) for p in self._params}
+        for g, v in pairs:
+            if id(v) not in held:
+                raise ValueError("apply_gradients: a variable this optimizer was not built for; use one "
+                                 "optimizer per model (it is built over the first variables it is given)")
+            if g is None:
+                v.grad = None
+            else:
+                v.grad = g if isinstance(g, Tensor) else Tensor(np.asarray(g, dtype=np.float32))
+        self.step()
+        for p in self._params:
+            p.grad = None
+
+    def apply(self, grads, trainable_variables=None):
+        """Keras 3 spelling: opt.apply(grads, model.trainable_variables)."""
+        self.apply_gradients(zip(grads, trainable_variables if trainable_variables is not None else self._params))
 
     def state_dict(self):
         return {"iterations": self.iterations, "engine": self.engine.state_dict()}

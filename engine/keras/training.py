@@ -83,6 +83,8 @@ class Model(Layer):
         for layer in self.layers:
             if isinstance(layer, Model):
                 out.extend(layer._weight_layers())
+            elif hasattr(layer, "_weight_sublayers"):     # Bidirectional: its two recurrent layers
+                out.extend(layer._weight_sublayers())
             else:
                 out.append(layer)
         return out
@@ -133,7 +135,7 @@ class Model(Layer):
     # ------------------------------------------------------------------ forward
     def _forward(self, x, training, logits=False):
         """Forward pass in Keras layout; logits=True stops before a fused final activation."""
-        return self.call(x, training=training)
+        return self._call_user(x, training)
 
     def _final_activation(self):
         return None
@@ -196,10 +198,14 @@ class Model(Layer):
     def _outputs_logits(self):
         return self._fused or bool(self.loss is not None and self.loss.from_logits)
 
-    def _resolve_metrics(self):
-        if self._metrics is None:
+    def _resolve_metrics(self, y=None):
+        """The metric objects; 'accuracy' is resolved from the targets' shape when y is given (again
+        if it was first resolved without targets, e.g. by load_model), as Keras does."""
+        y_shape = None if y is None or isinstance(y, list) else tuple(np.shape(y))
+        if self._metrics is None or (y_shape is not None and not getattr(self, "_metrics_from_y", False)):
             out_shape = self.output_shape_built
-            self._metrics = [metrics_mod.get(m, self.loss.name, out_shape) for m in self._metric_ids]
+            self._metrics = [metrics_mod.get(m, self.loss.name, out_shape, y_shape) for m in self._metric_ids]
+            self._metrics_from_y = y_shape is not None
         return self._metrics
 
     def _ensure_optimizer(self):
@@ -387,7 +393,7 @@ class Model(Layer):
                 if len(validation_data) == 3:
                     val_w = self._sample_weights(vx, vy, validation_data[2], None, "fit validation_data")
                 val = (vx, vy, val_w)
-        self._resolve_metrics()
+        self._resolve_metrics(y)
         self._ensure_optimizer()
         device = self._device()
         steps = len(x) if is_batch_iterable(x) and hasattr(x, "__len__") else \
@@ -472,7 +478,7 @@ class Model(Layer):
         w = self._sample_weights(x, y, sample_weight, None, "evaluate")
         if y is None and not is_batch_iterable(x):
             raise ValueError("evaluate needs targets: model.evaluate(x_test, y_test)")
-        self._resolve_metrics()
+        self._resolve_metrics(y)
         logs = self._run_eval(x, y, int(batch_size or 32), _verbosity(verbose), w)
         if return_dict:
             return logs
@@ -521,7 +527,7 @@ class Model(Layer):
         self._require_compiled("training it")
         x, y = self._prepare(x, y, "train_on_batch")
         w = self._sample_weights(x, y, sample_weight, class_weight, "train_on_batch")
-        self._resolve_metrics()
+        self._resolve_metrics(y)
         self._ensure_optimizer()
         self.train()
         for m in self._metrics:

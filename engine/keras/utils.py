@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import random as _random
 
-__all__ = ["to_categorical", "set_random_seed"]
+__all__ = ["to_categorical", "set_random_seed", "pad_sequences"]
 
 
 def to_categorical(y, num_classes=None, dtype="float32"):
@@ -31,3 +31,34 @@ def set_random_seed(seed):
     _random.manual_seed(int(seed))
     np.random.seed(int(seed) % (2 ** 32))
     _pyrandom.seed(int(seed))
+
+
+def pad_sequences(sequences, maxlen=None, dtype="int32", padding="pre", truncating="pre", value=0.0):
+    """Keras' pad_sequences: lists of ids -> (n, maxlen) array.  As in Keras, padding and
+    truncating default to 'pre': short sequences get `value` in front, long ones lose their
+    beginning, so a recurrent layer reading left to right ends on the real last tokens."""
+    if padding not in ("pre", "post") or truncating not in ("pre", "post"):
+        raise ValueError(f"pad_sequences: padding and truncating must be 'pre' or 'post', got {padding!r}, "
+                         f"{truncating!r}")
+    seqs = [np.asarray(s) for s in sequences]
+    lengths = [len(s) for s in seqs]
+    if maxlen is None:
+        maxlen = max(lengths) if lengths else 0
+    maxlen = int(maxlen)
+    sample_shape = next((s.shape[1:] for s in seqs if len(s)), ())
+    is_str = np.issubdtype(np.dtype(dtype), np.str_) or np.dtype(dtype) == object
+    if isinstance(value, str) and not is_str:
+        raise ValueError(f"pad_sequences: value {value!r} is a string but dtype={dtype!r}")
+    out = np.full((len(seqs), maxlen) + tuple(sample_shape), value, dtype=dtype)
+    for i, s in enumerate(seqs):
+        if not len(s) or maxlen == 0:
+            continue
+        trunc = s[-maxlen:] if truncating == "pre" else s[:maxlen]
+        if trunc.shape[1:] != tuple(sample_shape):
+            raise ValueError(f"pad_sequences: sequence {i} has elements of shape {trunc.shape[1:]}, expected "
+                             f"{tuple(sample_shape)}")
+        if padding == "post":
+            out[i, :len(trunc)] = trunc
+        else:
+            out[i, -len(trunc):] = trunc
+    return out

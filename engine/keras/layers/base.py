@@ -91,6 +91,22 @@ def as_tensor_input(x, device=None) -> Tensor:
     return Tensor(arr, device=device if device not in (None, "cpu") else None)
 
 
+_TAKES_TRAINING: dict = {}
+
+
+def _takes_training(fn) -> bool:
+    ok = _TAKES_TRAINING.get(fn)
+    if ok is None:
+        import inspect
+        try:
+            params = inspect.signature(fn).parameters
+            ok = "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        except (TypeError, ValueError):
+            ok = True
+        _TAKES_TRAINING[fn] = ok
+    return ok
+
+
 class Layer(nn.Module):
     """Base of every Keras layer.  Subclasses define build(), call() and compute_output_shape()."""
 
@@ -124,9 +140,37 @@ class Layer(nn.Module):
         self.output_shape_built = None
 
     # ------------------------------------------------------------------ weights
-    def add_weight(self, name, shape, initializer="glorot_uniform", trainable=True):
-        init = initializers.get(initializer)
-        arr = np.asarray(init(tuple(shape), "float32"), dtype=np.float32)
+    def add_weight(self, name=None, shape=None, initializer=None, trainable=True, dtype=None,
+                   regularizer=None, constraint=None, **kwargs):
+        """Keras 2 (`add_weight(name, shape, ...)`) and Keras 3 (`add_weight(shape=..., initializer=...,
+        name=None)`, shape first when positional) spellings; the default initializer is Keras'
+        glorot_uniform.  A weight added without a name takes the attribute it is assigned to
+        (`self.w = self.add_weight(shape=...)` is the weight "w")."""
+        if name is not None and not isinstance(name, str):        # Keras 3: add_weight((in, out), ...)
+            if shape is not None and initializer is None:
+                initializer = shape
+            name, shape = None, name
+        if shape is None:
+            raise ValueError(f'layer "{self.name}": add_weight needs shape=(...)')
+        if regularizer is not None or constraint is not None:
+            raise ValueError(f'layer "{self.name}": add_weight regularizer / constraint are not supported')
+        if dtype not in (None, "float32", np.float32):
+            raise ValueError(f'layer "{self.name}": only float32 weights are supported, got dtype={dtype!r}')
+        kwargs.pop("autocast", None)
+        kwargs.pop("aggregation", None)
+        kwargs.pop("synchronization", None)
+        kwargs.pop("use_resource", None)
+        if kwargs:
+            raise TypeError(f"add_weight: unexpected keyword argument(s) {', '.join(sorted(kwargs))}")
+        auto = name is None
+        if auto:
+            name = "variable" if "variable" not in self._weight_names else \
+                next(f"variable_{i}" for i in range(1, 10 ** 6) if f"variable_{i}" not in self._weight_names)
+        if name in self._weight_names:
+            raise ValueError(f'layer "{self.name}": a weight named "{name}" exists already')
+        init = initializers.get(initializer if initializer is not None else "glorot_uniform")
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        arr = np.asarray(init(shape, "float32"), dtype=np.float32)
         if trainable:
             t = nn.Parameter(Tensor(arr))
             t.requires_grad = self.trainable
@@ -136,7 +180,29 @@ class Layer(nn.Module):
             t = Tensor(arr)
             self.register_buffer(name, t)
         self._weight_names.append(name)
+        if auto:
+            self.__dict__.setdefault("_auto_weight_names", set()).add(name)
         return t
+
+    def _adopt_weight_name(self, key, value):
+        """`self.w = self.add_weight(shape=...)`: rename the unnamed weight to "w"."""
+        autos = self.__dict__.get("_auto_weight_names")
+        if not autos or key in self._weight_names or not isinstance(value, Tensor):
+            return False
+        for n in list(autos):
+            if getattr(self, n, None) is value:
+                autos.discard(n)
+                i = self._weight_names.index(n)
+                self._weight_names[i] = key
+                if n in self._trainable_names:
+                    self._trainable_names.discard(n)
+                    self._trainable_names.add(key)
+                    del self._parameters[n]
+                    return False                      # Module.__setattr__ registers the Parameter as key
+                del self._buffers[n]
+                self.register_buffer(key, value)
+                return True
+        return False
 
     @property
     def weights(self):
@@ -154,10 +220,25 @@ class Layer(nn.Module):
             return self.weights
         return [getattr(self, n) for n in self._weight_names if n not in self._trainable_names]
 
+    # Keras 3 names for the same lists
+    @property
+    def variables(self):
+        return self.weights
+
+    @property
+    def trainable_variables(self):
+        return self.trainable_weights
+
+    @property
+    def non_trainable_variables(self):
+        return self.non_trainable_weights
+
     def __setattr__(self, key, value):
         if key == "trainable" and "_trainable_names" in self.__dict__:
             for n in self._trainable_names:
                 getattr(self, n).requires_grad = bool(value)
+        if "_weight_names" in self.__dict__ and self._adopt_weight_name(key, value):
+            return
         super().__setattr__(key, value)
 
     def get_weights(self):
@@ -204,8 +285,28 @@ class Layer(nn.Module):
             self.build(input_shape)
             self.built = True
             self.input_shape_built = input_shape
-        out = tuple(self.compute_output_shape(input_shape))
+        if type(self).compute_output_shape is Layer.compute_output_shape and \
+                not type(self).__module__.startswith("engine.keras"):
+            out = self._infer_output_shape(input_shape)       # a user layer: run call() as Keras does
+        else:
+            out = tuple(self.compute_output_shape(input_shape))
         self.output_shape_built = out
+        return out
+
+    def _infer_output_shape(self, input_shape):
+        """Output shape of a user-defined layer without compute_output_shape(): call it on a batch
+        of 2 zero samples (unknown axes as 1), as Keras traces call() symbolically."""
+        from ...tensor import no_grad
+        probe = np.zeros((2,) + tuple(1 if s is None else s for s in input_shape[1:]), dtype=np.float32)
+        with no_grad():
+            y = self._call_user(Tensor(probe), False)
+        if not isinstance(y, Tensor):
+            raise TypeError(f'layer "{self.name}" ({type(self).__name__}): call() must return one tensor, got '
+                            f"{type(y).__name__}")
+        unknown = [i for i, s in enumerate(input_shape) if s is None and i > 0]
+        out = (None,) + tuple(y.shape[1:])
+        if unknown and len(out) == len(input_shape):          # e.g. a free time axis stays free
+            out = tuple(None if i in unknown and out[i] == 1 else d for i, d in enumerate(out))
         return out
 
     def check_input_shape(self, shape, built=True):
@@ -264,7 +365,14 @@ class Layer(nn.Module):
         `call`; spatial and elementwise layers override this to skip transposes."""
         if layout == CF and not self.layout_agnostic:
             x, layout = to_channels_last(x), CL
-        return self.call(x, training=training), layout
+        return self._call_user(x, training), layout
+
+    def _call_user(self, x, training, **kwargs):
+        """self.call(x, training=...), leaving `training` out when call() does not take it (Keras
+        passes it only to call() signatures that have it)."""
+        if _takes_training(type(self).call):
+            return self.call(x, training=training, **kwargs)
+        return self.call(x, **kwargs)
 
     def output_activation(self):
         """Name of the activation that produces this layer's output, if any (for the fused loss)."""

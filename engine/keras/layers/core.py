@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 from ...backend import get_array_module
+from ...nn import functional as F
 from ...tensor import Tensor, from_op
 from ... import random as _random
 from .. import activations, initializers
 from .base import CF, CL, Layer, shape_str, to_channels_last
 
-__all__ = ["InputLayer", "Input", "Dense", "Embedding", "Activation", "ReLU", "Softmax", "Dropout", "Flatten",
-           "Reshape"]
+__all__ = ["InputLayer", "Input", "Dense", "Embedding", "Activation", "ReLU", "LeakyReLU", "Softmax", "Dropout",
+           "Flatten", "Reshape"]
 
 
 class InputLayer(Layer):
@@ -250,8 +251,10 @@ class Embedding(Layer):
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", embeddings_regularizer=None,
                  mask_zero=False, input_length=None, **kwargs):
         if mask_zero:
-            raise ValueError("Embedding: mask_zero (masking) is not supported; pad with a real token id and let "
-                             "the model learn it, or keep sequences unpadded")
+            raise ValueError("Embedding: mask_zero=True (masking) is not supported, and ignoring it would "
+                             "silently change results; drop mask_zero and pad with keras.utils.pad_sequences "
+                             "(padding='pre', its default, so LSTM/GRU end on the real tokens); the model "
+                             "then learns the padding id 0 like any other token")
         if embeddings_regularizer is not None:
             raise ValueError("Embedding: regularizers are not supported; use AdamW / weight_decay instead")
         if input_length is not None and "input_shape" not in kwargs and "batch_input_shape" not in kwargs:
@@ -273,7 +276,6 @@ class Embedding(Layer):
         return tuple(input_shape) + (self.output_dim,)
 
     def call(self, inputs, training=False):
-        from ...nn import functional as F
         ids = inputs.data
         xp = get_array_module(ids)
         if ids.dtype.kind == "f":
@@ -345,3 +347,21 @@ class Reshape(Layer):
     def get_config(self):
         return {**super().get_config(), "target_shape": list(self.target_shape)}
 
+
+class LeakyReLU(Layer):
+    """max(x, negative_slope * x); Keras' default slope 0.3 (`alpha=` is the Keras 2 spelling)."""
+
+    layout_agnostic = True
+
+    def __init__(self, negative_slope=0.3, alpha=None, **kwargs):
+        super().__init__(**kwargs)
+        self.negative_slope = float(alpha if alpha is not None else negative_slope)
+
+    def call(self, inputs, training=False):
+        return F.leaky_relu(inputs, self.negative_slope)
+
+    def call_internal(self, x, layout, training, final_logits=False):
+        return self.call(x, training), layout
+
+    def get_config(self):
+        return {**super().get_config(), "negative_slope": self.negative_slope}

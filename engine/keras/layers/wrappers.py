@@ -1,0 +1,147 @@
+"""Layers that wrap other computations: Bidirectional (a recurrent layer run both ways) and Lambda
+(an arbitrary function as a layer)."""
+from __future__ import annotations
+
+from .base import Layer
+
+__all__ = ["Bidirectional", "Lambda"]
+
+
+class Bidirectional(Layer):
+    """Bidirectional(LSTM(u) or GRU(u), merge_mode='concat'): the layer runs forwards and a copy
+    with go_backwards flipped runs backwards; with return_sequences the backward output is
+    reversed back so step t of both halves lines up, as in Keras.  Weights: forward then backward."""
+
+    input_ndim = 3
+
+    def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None, **kwargs):
+        from .recurrent import _Recurrent
+        if not isinstance(layer, _Recurrent):
+            raise ValueError(f"Bidirectional wraps an LSTM or GRU layer, got {type(layer).__name__}")
+        if merge_mode not in ("concat", "sum", "mul", "ave"):
+            raise ValueError(f"Bidirectional: merge_mode must be 'concat', 'sum', 'mul' or 'ave', got "
+                             f"{merge_mode!r} (merge_mode=None, two outputs, is not supported)")
+        if weights is not None:
+            raise ValueError("Bidirectional: weights= is not supported; call set_weights() after building")
+        if "batch_input_shape" not in kwargs and "input_shape" not in kwargs and layer._batch_input_shape:
+            kwargs["batch_input_shape"] = layer._batch_input_shape
+        super().__init__(**kwargs)
+        cfg = layer.get_config()
+        cfg.pop("batch_input_shape", None)
+        if backward_layer is None:
+            backward_layer = type(layer).from_config({**cfg, "name": "backward_" + layer.name,
+                                                      "go_backwards": not layer.go_backwards})
+        elif backward_layer.go_backwards == layer.go_backwards:
+            raise ValueError("Bidirectional: backward_layer must have go_backwards != the forward layer's")
+        if layer.name == cfg["name"] and not layer.name.startswith("forward_"):
+            layer.name = "forward_" + layer.name
+        self.forward_layer, self.backward_layer = layer, backward_layer
+        self.merge_mode = merge_mode
+        self.return_sequences = layer.return_sequences
+
+    # weights: the two sub-layers', forward first (Keras' order)
+    def _weight_sublayers(self):
+        return [self.forward_layer, self.backward_layer]
+
+    @property
+    def weights(self):
+        return self.forward_layer.weights + self.backward_layer.weights
+
+    @property
+    def trainable_weights(self):
+        return (self.forward_layer.trainable_weights + self.backward_layer.trainable_weights) if self.trainable else []
+
+    @property
+    def non_trainable_weights(self):
+        return self.weights if not self.trainable else []
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        k = len(self.forward_layer.weights)
+        if len(weights) != len(self.weights):
+            raise ValueError(f'layer "{self.name}" (Bidirectional) has {len(self.weights)} weights, got '
+                             f"{len(weights)} arrays")
+        self.forward_layer.set_weights(weights[:k])
+        self.backward_layer.set_weights(weights[k:])
+
+    def count_params(self):
+        return int(sum(w.size for w in self.weights))
+
+    def __setattr__(self, key, value):
+        if key == "trainable" and "_modules" in self.__dict__:
+            for sub in (self.__dict__["_modules"].get("forward_layer"), self.__dict__["_modules"].get("backward_layer")):
+                if sub is not None:
+                    sub.trainable = value
+        super().__setattr__(key, value)
+
+    def build(self, input_shape):
+        self.forward_layer._build_for(input_shape)
+        self.backward_layer._build_for(input_shape)
+
+    def expected_input_shape(self):
+        return self.forward_layer.expected_input_shape()
+
+    def compute_output_shape(self, input_shape):
+        out = list(self.forward_layer.compute_output_shape(input_shape))
+        if self.merge_mode == "concat":
+            out[-1] = 2 * out[-1]
+        return tuple(out)
+
+    def call(self, inputs, training=False):
+        from ... import ops
+        y_f = self.forward_layer.call(inputs, training=training)
+        y_b = self.backward_layer.call(inputs, training=training)
+        if self.return_sequences:
+            y_b = ops.flip(y_b, 1) if hasattr(ops, "flip") else y_b[:, ::-1]
+        if self.merge_mode == "concat":
+            return ops.concat([y_f, y_b], axis=-1)
+        if self.merge_mode == "sum":
+            return y_f + y_b
+        if self.merge_mode == "mul":
+            return y_f * y_b
+        return (y_f + y_b) * 0.5
+
+    def get_config(self):
+        from ..saving import layer_to_json
+        return {**super().get_config(), "layer": layer_to_json(self.forward_layer),
+                "backward_layer": layer_to_json(self.backward_layer), "merge_mode": self.merge_mode}
+
+    @classmethod
+    def from_config(cls, config):
+        from ..saving import layer_from_json
+        config = dict(config)
+        layer = layer_from_json(config.pop("layer"))
+        backward = layer_from_json(config.pop("backward_layer")) if "backward_layer" in config else None
+        if "batch_input_shape" in config and config["batch_input_shape"] is not None:
+            config["batch_input_shape"] = tuple(config["batch_input_shape"])
+        return cls(layer, backward_layer=backward, **config)
+
+
+class Lambda(Layer):
+    """Lambda(fn): wraps an expression on tensors (engine Tensor methods and operators:
+    `lambda t: t * 2`, `lambda t: t.mean(axis=1)`).  The output shape comes from output_shape= or
+    from calling fn on a small probe batch.  Models with a Lambda cannot be saved whole (Keras
+    needs safe_mode=False for that too); use save_weights()."""
+
+    def __init__(self, function, output_shape=None, mask=None, arguments=None, **kwargs):
+        if mask is not None:
+            raise ValueError("Lambda: mask= is not supported (no masking in this facade)")
+        super().__init__(**kwargs)
+        if not callable(function):
+            raise TypeError(f"Lambda needs a callable, got {type(function).__name__}")
+        self.function, self.arguments = function, dict(arguments or {})
+        self._output_shape = output_shape
+
+    def compute_output_shape(self, input_shape):
+        if callable(self._output_shape):
+            return tuple(self._output_shape(tuple(input_shape)))
+        if self._output_shape is not None:
+            return (input_shape[0],) + tuple(self._output_shape)
+        return self._infer_output_shape(input_shape)
+
+    def call(self, inputs, training=False):
+        return self.function(inputs, **self.arguments)
+
+    def get_config(self):
+        raise TypeError(f'layer "{self.name}" (Lambda) holds Python code, which is not saved; save the '
+                        "weights with model.save_weights() and rebuild the model in code")
