@@ -171,6 +171,10 @@ class Layer(nn.Module):
         init = initializers.get(initializer if initializer is not None else "glorot_uniform")
         shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
         arr = np.asarray(init(shape, "float32"), dtype=np.float32)
+        from ..backend import default_device
+        device = default_device()
+        if device != "cpu":          # Keras trains on the GPU when there is one (see backend.default_device)
+            arr = Tensor(arr, device=device).data
         if trainable:
             t = nn.Parameter(Tensor(arr))
             t.requires_grad = self.trainable
