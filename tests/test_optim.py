@@ -381,3 +381,19 @@ def test_scheduler_state_dict_resume(name, tmp_path):
         s2.step()
         assert s2.get_last_lr() == lrs[i]
         assert [g["lr"] for g in opt2.param_groups] == lrs[i]
+
+
+def test_a_non_contiguous_parameter_is_updated_without_the_fused_kernel():
+    """The multi-tensor kernels update flat memory in place; a parameter that is a view (found on a
+    GPU with Keras weights) takes the per-parameter path, or fused=True says why it cannot."""
+    import engine
+    from engine import nn
+    w = nn.Parameter(engine.tensor(np.ones((4, 6), np.float32)))
+    v = nn.Parameter(np.ascontiguousarray(np.ones((6, 4), np.float32)).T)
+    assert not v.data.flags.c_contiguous
+    for p in (w, v):
+        p.grad = engine.tensor(np.ones(p.shape, np.float32))
+    with pytest.raises(RuntimeError, match="non-contiguous view"):
+        optim.Adam([w, v], lr=0.1, fused=True).step()
+    optim.Adam([w, v], lr=0.1).step()
+    assert np.allclose(v.numpy(), 0.9) and np.allclose(w.numpy(), 0.9)

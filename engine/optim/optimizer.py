@@ -200,6 +200,8 @@ class Optimizer:
         kernel = _fused.lookup(self.fused_name)
         why = None if kernel is not None else "engine.kernels has no fused kernel for it"
         why = why or self._fused_unsupported(group)
+        if why is None and not all(p.data.flags.c_contiguous for p in params):
+            why = "a parameter is a non-contiguous view (the kernel updates flat memory in place)"
         if why is not None:
             if mode is True:
                 raise RuntimeError(f"{type(self).__name__}(fused=True) cannot run fused: {why}; "
