@@ -354,7 +354,10 @@ class Layer(nn.Module):
         if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], KerasTensor):
             raise ValueError(f'layer "{self.name}" ({type(self).__name__}) takes one input; merge a list of '
                              "tensors with layers.Add / layers.Concatenate first")
-        x = inputs if isinstance(inputs, Tensor) else as_tensor_input(inputs, self._device())
+        device = self._device()
+        x = inputs if isinstance(inputs, Tensor) else as_tensor_input(inputs, device)
+        if x.device != device:          # Keras moves inputs to where the layer's weights are
+            x = x.to(device)
         if training is None:
             training = self.training
         if not self.built:
@@ -383,9 +386,11 @@ class Layer(nn.Module):
         return None
 
     def _device(self):
+        """Where this layer's weights are, or will be created (keras.backend.default_device)."""
         for w in self.weights:
             return w.device
-        return None
+        from ..backend import default_device
+        return default_device()
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict:
