@@ -1,6 +1,8 @@
 """keras.backend: the few helpers Keras programs call, and where Keras models keep their weights."""
 from __future__ import annotations
 
+import os
+
 from .layers.base import clear_session
 
 __all__ = ["clear_session", "backend", "floatx", "epsilon", "default_device", "set_device"]
@@ -14,8 +16,15 @@ def default_device() -> str:
     Keras itself trains on the first GPU whenever there is one.  Here that is opt-in
     (`keras.backend.set_device("cuda")`): on an H200, Sequential CNNs train, evaluate, predict,
     save and load on the GPU with the CPU's results, but recurrent, Bidirectional and multi-input
-    functional models, and layers called directly on NumPy arrays, still failed there."""
-    return _device_override or "cpu"
+    functional models, and layers called directly on NumPy arrays, still failed there.
+    `DPTRAIN_KERAS_DEVICE=cuda` opts in without changing the program."""
+    if _device_override is not None:
+        return _device_override
+    env = os.environ.get("DPTRAIN_KERAS_DEVICE", "").strip()
+    if env:
+        from .. import backend as engine_backend
+        return str(engine_backend.parse_device(env))
+    return "cpu"
 
 
 def set_device(device: str | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...backend import get_array_module
 from ...tensor import Tensor
 from .base import Layer, shape_str
 
@@ -41,8 +42,9 @@ class Normalization(Layer):
         self.add_weight("mean", shape, "zeros", trainable=False)
         self.add_weight("variance", shape, "ones", trainable=False)
         if self._init_mean is not None:
-            self.mean.data[...] = np.broadcast_to(np.asarray(self._init_mean, np.float32), shape)
-            self.variance.data[...] = np.broadcast_to(np.asarray(self._init_var, np.float32), shape)
+            xp = get_array_module(self.mean.data)
+            self.mean.data[...] = xp.asarray(np.broadcast_to(np.asarray(self._init_mean, np.float32), shape))
+            self.variance.data[...] = xp.asarray(np.broadcast_to(np.asarray(self._init_var, np.float32), shape))
 
     def adapt(self, data, batch_size=None, steps=None):
         """Compute mean and variance of `data` (an array of samples) over every axis but `axis`."""
@@ -56,8 +58,9 @@ class Normalization(Layer):
         axes = {a % nd for a in self.axis}
         red = tuple(a for a in range(nd) if a not in axes)
         shape = self.mean.shape
-        self.mean.data[...] = arr.mean(axis=red).reshape(shape).astype(np.float32)
-        self.variance.data[...] = arr.var(axis=red).reshape(shape).astype(np.float32)
+        xp = get_array_module(self.mean.data)       # the weights may live on a GPU
+        self.mean.data[...] = xp.asarray(arr.mean(axis=red).reshape(shape).astype(np.float32))
+        self.variance.data[...] = xp.asarray(arr.var(axis=red).reshape(shape).astype(np.float32))
 
     def expected_input_shape(self):
         s = self.input_shape_built
