@@ -14,9 +14,9 @@ def default_device() -> str:
     """Where new Keras weights (and so training) go: the CPU unless `set_device` says otherwise.
 
     Keras itself trains on the first GPU whenever there is one.  Here that is opt-in
-    (`keras.backend.set_device("cuda")`): on an H200, Sequential CNNs train, evaluate, predict,
-    save and load on the GPU with the CPU's results, but recurrent, Bidirectional and multi-input
-    functional models, and layers called directly on NumPy arrays, still failed there.
+    (`keras.backend.set_device("cuda")`) until the whole facade has passed on a GPU: on an H200,
+    Sequential CNNs and recurrent text models trained there with the CPU's results, while a
+    two-input functional model and DataLoader inputs still failed (README, Keras facade).
     `DPTRAIN_KERAS_DEVICE=cuda` opts in without changing the program."""
     if _device_override is not None:
         return _device_override

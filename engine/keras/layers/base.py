@@ -81,10 +81,11 @@ def as_tensor_input(x, device=None) -> Tensor:
     """numpy (uint8, float64, ...) / lists / Tensors -> float32 Tensor, as Keras casts its inputs."""
     if isinstance(x, Tensor):
         if x.dtype.kind == "f" and x.dtype != np.float32:
-            return x.astype(np.float32)
-        if x.dtype.kind != "f":
-            return Tensor(x.data.astype(np.float32))
-        return x
+            x = x.astype(np.float32)
+        elif x.dtype.kind != "f":
+            x = Tensor(x.data.astype(np.float32))
+        # a DataLoader's batches are on the CPU: Keras moves inputs to the model's device
+        return x.to(device) if device is not None and x.device != device else x
     arr = np.asarray(x) if not hasattr(x, "__cuda_array_interface__") else x
     if arr.dtype != np.float32:
         arr = arr.astype(np.float32)
@@ -303,7 +304,7 @@ class Layer(nn.Module):
         from ...tensor import no_grad
         probe = np.zeros((2,) + tuple(1 if s is None else s for s in input_shape[1:]), dtype=np.float32)
         with no_grad():
-            y = self._call_user(Tensor(probe), False)
+            y = self._call_user(Tensor(probe, device=self._device()), False)
         if not isinstance(y, Tensor):
             raise TypeError(f'layer "{self.name}" ({type(self).__name__}): call() must return one tensor, got '
                             f"{type(y).__name__}")
