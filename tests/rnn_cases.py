@@ -5,6 +5,8 @@ gradient, with the numpy layers of engine.nn._rnn.
 """
 import numpy as np
 
+import engine
+from engine import nn
 from engine.kernels import rnn_step as R
 from engine.nn import _rnn
 
@@ -125,3 +127,20 @@ def check_rnn(launcher, dtype, nonlinearity, bias=True, needs=(True, True, True,
         assert (r is None) == (x is None)
         if r is not None:
             close(x, r, rel)
+
+
+class WithState(nn.Module):
+    """A recurrent layer run from learned initial states: the dh0 / dc0 paths and a non-zero h_0."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+        shape = (layer.num_layers * (2 if layer.bidirectional else 1), 3, layer.hidden_size)
+        self.h0 = nn.Parameter(engine.randn(*shape) * 0.5)
+        if isinstance(layer, nn.LSTM):
+            self.c0 = nn.Parameter(engine.randn(*shape) * 0.5)
+
+    def forward(self, x):
+        state = (self.h0, self.c0) if isinstance(self.layer, nn.LSTM) else self.h0
+        out, _ = self.layer(x, state)
+        return out

@@ -16,6 +16,7 @@ import engine
 import engine.nn as nn
 import engine.nn.functional as F
 from engine import backend, optim
+from rnn_cases import WithState
 
 DEVICE = os.environ.get("DPTRAIN_TEST_DEVICE", "cuda:0")
 pytestmark = [pytest.mark.gpu,
@@ -114,30 +115,14 @@ LAYERS = [  # name, builder, input shape or (array maker), tolerance
     ("RNN", lambda: nn.RNN(8, 16), (6, 3, 8)),
     # the recurrent layers' fused GPU path (engine.kernels.rnn_step): no bias, reverse direction, given states
     ("LSTM no bias bidirectional", lambda: nn.LSTM(8, 16, bias=False, bidirectional=True), (6, 3, 8)),
-    ("LSTM with state", lambda: _WithState(nn.LSTM(8, 16, batch_first=True)), (3, 6, 8)),
+    ("LSTM with state", lambda: WithState(nn.LSTM(8, 16, batch_first=True)), (3, 6, 8)),
     ("seed LSTM", lambda: nn.LSTM(28, 128, batch_first=True), (16, 28, 28)),
-    ("GRU no bias with state", lambda: _WithState(nn.GRU(8, 16, bias=False)), (6, 3, 8)),
-    ("RNN relu with state", lambda: _WithState(nn.RNN(8, 16, nonlinearity="relu", batch_first=True)), (3, 6, 8)),
+    ("GRU no bias with state", lambda: WithState(nn.GRU(8, 16, bias=False)), (6, 3, 8)),
+    ("RNN relu with state", lambda: WithState(nn.RNN(8, 16, nonlinearity="relu", batch_first=True)), (3, 6, 8)),
     ("MultiheadAttention", lambda: _SelfAttention(), (2, 5, 16)),
     ("TransformerEncoderLayer", lambda: nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0,
                                                                     batch_first=True), (2, 5, 16)),
 ]
-
-
-class _WithState(nn.Module):
-    """A recurrent layer run from learned initial states (batch 3): covers dh0 / dc0 and a non-zero h_0."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-        shape = (layer.num_layers * (2 if layer.bidirectional else 1), 3, layer.hidden_size)
-        self.h0 = nn.Parameter(engine.randn(*shape) * 0.5)
-        if isinstance(layer, nn.LSTM):
-            self.c0 = nn.Parameter(engine.randn(*shape) * 0.5)
-
-    def forward(self, x):
-        state = (self.h0, self.c0) if isinstance(self.layer, nn.LSTM) else self.h0
-        return self.layer(x, state)[0]
 
 
 class _SelfAttention(nn.Module):

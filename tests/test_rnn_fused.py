@@ -12,7 +12,8 @@ import engine.nn as nn
 from engine.kernels import _runtime as rt
 from engine.kernels import rnn_step as R
 from engine.nn import _rnn
-from rnn_cases import DTYPES, SEED_LSTM, check_gru, check_lstm, check_rnn, close, lstm_case, rand_array
+from rnn_cases import (DTYPES, SEED_LSTM, WithState, check_gru, check_lstm, check_rnn, close, lstm_case,
+                       rand_array)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias,h0_is_zero,needs", [
@@ -71,23 +72,6 @@ def test_numpy_arrays_keep_the_numpy_path():
 
 
 # ------------------------------------------------------------------------------------------ whole modules
-
-
-class WithState(nn.Module):
-    """A recurrent layer run from learned initial states: the dh0 / dc0 paths and a non-zero h_0."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-        shape = (layer.num_layers * (2 if layer.bidirectional else 1), 3, layer.hidden_size)
-        self.h0 = nn.Parameter(engine.randn(*shape) * 0.5)
-        if isinstance(layer, nn.LSTM):
-            self.c0 = nn.Parameter(engine.randn(*shape) * 0.5)
-
-    def forward(self, x):
-        state = (self.h0, self.c0) if isinstance(self.layer, nn.LSTM) else self.h0
-        out, _ = self.layer(x, state)
-        return out
 
 
 MODULES = [

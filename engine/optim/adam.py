@@ -50,13 +50,7 @@ class Adam(MomentsOptimizer):
                 g = tmp2
         (tmp,) = self._tmp(p)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        xp.subtract(g, m, out=tmp)
-        tmp *= 1.0 - beta1
-        m += tmp
-        v *= beta2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1.0 - beta2
-        v += tmp
+        self._update_moments(xp, g, m, v, beta1, beta2, tmp)
         if group["amsgrad"]:
             vmax = state.get("max_exp_avg_sq")
             if vmax is None:                                  # amsgrad switched on after start

@@ -47,13 +47,7 @@ class _AdamFamily(MomentsOptimizer):
                 tmp2 += g
                 g = tmp2
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        xp.subtract(g, m, out=tmp)
-        tmp *= 1.0 - beta1
-        m += tmp
-        v *= beta2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1.0 - beta2
-        v += tmp
+        self._update_moments(xp, g, m, v, beta1, beta2, tmp)
         return g
 
 

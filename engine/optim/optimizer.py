@@ -336,7 +336,19 @@ def _check_betas(betas):
 
 
 class MomentsOptimizer(Optimizer):
-    """The checks every Adam-style optimizer (two betas, an epsilon) makes on a param group."""
+    """The checks every Adam-style optimizer (two betas, an epsilon) makes on a param group, and
+    the first/second moment update they share."""
+
+    @staticmethod
+    def _update_moments(xp, g, m, v, beta1: float, beta2: float, tmp) -> None:
+        """m += (1 - beta1) (g - m);  v = beta2 v + (1 - beta2) g^2, in place (tmp is scratch)."""
+        xp.subtract(g, m, out=tmp)
+        tmp *= 1.0 - beta1
+        m += tmp
+        v *= beta2
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - beta2
+        v += tmp
 
     def _validate(self, group):
         super()._validate(group)
