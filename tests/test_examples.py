@@ -71,3 +71,24 @@ def test_keras_data_parallel_example_under_dptrain_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[rank 0] Test accuracy:" in proc.stdout and "workers: 2" in proc.stdout
     assert "[rank 1] Test accuracy" not in proc.stdout           # only rank 0 reports
+
+
+@pytest.mark.timeout(90)
+def test_torch_ddp_example_runs_alone():
+    acc, out = run_example("torch_ddp.py", "--epochs", "1", "--limit", "1500", "--test-limit", "500")
+    assert "workers: 1" in out and acc > 0.5
+
+
+@pytest.mark.timeout(120)
+def test_torch_ddp_example_under_dptrain_launch(tmp_path):
+    """The PyTorch DDP tutorial's program (imports changed) on 2 workers, like torchrun."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DPTRAIN_", "OMPI_", "PMI_", "HYDRA_"))}
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DPTRAIN_OFFLINE="1", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-m", "launcher", "launch", "-n", "2", "--backend", "zmq",
+                           "--output", str(tmp_path / "run"), os.path.join(REPO, "examples", "torch_ddp.py"),
+                           "--data", _embedded_dir(), "--epochs", "1", "--limit", "1500", "--test-limit", "500"],
+                          env=env, capture_output=True, text=True, timeout=110, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = re.search(r"^\[rank 0\] Test accuracy: ([0-9.]+)$", proc.stdout, re.M)
+    assert m and float(m.group(1)) > 0.5 and "[rank 0] workers: 2" in proc.stdout
+    assert (tmp_path / "run" / "torch_ddp.safetensors").exists()     # rank 0's model.module.state_dict()
