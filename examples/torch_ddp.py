@@ -54,6 +54,9 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+    # the run directory under dptrain, else runs/torch_ddp (the tutorial writes next to itself)
+    save_dir = os.environ.get("DPTRAIN_RUN_DIR") or os.path.join("runs", "torch_ddp")
+    os.makedirs(save_dir, exist_ok=True)
     root = data_root(args.data)
     train_set = datasets.FashionMNIST(root=root, train=True)
     test_set = datasets.FashionMNIST(root=root, train=False)
@@ -87,8 +90,7 @@ def main(argv=None):
                       flush=True)
         scheduler.step()
         if rank == 0:
-            torch.save(model.module.state_dict(), os.path.join(os.environ.get("DPTRAIN_RUN_DIR", "."),
-                                                               "torch_ddp.safetensors"))
+            torch.save(model.module.state_dict(), os.path.join(save_dir, "torch_ddp.safetensors"))
 
     model.eval()
     correct = torch.zeros(1)

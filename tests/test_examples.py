@@ -14,11 +14,11 @@ def _embedded_dir():
     return EMBEDDED_DIR
 
 
-def run_example(script, *flags, timeout=60):
+def run_example(script, *flags, timeout=60, cwd=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                DPTRAIN_OFFLINE="1", PYTHONPATH=REPO)
     cmd = [sys.executable, os.path.join(REPO, "examples", script), "--data", _embedded_dir(), *flags]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     m = re.search(r"^Test accuracy: ([0-9.]+)$", proc.stdout, re.M)
     assert m, f"{script} printed no test accuracy:\n{proc.stdout[-2000:]}"
@@ -74,9 +74,10 @@ def test_keras_data_parallel_example_under_dptrain_run(tmp_path):
 
 
 @pytest.mark.timeout(90)
-def test_torch_ddp_example_runs_alone():
-    acc, out = run_example("torch_ddp.py", "--epochs", "1", "--limit", "1500", "--test-limit", "500")
+def test_torch_ddp_example_runs_alone(tmp_path):
+    acc, out = run_example("torch_ddp.py", "--epochs", "1", "--limit", "1500", "--test-limit", "500", cwd=tmp_path)
     assert "workers: 1" in out and acc > 0.5
+    assert (tmp_path / "runs" / "torch_ddp" / "torch_ddp.safetensors").exists()
 
 
 @pytest.mark.timeout(120)
