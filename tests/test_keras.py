@@ -200,7 +200,7 @@ def test_model_trains_on_logits_but_predicts_probabilities(fmnist):
     assert m._fused
     x = x_train[:64].astype(np.float32)
     with engine.no_grad():
-        logits = m._forward(engine.tensor(x), training=False, logits=True).numpy()
+        logits = m._forward(engine.tensor(x, device=m._device()), training=False, logits=True).numpy()
     probs = m.predict(x, verbose=0)
     e = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
@@ -405,9 +405,9 @@ def test_fused_conv_relu_pool_and_dense_match_layer_by_layer():
         for w in m.weights:
             w.grad = None
         if fused:
-            logits = m._forward(engine.tensor(x), training=True, logits=True)
+            logits = m._forward(engine.tensor(x, device=m._device()), training=True, logits=True)
         else:
-            t = engine.tensor(x)
+            t = engine.tensor(x, device=m._device())
             for layer in m.layers[:-1]:
                 t = layer(t, training=True)
             t = t @ m.layers[-1].kernel + m.layers[-1].bias

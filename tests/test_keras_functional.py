@@ -118,7 +118,11 @@ def test_two_input_model_trains_from_a_list_or_a_dict_and_saves(tmp_path):
     loss, acc = model.evaluate({"meta": meta, "image": img}, y, verbose=0)      # a dict by input name
     assert acc > 0.85
     p_list = model.predict([img, meta], verbose=0)
-    np.testing.assert_array_equal(p_list, model.predict({"image": img, "meta": meta}, batch_size=7, verbose=0))
+    p_dict = model.predict({"image": img, "meta": meta}, batch_size=7, verbose=0)
+    if model._device() == "cpu":        # row-independent BLAS: the batch size changes no bit
+        np.testing.assert_array_equal(p_list, p_dict)
+    else:                               # GPU matrix products differ in the last bit between batch sizes
+        np.testing.assert_allclose(p_list, p_dict, rtol=1e-5, atol=1e-6)
     assert p_list.shape == (256, 2)
     path = tmp_path / "two.keras"
     model.save(path)

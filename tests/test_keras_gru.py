@@ -53,7 +53,7 @@ def test_gru_gradients_reach_keras_layout_weights():
     kernel, recurrent, bias = (w.astype(np.float64) for w in layer.get_weights())
 
     def f(k, r, b):
-        h = _keras_gru_reference(x.data.astype(np.float64), k, r, b)
+        h = _keras_gru_reference(x.numpy().astype(np.float64), k, r, b)
         return float((h * h).sum())
     eps = 1e-4
     for param, idx, which in ((layer.kernel, (1, 4), 0), (layer.recurrent_kernel, (2, 7), 1), (layer.bias, (1, 8), 2)):
@@ -62,7 +62,7 @@ def test_gru_gradients_reach_keras_layout_weights():
         up = f(*args)
         args[which][idx] -= 2 * eps
         numeric = (up - f(*args)) / (2 * eps)
-        assert param.grad.data[idx] == pytest.approx(numeric, rel=2e-3, abs=1e-5)
+        assert float(param.grad.numpy()[idx]) == pytest.approx(numeric, rel=2e-3, abs=1e-5)
 
 
 def test_gru_text_model_trains_and_saves(tmp_path):
