@@ -268,11 +268,17 @@ class MpiGroup(Group):
         real = [r for r in bad if r["exit_code"] != EXIT_PEER_FAILURE]
         gone = self._vanished(results)
         if gone and not real:   # its peers' exits are echoes (75) of this one
-            r = min(gone, key=lambda g: float(g.get("time", 0)))
-            rank = int(r["rank"])
-            return Failure(rank, exit_code_of(mpiexec_code or 137),
-                           f"its launcher.mpiworker (pid {r['pid']}) was killed before the rank finished",
-                           tail_file(self.job.run.rank_log(rank)))
+            code = exit_code_of(mpiexec_code or 137)
+            if len(gone) == 1:
+                rank = int(gone[0]["rank"])
+                return Failure(rank, code, f"its launcher.mpiworker (pid {gone[0]['pid']}) was killed before the "
+                                           f"rank finished", tail_file(self.job.run.rank_log(rank)))
+            # mpiexec kills the other ranks' processes once one is gone: which went first is not recorded
+            ranks = ", ".join(str(int(g["rank"])) for g in sorted(gone, key=lambda g: int(g["rank"])))
+            pids = ", ".join(str(g["pid"]) for g in sorted(gone, key=lambda g: int(g["rank"])))
+            return Failure(None, code, f"the launcher.mpiworker processes of ranks {ranks} (pids {pids}) were "
+                                       f"killed before their ranks finished (mpiexec stops the others once one "
+                                       f"is gone, so one of them is the cause)", [])
         if bad:
             seen = {int(r["rank"]): float(r.get("time", 0)) for r in bad}
             rank, rc = root_cause([(int(r["rank"]), int(r["exit_code"])) for r in bad], seen)

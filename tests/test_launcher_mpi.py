@@ -256,7 +256,10 @@ def test_a_killed_mpiworker_shim_is_named_and_takes_its_worker_along(tmp_path):
     os.kill(record["pid"], signal.SIGKILL)
     out, err = proc.communicate(timeout=40)
     assert proc.returncode != 0
-    assert f"rank 1 failed: its launcher.mpiworker (pid {record['pid']}) was killed" in err, err
+    # named alone, or (when mpiexec killed the other shim before the launcher looked) among the killed
+    assert (f"rank 1 failed: its launcher.mpiworker (pid {record['pid']}) was killed" in err
+            or re.search(rf"launcher.mpiworker processes of ranks 0, 1 \(pids \d+, {record['pid']}\) were killed",
+                         err)), err
     for _ in range(50):                      # the worker went with its shim
         try:
             os.kill(worker, 0)
@@ -265,3 +268,21 @@ def test_a_killed_mpiworker_shim_is_named_and_takes_its_worker_along(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"worker {worker} outlived its killed shim")
+
+
+def test_several_killed_shims_are_all_named():
+    """mpiexec kills the other ranks' processes once one is gone, often before the launcher looks:
+    then every vanished rank is named rather than one picked at random."""
+    import socket
+    from launcher.mpirun import MpiGroup
+    dead = []
+    for _ in range(2):
+        p = subprocess.Popen([sys.executable, "-c", "pass"])
+        p.wait()
+        dead.append(p.pid)
+    group = object.__new__(MpiGroup)
+    results = [{"rank": r, "exit_code": None, "host": socket.gethostname(), "pid": pid, "time": 1.0}
+               for r, pid in enumerate(dead)] + [{"rank": 2, "exit_code": 75, "host": "x", "pid": 1}]
+    failure = group._failure(results, 9)
+    assert failure.rank is None and failure.exit_code == 9
+    assert f"launcher.mpiworker processes of ranks 0, 1 (pids {dead[0]}, {dead[1]}) were killed" in failure.reason
