@@ -197,11 +197,6 @@ def _input_projection(x, w, b):
     return xw
 
 
-def lstm_perm(H, xp):
-    """Row permutation i, f, g, o -> i, f, o, g (the three sigmoid gates first), as in engine.nn._rnn."""
-    return xp.concatenate([xp.arange(0, 2 * H), xp.arange(3 * H, 4 * H), xp.arange(2 * H, 3 * H)])
-
-
 # ------------------------------------------------------------------------------------------ LSTM
 
 
@@ -213,7 +208,8 @@ def lstm_forward_gpu(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False, launcher=None):
     H = w_hh.shape[1]
     dt = w_ih.dtype
     rt.float_suffix(dt)
-    perm = lstm_perm(H, xp)
+    from ..nn._rnn import _lstm_perm     # the numpy path's gate order (engine.nn is loaded by now)
+    perm = _lstm_perm(H, xp)
     w_ih_p, w_hh_p = w_ih[perm], w_hh[perm]
     xw = _input_projection(x, w_ih_p, None if b is None else b[perm])
     hc = xp.empty((T + 2, N, H), dtype=dt)      # h_0 .. h_T, then c_T: the packed output is the view hc[1:]

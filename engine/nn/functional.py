@@ -924,6 +924,26 @@ def _grad_scale(g, reduction, n):
     return g / _f(g.dtype, max(n, 1)) if reduction in ("mean", "batchmean") else g
 
 
+def _weighted_pointwise_loss(x, t, per, w, reduction, name, dx_fn, dt_fn):
+    """The node of an elementwise loss: `per` (unweighted, per element) times the constant weight
+    `w`, reduced; backward scales by the reduction and `w`, then asks dx_fn(gs) / dt_fn(gs) for
+    the input's and the target's gradients (each only when that side requires grad)."""
+    xp = get_array_module(per)
+    if w is not None:
+        per = per * w
+    out = _reduce_loss(per, reduction, xp)
+    n, tdtype = per.size, t.dtype
+
+    def backward(g):
+        gs = _grad_scale(g, reduction, n)
+        if w is not None:
+            gs = gs * w
+        dx = dx_fn(gs) if x.requires_grad else None
+        dtt = _back_dtype(dt_fn(gs), tdtype) if t.requires_grad else None
+        return dx, dtt
+    return from_op(out, (x, t), backward, name)
+
+
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
                                      reduction="mean", pos_weight=None):
     """Sigmoid + binary cross-entropy on logits in one stable node:
@@ -944,24 +964,12 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     sp = _softplus_array(-xd, xp)                   # -log sigmoid(x)
     lw = None if pw is None else one + (pw - one) * td
     per = (one - td) * xd + (sp if lw is None else lw * sp)
-    if w is not None:
-        per = per * w
-    out = _reduce_loss(per, reduction, xp)
-    n = per.size
-    tdtype = t.dtype
 
-    def backward(g):
-        gs = _grad_scale(g, reduction, n)
-        if w is not None:
-            gs = gs * w
-        dx = dtt = None
-        if x.requires_grad:
-            s = _sigmoid_array(xd, xp)
-            dx = (s - td if lw is None else (one - td) - lw * (one - s)) * gs
-        if t.requires_grad:
-            dtt = _back_dtype((-xd if pw is None else (pw - one) * sp - xd) * gs, tdtype)
-        return dx, dtt
-    return from_op(out, (x, t), backward, name)
+    def dx_fn(gs):
+        s = _sigmoid_array(xd, xp)
+        return (s - td if lw is None else (one - td) - lw * (one - s)) * gs
+    return _weighted_pointwise_loss(x, t, per, w, reduction, name, dx_fn,
+                                    lambda gs: (-xd if pw is None else (pw - one) * sp - xd) * gs)
 
 
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None, reduction="mean"):
@@ -984,23 +992,10 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
         lx = xp.maximum(xp.log(xd), floor)
         l1x = xp.maximum(xp.log1p(-xd), floor)
     per = -(td * lx + (one - td) * l1x)
-    if w is not None:
-        per = per * w
-    out = _reduce_loss(per, reduction, xp)
-    n = per.size
-    tdtype = t.dtype
-
-    def backward(g):
-        gs = _grad_scale(g, reduction, n)
-        if w is not None:
-            gs = gs * w
-        dx = dtt = None
-        if x.requires_grad:
-            dx = (xd - td) / xp.maximum((one - xd) * xd, _f(dt, 1e-12)) * gs
-        if t.requires_grad:
-            dtt = _back_dtype((l1x - lx) * gs, tdtype)
-        return dx, dtt
-    return from_op(out, (x, t), backward, name)
+    return _weighted_pointwise_loss(
+        x, t, per, w, reduction, name,
+        lambda gs: (xd - td) / xp.maximum((one - xd) * xd, _f(dt, 1e-12)) * gs,
+        lambda gs: (l1x - lx) * gs)
 
 
 def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_target=False):
