@@ -30,7 +30,7 @@ from .placement import nodes_per_rank
 from .supervise import root_cause, Failure, Group, Supervisor, describe_exit, exit_code_of, tail_file
 
 __all__ = ["MpiError", "find_mpiexec", "mpi_flavor", "hostfile_text", "build_command", "MpiGroup", "run_mpirun",
-           "describe_dry_run"]
+           "describe_dry_run", "read_rank_results", "vanished_ranks", "diagnose"]
 
 
 class MpiError(RuntimeError):
@@ -179,6 +179,67 @@ def _env_for_mpiexec(job: Job, attempt: int) -> dict[str, str]:
     return env
 
 
+def read_rank_results(status_dir: str) -> list[dict]:
+    """The shims' RUN_DIR/status/rankN.json records (exit_code None: started, not finished)."""
+    out = []
+    try:
+        names = os.listdir(status_dir)
+    except OSError:
+        return out
+    for n in names:
+        if re.fullmatch(r"rank\d+\.json", n):
+            try:
+                with open(os.path.join(status_dir, n)) as f:
+                    out.append(json.load(f))
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def vanished_ranks(results: list[dict]) -> list[dict]:
+    """Ranks whose shim (on this host) started and is gone without a final record: it was killed
+    (mpiexec then reports only its own exit code, naming no rank)."""
+    here = socket.gethostname()
+    gone = []
+    for r in results:
+        if r.get("exit_code") is None and r.get("host") == here and isinstance(r.get("pid"), int):
+            try:
+                os.kill(r["pid"], 0)
+            except ProcessLookupError:
+                gone.append(r)
+            except PermissionError:
+                pass
+    return gone
+
+
+def diagnose(results: list[dict], mpiexec_code: int | None, rank_log) -> Failure:
+    """Which rank made an mpiexec/srun launch fail, and how, from the shims' status records.
+
+    rank_log(rank) -> path of that rank's log (for the tail).  Shared by `dptrain mpirun` and the
+    launch scripts (through launcher.postmortem), so both name the same rank the same way.  (MPICH's
+    termination banner names a PID too, but not reliably the first to die: it is not used.)"""
+    bad = [r for r in results if r.get("exit_code")]
+    real = [r for r in bad if r["exit_code"] != EXIT_PEER_FAILURE]
+    gone = vanished_ranks(results)
+    if gone and not real:   # its peers' exits are echoes (75) of this one
+        code = exit_code_of(mpiexec_code or 137)
+        if len(gone) == 1:
+            rank = int(gone[0]["rank"])
+            return Failure(rank, code, f"its launcher.mpiworker (pid {gone[0]['pid']}) was killed before the "
+                                       f"rank finished", tail_file(rank_log(rank)))
+        # mpiexec kills the other ranks' processes once one is gone: which went first is not recorded
+        ranks = ", ".join(str(int(g["rank"])) for g in sorted(gone, key=lambda g: int(g["rank"])))
+        pids = ", ".join(str(g["pid"]) for g in sorted(gone, key=lambda g: int(g["rank"])))
+        return Failure(None, code, f"the launcher.mpiworker processes of ranks {ranks} (pids {pids}) were "
+                                   f"killed before their ranks finished (mpiexec stops the others once one "
+                                   f"is gone, so one of them is the cause)", [])
+    if bad:
+        seen = {int(r["rank"]): float(r.get("time", 0)) for r in bad}
+        rank, rc = root_cause([(int(r["rank"]), int(r["exit_code"])) for r in bad], seen)
+        return Failure(rank, rc, describe_exit(rc), tail_file(rank_log(rank)))
+    return Failure(None, exit_code_of(mpiexec_code or 1), f"mpiexec exited with code {mpiexec_code}", [])
+
+
 class MpiGroup(Group):
     """One mpiexec process running all ranks; per-rank exit codes come from the shims' status files."""
 
@@ -220,19 +281,7 @@ class MpiGroup(Group):
             t.start()
 
     def _rank_results(self) -> list[dict]:
-        out = []
-        try:
-            names = os.listdir(self.status_dir)
-        except OSError:
-            return out
-        for n in names:
-            if re.fullmatch(r"rank\d+\.json", n):
-                try:
-                    with open(os.path.join(self.status_dir, n)) as f:
-                        out.append(json.load(f))
-                except (OSError, ValueError):
-                    pass
-        return out
+        return read_rank_results(self.status_dir)
 
     def poll(self) -> tuple[bool, Failure | None]:
         if self.proc is None:
@@ -241,49 +290,15 @@ class MpiGroup(Group):
         if code is None:
             results = self._rank_results()
             bad = [r for r in results if r.get("exit_code")]
-            if bad or self._vanished(results):  # a rank failed but mpiexec has not noticed yet
+            if bad or vanished_ranks(results):  # a rank failed but mpiexec has not noticed yet
                 return False, self._failure(results, None)
             return False, None
         if code == 0:
             return True, None
         return False, self._failure(self._rank_results(), code)
 
-    def _vanished(self, results: list[dict]) -> list[dict]:
-        """Ranks whose shim (on this host) started and is gone without a final record: it was killed
-        (mpiexec then reports only its own exit code, naming no rank)."""
-        here = socket.gethostname()
-        gone = []
-        for r in results:
-            if r.get("exit_code") is None and r.get("host") == here and isinstance(r.get("pid"), int):
-                try:
-                    os.kill(r["pid"], 0)
-                except ProcessLookupError:
-                    gone.append(r)
-                except PermissionError:
-                    pass
-        return gone
-
     def _failure(self, results: list[dict], mpiexec_code: int | None) -> Failure:
-        bad = [r for r in results if r.get("exit_code")]
-        real = [r for r in bad if r["exit_code"] != EXIT_PEER_FAILURE]
-        gone = self._vanished(results)
-        if gone and not real:   # its peers' exits are echoes (75) of this one
-            code = exit_code_of(mpiexec_code or 137)
-            if len(gone) == 1:
-                rank = int(gone[0]["rank"])
-                return Failure(rank, code, f"its launcher.mpiworker (pid {gone[0]['pid']}) was killed before the "
-                                           f"rank finished", tail_file(self.job.run.rank_log(rank)))
-            # mpiexec kills the other ranks' processes once one is gone: which went first is not recorded
-            ranks = ", ".join(str(int(g["rank"])) for g in sorted(gone, key=lambda g: int(g["rank"])))
-            pids = ", ".join(str(g["pid"]) for g in sorted(gone, key=lambda g: int(g["rank"])))
-            return Failure(None, code, f"the launcher.mpiworker processes of ranks {ranks} (pids {pids}) were "
-                                       f"killed before their ranks finished (mpiexec stops the others once one "
-                                       f"is gone, so one of them is the cause)", [])
-        if bad:
-            seen = {int(r["rank"]): float(r.get("time", 0)) for r in bad}
-            rank, rc = root_cause([(int(r["rank"]), int(r["exit_code"])) for r in bad], seen)
-            return Failure(rank, rc, describe_exit(rc), tail_file(self.job.run.rank_log(rank)))
-        return Failure(None, exit_code_of(mpiexec_code or 1), f"mpiexec exited with code {mpiexec_code}", [])
+        return diagnose(results, mpiexec_code, self.job.run.rank_log)
 
     def close(self) -> None:
         """After the last attempt: remove the /dev/shm segments that killed ranks left behind."""

@@ -15,7 +15,7 @@ import sys
 import time
 
 from cluster.config import dump_config
-from cluster.worker import EXIT_CONFIG, EXIT_PEER_FAILURE
+from cluster.worker import EXIT_CONFIG
 
 from .job import Job, placement_json, worker_command
 from .mpirun import build_command, find_mpiexec, hostfile_text, mpi_flavor
@@ -60,8 +60,7 @@ def _common_exports(job: Job, backend: str, launcher: str) -> str:
 
 def _loop(launch: str) -> str:
     """The attempt loop around one launch line (restarts, root-cause exit code)."""
-    return (_LOOP.replace("LAUNCH_LINE", launch).replace("EXIT_PEER_FAILURE_CODE", str(EXIT_PEER_FAILURE))
-            .replace("EXIT_CONFIG_CODE", str(EXIT_CONFIG)))
+    return _LOOP.replace("LAUNCH_LINE", launch).replace("EXIT_CONFIG_CODE", str(EXIT_CONFIG))
 
 
 def _prelude(job: Job, python: str, title: str) -> str:
@@ -207,32 +206,12 @@ while :; do
   rc=$?
   MPI_PID=""
   stop_coordinator
-  # report the first failed rank's exit code rather than the launcher's
-  first="$("$PYTHON" - "$RUN_DIR/status" <<'PYEOF'
-import glob, json, os, sys
-bad = []
-for f in glob.glob(os.path.join(sys.argv[1], "rank*.json")):
-    try:
-        r = json.load(open(f))
-    except (OSError, ValueError):
-        continue
-    if r.get("exit_code"):
-        bad.append((r["exit_code"] == EXIT_PEER_FAILURE_CODE, r.get("time", 0), r["rank"], r["exit_code"]))
-if bad:  # the root cause, not a rank that failed because a peer did
-    _, t, rank, code = min(bad)
-    print(f"{rank} {code}")
-PYEOF
-)"
-  if [ -n "$first" ]; then
-    how="exit code ${first#* }"
-    if [ "${first#* }" -gt 128 ] && sig="$(kill -l $((${first#* } - 128)) 2>/dev/null)"; then
-      how="$how (killed by signal $((${first#* } - 128)) (SIG$sig))"
-    fi
-    echo "dptrain: rank ${first% *} failed with $how; last lines of its log:" >&2
-    # this attempt's lines only (the log keeps every launch, each after a '===== dptrain' line)
-    awk '/^===== dptrain /{n=0} {l[n++]=$0} END{for(i=(n>20?n-20:0);i<n;i++) print l[i]}' \
-        "$RUN_DIR/logs/rank${first% *}.log" | sed 's/^/    /' >&2
-    rc="${first#* }"
+  # name the rank that failed and why, as `dptrain mpirun` does (launcher.postmortem): its exit code
+  # rather than the launcher's, or its worker shim killed by a signal
+  report="$("$PYTHON" -m launcher.postmortem "$RUN_DIR" "$rc")"
+  if [ -n "$report" ]; then
+    rc="$(printf '%s\n' "$report" | head -n 1)"
+    printf '%s\n' "$report" | tail -n +2 >&2
   fi
   if [ "$rc" -eq 0 ]; then break; fi
   echo "dptrain: the workers failed with exit code $rc (attempt $attempt)" >&2
@@ -276,12 +255,26 @@ def mpirun_script(job: Job) -> str:
     head += _heredoc('"$RUN_DIR/hostfile"', hostfile_text(cfg, flavor, job.here))
     head += "\n" + _common_exports(job, backend, "script")
     head += f"export DPTRAIN_MASTER_ADDR={_q(master)}\n"
-    head += ("DPTRAIN_MASTER_PORT=\"${{DPTRAIN_MASTER_PORT:-"
-             + (str(cfg['cluster']['master_port']) if cfg['cluster']['master_port'] else _FREE_PORT)
-             + "}\"\nexport DPTRAIN_MASTER_PORT\n")
+    port = cfg["cluster"]["master_port"] or _FREE_PORT
+    head += f"DPTRAIN_MASTER_PORT=\"${{DPTRAIN_MASTER_PORT:-{port}}}\"\nexport DPTRAIN_MASTER_PORT\n"
     if os.geteuid() == 0 and flavor == "openmpi":
         head += "export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1\n"
-    return head + _coord_fn(job, bind, host_expr) + _loop(launch)
+    return head + _coord_fn(job, bind, host_expr) + _MPIEXEC_OUTPUT + _loop(launch + " > >(mpiexec_output)")
+
+
+# Hydra prints a "BAD TERMINATION ... YOU CAN IGNORE THE BELOW CLEANUP MESSAGES" banner on stdout when a
+# rank dies; the script names the failed rank itself, so the banner (like every line of mpiexec's own)
+# goes to logs/mpiexec.log only.  The ranks' lines pass through (their logs are written by the shims).
+_MPIEXEC_OUTPUT = r'''
+mkdir -p "$RUN_DIR/logs"
+mpiexec_output() {
+  awk -v logfile="$RUN_DIR/logs/mpiexec.log" '
+    !/^\[rank / { print >> logfile; fflush(logfile) }
+    !banner && /^====================/ { banner = 1 }
+    banner { if (/^Please see the FAQ page/) banner = 0; next }
+    { print; fflush() }'
+}
+'''
 
 
 def slurm_script(job: Job) -> str:

@@ -120,6 +120,9 @@ def test_script_runs_and_propagates_exit_codes(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     envs = envs_of(run.stdout)
     assert set(envs) == {0, 1} and envs[1]["DPTRAIN_COMM_BACKEND"] == "mpi"
+    # a free rendezvous port, the same on every rank (the ZeroMQ backend needs it), and no bash errors
+    assert envs[0]["DPTRAIN_MASTER_PORT"].isdigit() and envs[0]["DPTRAIN_MASTER_PORT"] == envs[1]["DPTRAIN_MASTER_PORT"]
+    assert not re.search(r"line \d+: ", run.stderr), run.stderr
     assert (tmp_path / "run/config.yaml").exists() and (tmp_path / "run/logs/rank0.log").exists()
     co = json.loads((tmp_path / "run/coordinator.json").read_text())
     assert {w["state"] for w in co["workers"].values()} == {"done"}
@@ -274,15 +277,63 @@ def test_several_killed_shims_are_all_named():
     """mpiexec kills the other ranks' processes once one is gone, often before the launcher looks:
     then every vanished rank is named rather than one picked at random."""
     import socket
-    from launcher.mpirun import MpiGroup
+    from launcher.mpirun import diagnose
     dead = []
     for _ in range(2):
         p = subprocess.Popen([sys.executable, "-c", "pass"])
         p.wait()
         dead.append(p.pid)
-    group = object.__new__(MpiGroup)
     results = [{"rank": r, "exit_code": None, "host": socket.gethostname(), "pid": pid, "time": 1.0}
                for r, pid in enumerate(dead)] + [{"rank": 2, "exit_code": 75, "host": "x", "pid": 1}]
-    failure = group._failure(results, 9)
+    failure = diagnose(results, 9, lambda rank: os.devnull)
     assert failure.rank is None and failure.exit_code == 9
     assert f"launcher.mpiworker processes of ranks 0, 1 (pids {dead[0]}, {dead[1]}) were killed" in failure.reason
+
+
+@needs_mpi
+@pytest.mark.timeout(90)
+def test_script_names_a_killed_shim_and_keeps_the_mpich_banner_in_the_log(tmp_path):
+    """A launch script reports a killed worker shim like `dptrain mpirun` does (launcher.postmortem),
+    and MPICH's "BAD TERMINATION ... YOU CAN IGNORE" banner goes to logs/mpiexec.log, not the console."""
+    import time
+    out = tmp_path / "launch.sh"
+    assert dptrain(["script", config(tmp_path, "sleep"), "-o", str(out)], tmp_path).returncode == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(["bash", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    status, log = tmp_path / "run/status/rank1.json", tmp_path / "run/logs/rank1.log"
+    deadline = time.time() + 40
+    while time.time() < deadline and not (status.exists() and log.exists() and "ready pid=" in
+                                          log.read_text(errors="replace")):
+        time.sleep(0.2)
+    record = json.loads(status.read_text())
+    os.kill(record["pid"], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert (f"rank 1 failed: its launcher.mpiworker (pid {record['pid']}) was killed" in stderr
+            or re.search(rf"launcher.mpiworker processes of ranks 0, 1 \(pids \d+, {record['pid']}\) were killed",
+                         stderr)), stderr
+    assert "BAD TERMINATION" not in stdout + stderr
+    assert "[rank 1] ready pid=" in stdout                  # the ranks' lines still reach the console
+    if M.mpi_flavor(_mpiexec()) == "mpich":
+        assert "BAD TERMINATION" in (tmp_path / "run/logs/mpiexec.log").read_text()
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["status"] == "failed" and summary["exit_code"] == proc.returncode
+
+
+def test_postmortem_reports_the_root_cause_and_nothing_on_success(tmp_path):
+    from launcher import postmortem
+    status = tmp_path / "status"
+    status.mkdir()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs/rank1.log").write_text("===== dptrain script attempt 0 =====\nboom\n")
+    for rank, code, t in ((0, 75, 2.0), (1, 3, 1.0)):      # rank 0 is rank 1's echo
+        (status / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "exit_code": code, "time": t,
+                                                              "host": "elsewhere", "pid": 1}))
+    assert postmortem.report(str(tmp_path), 1) == [
+        "3", "dptrain: rank 1 failed with exit code 3; last lines of its log:", "    boom"]
+    for rank in (0, 1):
+        (status / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "exit_code": 0, "time": 1.0,
+                                                              "host": "elsewhere", "pid": 1}))
+    assert postmortem.report(str(tmp_path), 0) == []
+    assert postmortem.main([str(tmp_path)]) == 2
