@@ -46,6 +46,24 @@ def test_end_to_end_modes_and_backends(tmp_path, mode, backend):
     assert "optimizer sharded (ZeRO-1)" in p.stdout, p.stdout[-2000:]
 
 
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("backend", ["zmq", "mpi"])
+def test_end_to_end_through_the_launch_script(tmp_path, backend):
+    """`dptrain script` + bash: the same training job, with the script's own rendezvous port and
+    coordinator (a ZeroMQ run needs DPTRAIN_MASTER_PORT from the script)."""
+    out, script = tmp_path / "run", tmp_path / "launch.sh"
+    p = dptrain("script", "configs/local.yaml", *QUICK, f"cluster.backend={backend}", f"output.dir={out}",
+                "-o", str(script))
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run(["bash", str(script)], cwd=tmp_path, env=base_env(None), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["launcher"] == "script" and summary["world_size"] == 2
+    assert summary["steps"] == 40 and summary["test_accuracy"] > 0.2
+    assert "optimizer sharded (ZeRO-1)" in p.stdout, p.stdout[-2000:]
+
+
 RESUME = QUICK + ["checkpoint.interval=8", "checkpoint.keep=2"]
 
 
