@@ -58,9 +58,11 @@ def _common_exports(job: Job, backend: str, launcher: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _loop(launch: str) -> str:
-    """The attempt loop around one launch line (restarts, root-cause exit code)."""
-    return _LOOP.replace("LAUNCH_LINE", launch).replace("EXIT_CONFIG_CODE", str(EXIT_CONFIG))
+def _loop(launch: str, after_failed_attempt: str = ":") -> str:
+    """The attempt loop around one launch line (restarts, root-cause exit code); after_failed_attempt:
+    the body of a shell function run when an attempt fails (before the report and the restart)."""
+    return (f"after_failed_attempt() {{\n  {after_failed_attempt}\n}}\n"
+            + _LOOP.replace("LAUNCH_LINE", launch).replace("EXIT_CONFIG_CODE", str(EXIT_CONFIG)))
 
 
 def _prelude(job: Job, python: str, title: str) -> str:
@@ -206,6 +208,7 @@ while :; do
   rc=$?
   MPI_PID=""
   stop_coordinator
+  if [ "$rc" -ne 0 ]; then after_failed_attempt; fi
   # name the rank that failed and why, as `dptrain mpirun` does (launcher.postmortem): its exit code
   # rather than the launcher's, or its worker shim killed by a signal
   report="$("$PYTHON" -m launcher.postmortem "$RUN_DIR" "$rc")"
@@ -316,4 +319,10 @@ def slurm_script(job: Job) -> str:
     # srun of Slurm 22.05+ does not inherit sbatch's --cpus-per-task: say it again for the step
     launch = (f'srun{mpi} --kill-on-bad-exit=1 --distribution={dist} --ntasks="$WORLD_SIZE" '
               f'--cpus-per-task={cfg["job"]["threads"]} "$PYTHON" -m launcher.mpiworker -- "$PYTHON" {cmd}')
-    return head + coord + _loop(launch)
+    cleanup = ":"
+    if backend == "mpi" and len(nodes) > 1:
+        # the batch host cleans its own /dev/shm at the end (finish); on the other nodes the MPI
+        # segments of killed ranks would stay until reboot: one cleanup task per node, by age
+        cleanup = ('srun --nodes="${SLURM_JOB_NUM_NODES:-1}" --ntasks-per-node=1 --kill-on-bad-exit=0 '
+                   '"$PYTHON" -m launcher.shmclean --since "$DPTRAIN_LAUNCH_STARTED" --quiet || true')
+    return head + coord + _loop(launch, cleanup)

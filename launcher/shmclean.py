@@ -7,10 +7,16 @@ gets there: every crash leaves a few MB of RAM in tmpfs until the next reboot, a
 restarts in a loop piles them up.  The launcher knows when its MPI job is over; it then removes
 the segments that appeared while the job ran and that no live process maps or holds open (so
 segments of MPI jobs still running on this host, including other users', are never touched).
+
+On the other nodes of a multi-node job nothing took a snapshot before the job, so there the
+segments are told apart by age: `python -m launcher.shmclean --since EPOCH` (run once per node,
+e.g. by the Slurm script's srun after a failed MPI attempt) removes the unused ones created since
+the launch started.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 SHM_DIR = "/dev/shm"
 PATTERNS = ("mpich_shm_", "vader_segment.", "sm_segment.")
@@ -67,3 +73,36 @@ def remove_orphans(before: set[str], directory: str = SHM_DIR) -> list[str]:
         except OSError:
             pass
     return removed
+
+
+def created_since(since: float, directory: str = SHM_DIR) -> set[str]:
+    """Names of the MPI segments in `directory` created (or resized) at or after `since` (epoch s)."""
+    names = set()
+    for name in snapshot(directory):
+        try:
+            st = os.stat(os.path.join(directory, name))
+        except OSError:
+            continue
+        if max(st.st_ctime, st.st_mtime) >= since:
+            names.add(name)
+    return names
+
+
+def main(argv=None) -> int:
+    """`python -m launcher.shmclean --since EPOCH [--quiet]`: this node's cleanup after a failed MPI attempt."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m launcher.shmclean", description=main.__doc__)
+    ap.add_argument("--since", type=float, required=True, help="launch start time (seconds since the epoch)")
+    ap.add_argument("--quiet", action="store_true", help="print nothing when nothing was removed")
+    ap.add_argument("--dir", default=SHM_DIR, help=f"where the segments are (default {SHM_DIR})")
+    a = ap.parse_args(argv)
+    removed = remove_orphans(snapshot(a.dir) - created_since(a.since, a.dir), a.dir)
+    if removed or not a.quiet:
+        import socket
+        print(f"dptrain: {socket.gethostname()}: removed {len(removed)} shared-memory segment(s) left in {a.dir} "
+              f"by killed ranks", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
