@@ -246,6 +246,26 @@ def test_slurm_script_mpi_pmi_port_and_run_dir(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+def _kill_rank1_shim_when_ready(tmp_path, timeout=40):
+    """SIGKILL rank 1's launcher.mpiworker once its worker (mode "sleep") is up; its start record."""
+    import time
+    status, log = tmp_path / "run/status/rank1.json", tmp_path / "run/logs/rank1.log"
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (status.exists() and log.exists() and "ready pid=" in
+                                          log.read_text(errors="replace")):
+        time.sleep(0.2)
+    record = json.loads(status.read_text())
+    os.kill(record["pid"], signal.SIGKILL)
+    return record
+
+
+def _assert_killed_shim_named(record, err):
+    # named alone, or (when mpiexec killed the other shim before anyone looked) among the killed
+    assert (f"rank 1 failed: its launcher.mpiworker (pid {record['pid']}) was killed" in err
+            or re.search(rf"launcher.mpiworker processes of ranks 0, 1 \(pids \d+, {record['pid']}\) were killed",
+                         err)), err
+
+
 @needs_mpi
 @pytest.mark.timeout(60)
 def test_a_killed_mpiworker_shim_is_named_and_takes_its_worker_along(tmp_path):
@@ -255,21 +275,12 @@ def test_a_killed_mpiworker_shim_is_named_and_takes_its_worker_along(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "launcher", "mpirun", config(tmp_path, "sleep")], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    status = tmp_path / "run" / "status" / "rank1.json"
-    deadline = time.time() + 30
-    while time.time() < deadline and not (status.exists() and "ready pid=" in
-                                          (tmp_path / "run/logs/rank1.log").read_text(errors="replace")):
-        time.sleep(0.2)
-    record = json.loads(status.read_text())
+    record = _kill_rank1_shim_when_ready(tmp_path)
     assert record["exit_code"] is None and record["rank"] == 1
     worker = int(re.search(r"ready pid=(\d+)", (tmp_path / "run/logs/rank1.log").read_text()).group(1))
-    os.kill(record["pid"], signal.SIGKILL)
     out, err = proc.communicate(timeout=40)
     assert proc.returncode != 0
-    # named alone, or (when mpiexec killed the other shim before the launcher looked) among the killed
-    assert (f"rank 1 failed: its launcher.mpiworker (pid {record['pid']}) was killed" in err
-            or re.search(rf"launcher.mpiworker processes of ranks 0, 1 \(pids \d+, {record['pid']}\) were killed",
-                         err)), err
+    _assert_killed_shim_named(record, err)
     for _ in range(50):                      # the worker went with its shim
         try:
             os.kill(worker, 0)
@@ -302,24 +313,15 @@ def test_several_killed_shims_are_all_named():
 def test_script_names_a_killed_shim_and_keeps_the_mpich_banner_in_the_log(tmp_path):
     """A launch script reports a killed worker shim like `dptrain mpirun` does (launcher.postmortem),
     and MPICH's "BAD TERMINATION ... YOU CAN IGNORE" banner goes to logs/mpiexec.log, not the console."""
-    import time
     out = tmp_path / "launch.sh"
     assert dptrain(["script", config(tmp_path, "sleep"), "-o", str(out)], tmp_path).returncode == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(["bash", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    status, log = tmp_path / "run/status/rank1.json", tmp_path / "run/logs/rank1.log"
-    deadline = time.time() + 40
-    while time.time() < deadline and not (status.exists() and log.exists() and "ready pid=" in
-                                          log.read_text(errors="replace")):
-        time.sleep(0.2)
-    record = json.loads(status.read_text())
-    os.kill(record["pid"], signal.SIGKILL)
+    record = _kill_rank1_shim_when_ready(tmp_path)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0
-    assert (f"rank 1 failed: its launcher.mpiworker (pid {record['pid']}) was killed" in stderr
-            or re.search(rf"launcher.mpiworker processes of ranks 0, 1 \(pids \d+, {record['pid']}\) were killed",
-                         stderr)), stderr
+    _assert_killed_shim_named(record, stderr)
     assert "BAD TERMINATION" not in stdout + stderr
     assert "[rank 1] ready pid=" in stdout                  # the ranks' lines still reach the console
     # (MPICH prints the banner when Hydra notices the killed shim first, which is usual but not certain;
