@@ -14,6 +14,14 @@ tanh call covers every gate of a step; the 1/2 is folded into a scaled copy of t
 Each forward returns (packed, ctx) where packed holds [outputs h_1..h_T] (+ [c_T] for the
 LSTM) so that a single autodiff op can expose output, h_n (and c_n) as slices.
 
+Variable-length batches (PackedSequence): pass batch_sizes, the number of leading columns still
+running at each step (the batch sorted longest first, as PackedSequence keeps it).  The columns past
+batch_sizes[t] are frozen at step t: the step is computed for the whole batch (one matmul, no ragged
+shapes), then their state is copied back from t-1, and backward lets their gradient pass through
+unchanged with zero gate gradients.  So out[T-1] (and c_T) already hold every sequence's state at its
+own last step, and a reversed run (batch_sizes reversed: short sequences start late) holds h_0 until
+the sequence begins.  Without batch_sizes the loops do exactly what they did before.
+
 On a GPU (cupy float32/float64 arrays, a device present) each function hands over to
 engine.kernels.rnn_step: there every elementwise op below would be a kernel launch of its own
 (launch-bound), and one fused kernel per step does the step's gate math instead.  The numpy
@@ -50,6 +58,15 @@ def _fused_ctx(ctx):
     return rnn_step if isinstance(ctx, rnn_step.FusedCtx) else None
 
 
+def frozen_from(batch_sizes, T, N):
+    """Per step, the first frozen column (None: every column runs) -- one cheap check per step in the loops."""
+    if batch_sizes is None:
+        return (None,) * T
+    if len(batch_sizes) != T:
+        raise ValueError(f"batch_sizes has {len(batch_sizes)} entries for {T} time steps")
+    return tuple(int(b) if b < N else None for b in batch_sizes)
+
+
 # ------------------------------------------------------------------------------------------ LSTM
 
 
@@ -58,8 +75,8 @@ def _lstm_perm(H, xp):
     return xp.concatenate([xp.arange(0, 2 * H), xp.arange(3 * H, 4 * H), xp.arange(2 * H, 3 * H)])
 
 
-def lstm_forward(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False):
-    """x (T, N, I); h0, c0 (N, H); b = b_ih + b_hh (4H,) or None.
+def lstm_forward(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False, batch_sizes=None):
+    """x (T, N, I); h0, c0 (N, H); b = b_ih + b_hh (4H,) or None; batch_sizes: see the module docstring.
 
     Returns packed (T+1, N, H) = [h_1 .. h_T, c_T] (a strided view) and the backward context.
 
@@ -69,9 +86,10 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False):
     """
     fused = _fused(x)
     if fused is not None:
-        return fused.lstm_forward_gpu(x, h0, c0, w_ih, w_hh, b, h0_is_zero)
+        return fused.lstm_forward_gpu(x, h0, c0, w_ih, w_hh, b, h0_is_zero, batch_sizes=batch_sizes)
     xp = get_array_module(x)
     T, N, I = x.shape
+    frozen = frozen_from(batch_sizes, T, N)
     H = w_hh.shape[1]
     dt = w_ih.dtype
     perm = _lstm_perm(H, xp)
@@ -114,8 +132,12 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False):
         c += ig                                             # + i * g
         tanh(c, out=tcs[t])
         mul(z[H2:H3], tcs[t], out=xh[t + 1, K0:])           # h = o * tanh(c)
+        f = frozen[t]
+        if f is not None:                                   # finished sequences keep their h, c
+            xh[t + 1, K0:, f:] = xh[t, K0:, f:]
+            c[:, f:] = cs[t][:, f:]
     xh[T + 1, K0:] = cs[T]
-    ctx = (xh, cs, tcs, act, wcat, perm, I, K0, h0_is_zero)
+    ctx = (xh, cs, tcs, act, wcat, perm, I, K0, h0_is_zero, frozen)
     return xh[1:, K0:].transpose(0, 2, 1), ctx
 
 
@@ -124,7 +146,7 @@ def lstm_backward(gpacked, ctx, need_x, need_h0, need_c0, need_w):
     fused = _fused_ctx(ctx)
     if fused is not None:
         return fused.lstm_backward_gpu(gpacked, ctx, need_x, need_h0, need_c0, need_w)
-    xh, cs, tcs, act, wcat, perm, I, K0, h0_is_zero = ctx
+    xh, cs, tcs, act, wcat, perm, I, K0, h0_is_zero, frozen = ctx
     xp = get_array_module(gpacked)
     T, _, N = act.shape
     H = cs.shape[1]
@@ -151,6 +173,9 @@ def lstm_backward(gpacked, ctx, need_x, need_h0, need_c0, need_w):
         a = act[t]
         if dz is not None:
             d = dz[t]
+        f = frozen[t]
+        if f is not None:
+            dc_frozen = dc[:, f:].copy()
         tc = tcs[t]
         mul(dh, tc, out=d[H2:H3])                           # d o (before sigmoid')
         mul(tc, tc, out=tmp)
@@ -171,6 +196,9 @@ def lstm_backward(gpacked, ctx, need_x, need_h0, need_c0, need_w):
         fac *= sg
         d[:H3] *= fac                                       # * sigmoid'
         dc *= a[H:H2]                                       # dc_{t-1} = dc * f
+        if f is not None:                                   # frozen columns: no step, gradients pass through
+            d[:, f:] = 0
+            dc[:, f:] = dc_frozen
         if dw is not None:
             if t == 0 and h0_is_zero:
                 matmul(d, xh[0, :K0].T, out=dw_t[:, :K0])
@@ -182,6 +210,8 @@ def lstm_backward(gpacked, ctx, need_x, need_h0, need_c0, need_w):
             if dh_next is None:
                 dh_next = xp.empty((H, N), dtype=dt)
             matmul(whh_pT, d, out=dh_next)
+            if f is not None:
+                dh_next[:, f:] = dh[:, f:]
     dx = dh0 = dw_ih = dw_hh = db = None
     if need_x:
         dx = xp.matmul(wcat[:, :I].T, dz).transpose(0, 2, 1)     # (T, N, I)
@@ -199,13 +229,14 @@ def lstm_backward(gpacked, ctx, need_x, need_h0, need_c0, need_w):
 # ------------------------------------------------------------------------------------------ GRU
 
 
-def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     """x (T, N, I), h0 (N, H).  Returns packed (T, N, H) = [h_1 .. h_T] and the context."""
     fused = _fused(x)
     if fused is not None:
-        return fused.gru_forward_gpu(x, h0, w_ih, w_hh, b_ih, b_hh)
+        return fused.gru_forward_gpu(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=batch_sizes)
     xp = get_array_module(x)
     T, N, I = x.shape
+    frozen = frozen_from(batch_sizes, T, N)
     H = w_hh.shape[1]
     dt = w_ih.dtype
     H2 = 2 * H
@@ -241,7 +272,10 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
         xp.subtract(buf[t], n, out=tmp)
         tmp *= a[:, H:H2]
         xp.add(n, tmp, out=buf[t + 1])             # h = n + z * (h_prev - n)
-    ctx = (x, buf, act, hn)
+        f = frozen[t]
+        if f is not None:
+            buf[t + 1, f:] = buf[t, f:]
+    ctx = (x, buf, act, hn, frozen)
     return buf[1:], ctx
 
 
@@ -249,7 +283,7 @@ def gru_backward(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_bih, need_
     fused = _fused_ctx(ctx)
     if fused is not None:
         return fused.gru_backward_gpu(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_bih, need_bhh)
-    x, buf, act, hn = ctx
+    x, buf, act, hn, frozen = ctx
     xp = get_array_module(gout)
     T, N, I = x.shape
     H = w_hh.shape[1]
@@ -274,9 +308,15 @@ def gru_backward(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_bih, need_
         xp.multiply(dnp, dr_fac[t], out=dx_t[:, :H])   # d r_pre
         dh_t[:, :H2] = dx_t[:, :H2]
         xp.multiply(dnp, r[t], out=dh_t[:, H2:])     # d (W_hn h + b_hn)
+        f = frozen[t]
+        if f is not None:                           # frozen rows: no step, the gradient passes through
+            dx_t[f:] = 0
+            dh_t[f:] = 0
         if t > 0 or need_h0:
             dh_next = dh * z[t]
             dh_next += dh_t @ w_hh
+            if f is not None:
+                dh_next[f:] = dh[f:]
     dx = dh0 = dw_ih = dw_hh = db_ih = db_hh = None
     dxw2 = dxw.reshape(T * N, 3 * H)
     dhw2 = dhw.reshape(T * N, 3 * H)
@@ -297,13 +337,14 @@ def gru_backward(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_bih, need_
 # ------------------------------------------------------------------------------------------ RNN
 
 
-def rnn_forward(x, h0, w_ih, w_hh, b, nonlinearity):
+def rnn_forward(x, h0, w_ih, w_hh, b, nonlinearity, batch_sizes=None):
     """Elman RNN, h = act(W_ih x + W_hh h + b), act tanh or relu.  Returns packed (T, N, H) and ctx."""
     fused = _fused(x)
     if fused is not None:
-        return fused.rnn_forward_gpu(x, h0, w_ih, w_hh, b, nonlinearity)
+        return fused.rnn_forward_gpu(x, h0, w_ih, w_hh, b, nonlinearity, batch_sizes=batch_sizes)
     xp = get_array_module(x)
     T, N, I = x.shape
+    frozen = frozen_from(batch_sizes, T, N)
     H = w_hh.shape[1]
     dt = w_ih.dtype
     pre = (x.reshape(T * N, I) @ w_ih.T).reshape(T, N, H)
@@ -320,14 +361,17 @@ def rnn_forward(x, h0, w_ih, w_hh, b, nonlinearity):
             xp.tanh(z, out=buf[t + 1])
         else:
             xp.maximum(z, zero, out=buf[t + 1])
-    return buf[1:], (x, buf, nonlinearity)
+        f = frozen[t]
+        if f is not None:
+            buf[t + 1, f:] = buf[t, f:]
+    return buf[1:], (x, buf, nonlinearity, frozen)
 
 
 def rnn_backward(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_b):
     fused = _fused_ctx(ctx)
     if fused is not None:
         return fused.rnn_backward_gpu(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_b)
-    x, buf, nonlinearity = ctx
+    x, buf, nonlinearity, frozen = ctx
     xp = get_array_module(gout)
     T, N, I = x.shape
     H = w_hh.shape[1]
@@ -342,8 +386,13 @@ def rnn_backward(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_b):
     for t in range(T - 1, -1, -1):
         dh = gout[t] if dh_next is None else gout[t] + dh_next
         xp.multiply(dh, dact[t], out=dpre[t])
+        f = frozen[t]
+        if f is not None:                           # frozen rows: no step, the gradient passes through
+            dpre[t, f:] = 0
         if t > 0 or need_h0:
             dh_next = dpre[t] @ w_hh
+            if f is not None:
+                dh_next[f:] = dh[f:]
     dp2 = dpre.reshape(T * N, H)
     dx = dh0 = dw_ih = dw_hh = db = None
     if need_x:

@@ -3,6 +3,12 @@
 Each (layer, direction) runs as one fused autodiff node (functional.lstm_layer / gru_layer /
 rnn_layer) that loops over time internally.  Multi-layer stacks, batch_first, initial
 states, dropout between layers and bidirectional=True are handled here.
+
+A PackedSequence input runs as its padded, time-major, longest-first batch with the layer nodes told
+the batch_sizes: each sequence's state freezes after its last step (and, in the reverse direction,
+holds h_0 until its last step comes), so every layer keeps one node over the whole batch and h_n is
+each sequence's own final state.  States enter and leave in the caller's order (sorted_indices /
+unsorted_indices), as torch's permute_hidden does.
 """
 from __future__ import annotations
 
@@ -15,8 +21,18 @@ from . import init
 from ._factory import new_param
 from .functional import ShapeError
 from .module import Module
+from .utils.rnn import PackedSequence, packed_to_padded, take_positions
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+class _Packing:
+    """A PackedSequence input's bookkeeping: the input itself, where its rows sit in the padded batch,
+    and batch_sizes as ints for the layer loops."""
+
+    def __init__(self, seq, index):
+        self.seq, self.index = seq, index
+        self.batch_sizes = [int(b) for b in seq.batch_sizes.tolist()]
 
 
 class RNNBase(Module):
@@ -76,6 +92,9 @@ class RNNBase(Module):
 
     # ------------------------------------------------------------ forward plumbing
     def _prepare_input(self, input):
+        """-> (time-major x (T, N, I), unbatched, _Packing or None)."""
+        if isinstance(input, PackedSequence):
+            return self._unpack_input(input)
         x = input if isinstance(input, Tensor) else Tensor(input)
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
             layout = "(N, L, {I}) with batch_first=True" if self.batch_first else "(L, N, {I})"
@@ -86,7 +105,26 @@ class RNNBase(Module):
             x = _ops.unsqueeze(x, 1)
         elif self.batch_first:
             x = _ops.transpose(x, (1, 0, 2))
-        return x, unbatched
+        return x, unbatched, None
+
+    def _unpack_input(self, seq):
+        """A PackedSequence -> its padded (T, B, I) batch in packed (longest-first) order; batch_first does
+        not apply, as in torch."""
+        data = seq.data if isinstance(seq.data, Tensor) else Tensor(seq.data)
+        if data.ndim != 2 or data.shape[-1] != self.input_size:
+            raise ShapeError(f"{self!r}: expected a PackedSequence with data of shape (sum of lengths, "
+                             f"{self.input_size}), got {data.shape}")
+        x, index = packed_to_padded(seq._replace(data=data))
+        return x, False, _Packing(seq, index)
+
+    @staticmethod
+    def _permute_state(h, packing, which):
+        """torch's permute_hidden: states follow the sequences into (sorted_indices) and out of
+        (unsorted_indices) the packed order.  Nothing to do unpacked or already sorted."""
+        order = None if packing is None or h is None else getattr(packing.seq, which)
+        if order is None:
+            return h
+        return take_positions(h, (slice(None), order.numpy()))
 
     def _check_state(self, h, name, n_batch, unbatched):
         if h is None:
@@ -106,9 +144,13 @@ class RNNBase(Module):
         b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
         return w_ih, w_hh, b_ih, b_hh
 
-    def _run(self, x, states, step):
-        """Run every layer/direction; `step(x, states_for_cell, params)` -> (output, final_states)."""
+    def _run(self, x, states, step, packing=None):
+        """Run every layer/direction; `step(x, states_for_cell, params, batch_sizes)` -> (output, final_states).
+
+        batch_sizes (None unpacked) is reversed with the time axis for the reverse direction: there the
+        short sequences start late and hold their initial state until then."""
         dirs = 2 if self.bidirectional else 1
+        sizes = None if packing is None else packing.batch_sizes
         finals = []
         for layer in range(self.num_layers):
             outs = []
@@ -116,7 +158,8 @@ class RNNBase(Module):
                 k = layer * dirs + d
                 st = [None if s is None else s[k] for s in states]
                 xin = x if d == 0 else x[::-1]
-                out, fin = step(xin, st, self._layer_params(layer, d))
+                bs = sizes if d == 0 or sizes is None else sizes[::-1]
+                out, fin = step(xin, st, self._layer_params(layer, d), bs)
                 outs.append(out if d == 0 else out[::-1])
                 finals.append(fin)
             x = outs[0] if dirs == 1 else _ops.concat(outs, axis=2)
@@ -124,7 +167,11 @@ class RNNBase(Module):
                 x = F.dropout(x, self.dropout, True)
         return x, finals
 
-    def _finish(self, out, unbatched):
+    def _finish(self, out, unbatched, packing=None):
+        if packing is not None:
+            seq = packing.seq
+            return PackedSequence(take_positions(out, packing.index), seq.batch_sizes, seq.sorted_indices,
+                                  seq.unsorted_indices)
         if unbatched:
             return _ops.squeeze(out, 1)
         if self.batch_first:
@@ -145,16 +192,16 @@ class RNN(RNNBase):
         self.nonlinearity = nonlinearity
 
     def forward(self, input, hx=None):
-        x, unbatched = self._prepare_input(input)
-        h0 = self._check_state(hx, "hx", x.shape[1], unbatched)
+        x, unbatched, packing = self._prepare_input(input)
+        h0 = self._permute_state(self._check_state(hx, "hx", x.shape[1], unbatched), packing, "sorted_indices")
 
-        def step(xin, st, params):
+        def step(xin, st, params, batch_sizes):
             w_ih, w_hh, b_ih, b_hh = params
-            return F.rnn_layer(xin, st[0], w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
+            return F.rnn_layer(xin, st[0], w_ih, w_hh, b_ih, b_hh, self.nonlinearity, batch_sizes=batch_sizes)
 
-        out, finals = self._run(x, [h0], step)
-        h_n = _ops.stack(finals, axis=0)
-        return self._finish(out, unbatched), (_ops.squeeze(h_n, 1) if unbatched else h_n)
+        out, finals = self._run(x, [h0], step, packing)
+        h_n = self._permute_state(_ops.stack(finals, axis=0), packing, "unsorted_indices")
+        return self._finish(out, unbatched, packing), (_ops.squeeze(h_n, 1) if unbatched else h_n)
 
 
 class LSTM(RNNBase):
@@ -166,25 +213,27 @@ class LSTM(RNNBase):
                          proj_size, device, dtype)
 
     def forward(self, input, hx=None):
-        x, unbatched = self._prepare_input(input)
+        x, unbatched, packing = self._prepare_input(input)
         h0 = c0 = None
         if hx is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"{self!r}: hx must be a tuple (h_0, c_0)")
-            h0 = self._check_state(hx[0], "h_0", x.shape[1], unbatched)
-            c0 = self._check_state(hx[1], "c_0", x.shape[1], unbatched)
+            h0 = self._permute_state(self._check_state(hx[0], "h_0", x.shape[1], unbatched), packing,
+                                     "sorted_indices")
+            c0 = self._permute_state(self._check_state(hx[1], "c_0", x.shape[1], unbatched), packing,
+                                     "sorted_indices")
 
-        def step(xin, st, params):
+        def step(xin, st, params, batch_sizes):
             w_ih, w_hh, b_ih, b_hh = params
-            out, h, c = F.lstm_layer(xin, st[0], st[1], w_ih, w_hh, b_ih, b_hh)
+            out, h, c = F.lstm_layer(xin, st[0], st[1], w_ih, w_hh, b_ih, b_hh, batch_sizes=batch_sizes)
             return out, (h, c)
 
-        out, finals = self._run(x, [h0, c0], step)
-        h_n = _ops.stack([f[0] for f in finals], axis=0)
-        c_n = _ops.stack([f[1] for f in finals], axis=0)
+        out, finals = self._run(x, [h0, c0], step, packing)
+        h_n = self._permute_state(_ops.stack([f[0] for f in finals], axis=0), packing, "unsorted_indices")
+        c_n = self._permute_state(_ops.stack([f[1] for f in finals], axis=0), packing, "unsorted_indices")
         if unbatched:
             h_n, c_n = _ops.squeeze(h_n, 1), _ops.squeeze(c_n, 1)
-        return self._finish(out, unbatched), (h_n, c_n)
+        return self._finish(out, unbatched, packing), (h_n, c_n)
 
 
 class GRU(RNNBase):
@@ -196,16 +245,16 @@ class GRU(RNNBase):
                          0, device, dtype)
 
     def forward(self, input, hx=None):
-        x, unbatched = self._prepare_input(input)
-        h0 = self._check_state(hx, "hx", x.shape[1], unbatched)
+        x, unbatched, packing = self._prepare_input(input)
+        h0 = self._permute_state(self._check_state(hx, "hx", x.shape[1], unbatched), packing, "sorted_indices")
 
-        def step(xin, st, params):
+        def step(xin, st, params, batch_sizes):
             w_ih, w_hh, b_ih, b_hh = params
-            return F.gru_layer(xin, st[0], w_ih, w_hh, b_ih, b_hh)
+            return F.gru_layer(xin, st[0], w_ih, w_hh, b_ih, b_hh, batch_sizes=batch_sizes)
 
-        out, finals = self._run(x, [h0], step)
-        h_n = _ops.stack(finals, axis=0)
-        return self._finish(out, unbatched), (_ops.squeeze(h_n, 1) if unbatched else h_n)
+        out, finals = self._run(x, [h0], step, packing)
+        h_n = self._permute_state(_ops.stack(finals, axis=0), packing, "unsorted_indices")
+        return self._finish(out, unbatched, packing), (_ops.squeeze(h_n, 1) if unbatched else h_n)
 
 
 # ------------------------------------------------------------------------------------------ cells

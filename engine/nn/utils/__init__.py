@@ -1,5 +1,6 @@
 """torch.nn.utils: gradient clipping (clip_grad_norm_, clip_grad_value_), parameters_to_vector /
-vector_to_parameters, and the `rnn` submodule (pad_sequence).
+vector_to_parameters, and the `rnn` submodule (pad_sequence, PackedSequence and the
+pack / unpack helpers).
 
 The norm is computed and applied on the gradients' own array module without a
 host round trip: the clip coefficient min(1, max_norm / (norm + 1e-6)) stays an
