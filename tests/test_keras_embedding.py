@@ -51,5 +51,3 @@ def test_embedding_bad_ids_and_options_are_clear_errors():
         m.predict(np.full((2, 12), 50), verbose=0)
     with pytest.raises(ValueError, match="needs integer token ids"):
         m.predict(np.full((2, 12), 1.5), verbose=0)
-    with pytest.raises(ValueError, match="mask_zero"):
-        layers.Embedding(10, 4, mask_zero=True)

@@ -344,13 +344,8 @@ def test_rescaling_and_leaky_relu():
 
 
 # ---------------------------------------------------------------- refused with a clear error
-@pytest.mark.parametrize("name,hint", [("TextVectorization", "pad_sequences"), ("Masking", "masking"),
-                                       ("SimpleRNN", "LSTM"), ("TimeDistributed", "Dense")])
+@pytest.mark.parametrize("name,hint", [("TextVectorization", "pad_sequences"), ("StringLookup", "integer ids"),
+                                       ("TimeDistributed", "Dense")])
 def test_missing_keras_layers_name_the_workaround(name, hint):
     with pytest.raises(AttributeError, match=hint):
         getattr(layers, name)
-
-
-def test_mask_zero_is_refused_not_ignored():
-    with pytest.raises(ValueError, match="pad_sequences"):
-        layers.Embedding(100, 8, mask_zero=True)

@@ -306,3 +306,76 @@ def test_packed_layers_through_the_fused_path(monkeypatch, mode):
     assert len(got) == len(ref)
     for a, b in zip(got, ref):
         close(a, b, 1e-6)
+
+
+# ------------------------------------------------------------------ step masks (Keras masking)
+# The same held-state machinery, given a (T, N) mask with padded steps anywhere (Keras' left
+# padding, holes) instead of a packed batch's finished tail.
+
+def _masked_layer(mode, x, h0, c0, params, keep):
+    from engine.nn import functional as F
+    if mode == "LSTM":
+        out, h, c = F.lstm_layer(x, h0, c0, *params, mask=keep)
+        return out, h, c
+    if mode == "GRU":
+        return F.gru_layer(x, h0, *params, mask=keep)
+    return F.rnn_layer(x, h0, *params, mask=keep)
+
+
+def _masked_case(mode, dtype=np.float32):
+    T, N, I, H = 5, 4, 3, 4
+    G = {"LSTM": 4, "GRU": 3, "RNN": 1}[mode] * H
+    keep = np.array([[1, 0, 1, 1], [1, 0, 1, 0], [0, 1, 1, 1], [1, 1, 0, 1], [1, 1, 1, 0]], dtype=bool)
+    arrays = [rnd(T, N, I, seed=1), rnd(N, H, seed=2), rnd(N, H, seed=3), rnd(G, I, seed=4) * 0.5,
+              rnd(G, H, seed=5) * 0.5, rnd(G, seed=6), rnd(G, seed=7)]
+    return keep, [engine.tensor(a.astype(dtype), requires_grad=True) for a in arrays]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_step_mask_holds_the_state_like_dropping_those_steps(mode):
+    """Each column's final state equals running only its kept steps, wherever the padding sits."""
+    keep, (x, h0, c0, *params) = _masked_case(mode, np.float64)
+    got = _masked_layer(mode, x, h0, c0 if mode == "LSTM" else None, params, keep)
+    for n in range(keep.shape[1]):
+        steps = np.nonzero(keep[:, n])[0]
+        xs = engine.tensor(x.numpy()[steps, n:n + 1])
+        ref = _masked_layer(mode, xs, engine.tensor(h0.numpy()[n:n + 1]),
+                            engine.tensor(c0.numpy()[n:n + 1]) if mode == "LSTM" else None, params, None)
+        close(got[1].numpy()[n:n + 1], ref[1].numpy(), 1e-12)
+        if mode == "LSTM":
+            close(got[2].numpy()[n:n + 1], ref[2].numpy(), 1e-12)
+        close(got[0].numpy()[steps, n:n + 1], ref[0].numpy(), 1e-12)   # outputs at the kept steps
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_step_mask_gradcheck_and_fused_path(monkeypatch, mode):
+    from engine.gradcheck import gradcheck
+    keep, ts = _masked_case(mode, np.float64)
+    c0 = ts[2] if mode == "LSTM" else None
+    inputs = [ts[0], ts[1]] + ([c0] if c0 is not None else []) + ts[3:]
+
+    def fn(*a):
+        x, h0 = a[0], a[1]
+        c = a[2] if mode == "LSTM" else None
+        params = a[3:] if mode == "LSTM" else a[2:]
+        outs = _masked_layer(mode, x, h0, c, params, keep)
+        return sum((o * engine.tensor(rnd(*o.shape, seed=9).astype(np.float64))).sum() for o in outs)
+
+    assert gradcheck(fn, inputs)
+
+    def run(ts):
+        for t in ts:
+            t.grad = None
+        fn(*[t for t in inputs]).backward()
+        return [t.grad.numpy().copy() for t in inputs]
+
+    keep32, ts32 = _masked_case(mode)
+    inputs = [ts32[0], ts32[1]] + ([ts32[2]] if mode == "LSTM" else []) + ts32[3:]
+    ref = run(inputs)
+    launcher = R.TwinLauncher()
+    monkeypatch.setattr(rt, "LAUNCHER", launcher)
+    monkeypatch.setattr(_rnn, "_fused", lambda a: R)
+    got = run(inputs)
+    assert launcher.launches, "the fused glue did not run"
+    for a, b in zip(got, ref):
+        close(a, b, 1e-5)

@@ -16,9 +16,9 @@ from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from .data_adapter import check_xy, standardize_inputs
-from .layers.base import CF, InputShapeError, Layer, shape_str, shapes_compatible, to_channels_last
+from .layers.base import CF, InputShapeError, Layer, as_mask, shape_str, shapes_compatible, to_channels_last
 from .layers.core import InputLayer
-from .training import Model
+from .training import Model, loss_value, update_metric
 
 __all__ = ["KerasTensor", "Functional", "is_symbolic"]
 
@@ -164,21 +164,34 @@ class Functional(Model):
     def _forward(self, x, training, logits=False):
         """logits: for one output a bool, for several one bool per output; True stops that output
         before its final softmax/sigmoid (the loss is fused with it)."""
+        return self._forward_masked(x, training, logits)[0]
+
+    def _forward_masked(self, x, training, logits=False, mask=None):
+        """The graph replayed with a mask beside every tensor -> (output(s), their mask(s)); `mask`:
+        the inputs' masks (one, or a list for several inputs)."""
         xs = list(x) if isinstance(x, (list, tuple)) else [x]
         self.check_input_shapes([tuple(t.shape) for t in xs])
+        in_masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * len(xs)
         values = {t._id: v for t, v in zip(self._input_tensors, xs)}
+        masks = {t._id: as_mask(m, v) for t, v, m in zip(self._input_tensors, xs, in_masks)}
         flags = logits if isinstance(logits, (list, tuple)) else [bool(logits)] * len(self._output_tensors)
         stop = {t._id for t, f in zip(self._output_tensors, flags) if f}
         for layer, inbound, out in self._nodes:
             args = [values[t._id] for t in inbound]
+            ms = [masks[t._id] for t in inbound]
             if out._id in stop:
-                y, layout = layer.call_internal(args[0], "channels_last", bool(training), final_logits=True)
-                values[out._id] = to_channels_last(y) if layout == CF else y
+                y, layout, m = layer.call_internal_masked(args[0], ms[0], "channels_last", bool(training),
+                                                          final_logits=True)
+                y = to_channels_last(y) if layout == CF else y
+            elif len(args) > 1:
+                y, m = layer._call_masked(args, training, ms)
             else:
-                values[out._id] = layer(args if len(args) > 1 else args[0], training=training)
+                y, m = layer._call_masked(args[0], training, ms[0])
+            values[out._id], masks[out._id] = y, m
+        outs = [(values[t._id], masks[t._id]) for t in self._output_tensors]
         if self._multi:
-            return [values[t._id] for t in self._output_tensors]
-        return values[self._output_tensor._id]
+            return [o for o, _ in outs], [m for _, m in outs]
+        return outs[0]
 
     def call(self, inputs, training=False):
         return self._forward(inputs, training)
@@ -288,10 +301,7 @@ class Functional(Model):
             return super()._compute_loss(out, y, sw)
         total, self._last_losses = None, []
         for o, yi, loss, w, fused in zip(out, y, self._losses, self._loss_weights, self._fused):
-            if sw is None:
-                li = loss.call_on_logits(yi, o) if fused else loss(yi, o)
-            else:                                   # one weight per sample, for every output
-                li = loss.call_on_logits(yi, o, sw) if fused else loss(yi, o, sample_weight=sw)
+            li = loss_value(loss, fused, yi, o, sw)    # sw: one weight per sample, for every output
             self._last_losses.append(float(li.item()))
             term = li if w == 1.0 else li * w
             total = term if total is None else total + term
@@ -307,7 +317,7 @@ class Functional(Model):
             if j < k:
                 m.update(self._last_losses[i], n)
             else:
-                m.update_state(yb[i], out[i].data, logits=logits[i])
+                update_metric(m, yb[i], out[i], logits[i])
 
     def _standardize_y(self, x, y, what):
         if not self._multi:

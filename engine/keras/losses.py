@@ -19,9 +19,29 @@ from ..tensor import Tensor, from_op
 from .. import ops
 
 __all__ = ["Loss", "SparseCategoricalCrossentropy", "CategoricalCrossentropy", "BinaryCrossentropy",
-           "MeanSquaredError", "MeanAbsoluteError", "get", "serialize"]
+           "MeanSquaredError", "MeanAbsoluteError", "get", "serialize", "apply_mask"]
 
 EPSILON = 1e-7
+
+
+def apply_mask(sample_weight, mask):
+    """Keras 3's keras.src.losses.loss.apply_mask for the default 'sum_over_batch_size' reduction: the
+    output mask (batch, steps) becomes step weights total/valid (0 where masked, all 0 when nothing
+    is valid), so the usual mean over every step is the mean over the unmasked ones; per-sample
+    weights multiply in (spread over the steps; Keras itself cannot broadcast (batch,) against
+    (batch, steps) there)."""
+    if mask is None:
+        return sample_weight
+    xp = get_array_module(mask)
+    m = xp.asarray(mask).astype(np.float32)
+    valid = float(m.sum())
+    m *= np.float32(m.size) / np.float32(valid) if valid else np.float32(0)
+    if sample_weight is not None:
+        sw = xp.asarray(sample_weight, dtype=np.float32)
+        if sw.ndim < m.ndim and sw.size == m.shape[0]:
+            sw = sw.reshape((m.shape[0],) + (1,) * (m.ndim - 1))
+        m = m * sw
+    return m
 
 
 # ------------------------------------------------------------------ fused kernels
@@ -40,13 +60,15 @@ def _row_weights(xp, weights, rows, dtype):
 
 
 def _sample_weights(y_pred, weights):
-    """Per-sample weights as a Tensor broadcastable against y_pred (N, ...)."""
+    """Weights as a Tensor broadcastable against y_pred (N, ...): one per sample, or one per leading
+    position (N, T) as a masked sequence output gets them (apply_mask)."""
     xp = get_array_module(y_pred.data)
     w = xp.asarray(weights, dtype=y_pred.dtype).reshape(-1)
-    n = y_pred.shape[0] if y_pred.ndim else 1
-    if w.size != n:
-        raise ValueError(f"sample_weight has {w.size} values for {n} samples; give one weight per sample")
-    return Tensor(w.reshape((n,) + (1,) * (y_pred.ndim - 1)))
+    shape = tuple(y_pred.shape) or (1,)
+    for k in range(1, len(shape) + 1):
+        if int(np.prod(shape[:k])) == w.size:
+            return Tensor._wrap(w.reshape(shape[:k] + (1,) * (len(shape) - k)))
+    raise ValueError(f"sample_weight has {w.size} values for {shape[0]} samples; give one weight per sample")
 
 
 def sparse_softmax_cross_entropy(logits: Tensor, labels, weights=None) -> Tensor:
@@ -137,6 +159,8 @@ class Loss:
 
     name = "loss"
     fused_with: str | None = None
+    #: False for a wrapped loss function: it returns a mean already, so it cannot weight samples or steps
+    takes_weights = True
 
     def __init__(self, from_logits=False, name=None):
         self.from_logits = bool(from_logits)
@@ -145,7 +169,16 @@ class Loss:
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         """Mean loss over the batch; with sample_weight (one per sample), Keras' weighted
-        reduction: sum(weight * per-sample loss) / number of samples."""
+        reduction: sum(weight * per-sample loss) / number of samples.  A mask on y_pred
+        (`_keras_mask`, from Embedding(mask_zero=True) / Masking) limits the mean to the unmasked
+        steps, as in Keras 3 (apply_mask)."""
+        mask = getattr(y_pred, "_keras_mask", None)
+        if mask is not None:
+            if not self.takes_weights:
+                raise ValueError(f"the model's output is masked (Embedding(mask_zero=True) / Masking), and the "
+                                 f"custom loss {self.name!r} returns a mean already, so it cannot leave the "
+                                 "masked steps out; use a built-in loss, or drop the mask")
+            sample_weight = apply_mask(sample_weight, mask)
         if not isinstance(y_pred, Tensor):
             y_pred = Tensor(np.asarray(y_pred, dtype=np.float32))
         if self.from_logits:
@@ -284,6 +317,7 @@ def get(identifier) -> Loss:
 
         class _Wrapped(Loss):
             name = getattr(fn, "__name__", "custom_loss")
+            takes_weights = False
 
             def call(self, y_true, y_pred, sample_weight=None):
                 if sample_weight is not None:

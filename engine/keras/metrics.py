@@ -4,7 +4,8 @@
 the epoch, not the last batch.  Metrics are computed on raw arrays without
 recording a graph.  Accuracy metrics work on logits as well as probabilities
 (argmax is the same; the binary threshold moves from 0.5 to 0), which is what lets
-the model train on logits under the fused loss.
+the model train on logits under the fused loss.  On a masked output (Keras 3's
+MeanMetricWrapper with the mask as sample weight) a metric averages the unmasked steps only.
 """
 from __future__ import annotations
 
@@ -31,14 +32,34 @@ class Metric:
         self.total = 0.0
         self.count = 0
 
-    def update_state(self, y_true, y_pred, logits=False):
-        value, count = self.batch_value(_raw(y_true), _raw(y_pred), logits)
+    def update_state(self, y_true, y_pred, logits=False, mask=None):
+        if mask is None:
+            value, count = self.batch_value(_raw(y_true), _raw(y_pred), logits)
+            self.total += float(value)
+            self.count += int(count)
+            return
+        value, count = self.masked_batch_value(_raw(y_true), _raw(y_pred), logits, _raw(mask))
         self.total += float(value)
-        self.count += int(count)
+        self.count += float(count)
 
     def batch_value(self, y_true, y_pred, logits):
         """-> (sum over the batch, number of samples)"""
         raise NotImplementedError
+
+    def step_values(self, y_true, y_pred, logits):
+        """The metric at every position of y_pred but the last axis (what Keras' metric functions
+        return), for masking."""
+        raise NotImplementedError(f"{type(self).__name__} does not support masked outputs")
+
+    def masked_batch_value(self, y_true, y_pred, logits, mask):
+        """Keras 3's Mean with the mask as sample weight: per sample, the mean of value * mask and of
+        mask over the steps; total and count sum those."""
+        v = self.step_values(y_true, y_pred, logits).astype("float64")
+        m = mask.astype(v.dtype).reshape(v.shape)
+        axes = tuple(range(1, v.ndim))
+        if not axes:
+            return (v * m).sum(), m.sum()
+        return (v * m).mean(axis=axes).sum(), m.mean(axis=axes).sum()
 
     def result(self):
         return self.total / self.count if self.count else 0.0
@@ -60,6 +81,10 @@ class Mean(Metric):
 class SparseCategoricalAccuracy(Metric):
     name = "sparse_categorical_accuracy"
 
+    def step_values(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        return y_pred.argmax(axis=-1) == xp.asarray(y_true).reshape(y_pred.shape[:-1])
+
     def batch_value(self, y_true, y_pred, logits):
         xp = get_array_module(y_pred)
         pred = y_pred.reshape(-1, y_pred.shape[-1]).argmax(axis=1)
@@ -69,6 +94,10 @@ class SparseCategoricalAccuracy(Metric):
 
 class CategoricalAccuracy(Metric):
     name = "categorical_accuracy"
+
+    def step_values(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        return y_pred.argmax(axis=-1) == xp.asarray(y_true).reshape(y_pred.shape).argmax(axis=-1)
 
     def batch_value(self, y_true, y_pred, logits):
         xp = get_array_module(y_pred)
@@ -84,6 +113,12 @@ class BinaryAccuracy(Metric):
         self.threshold = threshold
         super().__init__(name)
 
+    def step_values(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        thr = 0.0 if logits else self.threshold
+        y = xp.asarray(y_true).reshape(y_pred.shape) > 0.5
+        return ((y_pred > thr) == y).mean(axis=-1)
+
     def batch_value(self, y_true, y_pred, logits):
         xp = get_array_module(y_pred)
         thr = 0.0 if logits else self.threshold
@@ -95,6 +130,10 @@ class BinaryAccuracy(Metric):
 class MeanSquaredError(Metric):
     name = "mean_squared_error"
 
+    def step_values(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        return ((y_pred - xp.asarray(y_true, dtype=y_pred.dtype).reshape(y_pred.shape)) ** 2).mean(axis=-1)
+
     def batch_value(self, y_true, y_pred, logits):
         xp = get_array_module(y_pred)
         t = xp.asarray(y_true, dtype=y_pred.dtype).reshape(y_pred.shape)
@@ -104,6 +143,10 @@ class MeanSquaredError(Metric):
 
 class MeanAbsoluteError(Metric):
     name = "mean_absolute_error"
+
+    def step_values(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        return xp.abs(y_pred - xp.asarray(y_true, dtype=y_pred.dtype).reshape(y_pred.shape)).mean(axis=-1)
 
     def batch_value(self, y_true, y_pred, logits):
         xp = get_array_module(y_pred)

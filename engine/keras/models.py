@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .layers.base import (CF, CL, InputShapeError, Layer, shape_str, shapes_compatible, to_channels_last,
-                          _as_shape)
+                          warn_mask_dropped, _as_shape)
 from .layers.core import InputLayer
 from .training import Model
 from .functional import Functional
@@ -114,6 +114,10 @@ class Sequential(Model):
         return layers[-1].output_activation() if layers else None
 
     def _forward(self, x, training, logits=False):
+        return self._forward_masked(x, training, logits)[0]
+
+    def _forward_masked(self, x, training, logits=False, mask=None):
+        """The forward pass with the mask handed from layer to layer -> (output, its mask)."""
         layout = CL
         layers = self.layers
         last = len(layers) - 1
@@ -122,12 +126,16 @@ class Sequential(Model):
             layer = layers[i]
             if i < last and getattr(layer, "fusable_with_pool", None) is not None \
                     and layer.fusable_with_pool(layers[i + 1]) and not (logits and i + 1 == last):
+                if mask is not None:                # a convolution takes no mask (Keras drops it)
+                    warn_mask_dropped(layer)
+                    mask = None
                 x, layout = layer.call_fused_pool(x, layout)
                 i += 2
                 continue
-            x, layout = layer.call_internal(x, layout, training, final_logits=logits and i == last)
+            x, layout, mask = layer.call_internal_masked(x, mask, layout, training,
+                                                         final_logits=logits and i == last)
             i += 1
-        return to_channels_last(x) if layout == CF else x
+        return (to_channels_last(x) if layout == CF else x), mask
 
     def call(self, inputs, training=False):
         return self._forward(inputs, training)

@@ -21,9 +21,27 @@ from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from .data_adapter import (as_array, batch_x, check_xy, is_batch_iterable, num_samples, split_validation,
                            standardize_inputs, take_rows)
-from .layers.base import Layer, as_tensor_input
+from .layers.base import CF, CL, Layer, as_tensor_input, to_channels_last, _takes_mask
 
 __all__ = ["Model"]
+
+
+def loss_value(loss, fused, y, out, w=None):
+    """One output's loss: the fused form on logits, else loss().  A mask on the output (`_keras_mask`,
+    where Keras keeps it on y_pred) weights the steps as Keras 3 does (losses.apply_mask)."""
+    if fused:
+        w = losses_mod.apply_mask(w, getattr(out, "_keras_mask", None))
+        return loss.call_on_logits(y, out) if w is None else loss.call_on_logits(y, out, w)
+    return loss(y, out) if w is None else loss(y, out, sample_weight=w)
+
+
+def update_metric(metric, y, out, logits):
+    """metric.update_state on one output; a masked output counts its unmasked steps only (Keras 3)."""
+    mask = getattr(out, "_keras_mask", None)
+    if mask is None:
+        metric.update_state(y, out.data, logits=logits)
+    else:
+        metric.update_state(y, out.data, logits=logits, mask=mask)
 
 
 def _verbosity(verbose):
@@ -137,6 +155,33 @@ class Model(Layer):
         """Forward pass in Keras layout; logits=True stops before a fused final activation."""
         return self._call_user(x, training)
 
+    def _forward_masked(self, x, training, logits=False, mask=None):
+        """-> (output(s), mask(s)).  A subclassed model's call() leaves its output's mask on the output
+        tensor (its layers do, as in Keras), and gets `mask` when its signature names it."""
+        if mask is not None and _takes_mask(type(self).call):
+            out = self._call_user(x, training, mask=mask)
+        else:
+            out = self._forward(x, training, logits)
+        if isinstance(out, list):
+            return out, [getattr(o, "_keras_mask", None) for o in out]
+        return out, getattr(out, "_keras_mask", None)
+
+    def _forward_tagged(self, x, training, logits=False):
+        """The forward pass of fit / evaluate: each output keeps its mask as `_keras_mask`, where the
+        loss and the metrics look for it (as Keras' compile_utils do)."""
+        out, mask = self._forward_masked(x, training, logits)
+        for o, m in zip(out, mask) if isinstance(out, list) else [(out, mask)]:
+            o._keras_mask = m
+        return out
+
+    def call_internal_masked(self, x, mask, layout, training, final_logits=False):
+        """A model called as a layer: the mask runs through its layers, and final_logits reaches its
+        last layer (the fused loss of an outer model)."""
+        if layout == CF:
+            x = to_channels_last(x)
+        y, out_mask = self._forward_masked(x, training, final_logits, mask)
+        return y, CL, out_mask
+
     def _final_activation(self):
         return None
 
@@ -222,12 +267,10 @@ class Model(Layer):
 
     # ------------------------------------------------------------------ steps
     def _compute_loss(self, out, y, w=None):
-        if self._fused:
-            return self.loss.call_on_logits(y, out) if w is None else self.loss.call_on_logits(y, out, w)
-        return self.loss(y, out) if w is None else self.loss(y, out, sample_weight=w)
+        return loss_value(self.loss, self._fused, y, out, w)
 
     def _train_step(self, xb, yb, wb=None):
-        out = self._forward(xb, training=True, logits=self._fused)
+        out = self._forward_tagged(xb, training=True, logits=self._fused)
         loss = self._compute_loss(out, yb, wb)
         self.optimizer.zero_grad()
         loss.backward()
@@ -239,7 +282,7 @@ class Model(Layer):
     def _update_metrics(self, out, yb, n):
         logits = self._outputs_logits
         for m in self._metrics:
-            m.update_state(yb, out.data, logits=logits)
+            update_metric(m, yb, out, logits)
 
     def _logs(self, tracker):
         logs = {"loss": tracker.result()}
@@ -452,7 +495,7 @@ class Model(Layer):
             for xb, yb, n, wb in self._batches(x, y, batch_size, False, device, w):
                 if yb is None:
                     raise ValueError("evaluate needs targets y (or a DataLoader yielding (x, y))")
-                out = self._forward(xb, training=False, logits=self._fused)
+                out = self._forward_tagged(xb, training=False, logits=self._fused)
                 tracker.update(float(self._compute_loss(out, yb, wb).item()), n)
                 self._update_metrics(out, yb, n)
                 if bar is not None:

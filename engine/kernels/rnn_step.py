@@ -16,9 +16,9 @@ cupy's ElementwiseKernel indexes through the view's strides -- no index arithmet
 gates are permuted to i, f, o, g (as in _rnn.py); GRU gates are r, z, n.  Weights are used unscaled and the
 gate sigmoid is 0.5 * tanh(z / 2) + 0.5, the numpy path's formula, so the stored activations mean the same.
 
-Variable-length batches (batch_sizes, as in engine.nn._rnn): the kernels run the whole batch; the rows
-past batch_sizes[t] get their state copied back after the step, and backward zeroes their gate gradients
-and passes their state gradient through -- a few row copies per step, only for a packed batch.
+Variable-length batches (batch_sizes or a keep mask, as in engine.nn._rnn): the kernels run the whole
+batch; the held rows of step t get their state copied back after the step, and backward zeroes their gate
+gradients and passes their state gradient through -- a few row copies per step, only for such a batch.
 
 Three launchers run this glue: rt.CupyLauncher (the GPU), _emulate.HostLauncher (the CUDA source compiled
 for the host, in tests) and TwinLauncher (each kernel's numpy twin below: the CPU oracle of the kernels).
@@ -192,9 +192,9 @@ def _at(views, t):
     return [v[t] for v in views]
 
 
-def _frozen(batch_sizes, T, N):
-    from ..nn._rnn import frozen_from     # the numpy path's plan (engine.nn is loaded by now)
-    return frozen_from(batch_sizes, T, N)
+def _frozen(batch_sizes, keep, T, N):
+    from ..nn._rnn import held_rows       # the numpy path's plan (engine.nn is loaded by now)
+    return held_rows(batch_sizes, keep, T, N)
 
 
 def _input_projection(x, w, b):
@@ -209,7 +209,7 @@ def _input_projection(x, w, b):
 # ------------------------------------------------------------------------------------------ LSTM
 
 
-def lstm_forward_gpu(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False, launcher=None, batch_sizes=None):
+def lstm_forward_gpu(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False, launcher=None, batch_sizes=None, keep=None):
     """Contract of engine.nn._rnn.lstm_forward: packed (T+1, N, H) = [h_1 .. h_T, c_T] and the context."""
     launcher = launcher or rt.LAUNCHER
     xp = _xp(x)
@@ -227,7 +227,7 @@ def lstm_forward_gpu(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False, launcher=None, 
     cs[0] = c0
     act = xp.empty((T, N, 4 * H), dtype=dt)     # sigmoid(i, f, o), tanh(g)
     tcs = xp.empty((T, N, H), dtype=dt)         # tanh(c_t)
-    frozen = _frozen(batch_sizes, T, N)
+    frozen = _frozen(batch_sizes, keep, T, N)
     _lstm_forward_loop(xw, hc, cs, act, tcs, w_hh_p, h0_is_zero, frozen, launcher)
     hc[T + 1] = cs[T]
     ctx = FusedCtx(x=x, hc=hc, cs=cs, act=act, tcs=tcs, w_ih_p=w_ih_p, w_hh_p=w_hh_p, perm=perm,
@@ -252,8 +252,8 @@ def _lstm_forward_loop(xw, hc, cs, act, tcs, w_hh_p, h0_is_zero, frozen, launche
                              *_at(act_g, t), cs[t + 1], tcs[t], hc[t + 1])
         f = frozen[t]
         if f is not None:                                # finished sequences keep their h, c
-            hc[t + 1, f:] = hc[t, f:]
-            cs[t + 1, f:] = cs[t, f:]
+            hc[t + 1, f] = hc[t, f]
+            cs[t + 1, f] = cs[t, f]
 
 
 def lstm_backward_gpu(gpacked, ctx, need_x, need_h0, need_c0, need_w, launcher=None):
@@ -285,17 +285,17 @@ def _lstm_backward_loop(g, ctx, dz, need_h0, launcher):
     for t in range(T - 1, -1, -1):
         f = ctx.frozen[t]
         if f is not None:                                # frozen rows: no step, the gradients pass through
-            dh_frozen = g[t, f:] + dhm[f:]
+            dh_frozen = g[t, f] + dhm[f]
         launcher.elementwise(LSTM_BWD.name, g[t], dhm, *_at(act_g, t), ctx.cs[t], ctx.tcs[t], dc_in,
                              *_at(dz_g, t), dc_out)
         if f is not None:
-            dz[t, f:] = 0
-            dc_out[f:] = dc_in[f:]
+            dz[t, f] = 0
+            dc_out[f] = dc_in[f]
         dc_in, dc_out = dc_out, dc_in
         if t > 0 or need_h0:
             xp.matmul(dz[t], ctx.w_hh_p, out=dhm)
             if f is not None:
-                dhm[f:] = dh_frozen
+                dhm[f] = dh_frozen
     return (dhm if need_h0 else None), dc_in
 
 
@@ -314,7 +314,7 @@ def _lstm_weight_grads(dz2, ctx):
 # ------------------------------------------------------------------------------------------ GRU
 
 
-def gru_forward_gpu(x, h0, w_ih, w_hh, b_ih, b_hh, launcher=None, batch_sizes=None):
+def gru_forward_gpu(x, h0, w_ih, w_hh, b_ih, b_hh, launcher=None, batch_sizes=None, keep=None):
     """Contract of engine.nn._rnn.gru_forward: packed (T, N, H) = [h_1 .. h_T] and the context.
 
     b_hh's r and z parts are added to the input projection once (they sit outside any product); its n part
@@ -339,13 +339,13 @@ def gru_forward_gpu(x, h0, w_ih, w_hh, b_ih, b_hh, launcher=None, batch_sizes=No
     whh_t = xp.ascontiguousarray(w_hh.T)       # (H, 3H)
     hw = xp.empty((N, 3 * H), dtype=dt)
     hw_g, xw_g, act_g = _blocks(hw, 3, H), _blocks(xw, 3, H), _blocks(act, 3, H)
-    frozen = _frozen(batch_sizes, T, N)
+    frozen = _frozen(batch_sizes, keep, T, N)
     for t in range(T):
         xp.matmul(hs[t], whh_t, out=hw)
         launcher.elementwise(GRU_FWD.name, *_at(xw_g, t), *hw_g, b_hn, hs[t], *_at(act_g, t), hn[t], hs[t + 1])
         f = frozen[t]
         if f is not None:
-            hs[t + 1, f:] = hs[t, f:]
+            hs[t + 1, f] = hs[t, f]
     return hs[1:], FusedCtx(x=x, hs=hs, act=act, hn=hn, frozen=frozen)
 
 
@@ -384,10 +384,9 @@ def _gru_backward_loop(g, ctx, w_hh, dxw, dhw, need_h0, launcher):
                              *_at(dxw_g, t), *_at(dhw_g, t), carry_out)
         f = ctx.frozen[t]
         if f is not None:                                # frozen rows: no step, all of dh is carried on
-            dxw[t, f:] = 0
-            dhw[t, f:] = 0                               # so dhm's frozen rows come out zero
-            xp.add(g[t, f:], carry_in[f:], out=carry_out[f:])
-            carry_out[f:] += dhm[f:]
+            dxw[t, f] = 0
+            dhw[t, f] = 0                               # so dhm's frozen rows come out zero
+            carry_out[f] = g[t, f] + carry_in[f] + dhm[f]
         carry_in, carry_out = carry_out, carry_in
         if t > 0 or need_h0:
             xp.matmul(dhw[t], w_hh, out=dhm)
@@ -397,7 +396,7 @@ def _gru_backward_loop(g, ctx, w_hh, dxw, dhw, need_h0, launcher):
 # ------------------------------------------------------------------------------------------ Elman RNN
 
 
-def rnn_forward_gpu(x, h0, w_ih, w_hh, b, nonlinearity, launcher=None, batch_sizes=None):
+def rnn_forward_gpu(x, h0, w_ih, w_hh, b, nonlinearity, launcher=None, batch_sizes=None, keep=None):
     """Contract of engine.nn._rnn.rnn_forward: packed (T, N, H) = [h_1 .. h_T] and the context."""
     launcher = launcher or rt.LAUNCHER
     xp = _xp(x)
@@ -411,13 +410,13 @@ def rnn_forward_gpu(x, h0, w_ih, w_hh, b, nonlinearity, launcher=None, batch_siz
     hs[0] = h0
     whh_t = xp.ascontiguousarray(w_hh.T)
     hw = xp.empty((N, H), dtype=dt)
-    frozen = _frozen(batch_sizes, T, N)
+    frozen = _frozen(batch_sizes, keep, T, N)
     for t in range(T):
         xp.matmul(hs[t], whh_t, out=hw)
         launcher.elementwise(RNN_FWD.name, pre[t], hw, kind, hs[t + 1])
         f = frozen[t]
         if f is not None:
-            hs[t + 1, f:] = hs[t, f:]
+            hs[t + 1, f] = hs[t, f]
     return hs[1:], FusedCtx(x=x, hs=hs, kind=kind, frozen=frozen)
 
 
@@ -434,12 +433,12 @@ def rnn_backward_gpu(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_b, lau
         launcher.elementwise(RNN_BWD.name, g[t], dhm, hs[t + 1], ctx.kind, dpre[t])
         f = ctx.frozen[t]
         if f is not None:                                # frozen rows: no step, the gradient passes through
-            dpre[t, f:] = 0
-            dh_frozen = g[t, f:] + dhm[f:]
+            dpre[t, f] = 0
+            dh_frozen = g[t, f] + dhm[f]
         if t > 0 or need_h0:
             xp.matmul(dpre[t], w_hh, out=dhm)
             if f is not None:
-                dhm[f:] = dh_frozen
+                dhm[f] = dh_frozen
     dp2 = dpre.reshape(T * N, H)
     dx = (dp2 @ w_ih).reshape(T, N, -1) if need_x else None
     dw_ih = dp2.T @ ctx.x.reshape(T * N, -1) if need_w else None

@@ -14,13 +14,17 @@ tanh call covers every gate of a step; the 1/2 is folded into a scaled copy of t
 Each forward returns (packed, ctx) where packed holds [outputs h_1..h_T] (+ [c_T] for the
 LSTM) so that a single autodiff op can expose output, h_n (and c_n) as slices.
 
-Variable-length batches (PackedSequence): pass batch_sizes, the number of leading columns still
-running at each step (the batch sorted longest first, as PackedSequence keeps it).  The columns past
-batch_sizes[t] are frozen at step t: the step is computed for the whole batch (one matmul, no ragged
-shapes), then their state is copied back from t-1, and backward lets their gradient pass through
-unchanged with zero gate gradients.  So out[T-1] (and c_T) already hold every sequence's state at its
-own last step, and a reversed run (batch_sizes reversed: short sequences start late) holds h_0 until
-the sequence begins.  Without batch_sizes the loops do exactly what they did before.
+Variable-length batches: some columns of the batch skip some steps, keeping their state as it was.
+Two callers say which: a PackedSequence passes batch_sizes, the number of leading columns still
+running at each step (the batch sorted longest first), and Keras masking passes keep, a (T, N)
+boolean mask (False: a padded step).  Both become one plan (held_rows): per step, the columns that
+do not run, as a slice (a packed batch's finished tail) or an index array (a mask's padded steps).
+The step is computed for the whole batch (one matmul, no ragged shapes), then the held columns get
+their state copied back from t-1 (copied, so a padded sequence ends in exactly the unpadded one's
+state), and backward lets their gradient pass through unchanged with zero gate gradients.  So out[T-1]
+(and c_T) hold every sequence's state at its own last step, and a reversed packed run (batch_sizes
+reversed: short sequences start late) holds h_0 until the sequence begins.  Without either the loops
+do exactly what they did before.
 
 On a GPU (cupy float32/float64 arrays, a device present) each function hands over to
 engine.kernels.rnn_step: there every elementwise op below would be a kernel launch of its own
@@ -58,13 +62,25 @@ def _fused_ctx(ctx):
     return rnn_step if isinstance(ctx, rnn_step.FusedCtx) else None
 
 
-def frozen_from(batch_sizes, T, N):
-    """Per step, the first frozen column (None: every column runs) -- one cheap check per step in the loops."""
+def held_rows(batch_sizes, keep, T, N):
+    """Per step, the columns that keep their state (None: every column runs): a slice for a packed
+    batch, an index array for a mask -- one cheap check per step in the loops."""
+    if keep is not None:
+        if batch_sizes is not None:
+            raise ValueError("give batch_sizes (a packed batch) or keep (a step mask), not both")
+        if tuple(keep.shape) != (T, N):
+            raise ValueError(f"the step mask must have shape (T, N) = {(T, N)}, got {tuple(keep.shape)}")
+        xp = get_array_module(keep)
+        held = []
+        for t in range(T):
+            rows = xp.nonzero(~keep[t])[0]
+            held.append(rows if rows.size else None)
+        return tuple(held)
     if batch_sizes is None:
         return (None,) * T
     if len(batch_sizes) != T:
         raise ValueError(f"batch_sizes has {len(batch_sizes)} entries for {T} time steps")
-    return tuple(int(b) if b < N else None for b in batch_sizes)
+    return tuple(slice(int(b), None) if b < N else None for b in batch_sizes)
 
 
 # ------------------------------------------------------------------------------------------ LSTM
@@ -75,8 +91,8 @@ def _lstm_perm(H, xp):
     return xp.concatenate([xp.arange(0, 2 * H), xp.arange(3 * H, 4 * H), xp.arange(2 * H, 3 * H)])
 
 
-def lstm_forward(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False, batch_sizes=None):
-    """x (T, N, I); h0, c0 (N, H); b = b_ih + b_hh (4H,) or None; batch_sizes: see the module docstring.
+def lstm_forward(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False, batch_sizes=None, keep=None):
+    """x (T, N, I); h0, c0 (N, H); b = b_ih + b_hh (4H,) or None; batch_sizes, keep: see the module docstring.
 
     Returns packed (T+1, N, H) = [h_1 .. h_T, c_T] (a strided view) and the backward context.
 
@@ -86,10 +102,10 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False, batch_sizes=None):
     """
     fused = _fused(x)
     if fused is not None:
-        return fused.lstm_forward_gpu(x, h0, c0, w_ih, w_hh, b, h0_is_zero, batch_sizes=batch_sizes)
+        return fused.lstm_forward_gpu(x, h0, c0, w_ih, w_hh, b, h0_is_zero, batch_sizes=batch_sizes, keep=keep)
     xp = get_array_module(x)
     T, N, I = x.shape
-    frozen = frozen_from(batch_sizes, T, N)
+    frozen = held_rows(batch_sizes, keep, T, N)
     H = w_hh.shape[1]
     dt = w_ih.dtype
     perm = _lstm_perm(H, xp)
@@ -134,8 +150,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False, batch_sizes=None):
         mul(z[H2:H3], tcs[t], out=xh[t + 1, K0:])           # h = o * tanh(c)
         f = frozen[t]
         if f is not None:                                   # finished sequences keep their h, c
-            xh[t + 1, K0:, f:] = xh[t, K0:, f:]
-            c[:, f:] = cs[t][:, f:]
+            xh[t + 1, K0:, f] = xh[t, K0:, f]
+            c[:, f] = cs[t][:, f]
     xh[T + 1, K0:] = cs[T]
     ctx = (xh, cs, tcs, act, wcat, perm, I, K0, h0_is_zero, frozen)
     return xh[1:, K0:].transpose(0, 2, 1), ctx
@@ -175,7 +191,7 @@ def lstm_backward(gpacked, ctx, need_x, need_h0, need_c0, need_w):
             d = dz[t]
         f = frozen[t]
         if f is not None:
-            dc_frozen = dc[:, f:].copy()
+            dc_frozen = dc[:, f].copy()
         tc = tcs[t]
         mul(dh, tc, out=d[H2:H3])                           # d o (before sigmoid')
         mul(tc, tc, out=tmp)
@@ -197,8 +213,8 @@ def lstm_backward(gpacked, ctx, need_x, need_h0, need_c0, need_w):
         d[:H3] *= fac                                       # * sigmoid'
         dc *= a[H:H2]                                       # dc_{t-1} = dc * f
         if f is not None:                                   # frozen columns: no step, gradients pass through
-            d[:, f:] = 0
-            dc[:, f:] = dc_frozen
+            d[:, f] = 0
+            dc[:, f] = dc_frozen
         if dw is not None:
             if t == 0 and h0_is_zero:
                 matmul(d, xh[0, :K0].T, out=dw_t[:, :K0])
@@ -211,7 +227,7 @@ def lstm_backward(gpacked, ctx, need_x, need_h0, need_c0, need_w):
                 dh_next = xp.empty((H, N), dtype=dt)
             matmul(whh_pT, d, out=dh_next)
             if f is not None:
-                dh_next[:, f:] = dh[:, f:]
+                dh_next[:, f] = dh[:, f]
     dx = dh0 = dw_ih = dw_hh = db = None
     if need_x:
         dx = xp.matmul(wcat[:, :I].T, dz).transpose(0, 2, 1)     # (T, N, I)
@@ -229,14 +245,14 @@ def lstm_backward(gpacked, ctx, need_x, need_h0, need_c0, need_w):
 # ------------------------------------------------------------------------------------------ GRU
 
 
-def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None, keep=None):
     """x (T, N, I), h0 (N, H).  Returns packed (T, N, H) = [h_1 .. h_T] and the context."""
     fused = _fused(x)
     if fused is not None:
-        return fused.gru_forward_gpu(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=batch_sizes)
+        return fused.gru_forward_gpu(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=batch_sizes, keep=keep)
     xp = get_array_module(x)
     T, N, I = x.shape
-    frozen = frozen_from(batch_sizes, T, N)
+    frozen = held_rows(batch_sizes, keep, T, N)
     H = w_hh.shape[1]
     dt = w_ih.dtype
     H2 = 2 * H
@@ -274,7 +290,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
         xp.add(n, tmp, out=buf[t + 1])             # h = n + z * (h_prev - n)
         f = frozen[t]
         if f is not None:
-            buf[t + 1, f:] = buf[t, f:]
+            buf[t + 1, f] = buf[t, f]
     ctx = (x, buf, act, hn, frozen)
     return buf[1:], ctx
 
@@ -310,13 +326,13 @@ def gru_backward(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_bih, need_
         xp.multiply(dnp, r[t], out=dh_t[:, H2:])     # d (W_hn h + b_hn)
         f = frozen[t]
         if f is not None:                           # frozen rows: no step, the gradient passes through
-            dx_t[f:] = 0
-            dh_t[f:] = 0
+            dx_t[f] = 0
+            dh_t[f] = 0
         if t > 0 or need_h0:
             dh_next = dh * z[t]
             dh_next += dh_t @ w_hh
             if f is not None:
-                dh_next[f:] = dh[f:]
+                dh_next[f] = dh[f]
     dx = dh0 = dw_ih = dw_hh = db_ih = db_hh = None
     dxw2 = dxw.reshape(T * N, 3 * H)
     dhw2 = dhw.reshape(T * N, 3 * H)
@@ -337,14 +353,14 @@ def gru_backward(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_bih, need_
 # ------------------------------------------------------------------------------------------ RNN
 
 
-def rnn_forward(x, h0, w_ih, w_hh, b, nonlinearity, batch_sizes=None):
+def rnn_forward(x, h0, w_ih, w_hh, b, nonlinearity, batch_sizes=None, keep=None):
     """Elman RNN, h = act(W_ih x + W_hh h + b), act tanh or relu.  Returns packed (T, N, H) and ctx."""
     fused = _fused(x)
     if fused is not None:
-        return fused.rnn_forward_gpu(x, h0, w_ih, w_hh, b, nonlinearity, batch_sizes=batch_sizes)
+        return fused.rnn_forward_gpu(x, h0, w_ih, w_hh, b, nonlinearity, batch_sizes=batch_sizes, keep=keep)
     xp = get_array_module(x)
     T, N, I = x.shape
-    frozen = frozen_from(batch_sizes, T, N)
+    frozen = held_rows(batch_sizes, keep, T, N)
     H = w_hh.shape[1]
     dt = w_ih.dtype
     pre = (x.reshape(T * N, I) @ w_ih.T).reshape(T, N, H)
@@ -363,7 +379,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b, nonlinearity, batch_sizes=None):
             xp.maximum(z, zero, out=buf[t + 1])
         f = frozen[t]
         if f is not None:
-            buf[t + 1, f:] = buf[t, f:]
+            buf[t + 1, f] = buf[t, f]
     return buf[1:], (x, buf, nonlinearity, frozen)
 
 
@@ -388,11 +404,11 @@ def rnn_backward(gout, ctx, w_ih, w_hh, need_x, need_h0, need_w, need_b):
         xp.multiply(dh, dact[t], out=dpre[t])
         f = frozen[t]
         if f is not None:                           # frozen rows: no step, the gradient passes through
-            dpre[t, f:] = 0
+            dpre[t, f] = 0
         if t > 0 or need_h0:
             dh_next = dpre[t] @ w_hh
             if f is not None:
-                dh_next[f:] = dh[f:]
+                dh_next[f] = dh[f]
     dp2 = dpre.reshape(T * N, H)
     dx = dh0 = dw_ih = dw_hh = db = None
     if need_x:

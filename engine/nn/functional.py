@@ -1500,13 +1500,22 @@ def _rnn_parents(x, w_ih, w_hh, *optional):
     return (x, w_ih, w_hh) + tuple(t for t in optional if t is not None)
 
 
-def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, batch_sizes=None):
+def _keep_array(mask, xp):
+    """A (T, N) step mask (array or Tensor; None: no mask) as booleans on the weights' device."""
+    if mask is None:
+        return None
+    return xp.asarray(mask.data if isinstance(mask, Tensor) else mask).astype(bool, copy=False)
+
+
+def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, batch_sizes=None, mask=None):
     """One LSTM layer over a time-major sequence x (T, N, I); h0/c0 (N, H) Tensors or None (zeros).
 
     Returns (output (T, N, H), h_n (N, H), c_n (N, H)); the whole sequence is one autodiff node.
     batch_sizes (T ints, non-increasing): column n runs only while n < batch_sizes[t] and keeps its
     state afterwards, so h_n / c_n are each column's state at its own last step (a PackedSequence's
     batch, see engine.nn._rnn); the outputs past that step repeat h_n.
+    mask (T, N) booleans, the other way to say it (Keras masking): False marks a padded step, which
+    keeps the previous state, so padding on either side leaves h_n as without it.
     """
     xp = get_array_module(w_ih.data)
     dt = w_ih.dtype
@@ -1519,7 +1528,7 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, batch_sizes=None):
     if b_ih is not None or b_hh is not None:
         b = (b_ih.data if b_ih is not None else 0) + (b_hh.data if b_hh is not None else 0)
     packed, ctx = _rnn.lstm_forward(xd, h0d, c0d, w_ih.data, w_hh.data, b, h0_is_zero=h0 is None,
-                                    batch_sizes=batch_sizes)
+                                    batch_sizes=batch_sizes, keep=_keep_array(mask, xp))
     need_x, need_h0, need_c0, nw_ih, nw_hh, nb_ih, nb_hh = _grad_flags(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     xdtype = x.dtype
 
@@ -1533,8 +1542,9 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, batch_sizes=None):
     return out[:T], out[T - 1], out[T]
 
 
-def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, batch_sizes=None):
-    """One GRU layer over x (T, N, I).  Returns (output (T, N, H), h_n (N, H)); batch_sizes as in lstm_layer."""
+def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, batch_sizes=None, mask=None):
+    """One GRU layer over x (T, N, I).  Returns (output (T, N, H), h_n (N, H)); batch_sizes and mask
+    as in lstm_layer."""
     xp = get_array_module(w_ih.data)
     dt = w_ih.dtype
     T, N, _ = x.shape
@@ -1543,7 +1553,8 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, batch_sizes=None):
     h0d = h0.data.astype(dt, copy=False) if h0 is not None else xp.zeros((N, H), dtype=dt)
     packed, ctx = _rnn.gru_forward(xd, h0d, w_ih.data, w_hh.data,
                                    b_ih.data if b_ih is not None else None,
-                                   b_hh.data if b_hh is not None else None, batch_sizes=batch_sizes)
+                                   b_hh.data if b_hh is not None else None, batch_sizes=batch_sizes,
+                                   keep=_keep_array(mask, xp))
     need_x, need_h0, nw_ih, nw_hh, nb_ih, nb_hh = _grad_flags(x, h0, w_ih, w_hh, b_ih, b_hh)
     xdtype = x.dtype
 
@@ -1557,9 +1568,9 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, batch_sizes=None):
     return out, out[T - 1]
 
 
-def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", batch_sizes=None):
+def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", batch_sizes=None, mask=None):
     """One Elman RNN layer (tanh or relu) over x (T, N, I).  Returns (output (T, N, H), h_n (N, H));
-    batch_sizes as in lstm_layer."""
+    batch_sizes and mask as in lstm_layer."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"unknown nonlinearity {nonlinearity!r}, use 'tanh' or 'relu'")
     xp = get_array_module(w_ih.data)
@@ -1571,7 +1582,8 @@ def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", batc
     b = None
     if b_ih is not None or b_hh is not None:
         b = (b_ih.data if b_ih is not None else 0) + (b_hh.data if b_hh is not None else 0)
-    packed, ctx = _rnn.rnn_forward(xd, h0d, w_ih.data, w_hh.data, b, nonlinearity, batch_sizes=batch_sizes)
+    packed, ctx = _rnn.rnn_forward(xd, h0d, w_ih.data, w_hh.data, b, nonlinearity, batch_sizes=batch_sizes,
+                                   keep=_keep_array(mask, xp))
     need_x, need_h0, nw_ih, nw_hh, nb_ih, nb_hh = _grad_flags(x, h0, w_ih, w_hh, b_ih, b_hh)
     xdtype = x.dtype
 

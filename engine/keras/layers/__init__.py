@@ -1,10 +1,11 @@
 """keras.layers: the Keras layer classes, channels-last, on engine.nn.Module."""
 from .base import Layer, InputShapeError
-from .core import InputLayer, Input, Dense, Embedding, Activation, ReLU, LeakyReLU, Softmax, Dropout, Flatten, Reshape
+from .core import (InputLayer, Input, Dense, Embedding, Masking, Activation, ReLU, LeakyReLU, Softmax, Dropout, Flatten,
+                   Reshape)
 from .convolutional import (Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
                             GlobalMaxPooling2D)
 from .normalization import BatchNormalization
-from .recurrent import GRU, LSTM
+from .recurrent import GRU, LSTM, SimpleRNN
 from .merge import Add, Subtract, Multiply, Average, Concatenate
 from .convolutional_1d import (Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
                                GlobalMaxPooling1D)
@@ -48,12 +49,10 @@ def average(inputs, **kwargs):
 # Keras layers this facade does not have, with what to do instead (instead of a bare AttributeError)
 _MISSING = {
     "TextVectorization": "tokenize in Python (a dict word -> id, 0 kept for padding, 1 for unknown words) and "
-                         "pass integer id sequences made equal-length with keras.utils.pad_sequences",
+                         "pass integer id sequences made equal-length with keras.utils.pad_sequences "
+                         "(Embedding(mask_zero=True) then skips the padding)",
     "StringLookup": "map strings to integer ids in Python before fit",
     "IntegerLookup": "map the values to 0..n-1 in Python before fit",
-    "Masking": "masking is not supported; pad with keras.utils.pad_sequences (padding='pre', the default, so "
-               "a recurrent layer ends on real tokens) and let the model learn the padding id",
-    "SimpleRNN": "use layers.LSTM or layers.GRU",
     "TimeDistributed": "a Dense layer already applies to the last axis of (batch, time, features) input",
     "LayerNormalization": "use BatchNormalization, or engine.nn.LayerNorm in an engine.nn model",
     "MultiHeadAttention": "use engine.nn.functional.scaled_dot_product_attention in an engine.nn model",
@@ -67,11 +66,11 @@ def __getattr__(name):
     raise AttributeError(f"module 'engine.keras.layers' has no attribute {name!r} (dptrain's Keras facade "
                          f"implements: {', '.join(sorted(__all__))})")
 
-__all__ = ["Layer", "InputShapeError", "InputLayer", "Input", "Dense", "Embedding", "Activation", "ReLU", "Softmax",
-           "Dropout", "Flatten", "Reshape", "Conv2D", "Convolution2D", "MaxPooling2D", "MaxPool2D",
+__all__ = ["Layer", "InputShapeError", "InputLayer", "Input", "Dense", "Embedding", "Masking", "Activation", "ReLU",
+           "Softmax", "Dropout", "Flatten", "Reshape", "Conv2D", "Convolution2D", "MaxPooling2D", "MaxPool2D",
            "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "GlobalAvgPool2D",
-           "GlobalMaxPooling2D", "GlobalMaxPool2D", "BatchNormalization", "LSTM", "GRU", "Add", "Subtract",
-           "Multiply", "Average", "Concatenate", "Conv1D", "Convolution1D", "MaxPooling1D", "MaxPool1D",
+           "GlobalMaxPooling2D", "GlobalMaxPool2D", "BatchNormalization", "LSTM", "GRU", "SimpleRNN", "Add",
+           "Subtract", "Multiply", "Average", "Concatenate", "Conv1D", "Convolution1D", "MaxPooling1D", "MaxPool1D",
            "AveragePooling1D", "AvgPool1D", "GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D",
            "GlobalMaxPool1D", "Bidirectional", "Lambda", "Normalization", "Rescaling", "LeakyReLU",
            "concatenate", "add", "subtract", "multiply", "average"]

@@ -13,15 +13,23 @@ elementwise layers keep whatever they get, and everything else (Flatten, Dense,
 softmax, user layers) receives channels-last.  So a Conv-Pool-Conv-Pool stack
 transposes once on the way in and once at Flatten, and Flatten still flattens
 in Keras' (H, W, C) order, so weights are interchangeable with Keras'.
+
+Masking (Keras 3's protocol).  A mask is a boolean array (batch, timesteps) that travels beside
+the activations: Embedding(mask_zero=True) and Masking create one, call() receives it when its
+signature names `mask`, a layer with `supports_masking` hands on compute_mask()'s result, and
+any other layer drops it with Keras' warning.  Sequential and functional models carry the masks
+along their graph; an eagerly called layer finds its input's mask on the tensor (`_keras_mask`)
+and leaves its output's there, which is also where fit() finds the mask for the loss.
 """
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 
 from ...backend import get_array_module
-from ...tensor import Tensor
+from ...tensor import Tensor, from_op
 from ... import nn
 from .. import initializers
 
@@ -108,6 +116,58 @@ def _takes_training(fn) -> bool:
     return ok
 
 
+_TAKES_MASK: dict = {}
+
+
+def _takes_mask(fn) -> bool:
+    """Keras passes the mask only to call() signatures that name `mask`."""
+    ok = _TAKES_MASK.get(fn)
+    if ok is None:
+        import inspect
+        try:
+            ok = "mask" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            ok = False
+        _TAKES_MASK[fn] = ok
+    return ok
+
+
+def as_mask(mask, like: Tensor):
+    """A mask (numpy, list, Tensor) as a boolean array on the device of `like`, or None."""
+    if mask is None:
+        return None
+    xp = get_array_module(like.data)
+    return xp.asarray(mask.data if isinstance(mask, Tensor) else mask).astype(bool, copy=False)
+
+
+def mask_of(xs):
+    """The masks Keras keeps on a list of tensors (`_keras_mask`), or None when none has one."""
+    masks = [getattr(t, "_keras_mask", None) for t in xs]
+    return masks if any(m is not None for m in masks) else None
+
+
+def attach_mask(y, mask, inputs=None):
+    """Leave `mask` on the output tensor as Keras does, so an eagerly called next layer (or a loss)
+    finds it.  An output that is the input tensor itself (an identity layer) becomes a new node
+    first, so the caller's tensor keeps its own mask."""
+    if not isinstance(y, Tensor):
+        return y
+    old = getattr(y, "_keras_mask", None)
+    if old is mask:
+        return y
+    if old is not None or y is inputs:
+        y = from_op(y.data, (y,), lambda g: (g,), "identity")
+    y._keras_mask = mask
+    return y
+
+
+def warn_mask_dropped(layer):
+    """Keras 3's warning (keras.src.layers.layer) when a layer without masking support gets a mask."""
+    warnings.warn(f"Layer '{layer.name}' (of type {type(layer).__name__}) was passed an input with a mask "
+                  "attached to it. However, this layer does not support masking and will therefore destroy "
+                  "the mask information. Downstream layers will not see the mask.", UserWarning, stacklevel=3)
+
+
 class Layer(nn.Module):
     """Base of every Keras layer.  Subclasses define build(), call() and compute_output_shape()."""
 
@@ -115,6 +175,25 @@ class Layer(nn.Module):
     input_ndim: int | None = None
     #: True when the layer's computation is elementwise (layout does not matter)
     layout_agnostic: bool = False
+
+    @property
+    def supports_masking(self) -> bool:
+        """Keras' flag: the layer takes a mask and hands compute_mask()'s result on.  Unless set,
+        True exactly when compute_mask() is overridden (Keras 3's default)."""
+        s = self.__dict__.get("_supports_masking")
+        return self._computes_masks() if s is None else s
+
+    @supports_masking.setter
+    def supports_masking(self, value):
+        self.__dict__["_supports_masking"] = bool(value)
+
+    def compute_mask(self, inputs, mask=None):
+        """The mask of the output (Keras' default: the input's, unchanged)."""
+        return mask
+
+    def _computes_masks(self) -> bool:
+        """compute_mask() is overridden: the layer may make a mask even when none comes in."""
+        return type(self).compute_mask is not Layer.compute_mask
 
     def __init__(self, trainable=True, name=None, dtype=None, input_shape=None, batch_input_shape=None,
                  input_dim=None, batch_size=None, **kwargs):
@@ -346,8 +425,9 @@ class Layer(nn.Module):
     def forward(self, inputs, training=None):
         return self(inputs, training=training)
 
-    def __call__(self, inputs, training=None, **kwargs):
-        """Keras semantics: channels-last in and out, numpy accepted, builds on first use.
+    def __call__(self, inputs, training=None, mask=None, **kwargs):
+        """Keras semantics: channels-last in and out, numpy accepted, builds on first use; the mask
+        is `mask=` or the one on the input tensor, and the output's mask is left on the output.
         On a KerasTensor (functional API) it builds for that shape and returns a KerasTensor."""
         from ..functional import KerasTensor, call_symbolic
         if isinstance(inputs, KerasTensor):
@@ -355,6 +435,13 @@ class Layer(nn.Module):
         if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], KerasTensor):
             raise ValueError(f'layer "{self.name}" ({type(self).__name__}) takes one input; merge a list of '
                              "tensors with layers.Add / layers.Concatenate first")
+        if mask is None:
+            mask = getattr(inputs, "_keras_mask", None)
+        y, out_mask = self._call_masked(inputs, training, mask)
+        return attach_mask(y, out_mask, inputs)
+
+    def _call_masked(self, inputs, training, mask):
+        """One eager call: (inputs, mask) -> (channels-last output, its mask)."""
         device = self._device()
         x = inputs if isinstance(inputs, Tensor) else as_tensor_input(inputs, device)
         if x.device != device:          # Keras moves inputs to where the layer's weights are
@@ -365,8 +452,27 @@ class Layer(nn.Module):
             self._build_for(x.shape)
         else:
             self.check_input_shape(tuple(x.shape))
-        y, layout = self.call_internal(x, CL, bool(training))
-        return to_channels_last(y) if layout == CF else y
+        y, layout, out_mask = self.call_internal_masked(x, as_mask(mask, x), CL, bool(training))
+        return (to_channels_last(y) if layout == CF else y), out_mask
+
+    def call_internal_masked(self, x, mask, layout, training, final_logits=False):
+        """call_internal under Keras' mask protocol: (x, mask) -> (y, layout, output mask).  Without a
+        mask and a compute_mask() of its own, a layer runs exactly as call_internal."""
+        if mask is None and not self._computes_masks():
+            y, layout = self.call_internal(x, layout, training, final_logits)
+            return y, layout, None
+        if layout == CF:
+            x, layout = to_channels_last(x), CL       # masks index (batch, steps) of the Keras layout
+        if mask is not None and _takes_mask(type(self).call):
+            extra = {"final_logits": True} if final_logits else {}
+            y, out_layout = self._call_user(x, training, mask=mask, **extra), CL
+        else:
+            y, out_layout = self.call_internal(x, layout, training, final_logits)
+        if self.supports_masking:
+            return y, out_layout, as_mask(self.compute_mask(x, mask), x)
+        if mask is not None:
+            warn_mask_dropped(self)
+        return y, out_layout, None
 
     def call_internal(self, x, layout, training, final_logits=False):
         """(tensor, layout) -> (tensor, layout). The default converts to channels-last and calls

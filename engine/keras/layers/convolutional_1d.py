@@ -2,8 +2,13 @@
 2-D paths on a (N, C, 1, T) view; Keras' arguments, defaults and kernel layout (k, in, out)."""
 from __future__ import annotations
 
+import contextlib
 
+import numpy as np
+
+from ...backend import get_array_module
 from ...nn import functional as F
+from ...tensor import Tensor, from_op
 from .. import activations, initializers
 from .base import Layer
 from .convolutional import _check_format, _out_len, _pad_nchw, _same_pads, MaxPooling2D, AveragePooling2D
@@ -166,10 +171,49 @@ class _GlobalPooling1D(Layer):
 
 
 class GlobalAveragePooling1D(_GlobalPooling1D):
+    """The mean over the steps; with a mask (Keras 3), the mean over the unmasked steps, and no
+    mask after it.  A sequence with no unmasked step gives NaN (0 / 0), as in Keras."""
+
+    supports_masking = True
+
     def _reduce(self, x):
         return x.mean(axis=1, keepdims=self.keepdims)
 
+    def call(self, inputs, training=False, mask=None):
+        if mask is None:
+            return self._reduce(inputs)
+        return masked_mean(inputs, mask, self.keepdims)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+
+def masked_mean(x: Tensor, mask, keepdims: bool) -> Tensor:
+    """sum(x * m, steps) / sum(m, steps) for x (N, T, C) and a (N, T) mask m, one graph node."""
+    xp = get_array_module(x.data)
+    if tuple(mask.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"GlobalAveragePooling1D: the mask must have shape (batch, steps) = {tuple(x.shape[:2])}, "
+                         f"got {tuple(mask.shape)}")
+    m = mask.astype(x.dtype)[:, :, None]
+    count = m.sum(axis=1, keepdims=True)                      # (N, 1, 1)
+    with _quiet(xp):
+        out = (x.data * m).sum(axis=1, keepdims=True) / count   # 0 / 0 for an all-masked row
+    n, _, c = x.shape
+
+    def backward(g):
+        with _quiet(xp):
+            return (g.reshape(n, 1, c) * m / count,)
+    return from_op(out if keepdims else out.reshape(n, c), (x,), backward, "masked_mean")
+
+
+def _quiet(xp):
+    """numpy's divide/invalid warnings off (Keras returns NaN for an all-masked row silently)."""
+    return np.errstate(divide="ignore", invalid="ignore") if xp is np else contextlib.nullcontext()
+
 
 class GlobalMaxPooling1D(_GlobalPooling1D):
+    """The max over the steps.  As in Keras 3 it takes no mask: a mask reaching it is dropped with
+    Keras' warning, and padded steps take part in the max."""
+
     def _reduce(self, x):
         return x.max(axis=1, keepdims=self.keepdims)

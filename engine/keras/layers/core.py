@@ -1,4 +1,8 @@
-"""Core Keras layers: InputLayer, Dense, Embedding, Activation, Dropout, Flatten, Reshape."""
+"""Core Keras layers: InputLayer, Dense, Embedding, Masking, Activation, Dropout, Flatten, Reshape.
+
+Masks (see layers.base): Embedding(mask_zero=True) and Masking make them; Dense, Activation (ReLU,
+Softmax), LeakyReLU and Dropout pass them on, as in Keras 3; Flatten and Reshape drop them with
+Keras' warning."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +14,8 @@ from ... import random as _random
 from .. import activations, initializers
 from .base import CF, CL, Layer, shape_str, to_channels_last
 
-__all__ = ["InputLayer", "Input", "Dense", "Embedding", "Activation", "ReLU", "LeakyReLU", "Softmax", "Dropout",
-           "Flatten", "Reshape"]
+__all__ = ["InputLayer", "Input", "Dense", "Embedding", "Masking", "Activation", "ReLU", "LeakyReLU", "Softmax",
+           "Dropout", "Flatten", "Reshape"]
 
 
 class InputLayer(Layer):
@@ -61,6 +65,8 @@ class _WithActivation(Layer):
 
 class Dense(_WithActivation):
     """y = activation(x @ kernel + bias) on the last axis; kernel is (in, out) as in Keras."""
+
+    supports_masking = True
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
@@ -166,6 +172,8 @@ def _shape_error(layer, shape, expectation, extra=""):
 
 
 class Activation(_WithActivation):
+    supports_masking = True
+
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
@@ -194,10 +202,33 @@ class ReLU(Activation):
 
 
 class Softmax(Activation):
+    """Keras' Softmax layer; with a mask, masked entries get -1e9 added before the softmax (Keras 3
+    adds (1 - mask) * -1e9 to the inputs, so the mask must broadcast against them)."""
+
     def __init__(self, axis=-1, **kwargs):
         if axis != -1:
             raise ValueError("Softmax layer: only axis=-1 is supported")
         super().__init__("softmax", **kwargs)
+
+    def call(self, inputs, training=False, final_logits=False, mask=None):
+        if mask is not None:
+            inputs = inputs + self._mask_adder(inputs, mask)
+        return self._activate(inputs, final_logits)
+
+    def _mask_adder(self, x, mask):
+        xp = get_array_module(x.data)
+        adder = (1.0 - xp.asarray(mask).astype(x.dtype)) * x.dtype.type(-1e9)
+        try:
+            fits = np.broadcast_shapes(adder.shape, x.shape) == tuple(x.shape)
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f'layer "{self.name}" (Softmax) got a mask of shape {tuple(adder.shape)} for inputs of '
+                             f"shape {tuple(x.shape)}; Keras adds the mask to the inputs, so it must broadcast "
+                             "against them, and a (batch, timesteps) mask does not broadcast against "
+                             "(batch, timesteps, classes). For a masked sequence output use "
+                             "Dense(classes, activation='softmax')")
+        return Tensor._wrap(adder)
 
     def get_config(self):
         cfg = super().get_config()
@@ -220,6 +251,7 @@ def dropout(x: Tensor, rate: float) -> Tensor:
 
 class Dropout(Layer):
     layout_agnostic = True
+    supports_masking = True
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -246,15 +278,13 @@ class Embedding(Layer):
     (input_dim, output_dim), initialised uniform(-0.05, 0.05) as in Keras.
 
     Model inputs reach layers as float32 (Keras casts them too); the ids are converted back to
-    integers here, and ids outside [0, input_dim) are an error naming the layer."""
+    integers here, and ids outside [0, input_dim) are an error naming the layer.  With
+    mask_zero=True id 0 is padding: the output's mask is ids != 0 (Keras), so the recurrent layers,
+    GlobalAveragePooling1D and the loss skip the padded steps; ids 1.. are the tokens, so
+    input_dim is the vocabulary size + 1."""
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", embeddings_regularizer=None,
                  mask_zero=False, input_length=None, **kwargs):
-        if mask_zero:
-            raise ValueError("Embedding: mask_zero=True (masking) is not supported, and ignoring it would "
-                             "silently change results; drop mask_zero and pad with keras.utils.pad_sequences "
-                             "(padding='pre', its default, so LSTM/GRU end on the real tokens); the model "
-                             "then learns the padding id 0 like any other token")
         if embeddings_regularizer is not None:
             raise ValueError("Embedding: regularizers are not supported; use AdamW / weight_decay instead")
         if input_length is not None and "input_shape" not in kwargs and "batch_input_shape" not in kwargs:
@@ -264,6 +294,13 @@ class Embedding(Layer):
             raise ValueError(f"Embedding: input_dim and output_dim must be positive, got {input_dim}, {output_dim}")
         self.input_dim, self.output_dim = int(input_dim), int(output_dim)
         self.embeddings_initializer = initializers.get(embeddings_initializer)
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero
+
+    def compute_mask(self, inputs, mask=None):
+        if not self.mask_zero:
+            return None
+        return inputs.data != 0
 
     def build(self, input_shape):
         self.add_weight("embeddings", (self.input_dim, self.output_dim), self.embeddings_initializer)
@@ -291,7 +328,35 @@ class Embedding(Layer):
 
     def get_config(self):
         return {**super().get_config(), "input_dim": self.input_dim, "output_dim": self.output_dim,
-                "embeddings_initializer": initializers.serialize(self.embeddings_initializer)}
+                "embeddings_initializer": initializers.serialize(self.embeddings_initializer),
+                "mask_zero": self.mask_zero}
+
+
+def _mask_steps(x: Tensor, keep) -> Tensor:
+    """x with the features of masked steps set to 0 (keep: (..., 1) in x's dtype), one graph node."""
+    return from_op(x.data * keep, (x,), lambda g: (g * keep,), "masking")
+
+
+class Masking(Layer):
+    """Keras' Masking(mask_value=0.0): a timestep whose features all equal mask_value is masked.
+    Its features become 0 (as in Keras) and the mask goes on to the layers after it."""
+
+    supports_masking = True
+
+    def __init__(self, mask_value=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_value = float(mask_value)
+
+    def compute_mask(self, inputs, mask=None):
+        xp = get_array_module(inputs.data)
+        return xp.any(inputs.data != inputs.dtype.type(self.mask_value), axis=-1)
+
+    def call(self, inputs, training=False):
+        keep = self.compute_mask(inputs)[..., None].astype(inputs.dtype)
+        return _mask_steps(inputs, keep)
+
+    def get_config(self):
+        return {**super().get_config(), "mask_value": self.mask_value}
 
 
 class Flatten(Layer):
@@ -352,6 +417,7 @@ class LeakyReLU(Layer):
     """max(x, negative_slope * x); Keras' default slope 0.3 (`alpha=` is the Keras 2 spelling)."""
 
     layout_agnostic = True
+    supports_masking = True
 
     def __init__(self, negative_slope=0.3, alpha=None, **kwargs):
         super().__init__(**kwargs)

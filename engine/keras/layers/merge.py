@@ -1,16 +1,19 @@
 """Merge layers for the functional API: Add, Subtract, Multiply, Average, Concatenate.
 
 They take a list of channels-last tensors (real or symbolic) and check that the
-shapes agree, naming the layer and every shape when they do not.
+shapes agree, naming the layer and every shape when they do not.  Masks combine as in Keras 3:
+the elementwise merges OR the input masks when every input has one (no mask otherwise), and
+Concatenate ORs them over the joined axis, an unmasked input counting as all valid.
 """
 from __future__ import annotations
 
 import functools
 import operator
 
+from ...backend import get_array_module
 from ...tensor import Tensor
 from ... import ops
-from .base import InputShapeError, Layer, as_tensor_input, shape_str
+from .base import InputShapeError, Layer, as_mask, as_tensor_input, attach_mask, mask_of, shape_str
 
 __all__ = ["Add", "Subtract", "Multiply", "Average", "Concatenate"]
 
@@ -18,6 +21,13 @@ __all__ = ["Add", "Subtract", "Multiply", "Average", "Concatenate"]
 class _Merge(Layer):
     min_inputs = 2
     max_inputs: int | None = None
+    supports_masking = True
+
+    def compute_mask(self, inputs, mask=None):
+        """Keras' Merge.compute_mask: the OR of the masks if every input has one, else none."""
+        if mask is None or any(m is None for m in mask):
+            return None
+        return functools.reduce(operator.or_, mask)
 
     def _check_count(self, n):
         if n < self.min_inputs or (self.max_inputs is not None and n > self.max_inputs):
@@ -45,16 +55,24 @@ class _Merge(Layer):
         raise ValueError(f'layer "{self.name}" ({type(self).__name__}) merges a list of tensors; call it on a '
                          f"list like {type(self).__name__}()([a, b])")
 
-    def __call__(self, inputs, training=None, **kwargs):
+    def __call__(self, inputs, training=None, mask=None, **kwargs):
         from ..functional import call_symbolic, is_symbolic
         if not isinstance(inputs, (list, tuple)):
             return self._build_for(None)
         if is_symbolic(inputs):
             return call_symbolic(self, list(inputs))
+        y, out_mask = self._call_masked(inputs, training, mask_of(inputs) if mask is None else mask)
+        return attach_mask(y, out_mask)
+
+    def _call_masked(self, inputs, training, mask):
         xs = [x if isinstance(x, Tensor) else as_tensor_input(x, self._device()) for x in inputs]
         self._check_count(len(xs))
         self._out_shape([tuple(x.shape) for x in xs])
-        return self.merge(xs)
+        masks = [as_mask(m, x) for m, x in zip(mask or [None] * len(xs), xs)]
+        out_mask = None
+        if any(m is not None for m in masks):
+            out_mask = as_mask(self.compute_mask(xs, masks), xs[0])
+        return self.merge(xs), out_mask
 
     def merge(self, xs):
         raise NotImplementedError
@@ -104,6 +122,21 @@ class Concatenate(_Merge):
 
     def merge(self, xs):
         return ops.concat(xs, axis=self.axis)
+
+    def compute_mask(self, inputs, mask=None):
+        """Keras' Concatenate.compute_mask: each mask widened to its input's shape (all True for an
+        unmasked input), joined along the axis, then any() over the last axis."""
+        if mask is None or all(m is None for m in mask):
+            return None
+        xp = get_array_module(inputs[0].data)
+        full = []
+        for x, m in zip(inputs, mask):
+            if m is None:
+                m = xp.ones(x.shape, dtype=bool)
+            elif m.ndim < x.ndim:
+                m = xp.broadcast_to(m[..., None], x.shape)
+            full.append(m)
+        return xp.concatenate(full, axis=self.axis).any(axis=-1)
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}

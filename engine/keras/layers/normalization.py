@@ -4,16 +4,21 @@ Keras differs from torch.nn.BatchNorm in three ways that change results, so this
 is its own layer: momentum is the weight of the *old* moving average (0.99), the
 moving variance is updated with the biased batch variance, and epsilon is 1e-3.
 Weights in Keras order: gamma, beta (trainable), moving_mean, moving_variance.
+With a mask (e.g. after Embedding(mask_zero=True)) training statistics cover the unmasked steps
+only, Keras 3's masked moments; the mask passes on.
 """
 from __future__ import annotations
 
 from ... import ops
+from ...tensor import Tensor
 from .base import CF, Layer, shape_str
 
 __all__ = ["BatchNormalization"]
 
 
 class BatchNormalization(Layer):
+    supports_masking = True
+
     def __init__(self, axis=-1, momentum=0.99, epsilon=0.001, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones",
                  moving_mean_initializer="zeros", moving_variance_initializer="ones", **kwargs):
@@ -55,17 +60,34 @@ class BatchNormalization(Layer):
     def call_internal(self, x, layout, training, final_logits=False):
         return self._normalize(x, self._channel_axis(x.ndim, layout), training), layout
 
-    def call(self, inputs, training=False):
-        return self._normalize(inputs, self.axis % inputs.ndim, training)
+    def call(self, inputs, training=False, mask=None):
+        return self._normalize(inputs, self.axis % inputs.ndim, training, mask)
 
-    def _normalize(self, x, ax, training):
+    def _moments(self, x, red, mask):
+        """Batch mean and (biased) variance; with a mask, Keras 3's masked moments: over the unmasked
+        steps only, each sum divided by (count + 1e-7)."""
+        if mask is None:
+            mean = x.mean(axis=red, keepdims=True)
+            centered = x - mean
+            return mean, (centered * centered).mean(axis=red, keepdims=True)
+        if mask.ndim != x.ndim - 1 or red != tuple(range(x.ndim - 1)):
+            raise ValueError(f'layer "{self.name}" (BatchNormalization): a mask needs the channel axis last and '
+                             f"one dimension less than the inputs; got mask shape {tuple(mask.shape)} for inputs "
+                             f"of shape {tuple(x.shape)} with axis={self.axis}")
+        w = Tensor._wrap(mask[..., None].astype(x.dtype))
+        count = float(mask.sum()) + 1e-7
+        weighted = x * w
+        mean = weighted.sum(axis=red, keepdims=True) * (1.0 / count)
+        diff = weighted - mean
+        return mean, (diff * diff * w).sum(axis=red, keepdims=True) * (1.0 / count)
+
+    def _normalize(self, x, ax, training, mask=None):
         shape = [1] * x.ndim
         shape[ax] = x.shape[ax]
         red = tuple(i for i in range(x.ndim) if i != ax)
         if training:
-            mean = x.mean(axis=red, keepdims=True)
+            mean, var = self._moments(x, red, mask)
             centered = x - mean
-            var = (centered * centered).mean(axis=red, keepdims=True)
             m = self.momentum
             self.moving_mean.data *= m
             self.moving_mean.data += (1 - m) * mean.data.reshape(-1)

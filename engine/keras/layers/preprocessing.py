@@ -17,6 +17,7 @@ class Normalization(Layer):
     The statistics are non-trainable weights `mean` and `variance`."""
 
     layout_agnostic = False
+    supports_masking = True
 
     def __init__(self, axis=-1, mean=None, variance=None, invert=False, **kwargs):
         if invert:
@@ -82,6 +83,7 @@ class Rescaling(Layer):
     """x * scale + offset (e.g. Rescaling(1./255) for uint8 images)."""
 
     layout_agnostic = True
+    supports_masking = True
 
     def __init__(self, scale, offset=0.0, **kwargs):
         super().__init__(**kwargs)

@@ -8,16 +8,21 @@ __all__ = ["Bidirectional", "Lambda"]
 
 
 class Bidirectional(Layer):
-    """Bidirectional(LSTM(u) or GRU(u), merge_mode='concat'): the layer runs forwards and a copy
-    with go_backwards flipped runs backwards; with return_sequences the backward output is
-    reversed back so step t of both halves lines up, as in Keras.  Weights: forward then backward."""
+    """Bidirectional(LSTM(u), GRU(u) or SimpleRNN(u), merge_mode='concat'): the layer runs forwards
+    and a copy with go_backwards flipped runs backwards; with return_sequences the backward output
+    is reversed back so step t of both halves lines up, as in Keras.  Weights: forward then backward.
+
+    A mask goes to both directions.  As Keras does, the wrapper sets zero_output_for_mask =
+    return_sequences on both layers: a padded step outputs zeros in both halves rather than each
+    direction's previous output, which would differ between the halves."""
 
     input_ndim = 3
+    supports_masking = True
 
     def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None, **kwargs):
         from .recurrent import _Recurrent
         if not isinstance(layer, _Recurrent):
-            raise ValueError(f"Bidirectional wraps an LSTM or GRU layer, got {type(layer).__name__}")
+            raise ValueError(f"Bidirectional wraps an LSTM, GRU or SimpleRNN layer, got {type(layer).__name__}")
         if merge_mode not in ("concat", "sum", "mul", "ave"):
             raise ValueError(f"Bidirectional: merge_mode must be 'concat', 'sum', 'mul' or 'ave', got "
                              f"{merge_mode!r} (merge_mode=None, two outputs, is not supported)")
@@ -35,6 +40,8 @@ class Bidirectional(Layer):
             raise ValueError("Bidirectional: backward_layer must have go_backwards != the forward layer's")
         if layer.name == cfg["name"] and not layer.name.startswith("forward_"):
             layer.name = "forward_" + layer.name
+        for sub in (layer, backward_layer):
+            sub.zero_output_for_mask = sub.return_sequences
         self.forward_layer, self.backward_layer = layer, backward_layer
         self.merge_mode = merge_mode
         self.return_sequences = layer.return_sequences
@@ -87,10 +94,13 @@ class Bidirectional(Layer):
             out[-1] = 2 * out[-1]
         return tuple(out)
 
-    def call(self, inputs, training=False):
+    def compute_mask(self, inputs, mask=None):
+        return mask if self.return_sequences else None
+
+    def call(self, inputs, training=False, mask=None):
         from ... import ops
-        y_f = self.forward_layer.call(inputs, training=training)
-        y_b = self.backward_layer.call(inputs, training=training)
+        y_f = self.forward_layer.call(inputs, training=training, mask=mask)
+        y_b = self.backward_layer.call(inputs, training=training, mask=mask)
         if self.return_sequences:
             y_b = ops.flip(y_b, 1) if hasattr(ops, "flip") else y_b[:, ::-1]
         if self.merge_mode == "concat":
@@ -124,9 +134,11 @@ class Lambda(Layer):
     needs safe_mode=False for that too); use save_weights()."""
 
     def __init__(self, function, output_shape=None, mask=None, arguments=None, **kwargs):
-        if mask is not None:
-            raise ValueError("Lambda: mask= is not supported (no masking in this facade)")
         super().__init__(**kwargs)
+        # Keras 3: a Lambda passes a mask on only when given mask= (a callable (inputs, mask) -> mask,
+        # or a fixed mask); otherwise it drops the mask with Keras' warning
+        self.mask = mask
+        self.supports_masking = mask is not None
         if not callable(function):
             raise TypeError(f"Lambda needs a callable, got {type(function).__name__}")
         self.function, self.arguments = function, dict(arguments or {})
@@ -138,6 +150,9 @@ class Lambda(Layer):
         if self._output_shape is not None:
             return (input_shape[0],) + tuple(self._output_shape)
         return self._infer_output_shape(input_shape)
+
+    def compute_mask(self, inputs, mask=None):
+        return self.mask(inputs, mask) if callable(self.mask) else self.mask
 
     def call(self, inputs, training=False):
         return self.function(inputs, **self.arguments)
