@@ -6,11 +6,10 @@ as PyTorch's i, f, g, o).  Defaults as Keras: glorot_uniform kernel, orthogonal
 recurrent kernel, zero bias with the forget-gate part set to 1
 (unit_forget_bias).
 
-The forward pass keeps every gate activation in one preallocated (T, N, 4H)
-array and the backward pass is one explicit backprop-through-time loop: two
-matrix products per step instead of a graph of ~15 small ops per step, which is
-what makes an LSTM on 28-step Fashion-MNIST rows fast on a CPU.  Custom
-activations fall back to the same recurrence built from engine ops.
+All three run the engine's fused recurrences (engine.nn.functional.lstm_layer / gru_layer /
+rnn_layer: one explicit backprop-through-time loop with two matrix products per step instead of a
+graph of ~15 small ops per step, and fused kernels on a GPU) on views of the Keras weights in
+PyTorch's layout.  Custom activations fall back to the same recurrence built from engine ops.
 
 Masking is Keras 3's (keras.src.backend.*.rnn with a mask): a masked step leaves the state as it
 was and outputs the previous step's output (zeros instead with zero_output_for_mask, which
@@ -23,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...backend import get_array_module
-from ...tensor import Tensor, from_op
+from ...tensor import Tensor
 from ... import ops
 from .. import activations, initializers
 from .base import Layer
@@ -31,112 +30,20 @@ from .base import Layer
 __all__ = ["LSTM", "GRU", "SimpleRNN", "lstm_sequence"]
 
 
-def _sigmoid(xp, z, out=None):
-    # 0.5 * (1 + tanh(z / 2)): never overflows
-    out = xp.multiply(z, z.dtype.type(0.5), out=out)
-    xp.tanh(out, out=out)
-    out += 1
-    out *= z.dtype.type(0.5)
-    return out
-
-
 def lstm_sequence(x: Tensor, kernel: Tensor, recurrent: Tensor, bias: Tensor | None,
                   return_sequences: bool, go_backwards: bool = False, keep=None) -> Tensor:
     """Run an LSTM (sigmoid gates, tanh cell) over x (N, T, F); one graph node.
 
-    keep: None, or (T, N) booleans in processing order (already reversed for go_backwards);
-    where False the step keeps the previous h and c (Keras masking)."""
-    xp = get_array_module(x.data)
-    xd, W, U = x.data, kernel.data, recurrent.data
-    n, t_len, f = xd.shape
-    h4 = W.shape[1]
-    hid = h4 // 4
-    dt = W.dtype
-    if go_backwards:
-        xd = xd[:, ::-1]
-    # input projection for all steps at once, time-major: (T, N, 4H)
-    xt = xp.ascontiguousarray(xd.transpose(1, 0, 2)).reshape(t_len * n, f)
-    gates = (xt @ W).reshape(t_len, n, h4)
-    if bias is not None:
-        gates += bias.data
-    cells = xp.empty((t_len + 1, n, hid), dtype=dt)        # c_0 .. c_T
-    hs = xp.empty((t_len + 1, n, hid), dtype=dt)           # h_0 .. h_T
-    tanh_c = xp.empty((t_len, n, hid), dtype=dt)
-    cells[0] = 0
-    hs[0] = 0
-    for s in range(t_len):
-        z = gates[s]
-        z += hs[s] @ U
-        _sigmoid(xp, z[:, :2 * hid], out=z[:, :2 * hid])        # i, f
-        xp.tanh(z[:, 2 * hid:3 * hid], out=z[:, 2 * hid:3 * hid])  # g
-        _sigmoid(xp, z[:, 3 * hid:], out=z[:, 3 * hid:])         # o
-        i, fg, g, o = z[:, :hid], z[:, hid:2 * hid], z[:, 2 * hid:3 * hid], z[:, 3 * hid:]
-        c = cells[s + 1]
-        xp.multiply(fg, cells[s], out=c)
-        c += i * g
-        xp.tanh(c, out=tanh_c[s])
-        xp.multiply(o, tanh_c[s], out=hs[s + 1])
-        if keep is not None:
-            held = ~keep[s][:, None]
-            xp.copyto(c, cells[s], where=held)
-            xp.copyto(hs[s + 1], hs[s], where=held)
-    kf = None if keep is None else keep[:, :, None].astype(dt)
-    if return_sequences:
-        # with go_backwards the sequence comes back in processing (reversed) order, as in Keras
-        out = xp.ascontiguousarray(hs[1:].transpose(1, 0, 2))
-    else:
-        out = hs[t_len].copy()
-    parents = (x, kernel, recurrent) + ((bias,) if bias is not None else ())
-
-    def backward(gout):
-        dgates = xp.empty_like(gates)
-        dh = xp.zeros((n, hid), dtype=dt)
-        dc = xp.zeros((n, hid), dtype=dt)
-        if return_sequences:
-            gseq = gout.transpose(1, 0, 2)
-        for s in range(t_len - 1, -1, -1):
-            if return_sequences:
-                dh += gseq[s]
-            elif s == t_len - 1:
-                dh += gout
-            if kf is not None:                       # a held step passes its gradient straight back
-                dh, dh_held = dh * kf[s], dh * (1 - kf[s])
-                dc, dc_held = dc * kf[s], dc * (1 - kf[s])
-            z = gates[s]
-            i, fg, g, o = z[:, :hid], z[:, hid:2 * hid], z[:, 2 * hid:3 * hid], z[:, 3 * hid:]
-            tc = tanh_c[s]
-            dz = dgates[s]
-            # do = dh * tanh(c) * o(1-o)
-            xp.multiply(dh, tc, out=dz[:, 3 * hid:])
-            dz[:, 3 * hid:] *= o * (1 - o)
-            # dc += dh * o * (1 - tanh(c)^2)
-            dc += dh * o * (1 - tc * tc)
-            xp.multiply(dc, g, out=dz[:, :hid])
-            dz[:, :hid] *= i * (1 - i)                           # di
-            xp.multiply(dc, cells[s], out=dz[:, hid:2 * hid])
-            dz[:, hid:2 * hid] *= fg * (1 - fg)                  # df
-            xp.multiply(dc, i, out=dz[:, 2 * hid:3 * hid])
-            dz[:, 2 * hid:3 * hid] *= 1 - g * g                  # dg
-            dc *= fg
-            dh = dz @ U.T
-            if kf is not None:
-                dh += dh_held
-                dc += dc_held
-        d2 = dgates.reshape(t_len * n, h4)
-        grads = []
-        if x.requires_grad:
-            dx = (d2 @ W.T).reshape(t_len, n, f).transpose(1, 0, 2)
-            if go_backwards:
-                dx = dx[:, ::-1]
-            grads.append(xp.ascontiguousarray(dx))
-        else:
-            grads.append(None)
-        grads.append(xt.T @ d2 if kernel.requires_grad else None)
-        grads.append(hs[:t_len].reshape(t_len * n, hid).T @ d2 if recurrent.requires_grad else None)
-        if bias is not None:
-            grads.append(d2.sum(axis=0) if bias.requires_grad else None)
-        return tuple(grads)
-    return from_op(out, parents, backward, "lstm")
+    Keras' gates i, f, c, o are PyTorch's i, f, g, o and its kernel (F, 4U) is PyTorch's weight_ih
+    transposed, so this is the engine's fused LSTM (engine.nn.functional.lstm_layer, with its GPU
+    kernels) on transposed views; the transposes are in the graph, so gradients land in Keras' layout.
+    keep: None, or (T, N) booleans in processing order (already reversed for go_backwards); where
+    False the step keeps the previous h and c (Keras masking)."""
+    from ...nn.functional import lstm_layer
+    xs = x[:, ::-1] if go_backwards else x
+    seq, last, _ = lstm_layer(xs.transpose(1, 0, 2), None, None, kernel.T, recurrent.T, bias, None, mask=keep)
+    # with go_backwards the sequence comes back in processing (reversed) order, as in Keras
+    return seq.transpose(1, 0, 2) if return_sequences else last
 
 
 class _UnitForgetBias(initializers.Initializer):
