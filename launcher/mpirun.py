@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 from cluster.config import Config, is_local_host, is_loopback_host
 from cluster.worker import EXIT_PEER_FAILURE
@@ -253,6 +254,9 @@ class MpiGroup(Group):
         self.proc: subprocess.Popen | None = None
         self.status_dir = job.run.file("status")
         self._shm_before = shmclean.snapshot()     # MPI segments that are not ours to clean up
+        self._started = time.time()                 # other hosts' segments are told apart by age
+        self._remote_hosts = sorted({n["host"] for n in job.cfg["cluster"]["nodes"] if not is_local_host(n["host"])})
+        self._failed = False                        # an attempt failed: killed ranks may have left segments
         self.recent = RecentLines()                 # what the console showed, for the failure report
 
     def replanned(self) -> None:
@@ -298,6 +302,7 @@ class MpiGroup(Group):
         return False, self._failure(self._rank_results(), code)
 
     def _failure(self, results: list[dict], mpiexec_code: int | None) -> Failure:
+        self._failed = True
         return diagnose(results, mpiexec_code, self.job.run.rank_log)
 
     def close(self) -> None:
@@ -308,6 +313,44 @@ class MpiGroup(Group):
         if removed:
             print(f"dptrain: removed {len(removed)} shared-memory segment(s) left in {shmclean.SHM_DIR} by "
                   f"MPI ranks that did not finish cleanly", file=sys.stderr, flush=True)
+        if self._failed and self._remote_hosts:
+            self._clean_remote_hosts()
+
+    def _clean_remote_hosts(self, timeout: float = 30.0) -> None:
+        """Killed ranks leave MPI segments on their own hosts too: after a failed attempt, one
+        `python -m launcher.shmclean --since START` per remote host, started by the same mpiexec
+        (and the config's extra_args, which may be how the hosts are reached).  Best effort with a
+        deadline: an unreachable host must not hold up the exit.  mpiexec.log records the outcome."""
+        cfg = self.job.cfg
+        hosts = self._remote_hosts
+        python = cfg["cluster"]["python"] or sys.executable
+        clean = [python, "-m", "launcher.shmclean", "--since", f"{self._started - 1:.0f}", "--quiet"]
+        extra = list(cfg["cluster"]["mpi"]["extra_args"])
+        if self.flavor == "openmpi":
+            cmd = [self.mpiexec, "--host", ",".join(f"{h}:1" for h in hosts), "-np", str(len(hosts)),
+                   "--map-by", "node"]
+            if hasattr(os, "geteuid") and os.geteuid() == 0:
+                cmd.append("--allow-run-as-root")
+        else:
+            hostfile = self.job.run.file("hostfile.shmclean")
+            with open(hostfile, "w") as f:
+                f.write("".join(f"{h}:1\n" for h in hosts))
+            cmd = [self.mpiexec, "-f", hostfile, "-n", str(len(hosts)), "-ppn", "1"]
+        log = self.job.run.file(os.path.join("logs", "mpiexec.log"))
+        try:
+            r = subprocess.run(cmd + extra + clean, env=clean_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                               text=True, timeout=timeout)
+            outcome = f"exit code {r.returncode}"
+            said = [line for line in r.stderr.splitlines() if line.startswith("dptrain: ")]
+        except (OSError, subprocess.TimeoutExpired) as e:
+            outcome, said = f"not finished: {type(e).__name__}", []
+        for line in said:                   # "dptrain: HOST: removed N shared-memory segment(s) ..."
+            print(line, file=sys.stderr, flush=True)
+        try:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"dptrain: shared-memory cleanup on {', '.join(hosts)}: {outcome}\n")
+        except OSError:
+            pass
 
     def stop(self, grace: float) -> None:
         p = self.proc
