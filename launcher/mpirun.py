@@ -297,9 +297,12 @@ class MpiGroup(Group):
             if bad or vanished_ranks(results):  # a rank failed but mpiexec has not noticed yet
                 return False, self._failure(results, None)
             return False, None
-        if code == 0:
+        results = self._rank_results()
+        if code == 0 and not any(r.get("exit_code") for r in results):
             return True, None
-        return False, self._failure(self._rank_results(), code)
+        # (MPICH 4.1's mpiexec now and then exits 0 although a rank failed and the others were
+        # stopped: a rank's own non-zero exit code outweighs mpiexec's 0, as in launcher.postmortem)
+        return False, self._failure(results, code or None)
 
     def _failure(self, results: list[dict], mpiexec_code: int | None) -> Failure:
         self._failed = True

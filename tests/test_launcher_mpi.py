@@ -330,6 +330,25 @@ def test_script_names_a_killed_shim_and_keeps_the_mpich_banner_in_the_log(tmp_pa
     assert summary["status"] == "failed" and summary["exit_code"] == proc.returncode
 
 
+def test_mpiexec_exit_code_0_does_not_hide_a_failed_rank(tmp_path):
+    """MPICH 4.1's mpiexec sometimes exits 0 after a rank failed and it stopped the others: the
+    rank's own exit code in its status record is the failure (an elastic restart must still happen)."""
+    group = M.MpiGroup.__new__(M.MpiGroup)
+    group.status_dir = str(tmp_path)
+    group.job = type("J", (), {"run": type("R", (), {"rank_log": staticmethod(lambda rank: os.devnull)})()})()
+    group.proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    group.proc.wait()
+    for rank, code in ((0, None), (1, 17)):             # rank 0's shim was stopped: no final record
+        (tmp_path / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "exit_code": code, "time": 1.0,
+                                                               "host": "elsewhere", "pid": 1}))
+    done, failure = group.poll()
+    assert not done and failure.rank == 1 and failure.exit_code == 17
+    for rank in (0, 1):
+        (tmp_path / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "exit_code": 0, "time": 1.0,
+                                                               "host": "elsewhere", "pid": 1}))
+    assert group.poll() == (True, None)
+
+
 def test_postmortem_reports_the_root_cause_and_nothing_on_success(tmp_path):
     from launcher import postmortem
     status = tmp_path / "status"
