@@ -309,18 +309,21 @@ def test_bidirectional_with_a_mask(cls, return_sequences):
 
 
 # ---------------------------------------------------------------- the loss and the metrics
+def _model_of(stack, functional, steps=8):
+    """The same layer stack as a Sequential model or as a functional one (both carry masks)."""
+    if not functional:
+        return keras.Sequential([keras.Input(shape=(steps,))] + stack)
+    inp = keras.Input(shape=(steps,))
+    h = inp
+    for layer in stack:
+        h = layer(h)
+    return keras.Model(inp, h)
+
+
 def _tagger(loss="sparse_categorical_crossentropy", final=3, activation="softmax", functional=False):
     keras.utils.set_random_seed(12)
-    stack = [layers.Embedding(20, 8, mask_zero=True), layers.LSTM(8, return_sequences=True),
-             layers.Dense(final, activation=activation)]
-    if functional:
-        inp = keras.Input(shape=(8,))
-        h = inp
-        for layer in stack:
-            h = layer(h)
-        model = keras.Model(inp, h)
-    else:
-        model = keras.Sequential([keras.Input(shape=(8,))] + stack)
+    model = _model_of([layers.Embedding(20, 8, mask_zero=True), layers.LSTM(8, return_sequences=True),
+                       layers.Dense(final, activation=activation)], functional)
     metrics = ["accuracy"] if loss == "sparse_categorical_crossentropy" else ["mae"]
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss, metrics=metrics)
     return model
@@ -433,17 +436,9 @@ def test_nested_sequential_keeps_the_mask_and_the_fused_loss():
 @pytest.mark.parametrize("functional", [False, True])
 def test_masked_model_saves_and_loads(tmp_path, functional):
     keras.utils.set_random_seed(20)
-    stack = [layers.Embedding(20, 4, mask_zero=True),
-             layers.Bidirectional(layers.GRU(3, return_sequences=True)), layers.SimpleRNN(3),
-             layers.Dense(2, activation="softmax")]
-    if functional:
-        inp = keras.Input(shape=(8,))
-        h = inp
-        for layer in stack:
-            h = layer(h)
-        model = keras.Model(inp, h)
-    else:
-        model = keras.Sequential([keras.Input(shape=(8,))] + stack)
+    model = _model_of([layers.Embedding(20, 4, mask_zero=True),
+                       layers.Bidirectional(layers.GRU(3, return_sequences=True)), layers.SimpleRNN(3),
+                       layers.Dense(2, activation="softmax")], functional)
     ids = _padded(_ragged(seed=20), 8, "post")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.save(tmp_path / "masked.keras")
