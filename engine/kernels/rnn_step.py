@@ -197,6 +197,15 @@ def _frozen(batch_sizes, keep, T, N):
     return held_rows(batch_sizes, keep, T, N)
 
 
+def _forward_setup(x, w_ih, w_hh, launcher):
+    """What every forward starts from: the launcher, the array module, T, N, H and the compute dtype
+    (checked to be one the kernels are compiled for)."""
+    T, N, _ = x.shape
+    dt = w_ih.dtype
+    rt.float_suffix(dt)
+    return launcher or rt.LAUNCHER, _xp(x), T, N, w_hh.shape[1], dt
+
+
 def _input_projection(x, w, b):
     """x (T, N, I) @ w^T (+ b) for every time step at once: (T, N, rows of w), one matmul before the loop."""
     T, N, I = x.shape
@@ -211,12 +220,7 @@ def _input_projection(x, w, b):
 
 def lstm_forward_gpu(x, h0, c0, w_ih, w_hh, b, h0_is_zero=False, launcher=None, batch_sizes=None, keep=None):
     """Contract of engine.nn._rnn.lstm_forward: packed (T+1, N, H) = [h_1 .. h_T, c_T] and the context."""
-    launcher = launcher or rt.LAUNCHER
-    xp = _xp(x)
-    T, N, _ = x.shape
-    H = w_hh.shape[1]
-    dt = w_ih.dtype
-    rt.float_suffix(dt)
+    launcher, xp, T, N, H, dt = _forward_setup(x, w_ih, w_hh, launcher)
     from ..nn._rnn import _lstm_perm     # the numpy path's gate order (engine.nn is loaded by now)
     perm = _lstm_perm(H, xp)
     w_ih_p, w_hh_p = w_ih[perm], w_hh[perm]
@@ -320,12 +324,7 @@ def gru_forward_gpu(x, h0, w_ih, w_hh, b_ih, b_hh, launcher=None, batch_sizes=No
     b_hh's r and z parts are added to the input projection once (they sit outside any product); its n part
     goes to the kernel, which needs W_hn h + b_hn on its own (n = tanh(x_n + r * (W_hn h + b_hn))).
     """
-    launcher = launcher or rt.LAUNCHER
-    xp = _xp(x)
-    T, N, _ = x.shape
-    H = w_hh.shape[1]
-    dt = w_ih.dtype
-    rt.float_suffix(dt)
+    launcher, xp, T, N, H, dt = _forward_setup(x, w_ih, w_hh, launcher)
     xw = _input_projection(x, w_ih, b_ih)
     if b_hh is not None:
         xw[..., :2 * H] += b_hh[:2 * H]
@@ -398,12 +397,7 @@ def _gru_backward_loop(g, ctx, w_hh, dxw, dhw, need_h0, launcher):
 
 def rnn_forward_gpu(x, h0, w_ih, w_hh, b, nonlinearity, launcher=None, batch_sizes=None, keep=None):
     """Contract of engine.nn._rnn.rnn_forward: packed (T, N, H) = [h_1 .. h_T] and the context."""
-    launcher = launcher or rt.LAUNCHER
-    xp = _xp(x)
-    T, N, _ = x.shape
-    H = w_hh.shape[1]
-    dt = w_ih.dtype
-    rt.float_suffix(dt)
+    launcher, xp, T, N, H, dt = _forward_setup(x, w_ih, w_hh, launcher)
     kind = rt.i32(ACT_CODES[nonlinearity])
     pre = _input_projection(x, w_ih, b)
     hs = xp.empty((T + 1, N, H), dtype=dt)
