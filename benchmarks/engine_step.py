@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -31,18 +32,47 @@ WORKER_TIMEOUT_S = 900
 
 # ------------------------------------------------------------------ step builders (worker side)
 
-def _ours_cnn(batch):
-    import numpy as np
+def _framework(name):
+    """(seed, nn, optim, tensor) of one framework: our engine.nn mirrors torch.nn, so one model
+    definition below serves both and the comparison is the same program twice."""
+    if name == "torch":
+        import torch
+        from torch import nn, optim
+        return torch.manual_seed, nn, optim, torch.as_tensor
     import engine
     from engine import nn, optim
-    engine.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                          nn.Linear(5408, 128), nn.ReLU(), nn.Linear(128, 10))
+    return engine.manual_seed, nn, optim, engine.tensor
+
+
+def _seed_cnn(nn):
+    return nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(5408, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def _seed_lstm(nn):
+    class LSTMModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(28, 128, 1, batch_first=True)
+            self.fc = nn.Linear(128, 10)
+
+        def forward(self, x):
+            out, _ = self.lstm(x)
+            return self.fc(out[:, -1, :])
+    return LSTMModel()
+
+
+def _train_step(framework, build, sample_shape, batch):
+    """A closure running one forward + backward + Adam step on fixed synthetic data."""
+    import numpy as np
+    seed, nn, optim, tensor = _framework(framework)
+    seed(0)
+    model = build(nn)
     opt = optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
-    x = engine.tensor(rng.random((batch, 1, 28, 28), dtype=np.float32))
-    y = engine.tensor(rng.integers(0, 10, batch))
+    x = tensor(rng.random((batch,) + sample_shape, dtype=np.float32))
+    y = tensor(rng.integers(0, 10, batch))
 
     def step():
         opt.zero_grad()
@@ -71,92 +101,12 @@ def _ours_keras_cnn(batch):
     return step
 
 
-def _ours_lstm(batch):
-    import numpy as np
-    import engine
-    from engine import nn, optim
-
-    class LSTMModel(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lstm = nn.LSTM(28, 128, 1, batch_first=True)
-            self.fc = nn.Linear(128, 10)
-
-        def forward(self, x):
-            out, _ = self.lstm(x)
-            return self.fc(out[:, -1, :])
-    engine.manual_seed(0)
-    model = LSTMModel()
-    opt = optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    rng = np.random.default_rng(0)
-    x = engine.tensor(rng.random((batch, 28, 28), dtype=np.float32))
-    y = engine.tensor(rng.integers(0, 10, batch))
-
-    def step():
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
-
-
-def _torch_cnn(batch):
-    import torch
-    from torch import nn
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                          nn.Linear(5408, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand((batch, 1, 28, 28), generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
-
-    def step():
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
-
-
-def _torch_lstm(batch):
-    import torch
-    from torch import nn
-
-    class LSTMModel(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lstm = nn.LSTM(28, 128, 1, batch_first=True)
-            self.fc = nn.Linear(128, 10)
-
-        def forward(self, x):
-            out, _ = self.lstm(x)
-            return self.fc(out[:, -1, :])
-    torch.manual_seed(0)
-    model = LSTMModel()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand((batch, 28, 28), generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
-
-    def step():
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
-
-
 CASES = [  # (row label, batch, ours builder, torch builder)
-    ("seed CNN (engine.nn)", 128, _ours_cnn, _torch_cnn),
-    ("seed CNN (engine.keras)", 128, _ours_keras_cnn, _torch_cnn),
-    ("seed LSTM (engine.nn)", 64, _ours_lstm, _torch_lstm),
+    ("seed CNN (engine.nn)", 128, partial(_train_step, "ours", _seed_cnn, (1, 28, 28)),
+     partial(_train_step, "torch", _seed_cnn, (1, 28, 28))),
+    ("seed CNN (engine.keras)", 128, _ours_keras_cnn, partial(_train_step, "torch", _seed_cnn, (1, 28, 28))),
+    ("seed LSTM (engine.nn)", 64, partial(_train_step, "ours", _seed_lstm, (28, 28)),
+     partial(_train_step, "torch", _seed_lstm, (28, 28))),
 ]
 
 
