@@ -41,16 +41,23 @@ class ShapeError(ValueError, RuntimeError):
 # ------------------------------------------------------------------------------------------ helpers
 
 
+def _raw_like(v, like):
+    """The raw array of v (a Tensor, an array, a list or a number) on like's device: targets, indices
+    and masks may arrive as host arrays for a model on the GPU."""
+    arr = v.data if isinstance(v, Tensor) else v
+    if not (hasattr(arr, "dtype") and hasattr(arr, "shape")):
+        arr = np.asarray(arr)
+    if get_array_module(arr) is not get_array_module(like.data):
+        arr = backend.to_device(arr, like.device)
+    return arr
+
+
 def _t(x, like=None):
     """Tensor view of x (arrays and Python numbers become constants)."""
     if isinstance(x, Tensor):
         return x
     if like is not None:
-        xp = get_array_module(like.data)
-        arr = x if hasattr(x, "dtype") and hasattr(x, "shape") else np.asarray(x)
-        if get_array_module(arr) is not xp:
-            arr = backend.to_device(arr, like.device)
-        return Tensor._wrap(arr)
+        return Tensor._wrap(_raw_like(x, like))
     return Tensor(x)
 
 
@@ -549,12 +556,7 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None, axis=None):
 
 def _class_targets(x, target, name):
     """Validate integer class targets for (N, C, d1, ...) input; return flat int array."""
-    t = target.data if isinstance(target, Tensor) else target
-    xp = get_array_module(x.data)
-    if not hasattr(t, "dtype"):
-        t = np.asarray(t)
-    if get_array_module(t) is not xp:
-        t = backend.to_device(t, x.device)
+    t = _raw_like(target, x)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{name}: target must hold integer class indices, got dtype {t.dtype} of shape "
                         f"{tuple(t.shape)}; cast labels with .astype('int64') (float targets are read as class "
@@ -1221,12 +1223,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
 
 
 def _index_array(input, like, name):
-    idx = input.data if isinstance(input, Tensor) else input
-    if not hasattr(idx, "dtype"):
-        idx = np.asarray(idx)
-    xp = get_array_module(like.data)
-    if get_array_module(idx) is not xp:
-        idx = backend.to_device(idx, like.device)
+    idx = _raw_like(input, like)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"{name}: indices must be integers, got dtype {idx.dtype}")
     return idx
@@ -1431,12 +1428,8 @@ def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
 
 def _additive_mask(mask, like, true_means_masked):
     """A bool or float attention mask as an additive float array in like's dtype (-inf where masked)."""
-    m = mask.data if isinstance(mask, Tensor) else mask
+    m = _raw_like(mask, like)
     xp = get_array_module(like.data)
-    if not hasattr(m, "dtype"):
-        m = np.asarray(m)
-    if get_array_module(m) is not xp:
-        m = backend.to_device(m, like.device)
     dt = like.dtype
     if m.dtype == np.bool_:
         blocked = m if true_means_masked else ~m
