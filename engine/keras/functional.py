@@ -16,7 +16,8 @@ from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from .data_adapter import check_xy, standardize_inputs
-from .layers.base import CF, InputShapeError, Layer, as_mask, shape_str, shapes_compatible, to_channels_last
+from .layers.base import (CF, InputShapeError, Layer, as_mask, as_tensor_input, attach_mask, shape_str,
+                          shapes_compatible, to_channels_last)
 from .layers.core import InputLayer
 from .training import Model, loss_value, update_metric
 
@@ -196,18 +197,41 @@ class Functional(Model):
     def call(self, inputs, training=False):
         return self._forward(inputs, training)
 
-    def __call__(self, inputs, training=None, **kwargs):
-        if is_symbolic(inputs):                 # a functional model used as a layer of another one
-            raise NotImplementedError("calling a functional Model on symbolic tensors (nesting models) is not "
-                                      "supported; build one model from the layers")
-        return super().__call__(inputs, training=training, **kwargs)
+    def __call__(self, inputs, training=None, mask=None, **kwargs):
+        """A model is a layer: called on KerasTensors it becomes one node of the calling model (the
+        same weights at every call: a siamese branch); called on arrays it runs.  Several inputs go
+        as a list in `inputs` order."""
+        if is_symbolic(inputs):
+            if self._multi:
+                raise NotImplementedError(
+                    f'model "{self.name}" has {len(self.output_names)} outputs {self.output_names}; only a model '
+                    "with one output can be nested in another. Nest one that ends at the output you need: "
+                    "keras.Model(m.inputs, m.outputs[i]) shares m's weights")
+            return call_symbolic(self, list(inputs) if isinstance(inputs, (list, tuple)) else inputs)
+        if isinstance(inputs, (list, tuple)) and self._n_inputs() > 1:
+            y, out_mask = self._call_masked(list(inputs), training, mask)
+            return attach_mask(y, out_mask)
+        return super().__call__(inputs, training=training, mask=mask, **kwargs)
+
+    def _call_masked(self, inputs, training, mask):
+        """One eager call; a list holds the inputs of a multi-input model (nested, or model([a, b]))."""
+        if not isinstance(inputs, (list, tuple)):
+            return super()._call_masked(inputs, training, mask)
+        device = self._device()
+        xs = [as_tensor_input(x, device) for x in inputs]
+        return self._forward_masked(xs, self.training if training is None else bool(training), False, mask)
 
     def _build_for(self, input_shape):
-        self.check_input_shape(tuple(input_shape))
-        return self.output_shape_built
+        return self._build_for_many([input_shape])
 
     def _build_for_many(self, input_shapes):
-        self.check_input_shapes([tuple(s) for s in input_shapes])
+        """Called as a layer of another model: the shapes must fit the inputs it was built for."""
+        shapes = [tuple(s) for s in input_shapes]
+        if len(shapes) == self._n_inputs():
+            for t, shape in zip(self._input_tensors, shapes):
+                if not shapes_compatible(t.shape, (None,) + shape[1:]):
+                    raise self._nested_input_error(t.shape, shape, t._layer.name if len(shapes) > 1 else None)
+        self.check_input_shapes(shapes)
         return self.output_shape_built
 
     def compute_output_shape(self, input_shape):
@@ -225,8 +249,6 @@ class Functional(Model):
                                    steps_per_execution, jit_compile, **kwargs)
         if kwargs:
             raise TypeError(f"compile: unexpected arguments {sorted(kwargs)}")
-        if weighted_metrics is not None:
-            raise ValueError("compile: weighted_metrics are not supported")
         if loss is None:
             raise ValueError(f"compile needs a loss: one for all outputs, a list, or a dict by output name "
                              f"{self.output_names}")
@@ -235,6 +257,7 @@ class Functional(Model):
         self.optimizer = optimizers_mod.get(optimizer)
         self.loss = self._losses[0]                 # Model's "is there a loss" checks
         self._metric_ids = self._metrics_per_output(metrics)
+        self._weighted_metric_ids = self._metrics_per_output(weighted_metrics)
         self._metrics = None
         self._optimizer_built = False
         self.compiled = True
@@ -281,20 +304,21 @@ class Functional(Model):
         ys = y if isinstance(y, list) and len(y) == len(self.output_names) else None
         if self._metrics is not None and (ys is None or getattr(self, "_metrics_from_y", False)):
             return self._metrics
-        # per-output loss trackers first, then the metrics: the order of Keras' logs
+        # per-output loss trackers first, then the metrics, then the weighted ones: the order of Keras' logs
         ms = [metrics_mod.Mean(f"{n}_loss") for n in self.output_names]
         owner = list(range(len(self.output_names)))
-        for i, ids in enumerate(self._metric_ids):
-            for ident in ids:
-                m = metrics_mod.get(copy.deepcopy(ident) if isinstance(ident, metrics_mod.Metric) else ident,
-                                    self._losses[i].name, self._output_tensors[i].shape,
-                                    None if ys is None else tuple(ys[i].shape))
-                m.name = f"{self.output_names[i]}_{m.name}"
-                ms.append(m)
-                owner.append(i)
-        self._metrics, self._metric_owner = ms, owner
+        entries = []
+        for weighted, per_output in ((False, self._metric_ids), (True, self._weighted_metric_ids)):
+            for i, ids in enumerate(per_output):
+                for ident in ids:
+                    m = metrics_mod.get(copy.deepcopy(ident) if isinstance(ident, metrics_mod.Metric) else ident,
+                                        self._losses[i].name, self._output_tensors[i].shape,
+                                        None if ys is None else tuple(ys[i].shape))
+                    entries.append((m, self.output_names[i], weighted))
+                    owner.append(i)
+        self._metrics, self._metric_owner = ms + metrics_mod.with_log_names(entries), owner
         self._metrics_from_y = ys is not None
-        return ms
+        return self._metrics
 
     def _compute_loss(self, out, y, sw=None):
         if not self._multi:
@@ -307,9 +331,9 @@ class Functional(Model):
             total = term if total is None else total + term
         return total
 
-    def _update_metrics(self, out, yb, n):
+    def _update_metrics(self, out, yb, n, wb=None):
         if not self._multi:
-            return super()._update_metrics(out, yb, n)
+            return super()._update_metrics(out, yb, n, wb)
         logits = [f or loss.from_logits for f, loss in zip(self._fused, self._losses)]
         k = len(self.output_names)
         for j, m in enumerate(self._metrics):
@@ -317,7 +341,7 @@ class Functional(Model):
             if j < k:
                 m.update(self._last_losses[i], n)
             else:
-                update_metric(m, yb[i], out[i], logits[i])
+                update_metric(m, yb[i], out[i], logits[i], wb)
 
     def _standardize_y(self, x, y, what):
         if not self._multi:
@@ -334,7 +358,9 @@ class Functional(Model):
             return super().get_compile_config()
         return {"optimizer": optimizers_mod.serialize(self.optimizer),
                 "loss": [losses_mod.serialize(v) for v in self._losses], "loss_weights": self._loss_weights,
-                "metrics": [[m if isinstance(m, str) else m.name for m in ids] for ids in self._metric_ids]}
+                "metrics": [[m if isinstance(m, str) else m.name for m in ids] for ids in self._metric_ids],
+                "weighted_metrics": [[m if isinstance(m, str) else m.name for m in ids]
+                                     for ids in self._weighted_metric_ids]}
 
     # ------------------------------------------------------------------ config
     def get_config(self):

@@ -6,14 +6,19 @@ recording a graph.  Accuracy metrics work on logits as well as probabilities
 (argmax is the same; the binary threshold moves from 0.5 to 0), which is what lets
 the model train on logits under the fused loss.  On a masked output (Keras 3's
 MeanMetricWrapper with the mask as sample weight) a metric averages the unmasked steps only.
+A metric compiled as one of `weighted_metrics` also takes the sample weights (Keras 3's
+reduce_to_samplewise_values): each sample's value, averaged over its (unmasked) steps, counts
+with its weight, so the result is sum(w * value) / sum(w).
 """
 from __future__ import annotations
+
+import copy
 
 from ..backend import get_array_module
 from ..tensor import Tensor
 
 __all__ = ["Metric", "Mean", "SparseCategoricalAccuracy", "CategoricalAccuracy", "BinaryAccuracy",
-           "MeanSquaredError", "MeanAbsoluteError", "get"]
+           "MeanSquaredError", "MeanAbsoluteError", "get", "with_log_names"]
 
 
 def _raw(y):
@@ -32,13 +37,14 @@ class Metric:
         self.total = 0.0
         self.count = 0
 
-    def update_state(self, y_true, y_pred, logits=False, mask=None):
-        if mask is None:
+    def update_state(self, y_true, y_pred, logits=False, mask=None, sample_weight=None):
+        if mask is None and sample_weight is None:
             value, count = self.batch_value(_raw(y_true), _raw(y_pred), logits)
             self.total += float(value)
             self.count += int(count)
             return
-        value, count = self.masked_batch_value(_raw(y_true), _raw(y_pred), logits, _raw(mask))
+        value, count = self.weighted_batch_value(_raw(y_true), _raw(y_pred), logits, _raw(mask),
+                                                 _raw(sample_weight))
         self.total += float(value)
         self.count += float(count)
 
@@ -48,18 +54,25 @@ class Metric:
 
     def step_values(self, y_true, y_pred, logits):
         """The metric at every position of y_pred but the last axis (what Keras' metric functions
-        return), for masking."""
-        raise NotImplementedError(f"{type(self).__name__} does not support masked outputs")
+        return), for masks and sample weights."""
+        raise NotImplementedError(f"{type(self).__name__} does not support masked outputs or weighted_metrics: "
+                                  "define step_values(y_true, y_pred, logits)")
 
-    def masked_batch_value(self, y_true, y_pred, logits, mask):
-        """Keras 3's Mean with the mask as sample weight: per sample, the mean of value * mask and of
-        mask over the steps; total and count sum those."""
+    def weighted_batch_value(self, y_true, y_pred, logits, mask=None, sample_weight=None):
+        """Keras 3's Mean with a weight per step: the mask (1 on kept steps) times the sample's weight.
+        Per sample, the mean of value * weight and of weight over the steps; total and count sum those
+        (one weight per sample and no mask: sum(w * value) / sum(w))."""
         v = self.step_values(y_true, y_pred, logits).astype("float64")
-        m = mask.astype(v.dtype).reshape(v.shape)
+        xp = get_array_module(v)
+        w = xp.ones(v.shape, dtype=v.dtype)
+        if sample_weight is not None:
+            w = w * xp.asarray(sample_weight, dtype=v.dtype).reshape((-1,) + (1,) * (v.ndim - 1))
+        if mask is not None:
+            w = w * xp.asarray(mask).astype(v.dtype).reshape(v.shape)
         axes = tuple(range(1, v.ndim))
         if not axes:
-            return (v * m).sum(), m.sum()
-        return (v * m).mean(axis=axes).sum(), m.mean(axis=axes).sum()
+            return (v * w).sum(), w.sum()
+        return (v * w).mean(axis=axes).sum(), w.mean(axis=axes).sum()
 
     def result(self):
         return self.total / self.count if self.count else 0.0
@@ -199,3 +212,30 @@ def get(identifier, loss_name: str, output_shape, y_shape=None) -> Metric:
     if key not in _BY_NAME:
         raise ValueError(f"unknown metric {identifier!r}; known: accuracy, {', '.join(sorted(_BY_NAME))}")
     return _BY_NAME[key](name=identifier)
+
+
+def with_log_names(entries):
+    """entries: (metric, output name or "", weighted) in Keras' order: the plain metrics (of every
+    output), then the weighted ones.  -> the metrics named as Keras 3 logs them (CompileMetrics.result):
+    `<output>_<name>` for several outputs; a repeated name gets `_1`, `_2`, ...; a weighted metric
+    whose name a plain one has becomes `weighted_<name>` (compile(metrics=['mae'],
+    weighted_metrics=['mae']) logs `mae` and `weighted_mae`).  Each metric is marked `_weighted`
+    (it takes the sample weights); one that must be renamed, or is listed twice, is a copy, so a
+    user's Metric object keeps its name."""
+    counts, out = {}, []
+    for m, prefix, weighted in entries:
+        pre = f"{prefix}_" if prefix else ""
+        name = pre + m.name
+        if name in counts and weighted:
+            name = f"{pre}weighted_{m.name}"
+        if name in counts:
+            counts[name] += 1
+            name = f"{name}_{counts[name] - 1}"
+        else:
+            counts[name] = 1
+        if name != m.name or any(m is o for o in out):
+            m = copy.deepcopy(m)
+            m.name = name
+        m._weighted = bool(weighted)
+        out.append(m)
+    return out

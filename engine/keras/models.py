@@ -40,6 +40,11 @@ class Sequential(Model):
         if layer.name in self._modules:
             raise ValueError(f'all layers in a Sequential model need unique names; "{layer.name}" is used '
                              "twice (the same layer object added twice?)")
+        if isinstance(layer, Model) and (layer._n_inputs() > 1 or getattr(layer, "_multi", False)):
+            raise ValueError(f'model "{layer.name}" has {layer._n_inputs()} input(s) and '
+                             f"{len(getattr(layer, 'output_names', [0]))} output(s); every layer of a Sequential "
+                             "model takes one tensor and gives one. Use the functional API (keras.Model(inputs, "
+                             "outputs)) around it instead")
         if not self.layers and self._batch_input_shape is None and layer._batch_input_shape is not None:
             self._batch_input_shape = layer._batch_input_shape
         elif self.layers and layer._batch_input_shape is not None and self.built:
@@ -74,7 +79,14 @@ class Sequential(Model):
         self.built = True
 
     def _build_for(self, input_shape):
-        self.build((None,) + tuple(input_shape[1:]))
+        """Built as (or called as) a layer of another model.  Built already, it keeps its weights, so the
+        shape must fit the one it was built for (a shared sub-model gets the same answer at every call)."""
+        shape = (None,) + tuple(input_shape[1:])
+        if self.built and self.input_shape_built is not None:
+            if not shapes_compatible(self.input_shape_built, shape):
+                raise self._nested_input_error(self.input_shape_built, shape)
+            return self.output_shape_built
+        self.build(shape)
         return self.output_shape_built
 
     def compute_output_shape(self, input_shape):

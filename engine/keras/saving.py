@@ -5,7 +5,8 @@ File content (engine.save structure):
     class_name  "Sequential"
     config      the architecture as JSON (layer class names + constructor configs)
     weights     {layer name: {weight name: array}}   (Keras layouts; any safetensors
-                reader sees them as "weights.<layer>.<weight>")
+                reader sees them as "weights.<layer>.<weight>"); a nested model's
+                layers one level down, under its name ("weights.<model>.<layer>.<weight>")
     compile     optimizer / loss / metrics configs, or None
     optimizer   the optimizer state (moments, step counts), or None
 
@@ -14,6 +15,7 @@ same code path) and, with its optimizer state, continues training where it stopp
 """
 from __future__ import annotations
 
+import inspect
 import os
 
 import numpy as np
@@ -41,32 +43,64 @@ def layer_from_json(spec, custom_objects=None):
         raise ValueError(f"unknown layer class {name!r} in the saved model; pass it as "
                          f"custom_objects={{{name!r}: {name}}} to load_model")
     cfg = spec.get("config", {})
-    if name in ("Sequential", "Functional"):
+    if name in ("Sequential", "Functional") or _takes_custom_objects(cls):    # holds other layers
         return cls.from_config(cfg, custom_objects)
     return cls.from_config(cfg)
 
 
+def _takes_custom_objects(cls):
+    try:
+        return "custom_objects" in inspect.signature(cls.from_config).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _weight_entries(model):
+    """(key path, layer) for every layer with weights, in Keras' weight order.  A nested model's layers
+    sit under the model's name (("feature_extractor", "dense")), so two sub-models may have layers of
+    the same name; a wrapper's layers (Bidirectional, TimeDistributed) sit where the wrapper is."""
+    return [(scope + (layer.name,), layer) for scope, layer in model._weight_layer_paths() if layer.weights]
+
+
 def _weights_dict(model):
+    """{layer name: {weight name: array}}, with a nested {layer name: ...} per sub-model."""
     out = {}
-    for layer in model._weight_layers():
-        if layer.weights:
-            if layer.name in out:
-                raise ValueError(f'two layers are named "{layer.name}"; give them unique names to save')
-            out[layer.name] = {n: np.array(getattr(layer, n).numpy(), copy=True)
-                               for n in layer._weight_names}
+    for path, layer in _weight_entries(model):
+        node = out
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        if path[-1] in node:
+            raise ValueError(f'two layers are named "{"/".join(path)}"; give them unique names to save')
+        node[path[-1]] = {n: np.array(getattr(layer, n).numpy(), copy=True) for n in layer._weight_names}
+    return out
+
+
+def _saved_layers(weights, scope=()):
+    """Key path -> {weight name: array} of a saved weights dict (a layer's entry holds arrays)."""
+    out = {}
+    for name, v in weights.items():
+        if isinstance(v, dict) and v and all(isinstance(a, dict) for a in v.values()):
+            out.update(_saved_layers(v, scope + (name,)))
+        else:
+            out[scope + (name,)] = v
     return out
 
 
 def _apply_weights(model, weights, path):
-    layers = {layer.name: layer for layer in model._weight_layers() if layer.weights}
-    missing = [n for n in layers if n not in weights]
-    extra = [n for n in weights if n not in layers]
+    saved = _saved_layers(weights)
+    found, missing = [], []
+    for key, layer in _weight_entries(model):
+        # files written before models nested their weights keep a sub-model's layers at the top level
+        k = key if key in saved else (key[-1],) if (key[-1],) in saved else None
+        if k is None:
+            missing.append("/".join(key))
+        found.append((k, layer))
+    extra = ["/".join(k) for k in saved if k not in {k for k, _ in found}]
     if missing or extra:
         raise ValueError(f"{path}: saved weights do not match the model: missing layers {missing}, "
                          f"unexpected layers {extra}")
-    for name, layer in layers.items():
-        saved = weights[name]
-        layer.set_weights([saved[n] for n in layer._weight_names])
+    for k, layer in found:
+        layer.set_weights([saved[k][n] for n in layer._weight_names])
 
 
 def _check_overwrite(filepath, overwrite):
@@ -110,7 +144,8 @@ def load_model(filepath, custom_objects=None, compile=True):
     if compile and cc:
         loss = [losses_mod.get(v) for v in cc["loss"]] if isinstance(cc["loss"], list) else losses_mod.get(cc["loss"])
         model.compile(optimizer=optimizers_mod.get(cc["optimizer"]), loss=loss,
-                      metrics=cc.get("metrics") or None, loss_weights=cc.get("loss_weights"))
+                      metrics=cc.get("metrics") or None, loss_weights=cc.get("loss_weights"),
+                      weighted_metrics=cc.get("weighted_metrics") or None)
         if obj.get("optimizer") is not None:
             model._resolve_metrics()
             model._ensure_optimizer()

@@ -21,7 +21,7 @@ from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from .data_adapter import (as_array, batch_x, check_xy, is_batch_iterable, num_samples, split_validation,
                            standardize_inputs, take_rows)
-from .layers.base import CF, CL, Layer, as_tensor_input, to_channels_last, _takes_mask
+from .layers.base import CF, CL, InputShapeError, Layer, as_tensor_input, shape_str, to_channels_last, _takes_mask
 
 __all__ = ["Model"]
 
@@ -35,13 +35,15 @@ def loss_value(loss, fused, y, out, w=None):
     return loss(y, out) if w is None else loss(y, out, sample_weight=w)
 
 
-def update_metric(metric, y, out, logits):
-    """metric.update_state on one output; a masked output counts its unmasked steps only (Keras 3)."""
+def update_metric(metric, y, out, logits, sample_weight=None):
+    """metric.update_state on one output; a masked output counts its unmasked steps only (Keras 3).
+    sample_weight reaches only the metrics compiled as weighted_metrics (Keras' plain metrics ignore it)."""
     mask = getattr(out, "_keras_mask", None)
-    if mask is None:
+    w = sample_weight if getattr(metric, "_weighted", False) else None
+    if mask is None and w is None:
         metric.update_state(y, out.data, logits=logits)
     else:
-        metric.update_state(y, out.data, logits=logits, mask=mask)
+        metric.update_state(y, out.data, logits=logits, mask=mask, sample_weight=w)
 
 
 def _verbosity(verbose):
@@ -79,6 +81,7 @@ class Model(Layer):
         self.stop_training = False
         self.history = None
         self._metric_ids = []
+        self._weighted_metric_ids = []
         # called between backward and the optimizer update (cluster.keras: finish the gradient
         # all-reduce even when some weights got no gradient in this step)
         self._before_update = []
@@ -97,14 +100,28 @@ class Model(Layer):
 
     def _weight_layers(self):
         """Layers that own weights, depth-first, in creation order (Keras' weight order)."""
-        out = []
-        for layer in self.layers:
+        return [layer for _, layer in self._weight_layer_paths()]
+
+    def _weight_layer_paths(self):
+        """(names of the nested models it sits in, layer) for every layer that can own weights, in
+        Keras' weight order: a nested model or a wrapper (Bidirectional, TimeDistributed) stands for
+        the layers inside it, and a layer reached twice (a shared layer used in a sub-model and
+        directly) counts once.  The save format keys a nested model's weights by these names."""
+        out, seen = [], set()
+
+        def walk(layer, scope):
             if isinstance(layer, Model):
-                out.extend(layer._weight_layers())
-            elif hasattr(layer, "_weight_sublayers"):     # Bidirectional: its two recurrent layers
-                out.extend(layer._weight_sublayers())
-            else:
-                out.append(layer)
+                for child in layer.layers:
+                    walk(child, scope + (layer.name,))
+            elif hasattr(layer, "_weight_sublayers"):
+                for child in layer._weight_sublayers():
+                    walk(child, scope)
+            elif id(layer) not in seen:
+                seen.add(id(layer))
+                out.append((scope, layer))
+
+        for layer in self.layers:
+            walk(layer, ())
         return out
 
     @property
@@ -182,6 +199,16 @@ class Model(Layer):
         y, out_mask = self._forward_masked(x, training, final_logits, mask)
         return y, CL, out_mask
 
+    def _nested_input_error(self, expected, found, input_name=None):
+        """The message for a model called, as a layer of another model, on tensors of a shape it was not
+        built for: which model, both shapes, and the two ways out."""
+        which = f'its input "{input_name}"' if input_name else "it"
+        return InputShapeError(
+            f'model "{self.name}" ({type(self).__name__}) is used as a layer on inputs of shape '
+            f"{shape_str(found)}, but {which} was built for shape {shape_str(expected)}. Feed it tensors of "
+            f"that shape (e.g. a Reshape or Dense layer in front of it), or build the nested model for the new "
+            f"shape (keras.Input(shape={tuple(found[1:])}) as its input)")
+
     def _final_activation(self):
         return None
 
@@ -210,19 +237,14 @@ class Model(Layer):
                 **kwargs):
         if kwargs:
             raise TypeError(f"compile: unexpected arguments {sorted(kwargs)}")
-        if loss_weights is not None or weighted_metrics is not None:
-            raise ValueError("compile: loss_weights / weighted_metrics are not supported (single output)")
+        if loss_weights is not None:
+            raise ValueError("compile: loss_weights are for models with several outputs")
         if loss is None:
             raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy'")
         self.optimizer = optimizers_mod.get(optimizer)
         self.loss = losses_mod.get(loss)
-        if metrics is None:
-            metrics = []
-        elif isinstance(metrics, (str, metrics_mod.Metric)):
-            metrics = [metrics]
-        elif isinstance(metrics, dict):
-            raise ValueError("compile: per-output metric dicts are not supported (single output)")
-        self._metric_ids = list(metrics)
+        self._metric_ids = _metric_list(metrics, "metrics")
+        self._weighted_metric_ids = _metric_list(weighted_metrics, "weighted_metrics")
         self._metrics = None                  # resolved once the output shape is known
         self._optimizer_built = False
         self.compiled = True
@@ -248,8 +270,11 @@ class Model(Layer):
         if it was first resolved without targets, e.g. by load_model), as Keras does."""
         y_shape = None if y is None or isinstance(y, list) else tuple(np.shape(y))
         if self._metrics is None or (y_shape is not None and not getattr(self, "_metrics_from_y", False)):
-            out_shape = self.output_shape_built
-            self._metrics = [metrics_mod.get(m, self.loss.name, out_shape, y_shape) for m in self._metric_ids]
+            def get(ident):
+                return metrics_mod.get(ident, self.loss.name, self.output_shape_built, y_shape)
+            self._metrics = metrics_mod.with_log_names(
+                [(get(m), "", False) for m in self._metric_ids]
+                + [(get(m), "", True) for m in getattr(self, "_weighted_metric_ids", [])])
             self._metrics_from_y = y_shape is not None
         return self._metrics
 
@@ -279,10 +304,10 @@ class Model(Layer):
         self.optimizer.step()
         return loss, out
 
-    def _update_metrics(self, out, yb, n):
+    def _update_metrics(self, out, yb, n, wb=None):
         logits = self._outputs_logits
         for m in self._metrics:
-            update_metric(m, yb, out, logits)
+            update_metric(m, yb, out, logits, wb)
 
     def _logs(self, tracker):
         logs = {"loss": tracker.result()}
@@ -462,7 +487,7 @@ class Model(Layer):
                 loss, out = self._train_step(xb, yb, wb)
                 lv = float(loss.item())
                 tracker.update(lv, n)
-                self._update_metrics(out, yb, n)
+                self._update_metrics(out, yb, n, wb)
                 cb.on_train_batch_end(step, self._logs(tracker))
                 if self.stop_training:
                     break
@@ -497,7 +522,7 @@ class Model(Layer):
                     raise ValueError("evaluate needs targets y (or a DataLoader yielding (x, y))")
                 out = self._forward_tagged(xb, training=False, logits=self._fused)
                 tracker.update(float(self._compute_loss(out, yb, wb).item()), n)
-                self._update_metrics(out, yb, n)
+                self._update_metrics(out, yb, n, wb)
                 if bar is not None:
                     bar.update(1)
         logs = self._logs(tracker)
@@ -577,7 +602,7 @@ class Model(Layer):
             m.reset_state()
         xb = _to_device(batch_x(x, slice(None)), self._device())
         loss, out = self._train_step(xb, y, w)
-        self._update_metrics(out, y, num_samples(x))
+        self._update_metrics(out, y, num_samples(x), w)
         logs = {"loss": float(loss.item())}
         logs.update({m.name: m.result() for m in self._metrics})
         return logs if return_dict else (list(logs.values()) if len(logs) > 1 else logs["loss"])
@@ -613,4 +638,16 @@ class Model(Layer):
             return None
         return {"optimizer": optimizers_mod.serialize(self.optimizer),
                 "loss": losses_mod.serialize(self.loss),
-                "metrics": [m if isinstance(m, str) else m.name for m in self._metric_ids]}
+                "metrics": [m if isinstance(m, str) else m.name for m in self._metric_ids],
+                "weighted_metrics": [m if isinstance(m, str) else m.name for m in self._weighted_metric_ids]}
+
+
+def _metric_list(metrics, what):
+    """compile(metrics=...) / compile(weighted_metrics=...) of a one-output model as a list."""
+    if metrics is None:
+        return []
+    if isinstance(metrics, (str, metrics_mod.Metric)):
+        return [metrics]
+    if isinstance(metrics, dict):
+        raise ValueError(f"compile: per-output {what} dicts are for models with several outputs")
+    return list(metrics)

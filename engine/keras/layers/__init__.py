@@ -9,7 +9,7 @@ from .recurrent import GRU, LSTM, SimpleRNN
 from .merge import Add, Subtract, Multiply, Average, Concatenate
 from .convolutional_1d import (Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
                                GlobalMaxPooling1D)
-from .wrappers import Bidirectional, Lambda
+from .wrappers import Bidirectional, Lambda, TimeDistributed
 from .preprocessing import Normalization, Rescaling
 
 # Keras aliases
@@ -53,7 +53,6 @@ _MISSING = {
                          "(Embedding(mask_zero=True) then skips the padding)",
     "StringLookup": "map strings to integer ids in Python before fit",
     "IntegerLookup": "map the values to 0..n-1 in Python before fit",
-    "TimeDistributed": "a Dense layer already applies to the last axis of (batch, time, features) input",
     "LayerNormalization": "use BatchNormalization, or engine.nn.LayerNorm in an engine.nn model",
     "MultiHeadAttention": "use engine.nn.functional.scaled_dot_product_attention in an engine.nn model",
     "Attention": "use engine.nn.functional.scaled_dot_product_attention in an engine.nn model",
@@ -72,7 +71,7 @@ __all__ = ["Layer", "InputShapeError", "InputLayer", "Input", "Dense", "Embeddin
            "GlobalMaxPooling2D", "GlobalMaxPool2D", "BatchNormalization", "LSTM", "GRU", "SimpleRNN", "Add",
            "Subtract", "Multiply", "Average", "Concatenate", "Conv1D", "Convolution1D", "MaxPooling1D", "MaxPool1D",
            "AveragePooling1D", "AvgPool1D", "GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D",
-           "GlobalMaxPool1D", "Bidirectional", "Lambda", "Normalization", "Rescaling", "LeakyReLU",
+           "GlobalMaxPool1D", "Bidirectional", "TimeDistributed", "Lambda", "Normalization", "Rescaling", "LeakyReLU",
            "concatenate", "add", "subtract", "multiply", "average"]
 
 

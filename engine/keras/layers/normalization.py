@@ -5,7 +5,9 @@ is its own layer: momentum is the weight of the *old* moving average (0.99), the
 moving variance is updated with the biased batch variance, and epsilon is 1e-3.
 Weights in Keras order: gamma, beta (trainable), moving_mean, moving_variance.
 With a mask (e.g. after Embedding(mask_zero=True)) training statistics cover the unmasked steps
-only, Keras 3's masked moments; the mask passes on.
+only, Keras 3's masked moments; the mask passes on.  A frozen layer (trainable=False, e.g. inside a
+frozen sub-model for transfer learning) runs in inference mode, as in Keras 3: it normalizes with
+the moving statistics and leaves them unchanged.
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ class BatchNormalization(Layer):
         shape = [1] * x.ndim
         shape[ax] = x.shape[ax]
         red = tuple(i for i in range(x.ndim) if i != ax)
-        if training:
+        if training and self.trainable:
             mean, var = self._moments(x, red, mask)
             centered = x - mean
             m = self.momentum

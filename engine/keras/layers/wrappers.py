@@ -1,10 +1,10 @@
-"""Layers that wrap other computations: Bidirectional (a recurrent layer run both ways) and Lambda
-(an arbitrary function as a layer)."""
+"""Layers that wrap other computations: Bidirectional (a recurrent layer run both ways),
+TimeDistributed (a layer applied to every time step) and Lambda (an arbitrary function as a layer)."""
 from __future__ import annotations
 
-from .base import Layer
+from .base import CF, CL, InputShapeError, Layer, shape_str, to_channels_last
 
-__all__ = ["Bidirectional", "Lambda"]
+__all__ = ["Bidirectional", "TimeDistributed", "Lambda"]
 
 
 class Bidirectional(Layer):
@@ -125,6 +125,117 @@ class Bidirectional(Layer):
         if "batch_input_shape" in config and config["batch_input_shape"] is not None:
             config["batch_input_shape"] = tuple(config["batch_input_shape"])
         return cls(layer, backward_layer=backward, **config)
+
+
+class TimeDistributed(Layer):
+    """TimeDistributed(layer): the same layer, with one set of weights, applied to every time step of
+    (batch, time, ...) input; the output is (batch, time, ...) with the layer's per-step output shape.
+    E.g. TimeDistributed(Conv2D(16, 3)) on (N, T, H, W, C) video, TimeDistributed(Dense(8)) on (N, T, F).
+
+    Why folding: the T steps go through the layer as one batch of N*T samples (reshape in, reshape
+    out: one layer call instead of T), which equals a loop over the steps for every layer whose
+    samples do not interact.  The exception is BatchNormalization while training: it normalizes with
+    the statistics of all N*T samples, where Keras 3's loop uses those of each step's N samples.
+
+    Masks (Keras 3): a mask (batch, time) passes on unchanged; the wrapped layer is not given it.
+    Weights, trainable, get/set_weights and the saved weights are the wrapped layer's."""
+
+    supports_masking = True
+
+    def __init__(self, layer, **kwargs):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"TimeDistributed wraps a keras layer (or model), got {type(layer).__name__}")
+        super().__init__(**kwargs)
+        self.layer = layer
+        if not self.trainable:
+            layer.trainable = False
+
+    # weights: the wrapped layer's
+    def _weight_sublayers(self):
+        return [self.layer]
+
+    @property
+    def weights(self):
+        return self.layer.weights
+
+    @property
+    def trainable_weights(self):
+        return self.layer.trainable_weights if self.trainable else []
+
+    @property
+    def non_trainable_weights(self):
+        return self.layer.non_trainable_weights if self.trainable else self.weights
+
+    def set_weights(self, weights):
+        self.layer.set_weights(weights)
+
+    def __setattr__(self, key, value):
+        if key == "trainable" and "layer" in self.__dict__.get("_modules", {}):
+            self._modules["layer"].trainable = value
+        super().__setattr__(key, value)
+
+    # shapes: (batch, time, ...) outside, (batch * time, ...) for the wrapped layer
+    def _step_shape(self, shape):
+        if len(shape) < 3:
+            raise InputShapeError(
+                f'layer "{self.name}" (TimeDistributed) applies "{self.layer.name}" ({type(self.layer).__name__}) '
+                f"to every time step of (batch, time, ...) input, but got shape {shape_str(shape)}, which has no "
+                f"time axis. Pass sequences (batch, time, ...) (one step: x[:, None]), or use the layer without "
+                f"TimeDistributed")
+        return (None,) + tuple(shape[2:])
+
+    def check_input_shape(self, shape, built=True):
+        shape = tuple(shape)
+        step = self._step_shape(shape)
+        try:
+            self.layer.check_input_shape(step, built=built and self.layer.built)
+        except InputShapeError as e:
+            raise InputShapeError(f'layer "{self.name}" (TimeDistributed) gives "{self.layer.name}" one time step '
+                                  f"of its input {shape_str(shape)} at a time, of shape {shape_str(step)}: "
+                                  f"{e}") from None
+
+    def _shape_hint(self, shape):
+        return "; TimeDistributed needs (batch, time, ...) input" if len(shape) < 3 else ""
+
+    def build(self, input_shape):
+        self.layer._build_for(self._step_shape(input_shape))
+
+    def compute_output_shape(self, input_shape):
+        out = self.layer._build_for(self._step_shape(input_shape))
+        return (input_shape[0], input_shape[1]) + tuple(out[1:])
+
+    def output_activation(self):
+        return self.layer.output_activation()       # a final softmax still fuses with the loss
+
+    # calling
+    def call_internal(self, x, layout, training, final_logits=False):
+        if layout == CF:
+            x = to_channels_last(x)
+        return self._each_step(x, training, final_logits), CL
+
+    def call(self, inputs, training=False):
+        return self._each_step(inputs, training)
+
+    def _each_step(self, x, training, final_logits=False):
+        n, t = x.shape[0], x.shape[1]
+        folded = x.reshape((n * t,) + tuple(x.shape[2:]))
+        y, layout, _ = self.layer.call_internal_masked(folded, None, CL, bool(training), final_logits)
+        if layout == CF:
+            y = to_channels_last(y)
+        return y.reshape((n, t) + tuple(y.shape[1:]))
+
+    def get_config(self):
+        from ..saving import layer_to_json
+        return {**super().get_config(), "layer": layer_to_json(self.layer)}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from ..saving import layer_from_json
+        config = dict(config)
+        layer = layer_from_json(config.pop("layer"), custom_objects)
+        if config.get("batch_input_shape") is not None:
+            config["batch_input_shape"] = tuple(config["batch_input_shape"])
+        return cls(layer, **config)
 
 
 class Lambda(Layer):
