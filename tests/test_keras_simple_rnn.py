@@ -117,7 +117,9 @@ def test_simple_rnn_bidirectional_and_unsupported_options():
                            _keras_simple_rnn_reference(x.astype(np.float64), *bwd, return_sequences=True,
                                                        go_backwards=True)[:, ::-1]], axis=-1)
     np.testing.assert_allclose(m.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="dropout"):
-        layers.SimpleRNN(4, dropout=0.2)
-    with pytest.raises(ValueError, match="return_state"):
-        layers.SimpleRNN(4, return_state=True)
+    with pytest.raises(ValueError, match=r'"rnn_d" \(SimpleRNN\): dropout must be a fraction in \[0, 1\), got dropout=1.0'):
+        layers.SimpleRNN(4, dropout=1.0, name="rnn_d")
+    with pytest.raises(ValueError, match="stateful=True is not supported"):
+        layers.SimpleRNN(4, stateful=True)
+    with pytest.raises(ValueError, match="Bidirectional: a wrapped layer with return_state=True"):
+        layers.Bidirectional(layers.SimpleRNN(4, return_state=True))

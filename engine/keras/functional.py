@@ -2,9 +2,11 @@
 
 Why: most Keras code beyond a plain stack (skip connections, two branches merged with
 Add or Concatenate) is written this way.  Calling a layer on a `KerasTensor` builds
-the layer for that shape and records a node (layer, inbound tensors); the model keeps
-the nodes in topological order and replays them on real tensors.  Several inputs (a list,
-or a dict by input name; fit/predict take the arrays the same way) and several outputs (one
+the layer for that shape and records a node (layer, inbound tensors, output tensors); the model
+keeps the nodes in topological order and replays them on real tensors.  A node may have several
+outputs (a recurrent layer with return_state=True: `out, h, c = LSTM(8, return_state=True)(x)`),
+and a recurrent layer's initial_state=[...] tensors are inbound tensors of its node too.  Several
+inputs (a list, or a dict by input name; fit/predict take the arrays the same way) and several outputs (one
 loss each, or one for all, with loss_weights; per-output metrics; logs named like Keras'
 `<output>_loss` / `<output>_<metric>`); a layer may be called more than once (shared weights).
 """
@@ -16,26 +18,47 @@ from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from .data_adapter import check_xy, standardize_inputs
-from .layers.base import (CF, InputShapeError, Layer, as_mask, as_tensor_input, attach_mask, shape_str,
-                          shapes_compatible, to_channels_last)
+from .layers.base import (CF, InputShapeError, Layer, as_mask, as_tensor_input, attach_mask, is_shape_list,
+                          shape_str, shapes_compatible, to_channels_last)
 from .layers.core import InputLayer
 from .training import Model, loss_value, update_metric
 
 __all__ = ["KerasTensor", "Functional", "is_symbolic"]
 
 
+class Node:
+    """One layer call in the graph: the layer, the tensors it was called on (`inputs`, one or a
+    list for the merge layers), the `states` given as initial_state (recurrent layers), and the
+    output tensor(s) it produced, in the order the call returns them."""
+
+    def __init__(self, layer, inputs, states=()):
+        self.layer, self.inputs, self.states = layer, list(inputs), list(states)
+        self.outputs: list = []
+
+    @property
+    def inbound(self):
+        return self.inputs + self.states
+
+
 class KerasTensor:
-    """A symbolic tensor: a shape (batch axis None) and the layer call that produces it."""
+    """A symbolic tensor: a shape (batch axis None) and the layer call (node) that produces it;
+    `_index` is its place among that call's outputs (0 unless the layer returns several)."""
 
     _count = 0
 
-    def __init__(self, shape, layer, inbound=()):
+    def __init__(self, shape, layer, node=None, index=0):
         self.shape = tuple(shape)
         self.dtype = "float32"
         self._layer = layer                 # the producing layer (an InputLayer for inputs)
-        self._inbound = list(inbound)       # the KerasTensors the layer was called on
+        self._node = node                   # the Node of that call (None for keras.Input)
+        self._index = index
         KerasTensor._count += 1
         self._id = KerasTensor._count
+
+    @property
+    def _inbound(self):
+        """The KerasTensors the producing call consumed."""
+        return self._node.inbound if self._node is not None else []
 
     @property
     def ndim(self):
@@ -59,15 +82,19 @@ def symbolic_input(input_layer: InputLayer) -> KerasTensor:
     return t
 
 
-def call_symbolic(layer: Layer, inputs):
-    """layer(KerasTensor or list of them): build the layer for the shapes, return the output tensor."""
-    shapes = [t.shape for t in inputs] if isinstance(inputs, (list, tuple)) else inputs.shape
+def call_symbolic(layer: Layer, inputs, states=()):
+    """layer(KerasTensor or list of them, initial_state=states): build the layer for the shapes and
+    return the output tensor, or a list of them when compute_output_shape gives several shapes."""
     if isinstance(inputs, (list, tuple)):
-        out_shape = layer._build_for_many(shapes)
+        out_shape = layer._build_for_many([t.shape for t in inputs])
     else:
-        out_shape = layer._build_for(shapes)
-    inbound = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-    return KerasTensor(out_shape, layer, inbound)
+        out_shape = layer._build_for(inputs.shape)
+    node = Node(layer, list(inputs) if isinstance(inputs, (list, tuple)) else [inputs], states)
+    if is_shape_list(out_shape):
+        node.outputs = [KerasTensor(s, layer, node, i) for i, s in enumerate(out_shape)]
+        return list(node.outputs)
+    node.outputs = [KerasTensor(out_shape, layer, node)]
+    return node.outputs[0]
 
 
 class Functional(Model):
@@ -81,8 +108,8 @@ class Functional(Model):
         self._input_tensors, self._output_tensors = inputs, outputs
         self._nodes = _topological_nodes(inputs, outputs)
         # outputs that also feed another layer cannot stop at their logits (the fused loss path)
-        self._consumed = {t._id for _, inbound, _ in self._nodes for t in inbound}
-        for layer in dict.fromkeys(node[0] for node in self._nodes):   # shared layers once
+        self._consumed = {t._id for node in self._nodes for t in node.inbound}
+        for layer in dict.fromkeys(node.layer for node in self._nodes):   # shared layers once
             if layer.name in self._modules:
                 raise ValueError(f'all layers of a model need unique names; "{layer.name}" is used twice')
             self.add_module(layer.name, layer)
@@ -90,10 +117,7 @@ class Functional(Model):
         if len(set(names)) != len(names):
             raise ValueError(f"Model(inputs=...): input names must be unique, got {names}")
         self.input_names = names
-        self.output_names = [t._layer.name for t in outputs]
-        if len(set(self.output_names)) != len(outputs):
-            raise ValueError(f"Model(outputs=...): each output must come from a different layer, got "
-                             f"{self.output_names}")
+        self.output_names = _unique_names([t._layer.name for t in outputs])
         self.input_shape_built = inputs[0].shape if len(inputs) == 1 else [t.shape for t in inputs]
         self.output_shape_built = outputs[0].shape if len(outputs) == 1 else [t.shape for t in outputs]
         self._batch_input_shape = inputs[0]._layer._batch_input_shape if len(inputs) == 1 else None
@@ -177,18 +201,26 @@ class Functional(Model):
         masks = {t._id: as_mask(m, v) for t, v, m in zip(self._input_tensors, xs, in_masks)}
         flags = logits if isinstance(logits, (list, tuple)) else [bool(logits)] * len(self._output_tensors)
         stop = {t._id for t, f in zip(self._output_tensors, flags) if f}
-        for layer, inbound, out in self._nodes:
-            args = [values[t._id] for t in inbound]
-            ms = [masks[t._id] for t in inbound]
-            if out._id in stop:
+        for node in self._nodes:
+            layer, outs = node.layer, node.outputs
+            args = [values[t._id] for t in node.inputs]
+            ms = [masks[t._id] for t in node.inputs]
+            if len(outs) == 1 and outs[0]._id in stop:
                 y, layout, m = layer.call_internal_masked(args[0], ms[0], "channels_last", bool(training),
                                                           final_logits=True)
                 y = to_channels_last(y) if layout == CF else y
+            elif node.states:
+                y, m = layer._call_masked(args[0], training, ms[0],
+                                          initial_state=[values[t._id] for t in node.states])
             elif len(args) > 1:
                 y, m = layer._call_masked(args, training, ms)
             else:
                 y, m = layer._call_masked(args[0], training, ms[0])
-            values[out._id], masks[out._id] = y, m
+            if len(outs) > 1:                       # a list of outputs (and of masks, or one None)
+                for t, yi, mi in zip(outs, y, m if isinstance(m, list) else [m] * len(outs)):
+                    values[t._id], masks[t._id] = yi, mi
+            else:
+                values[outs[0]._id], masks[outs[0]._id] = y, m
         outs = [(values[t._id], masks[t._id]) for t in self._output_tensors]
         if self._multi:
             return [o for o, _ in outs], [m for _, m in outs]
@@ -365,15 +397,21 @@ class Functional(Model):
     # ------------------------------------------------------------------ config
     def get_config(self):
         from .saving import layer_to_json
-        key = {t._id: [t._layer.name, 0] for t in self._input_tensors}
+        # a tensor is [layer name, call number, output index], as Keras' keras_history
+        key = {t._id: [t._layer.name, 0, 0] for t in self._input_tensors}
         nodes, calls = [], {}
-        for layer, inbound, out in self._nodes:
-            k = calls.get(layer.name, 0)
-            calls[layer.name] = k + 1
-            key[out._id] = [layer.name, k]
-            nodes.append({"layer": layer.name, "inbound": [key[t._id] for t in inbound]})
+        for node in self._nodes:
+            name = node.layer.name
+            k = calls.get(name, 0)
+            calls[name] = k + 1
+            for t in node.outputs:
+                key[t._id] = [name, k, t._index]
+            entry = {"layer": name, "inbound": [key[t._id] for t in node.inputs]}
+            if node.states:
+                entry["initial_state"] = [key[t._id] for t in node.states]
+            nodes.append(entry)
         layers, seen = [], set()
-        for layer, _, _ in self._nodes:
+        for layer in (node.layer for node in self._nodes):
             if layer.name not in seen:
                 seen.add(layer.name)
                 layers.append(layer_to_json(layer))
@@ -389,17 +427,42 @@ class Functional(Model):
         specs = config["inputs"] if "inputs" in config else [config["input"]]   # "input": files before 2026-11-25
         inputs = [Input(shape=tuple(spec["shape"]), name=spec["name"]) for spec in specs]
         layers = {spec["config"]["name"]: layer_from_json(spec, custom_objects) for spec in config["layers"]}
-        tensors = {(spec["name"], 0): t for spec, t in zip(specs, inputs)}
+        tensors = {(spec["name"], 0, 0): t for spec, t in zip(specs, inputs)}
         calls: dict = {}
         for node in config["nodes"]:
             layer = layers[node["layer"]]
-            args = [tensors[tuple(k)] for k in node["inbound"]]
+            args = [tensors[_tensor_key(k)] for k in node["inbound"]]
+            kwargs = {"initial_state": [tensors[_tensor_key(k)] for k in node["initial_state"]]} \
+                if node.get("initial_state") else {}
             k = calls.get(layer.name, 0)
             calls[layer.name] = k + 1
-            tensors[(layer.name, k)] = layer(args if len(args) > 1 else args[0])
-        outs = [tensors[tuple(k)] for k in (config["outputs"] if "outputs" in config else [config["output"]])]
+            out = layer(args if len(args) > 1 else args[0], **kwargs)
+            for i, t in enumerate(out if isinstance(out, list) else [out]):
+                tensors[(layer.name, k, i)] = t
+        outs = [tensors[_tensor_key(k)]
+                for k in (config["outputs"] if "outputs" in config else [config["output"]])]
         return cls(inputs=inputs if len(inputs) > 1 else inputs[0], outputs=outs if len(outs) > 1 else outs[0],
                    name=config.get("name"), trainable=config.get("trainable", True))
+
+
+def _tensor_key(k):
+    """A saved tensor reference: [layer, call, output index]; files saved before layers could
+    have several outputs have no index (it is 0)."""
+    return (k[0], int(k[1]), int(k[2]) if len(k) > 2 else 0)
+
+
+def _unique_names(names):
+    """Output names, the repeats of a name (one layer's several outputs, or one layer called
+    twice) suffixed _1, _2, ... as tf.keras does, so losses and metrics can be given by name."""
+    seen, out = set(), []
+    for name in names:
+        proposal, i = name, 0
+        while proposal in seen:
+            i += 1
+            proposal = f"{name}_{i}"
+        seen.add(proposal)
+        out.append(proposal)
+    return out
 
 
 def _tensor_list(x, what):
@@ -428,7 +491,7 @@ def _output_list(x):
 
 
 def _topological_nodes(inputs, outputs):
-    """(layer, inbound tensors, output tensor) for every call between inputs and outputs, in order."""
+    """The Node of every call between inputs and outputs, in order (a node with several outputs once)."""
     order, state = [], {}
     given = {t._id for t in inputs}
     used = set()
@@ -437,18 +500,19 @@ def _topological_nodes(inputs, outputs):
         if t._id in given:
             used.add(t._id)
             return
-        if state.get(t._id) == "done":
-            return
         if isinstance(t._layer, InputLayer):
             raise ValueError(f"Model(outputs=...) depends on an input that is not in `inputs` ({t!r}); pass "
                              f"every keras.Input the outputs use")
-        if state.get(t._id) == "visiting":  # pragma: no cover - layer calls cannot form cycles
+        node = t._node
+        if state.get(id(node)) == "done":
+            return
+        if state.get(id(node)) == "visiting":  # pragma: no cover - layer calls cannot form cycles
             raise ValueError("the layer graph has a cycle")
-        state[t._id] = "visiting"
-        for src in t._inbound:
+        state[id(node)] = "visiting"
+        for src in node.inbound:
             visit(src)
-        state[t._id] = "done"
-        order.append((t._layer, t._inbound, t))
+        state[id(node)] = "done"
+        order.append(node)
 
     for out in outputs:
         if out._id in given:

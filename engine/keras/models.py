@@ -75,6 +75,11 @@ class Sequential(Model):
         self.input_shape_built = shape
         for layer in self.layers:
             shape = layer._build_for(shape)
+            if isinstance(shape, list):
+                raise ValueError(f'layer "{layer.name}" ({type(layer).__name__}) has several outputs '
+                                 f"{shape_str(shape)}; every layer of a Sequential model needs a single output "
+                                 "(Keras' rule): build multi-output models (return_state=True) with the "
+                                 "functional API")
         self.output_shape_built = shape
         self.built = True
 

@@ -7,10 +7,23 @@ __all__ = ["print_summary"]
 
 
 def _wrap(text, width):
-    text = str(text)
-    if width <= 1:
-        return [text]
-    return [text[i:i + width - 1] for i in range(0, max(len(text), 1), width - 1)] or [""]
+    """The cell's lines: its own line breaks first, then cut to the column width."""
+    lines = []
+    for part in str(text).split("\n"):
+        if width <= 1:
+            lines.append(part)
+        else:
+            lines += [part[i:i + width - 1] for i in range(0, max(len(part), 1), width - 1)] or [""]
+    return lines
+
+
+def _shape_cell(shape):
+    """One shape, or a layer's several output shapes (return_state) one per line, as Keras lists them."""
+    if shape is None:
+        return "?"
+    if isinstance(shape, list):
+        return "[" + ",\n ".join(shape_str(s) for s in shape) + "]"
+    return shape_str(shape)
 
 
 def _row(fields, positions):
@@ -52,8 +65,7 @@ def print_summary(model, line_length=None, positions=None, print_fn=None):
     for i, layer in enumerate(layers):
         shape = layer.output_shape_built
         params = layer.count_params() if layer.built else 0
-        out += _row([f"{layer.name} ({type(layer).__name__})",
-                     shape_str(shape) if shape is not None else "?", f"{params:,}"], positions)
+        out += _row([f"{layer.name} ({type(layer).__name__})", _shape_cell(shape), f"{params:,}"], positions)
         if i != len(layers) - 1:
             out.append("")
     out.append("=" * line_length)

@@ -65,7 +65,20 @@ def to_channels_last(x: Tensor) -> Tensor:
 
 
 def shape_str(shape) -> str:
+    """(None, 28, 28, 1); a list of shapes (a layer with several outputs) as [(None, 8), (None, 4)]."""
+    if is_shape_list(shape):
+        return "[" + ", ".join(shape_str(s) for s in shape) + "]"
     return "(" + ", ".join("None" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def is_shape_list(shape) -> bool:
+    """Several output shapes (Keras: a list of tuples) rather than one shape."""
+    return isinstance(shape, list) and bool(shape) and all(isinstance(s, (tuple, list)) for s in shape)
+
+
+def output_shape_of(shape):
+    """compute_output_shape()'s result normalised: a tuple, or a list of tuples for several outputs."""
+    return [tuple(s) for s in shape] if is_shape_list(shape) else tuple(shape)
 
 
 class InputShapeError(ValueError):
@@ -373,7 +386,7 @@ class Layer(nn.Module):
                 not type(self).__module__.startswith("engine.keras"):
             out = self._infer_output_shape(input_shape)       # a user layer: run call() as Keras does
         else:
-            out = tuple(self.compute_output_shape(input_shape))
+            out = output_shape_of(self.compute_output_shape(input_shape))
         self.output_shape_built = out
         return out
 
@@ -435,13 +448,22 @@ class Layer(nn.Module):
         if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], KerasTensor):
             raise ValueError(f'layer "{self.name}" ({type(self).__name__}) takes one input; merge a list of '
                              "tensors with layers.Add / layers.Concatenate first")
+        return self._eager_call(inputs, training, mask)
+
+    def _eager_call(self, inputs, training, mask, **call_kwargs):
+        """An eager call with the mask found on the input and left on the output(s); call_kwargs
+        (a recurrent layer's initial_state) go on to call()."""
         if mask is None:
             mask = getattr(inputs, "_keras_mask", None)
-        y, out_mask = self._call_masked(inputs, training, mask)
+        y, out_mask = self._call_masked(inputs, training, mask, **call_kwargs)
+        if isinstance(y, list):                     # several outputs (return_state): a mask each
+            masks = out_mask if isinstance(out_mask, list) else [out_mask] * len(y)
+            return [attach_mask(t, m, inputs) for t, m in zip(y, masks)]
         return attach_mask(y, out_mask, inputs)
 
-    def _call_masked(self, inputs, training, mask):
-        """One eager call: (inputs, mask) -> (channels-last output, its mask)."""
+    def _call_masked(self, inputs, training, mask, **call_kwargs):
+        """One eager call: (inputs, mask) -> (channels-last output, its mask); with several outputs
+        a list of each."""
         device = self._device()
         x = inputs if isinstance(inputs, Tensor) else as_tensor_input(inputs, device)
         if x.device != device:          # Keras moves inputs to where the layer's weights are
@@ -452,24 +474,30 @@ class Layer(nn.Module):
             self._build_for(x.shape)
         else:
             self.check_input_shape(tuple(x.shape))
-        y, layout, out_mask = self.call_internal_masked(x, as_mask(mask, x), CL, bool(training))
+        y, layout, out_mask = self.call_internal_masked(x, as_mask(mask, x), CL, bool(training), **call_kwargs)
         return (to_channels_last(y) if layout == CF else y), out_mask
 
-    def call_internal_masked(self, x, mask, layout, training, final_logits=False):
+    def call_internal_masked(self, x, mask, layout, training, final_logits=False, **call_kwargs):
         """call_internal under Keras' mask protocol: (x, mask) -> (y, layout, output mask).  Without a
-        mask and a compute_mask() of its own, a layer runs exactly as call_internal."""
-        if mask is None and not self._computes_masks():
+        mask and a compute_mask() of its own, a layer runs exactly as call_internal.  call_kwargs
+        (initial_state) go to call() itself."""
+        if mask is None and not self._computes_masks() and not call_kwargs:
             y, layout = self.call_internal(x, layout, training, final_logits)
             return y, layout, None
         if layout == CF:
             x, layout = to_channels_last(x), CL       # masks index (batch, steps) of the Keras layout
-        if mask is not None and _takes_mask(type(self).call):
+        if (mask is not None and _takes_mask(type(self).call)) or call_kwargs:
             extra = {"final_logits": True} if final_logits else {}
-            y, out_layout = self._call_user(x, training, mask=mask, **extra), CL
+            if mask is not None:
+                extra["mask"] = mask
+            y, out_layout = self._call_user(x, training, **extra, **call_kwargs), CL
         else:
             y, out_layout = self.call_internal(x, layout, training, final_logits)
         if self.supports_masking:
-            return y, out_layout, as_mask(self.compute_mask(x, mask), x)
+            out_mask = self.compute_mask(x, mask)
+            if isinstance(out_mask, list):          # one per output (return_state)
+                return y, out_layout, [as_mask(m, x) for m in out_mask]
+            return y, out_layout, as_mask(out_mask, x)
         if mask is not None:
             warn_mask_dropped(self)
         return y, out_layout, None

@@ -1,4 +1,4 @@
-"""Keras LSTM, GRU and SimpleRNN: one fused graph node for the whole sequence.
+"""Keras LSTM, GRU and SimpleRNN: one fused graph node for the whole sequence when it can be.
 
 Weights in Keras' layout: kernel (features, 4*units), recurrent_kernel
 (units, 4*units), one bias (4*units,), gates ordered i, f, c, o (the same order
@@ -9,13 +9,26 @@ recurrent kernel, zero bias with the forget-gate part set to 1
 All three run the engine's fused recurrences (engine.nn.functional.lstm_layer / gru_layer /
 rnn_layer: one explicit backprop-through-time loop with two matrix products per step instead of a
 graph of ~15 small ops per step, and fused kernels on a GPU) on views of the Keras weights in
-PyTorch's layout.  Custom activations fall back to the same recurrence built from engine ops.
+PyTorch's layout.  Custom activations and recurrent_dropout fall back to the same recurrence built
+step by step from engine ops (Keras too leaves cuDNN for recurrent_dropout).
 
-Masking is Keras 3's (keras.src.backend.*.rnn with a mask): a masked step leaves the state as it
-was and outputs the previous step's output (zeros instead with zero_output_for_mask, which
-Bidirectional sets to return_sequences); the states start at zero, so a left- or right-padded
-sequence ends in exactly the state of the unpadded one.  With go_backwards the mask is reversed
-with the sequence, and the output mask is the input mask, unreversed, as Keras passes it on.
+Masking is Keras 3's (keras.src.backend.tensorflow.rnn with a mask): a masked step leaves the state
+as it was and outputs the previous step's output (zeros before the first kept step, even with an
+initial_state; zeros at every masked step with zero_output_for_mask, which Bidirectional sets to
+return_sequences); the states start at zero (or at initial_state), so a left- or right-padded
+sequence ends in exactly the state of the unpadded one.  With go_backwards the mask
+is reversed with the sequence, and the output mask is the input mask, unreversed, as Keras passes it on.
+
+Dropout is Keras 3's (keras.src.layers.rnn.dropout_rnn_cell, Keras >= 3.8): in training only, masks
+of 0 and 1/(1-rate) are drawn once per call and used at every step.  With `dropout` alone one
+(batch, features) mask is shared by all gates, so it multiplies the whole input sequence and the
+fused path still runs.  With `recurrent_dropout` Keras switches its cells to implementation 1: every
+gate gets its own input mask and its own (batch, units) mask on h_{t-1} before the recurrent matmul
+(the LSTM's carry c is never dropped); SimpleRNN has one mask of each kind.
+
+return_state=True makes the layer return [output, h, c] (LSTM) or [output, h] (GRU, SimpleRNN): the
+final states, held over masked steps; initial_state=[...] starts the recurrence there, and gradients
+flow into those tensors (a seq2seq encoder's states train with the decoder).
 """
 from __future__ import annotations
 
@@ -24,26 +37,150 @@ import numpy as np
 from ...backend import get_array_module
 from ...tensor import Tensor
 from ... import ops
+from ... import random as _random
 from .. import activations, initializers
-from .base import Layer
+from .base import Layer, as_tensor_input, shape_str
 
 __all__ = ["LSTM", "GRU", "SimpleRNN", "lstm_sequence"]
 
 
 def lstm_sequence(x: Tensor, kernel: Tensor, recurrent: Tensor, bias: Tensor | None,
-                  return_sequences: bool, go_backwards: bool = False, keep=None) -> Tensor:
+                  return_sequences: bool, go_backwards: bool = False, keep=None, initial_state=None,
+                  return_state: bool = False):
     """Run an LSTM (sigmoid gates, tanh cell) over x (N, T, F); one graph node.
 
     Keras' gates i, f, c, o are PyTorch's i, f, g, o and its kernel (F, 4U) is PyTorch's weight_ih
     transposed, so this is the engine's fused LSTM (engine.nn.functional.lstm_layer, with its GPU
     kernels) on transposed views; the transposes are in the graph, so gradients land in Keras' layout.
     keep: None, or (T, N) booleans in processing order (already reversed for go_backwards); where
-    False the step keeps the previous h and c (Keras masking)."""
-    from ...nn.functional import lstm_layer
+    False the step keeps the previous h and c (Keras masking).  initial_state: None or [h0, c0]
+    (N, U) Tensors, which receive gradients.  return_state: return (output, h, c)."""
     xs = x[:, ::-1] if go_backwards else x
-    seq, last, _ = lstm_layer(xs.transpose(1, 0, 2), None, None, kernel.T, recurrent.T, bias, None, mask=keep)
+    h0, c0 = initial_state if initial_state is not None else (None, None)
+    seq, h, c = _lstm_fused(xs, kernel, recurrent, bias, h0, c0, keep)
     # with go_backwards the sequence comes back in processing (reversed) order, as in Keras
-    return seq.transpose(1, 0, 2) if return_sequences else last
+    y = seq.transpose(1, 0, 2) if return_sequences else h
+    return (y, h, c) if return_state else y
+
+
+def _lstm_fused(xs, kernel, recurrent, bias, h0, c0, keep):
+    """engine.nn.functional.lstm_layer on x (N, T, F) in processing order -> (time-major sequence, h, c)."""
+    from ...nn.functional import lstm_layer
+    return lstm_layer(xs.transpose(1, 0, 2), h0, c0, kernel.T, recurrent.T, bias, None, mask=keep)
+
+
+# ------------------------------------------------------------------------------ the step-by-step recurrences
+# Used for recurrent_dropout (and custom activations): plain engine ops, so autodiff, the GPU and
+# float64 gradchecks come for free.  x is (N, T, F) in processing order; keep as in lstm_sequence;
+# in_masks / rec_masks are None or one array per gate (Keras' implementation 1).  Each returns
+# (outputs per step, final states).
+
+def _blocks(w, n):
+    """The n gate blocks of a weight (..., n*U) along its last axis."""
+    u = w.shape[-1] // n
+    return [w[..., g * u:(g + 1) * u] for g in range(n)]
+
+
+def _gate_inputs(v, weight, blocks, masks, n):
+    """v @ weight as n gate blocks (N, U).  With Keras' per-gate dropout masks gate g multiplies its
+    own masked copy v * masks[g] by its block of the weight."""
+    if masks is None:
+        z = v @ weight
+        return [z] if n == 1 else _blocks(z, n)
+    return [(v * Tensor._wrap(m)) @ w for m, w in zip(masks, blocks)]
+
+
+def _held(keep, k, new, old):
+    """new where step k is kept, old (the held state) where it is masked."""
+    return new if keep is None else ops.where(keep[k][:, None], new, old)
+
+
+def _zeros_state(x, units):
+    xp = get_array_module(x.data)
+    return Tensor(xp.zeros((x.shape[0], units), dtype=x.dtype))
+
+
+def _lstm_steps(x, kernel, recurrent, bias, h, c, keep, act, rec_act, in_masks=None, rec_masks=None):
+    units = recurrent.shape[0]
+    h = _zeros_state(x, units) if h is None else h
+    c = _zeros_state(x, units) if c is None else c
+    k_blocks = _blocks(kernel, 4) if in_masks is not None else None
+    r_blocks = _blocks(recurrent, 4) if rec_masks is not None else None
+    b_blocks = _blocks(bias, 4) if bias is not None and (in_masks or rec_masks) else None
+    outs = []
+    for k, x_t in enumerate(ops.unbind(x, 1)):
+        if in_masks is None and rec_masks is None:       # one matmul each, the op order of the fused reference
+            z = x_t @ kernel + h @ recurrent
+            pre = _blocks(z + bias if bias is not None else z, 4)
+        else:
+            pre = [a + b for a, b in zip(_gate_inputs(x_t, kernel, k_blocks, in_masks, 4),
+                                         _gate_inputs(h, recurrent, r_blocks, rec_masks, 4))]
+            if b_blocks is not None:
+                pre = [p + b for p, b in zip(pre, b_blocks)]
+        i, f, g, o = rec_act(pre[0]), rec_act(pre[1]), act(pre[2]), rec_act(pre[3])
+        c_new = f * c + i * g                            # the carry is never dropped
+        h_new = o * act(c_new)
+        c, h = _held(keep, k, c_new, c), _held(keep, k, h_new, h)
+        outs.append(h)
+    return outs, [h, c]
+
+
+def _gru_steps(x, kernel, recurrent, b_in, b_rec, h, keep, act, rec_act, in_masks=None, rec_masks=None):
+    """Keras' GRU cell with reset_after=True, gates z, r, h; b_in / b_rec the two bias rows or None."""
+    units = recurrent.shape[0]
+    h = _zeros_state(x, units) if h is None else h
+    k_blocks = _blocks(kernel, 3) if in_masks is not None else None
+    r_blocks = _blocks(recurrent, 3) if rec_masks is not None else None
+    bi = _blocks(b_in, 3) if b_in is not None else None
+    br = _blocks(b_rec, 3) if b_rec is not None else None
+    outs = []
+    for k, x_t in enumerate(ops.unbind(x, 1)):
+        xz, xr, xh = _gate_inputs(x_t, kernel, k_blocks, in_masks, 3)
+        hz, hr, hh = _gate_inputs(h, recurrent, r_blocks, rec_masks, 3)   # from the dropped h_{t-1}
+        if bi is not None:
+            xz, xr, xh = xz + bi[0], xr + bi[1], xh + bi[2]
+        if br is not None:
+            hz, hr, hh = hz + br[0], hr + br[1], hh + br[2]
+        z, r = rec_act(xz + hz), rec_act(xr + hr)
+        h_new = z * h + (1 - z) * act(xh + r * hh)       # mixed with the undropped h_{t-1}, as Keras
+        h = _held(keep, k, h_new, h)
+        outs.append(h)
+    return outs, [h]
+
+
+def _rnn_steps(x, kernel, recurrent, bias, h, keep, act, rec_masks=None):
+    """Keras' SimpleRNN cell: act(x_t @ kernel + bias + (h * mask) @ recurrent_kernel)."""
+    h = _zeros_state(x, recurrent.shape[0]) if h is None else h
+    outs = []
+    for k, x_t in enumerate(ops.unbind(x, 1)):
+        z = x_t @ kernel
+        if bias is not None:
+            z = z + bias
+        (hr,) = _gate_inputs(h, recurrent, [recurrent], rec_masks, 1)
+        h = _held(keep, k, act(z + hr), h)
+        outs.append(h)
+    return outs, [h]
+
+
+def _dropout_mask(shape, rate, rng, xp, dtype):
+    """Keras' dropout(ones(shape)): 0 with probability `rate`, else 1/(1-rate).  Drawn on the CPU
+    (one generator for CPU and GPU runs, as engine.random does) for this worker's rows of the global
+    batch (engine.random.batch_shard), then moved to the data's device."""
+    keep = _random.draw_rows(lambda s: rng.random(s, dtype=np.float32), shape) >= np.float32(rate)
+    mask = keep.astype(dtype)
+    mask *= np.asarray(1.0 / (1.0 - rate), dtype=dtype)
+    return xp.asarray(mask)
+
+
+def _rate(layer, what, value):
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = None
+    if rate is None or not 0.0 <= rate < 1.0:
+        raise ValueError(f'layer "{layer.name}" ({type(layer).__name__}): {what} must be a fraction in [0, 1), '
+                         f"got {what}={value!r}")
+    return rate
 
 
 class _UnitForgetBias(initializers.Initializer):
@@ -62,28 +199,37 @@ class _UnitForgetBias(initializers.Initializer):
 
 
 class _Recurrent(Layer):
-    """What Keras' LSTM, GRU and SimpleRNN share: arguments, output shape, the (N, T, F) input
-    check, the mask (consumed by the recurrence, passed on with return_sequences), config."""
+    """What Keras' LSTM, GRU and SimpleRNN share: arguments, output shape(s), the (N, T, F) input
+    check, the mask (consumed by the recurrence, passed on with return_sequences), dropout masks,
+    initial and returned states, config.  Subclasses say how many states and gate blocks they have
+    and run the recurrence: _run_fused (the engine's fused node) or _run_steps (engine ops)."""
 
     input_ndim = 3
     supports_masking = True
+    #: state names, in Keras' order (LSTM: h then c)
+    _state_names = ("h",)
+    #: masks per dropout kind under recurrent_dropout (Keras' dropout_mask_count, implementation 1)
+    _gate_count = 1
 
     def __init__(self, units, activation, use_bias, kernel_initializer, recurrent_initializer,
                  bias_initializer, dropout, recurrent_dropout, return_sequences, return_state, go_backwards,
-                 stateful, zero_output_for_mask=False, **kwargs):
+                 stateful, zero_output_for_mask=False, seed=None, **kwargs):
         super().__init__(**kwargs)
         kind = type(self).__name__
-        if dropout or recurrent_dropout:
-            raise ValueError(f"{kind}: dropout / recurrent_dropout are not supported; put a Dropout layer "
-                             f"before or after the {kind} instead")
-        if return_state or stateful:
-            raise ValueError(f"{kind}: return_state and stateful are not supported")
+        if stateful:
+            raise ValueError(f"{kind}: stateful=True is not supported (no state is carried between batches); "
+                             f"use return_state=True and pass the states back with initial_state=[...]")
         if int(units) <= 0:
             raise ValueError(f"{kind}: units must be a positive integer, got {units!r}")
         self.units = int(units)
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
+        self.dropout = _rate(self, "dropout", dropout)
+        self.recurrent_dropout = _rate(self, "recurrent_dropout", recurrent_dropout)
+        self.seed = None if seed is None else int(seed)
+        self._seed_rng = None if seed is None else np.random.default_rng(self.seed)
         self.return_sequences, self.go_backwards = bool(return_sequences), bool(go_backwards)
+        self.return_state = bool(return_state)
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.recurrent_initializer = initializers.get(recurrent_initializer)
@@ -99,13 +245,104 @@ class _Recurrent(Layer):
         return (None, None, s[-1]) if s else None
 
     def compute_output_shape(self, input_shape):
-        if self.return_sequences:
-            return (input_shape[0], input_shape[1], self.units)
-        return (input_shape[0], self.units)
+        out = (input_shape[0], input_shape[1], self.units) if self.return_sequences else (input_shape[0], self.units)
+        if self.return_state:                          # Keras: [output, *states], a list of shapes
+            return [out] + [(input_shape[0], self.units)] * len(self._state_names)
+        return out
 
     def compute_mask(self, inputs, mask=None):
-        """Keras: the input mask for a sequence output, none for the last output alone."""
-        return mask if self.return_sequences else None
+        """Keras: the input mask for a sequence output, none for the last output alone or a state."""
+        out = mask if self.return_sequences else None
+        return [out] + [None] * len(self._state_names) if self.return_state else out
+
+    # ------------------------------------------------------------------ calling
+    def __call__(self, inputs, initial_state=None, training=None, mask=None, **kwargs):
+        """Keras' call signature: layer(x, initial_state=[...], training=..., mask=...).  On
+        KerasTensors the call becomes a node of the functional graph whose inbound tensors are x
+        and the states."""
+        from ..functional import KerasTensor, call_symbolic
+        if initial_state is None:
+            return super().__call__(inputs, training=training, mask=mask, **kwargs)
+        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        symbolic = [isinstance(t, KerasTensor) for t in [inputs] + states]
+        if any(symbolic):
+            if not all(symbolic):
+                raise ValueError(f'layer "{self.name}" ({type(self).__name__}): the inputs and initial_state must '
+                                 "all be symbolic (keras.Input / layer outputs) or all be arrays / tensors")
+            self._check_states([t.shape for t in states], None)
+            return call_symbolic(self, inputs, states=states)
+        return self._eager_call(inputs, training, mask, initial_state=states)
+
+    def _check_states(self, shapes, batch):
+        """initial_state: one (batch, units) tensor per state; the error names the layer, the
+        expected and the received."""
+        n, kind = len(self._state_names), type(self).__name__
+        want = [(batch, self.units)] * n
+        names = ", ".join(self._state_names)
+        if len(shapes) != n:
+            raise ValueError(f'layer "{self.name}" ({kind}) expects initial_state with {n} tensor(s) [{names}] of '
+                             f"shape {shape_str(want[0])}, got {len(shapes)}: "
+                             f"{', '.join(shape_str(s) for s in shapes) or 'none'}")
+        for name, s in zip(self._state_names, shapes):
+            s = tuple(s)
+            if len(s) != 2 or s[1] != self.units or (batch is not None and s[0] not in (None, batch)):
+                raise ValueError(f'layer "{self.name}" ({kind}): initial_state {name} must have shape '
+                                 f"{shape_str(want[0])}, got {shape_str(s)}")
+
+    def _initial_states(self, inputs, initial_state):
+        """initial_state as Tensors on the inputs' device (arrays are converted), shapes checked;
+        None for zeros."""
+        if initial_state is None:
+            return None
+        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        states = [s if isinstance(s, Tensor) else as_tensor_input(s, inputs.device) for s in states]
+        states = [s.to(inputs.device) if s.device != inputs.device else s for s in states]
+        self._check_states([s.shape for s in states], inputs.shape[0])
+        return states
+
+    def _mask_rng(self):
+        """The layer's own generator with seed= (Keras' SeedGenerator), else the engine's (manual_seed)."""
+        return self._seed_rng if self._seed_rng is not None else _random.default_generator()
+
+    def _dropout_masks(self, n, features, xp, dtype, training):
+        """This call's dropout masks: (input masks, recurrent masks), each None or a list with one
+        array per gate (recurrent_dropout set: Keras' implementation 1) or a single shared one."""
+        if not training or not (self.dropout or self.recurrent_dropout):
+            return None, None
+        count = self._gate_count if self.recurrent_dropout else 1
+        rng = self._mask_rng()
+        inp = [_dropout_mask((n, features), self.dropout, rng, xp, dtype) for _ in range(count)] \
+            if self.dropout else None
+        rec = [_dropout_mask((n, self.units), self.recurrent_dropout, rng, xp, dtype) for _ in range(count)] \
+            if self.recurrent_dropout else None
+        return inp, rec
+
+    def call(self, inputs, training=False, mask=None, initial_state=None):
+        keep = self._step_mask(inputs, mask)
+        states = self._initial_states(inputs, initial_state)
+        in_masks, rec_masks = self._dropout_masks(inputs.shape[0], inputs.shape[2], get_array_module(inputs.data),
+                                                  inputs.dtype, training)
+        x = inputs
+        if in_masks is not None and len(in_masks) == 1:
+            # one mask for every gate and step: it drops the same features of the whole sequence
+            x = x * Tensor._wrap(in_masks[0][:, None, :])
+            in_masks = None
+        x = x[:, ::-1] if self.go_backwards else x
+        if in_masks is None and rec_masks is None and self._fused_ok():
+            seq, final = self._run_fused(x, states, keep)
+            seq = seq.transpose(1, 0, 2) if self.return_sequences else None
+        else:
+            outs, final = self._run_steps(x, states, keep, in_masks, rec_masks)
+            seq = ops.stack(outs, axis=1) if self.return_sequences else None
+        # with go_backwards the sequence comes back in processing (reversed) order, as in Keras
+        y = seq if self.return_sequences else final[0]
+        if states is not None:
+            y = self._zero_before_first_step(y, keep)
+        y = self._zero_masked(y, keep)
+        return [y] + list(final) if self.return_state else y
+
+    def _fused_ok(self):
+        return True
 
     def _step_mask(self, inputs, mask):
         """The (T, N) keep mask in processing order, or None when no step is masked (an all-True
@@ -122,6 +359,17 @@ class _Recurrent(Layer):
         keep = keep.T
         return keep[::-1] if self.go_backwards else keep
 
+    def _zero_before_first_step(self, y, keep):
+        """Keras (keras.src.backend.tensorflow.rnn) repeats the previous *output* at a masked step,
+        and that starts as zeros, not as the initial state: until a sequence's first kept step its
+        output is 0 (the held states are the initial ones).  Zero initial states need no fix."""
+        if keep is None:
+            return y
+        xp = get_array_module(keep)
+        seen = xp.cumsum(keep, axis=0) > 0                    # (T, N): a step was kept at or before t
+        factor = seen.T[:, :, None] if self.return_sequences else seen[-1][:, None]
+        return y * Tensor._wrap(factor.astype(y.dtype))
+
     def _zero_masked(self, y, keep):
         """zero_output_for_mask: zeros, not the previous output, at masked steps (in processing
         order, like y); Keras applies it to the last output too when that step is masked."""
@@ -134,7 +382,9 @@ class _Recurrent(Layer):
         return {**super().get_config(), "units": self.units,
                 "activation": activations.serialize(self.activation),
                 "use_bias": self.use_bias, "return_sequences": self.return_sequences,
-                "go_backwards": self.go_backwards, "zero_output_for_mask": self.zero_output_for_mask,
+                "return_state": self.return_state, "go_backwards": self.go_backwards,
+                "zero_output_for_mask": self.zero_output_for_mask,
+                "dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout, "seed": self.seed,
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer)}
@@ -153,6 +403,9 @@ class _Gated(_Recurrent):
 
 
 class LSTM(_Gated):
+    _state_names = ("h", "c")
+    _gate_count = 4
+
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", unit_forget_bias=True, dropout=0.0, recurrent_dropout=0.0,
@@ -160,7 +413,7 @@ class LSTM(_Gated):
                  unroll=False, seed=None, **kwargs):
         super().__init__(units, activation, recurrent_activation, use_bias, kernel_initializer,
                          recurrent_initializer, bias_initializer, dropout, recurrent_dropout, return_sequences,
-                         return_state, go_backwards, stateful, **kwargs)
+                         return_state, go_backwards, stateful, seed=seed, **kwargs)
         self.unit_forget_bias = bool(unit_forget_bias)
 
     def build(self, input_shape):
@@ -175,48 +428,26 @@ class LSTM(_Gated):
     def _fused_ok(self):
         return self.activation is activations.tanh and self.recurrent_activation is activations.sigmoid
 
-    def call(self, inputs, training=False, mask=None):
-        bias = self.bias if self.use_bias else None
-        keep = self._step_mask(inputs, mask)
-        if self._fused_ok():
-            y = lstm_sequence(inputs, self.kernel, self.recurrent_kernel, bias,
-                              self.return_sequences, self.go_backwards, keep)
-        else:
-            y = self._call_ops(inputs, bias, keep)
-        return self._zero_masked(y, keep)
+    def _run_fused(self, x, states, keep):
+        h0, c0 = states if states is not None else (None, None)
+        seq, h, c = _lstm_fused(x, self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
+                                h0, c0, keep)
+        return seq, [h, c]
+
+    def _run_steps(self, x, states, keep, in_masks=None, rec_masks=None):
+        h0, c0 = states if states is not None else (None, None)
+        return _lstm_steps(x, self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None, h0, c0,
+                           keep, self.activation, self.recurrent_activation, in_masks, rec_masks)
 
     def _call_ops(self, x, bias, keep=None):
-        """Reference recurrence from engine ops (custom activations)."""
-        n, t_len, _ = x.shape
-        hid = self.units
-        xp = get_array_module(x.data)
-        h = Tensor(xp.zeros((n, hid), dtype=np.float32))
-        c = Tensor(xp.zeros((n, hid), dtype=np.float32))
-        outs = []
-        steps = range(t_len - 1, -1, -1) if self.go_backwards else range(t_len)
-        for k, s in enumerate(steps):
-            z = x[:, s, :] @ self.kernel + h @ self.recurrent_kernel
-            if bias is not None:
-                z = z + bias
-            i = self.recurrent_activation(z[:, :hid])
-            f = self.recurrent_activation(z[:, hid:2 * hid])
-            g = self.activation(z[:, 2 * hid:3 * hid])
-            o = self.recurrent_activation(z[:, 3 * hid:])
-            c_new = f * c + i * g
-            h_new = o * self.activation(c_new)
-            c, h = _held(keep, k, c_new, c), _held(keep, k, h_new, h)
-            outs.append(h)
-        if not self.return_sequences:
-            return h
-        return ops.stack(outs, axis=1)
+        """Reference recurrence from engine ops (what custom activations run), without dropout."""
+        xs = x[:, ::-1] if self.go_backwards else x
+        outs, (h, _) = _lstm_steps(xs, self.kernel, self.recurrent_kernel, bias, None, None, keep,
+                                   self.activation, self.recurrent_activation)
+        return ops.stack(outs, axis=1) if self.return_sequences else h
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
-
-
-def _held(keep, k, new, old):
-    """new where step k is kept, old (the held state) where it is masked."""
-    return new if keep is None else ops.where(keep[k][:, None], new, old)
 
 
 class GRU(_Gated):
@@ -226,6 +457,8 @@ class GRU(_Gated):
     sequence runs through the engine's fused GRU (engine.nn.functional.gru_layer) on a permuted
     view of the weights; the permutation is part of the graph, so gradients land in Keras' layout."""
 
+    _gate_count = 3
+
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, return_sequences=False,
@@ -233,7 +466,7 @@ class GRU(_Gated):
                  seed=None, **kwargs):
         super().__init__(units, activation, recurrent_activation, use_bias, kernel_initializer,
                          recurrent_initializer, bias_initializer, dropout, recurrent_dropout, return_sequences,
-                         return_state, go_backwards, stateful, **kwargs)
+                         return_state, go_backwards, stateful, seed=seed, **kwargs)
         if not reset_after:
             raise ValueError("GRU: only reset_after=True (the Keras default) is supported")
         if self.activation is not activations.tanh or self.recurrent_activation is not activations.sigmoid:
@@ -248,7 +481,7 @@ class GRU(_Gated):
         if self.use_bias:
             self.add_weight("bias", (2, 3 * self.units), self.bias_initializer)
 
-    def call(self, inputs, training=False, mask=None):
+    def _run_fused(self, x, states, keep):
         from ...nn.functional import gru_layer
         order = self._torch_order
         w_ih = self.kernel[:, order].T                  # (3U, F) in PyTorch's gate order
@@ -256,11 +489,14 @@ class GRU(_Gated):
         b_ih = b_hh = None
         if self.use_bias:
             b_ih, b_hh = self.bias[0][order], self.bias[1][order]
-        keep = self._step_mask(inputs, mask)
-        x = inputs[:, ::-1] if self.go_backwards else inputs
-        seq, last = gru_layer(x.transpose(1, 0, 2), None, w_ih, w_hh, b_ih, b_hh, mask=keep)
-        # with go_backwards the sequence comes back in processing (reversed) order, as in Keras
-        return self._zero_masked(seq.transpose(1, 0, 2) if self.return_sequences else last, keep)
+        seq, last = gru_layer(x.transpose(1, 0, 2), states[0] if states else None, w_ih, w_hh, b_ih, b_hh,
+                              mask=keep)
+        return seq, [last]
+
+    def _run_steps(self, x, states, keep, in_masks=None, rec_masks=None):
+        b_in, b_rec = (self.bias[0], self.bias[1]) if self.use_bias else (None, None)
+        return _gru_steps(x, self.kernel, self.recurrent_kernel, b_in, b_rec, states[0] if states else None, keep,
+                          self.activation, self.recurrent_activation, in_masks, rec_masks)
 
     def get_config(self):
         return {**super().get_config(), "reset_after": True}
@@ -271,7 +507,7 @@ class SimpleRNN(_Recurrent):
     kernel (features, units), recurrent_kernel (units, units), bias (units,).  With tanh or relu the
     sequence runs through the engine's fused Elman RNN (engine.nn.functional.rnn_layer) on
     transposed views of the weights (graph ops, so gradients land in Keras' layout); any other
-    activation runs the same recurrence built from engine ops."""
+    activation, and recurrent_dropout, run the same recurrence built from engine ops."""
 
     _FUSED = {"tanh": activations.tanh, "relu": activations.relu}
 
@@ -281,7 +517,7 @@ class SimpleRNN(_Recurrent):
                  seed=None, **kwargs):
         super().__init__(units, activation, use_bias, kernel_initializer, recurrent_initializer,
                          bias_initializer, dropout, recurrent_dropout, return_sequences, return_state,
-                         go_backwards, stateful, **kwargs)
+                         go_backwards, stateful, seed=seed, **kwargs)
 
     def build(self, input_shape):
         feat = self._feature_axis(input_shape)
@@ -290,31 +526,17 @@ class SimpleRNN(_Recurrent):
         if self.use_bias:
             self.add_weight("bias", (self.units,), self.bias_initializer)
 
-    def call(self, inputs, training=False, mask=None):
-        from ...nn.functional import rnn_layer
-        bias = self.bias if self.use_bias else None
-        keep = self._step_mask(inputs, mask)
-        x = inputs[:, ::-1] if self.go_backwards else inputs
-        if self._FUSED.get(self.activation.name) is self.activation:
-            seq, last = rnn_layer(x.transpose(1, 0, 2), None, self.kernel.T, self.recurrent_kernel.T, bias,
-                                  nonlinearity=self.activation.name, mask=keep)
-            y = seq.transpose(1, 0, 2) if self.return_sequences else last
-        else:
-            y = self._call_ops(x, bias, keep)
-        # with go_backwards the sequence comes back in processing (reversed) order, as in Keras
-        return self._zero_masked(y, keep)
+    def _fused_ok(self):
+        return self._FUSED.get(self.activation.name) is self.activation
 
-    def _call_ops(self, x, bias, keep):
-        """The recurrence from engine ops, for activations the fused kernel lacks; x is already in
-        processing order."""
-        n, t_len, _ = x.shape
-        xp = get_array_module(x.data)
-        h = Tensor(xp.zeros((n, self.units), dtype=np.float32))
-        outs = []
-        for s in range(t_len):
-            z = x[:, s, :] @ self.kernel
-            if bias is not None:
-                z = z + bias
-            h = _held(keep, s, self.activation(z + h @ self.recurrent_kernel), h)
-            outs.append(h)
-        return ops.stack(outs, axis=1) if self.return_sequences else h
+    def _run_fused(self, x, states, keep):
+        from ...nn.functional import rnn_layer
+        seq, last = rnn_layer(x.transpose(1, 0, 2), states[0] if states else None, self.kernel.T,
+                              self.recurrent_kernel.T, self.bias if self.use_bias else None,
+                              nonlinearity=self.activation.name, mask=keep)
+        return seq, [last]
+
+    def _run_steps(self, x, states, keep, in_masks=None, rec_masks=None):
+        # in_masks is always None here: SimpleRNN's one input mask was applied to the whole sequence
+        return _rnn_steps(x, self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
+                          states[0] if states else None, keep, self.activation, rec_masks)

@@ -23,6 +23,9 @@ class Bidirectional(Layer):
         from .recurrent import _Recurrent
         if not isinstance(layer, _Recurrent):
             raise ValueError(f"Bidirectional wraps an LSTM, GRU or SimpleRNN layer, got {type(layer).__name__}")
+        if layer.return_state:
+            raise ValueError(f"Bidirectional: a wrapped layer with return_state=True is not supported (got "
+                             f'"{layer.name}"); run two layers, one with go_backwards=True, for the states')
         if merge_mode not in ("concat", "sum", "mul", "ave"):
             raise ValueError(f"Bidirectional: merge_mode must be 'concat', 'sum', 'mul' or 'ave', got "
                              f"{merge_mode!r} (merge_mode=None, two outputs, is not supported)")
