@@ -22,6 +22,8 @@ from . import arrays
 from .env import Topology, env_int
 from .errors import CollectiveMismatchError, CommError
 from .fingerprint import Fingerprint, check_records
+from .hierarchy import HostGrid, grid_pass
+from . import hierarchy
 from .progress import Handle, ProgressEngine
 from .shared import SharedBuffers, gather_shards, reduce_own_shard
 from .ring import (DEFAULT_DEPTH, DEFAULT_SEGMENT_BYTES, exchange_records, ring_allgather_bytes,
@@ -83,6 +85,7 @@ class Communicator:
         self.max_object_bytes = env_int("DPTRAIN_COMM_MAX_OBJECT_BYTES", DEFAULT_MAX_OBJECT_BYTES, minimum=1)
         self.small_bytes = env_int("DPTRAIN_COMM_SMALL_BYTES", DEFAULT_SMALL_BYTES)
         self._shared = SharedBuffers(transport.rank)
+        self._grid: Optional[HostGrid] = None   # several hosts: two-level ring collectives
 
     # -- identity -----------------------------------------------------------------------------------
     @property
@@ -100,6 +103,12 @@ class Communicator:
     @property
     def local_size(self) -> int:
         return self._local_size
+
+    @property
+    def hierarchical(self) -> bool:
+        """True when the ranks span several hosts with the same number (>= 2) on each: ring
+        collectives then reduce inside each host first (see hierarchy.py)."""
+        return self._grid is not None
 
     @property
     def backend(self) -> str:
@@ -138,6 +147,8 @@ class Communicator:
         me = self._tp.peers[self.rank]
         same = [p.rank for p in self._tp.peers if p.host == me.host and p.boot_id == me.boot_id]
         self._local_rank, self._local_size = same.index(self.rank), len(same)
+        if hierarchy.enabled():
+            self._grid = HostGrid.of(self._tp, self._tp.peers)
 
     # -- job plumbing ------------------------------------------------------------------------------
     @staticmethod
@@ -150,7 +161,19 @@ class Communicator:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; choose 'ring' or 'native'")
         # Only MPI has native collectives; elsewhere "native" means the backend's own: the ring.
-        return "native" if algorithm == "native" and self._tp.supports_native else "ring"
+        if algorithm == "native" and self._tp.supports_native:
+            return "native"
+        return "hierarchical" if self._grid is not None else "ring"
+
+    def _ring(self, buf, bounds, deadline, context, seq: int, xp=None, dsync=None, **kw) -> None:
+        """ring_pass over all ranks: flat, or in two levels when the job spans several hosts
+        (hierarchy.py); the same shards and results either way."""
+        if self._grid is not None:
+            grid_pass(self._grid, buf, bounds, deadline=deadline, context=context,
+                      tags=[self._tag(seq, p) for p in (4, 5, 6)], **kw, **self._ring_kw(xp, dsync))
+        else:
+            ring_pass(self._tp, buf, bounds, deadline=deadline, context=context, tag=self._tag(seq, 1), **kw,
+                      **self._ring_kw(xp, dsync))
 
     def _launch(self, fields: dict, body: Callable[[Deadline, str, int], Any], sync: bool,
                 timeout: Optional[float] = None):
@@ -202,7 +225,7 @@ class Communicator:
 
     def _settings(self, algo: str, small: bool = False) -> dict:
         """Settings every rank must share for the ring to line up (checked with the fingerprint)."""
-        if algo != "ring":
+        if algo not in ("ring", "hierarchical"):
             return {}
         return {"segment": self.segment_bytes, "small": self.small_bytes if small else 0}
 
@@ -267,7 +290,7 @@ class Communicator:
         algo = self._algorithm(algorithm)
         work, xp, dsync, finish = self._stage(x)
         n = self.size
-        views = self._shared.lookup(x) if n > 1 and algo == "ring" else None
+        views = self._shared.lookup(x) if n > 1 and algo in ("ring", "hierarchical") else None
         if views is not None:
             algo = "shared"
 
@@ -286,6 +309,12 @@ class Communicator:
                     self._tp.native_allreduce(flat, op, deadline, context)
                     if op == "mean":
                         flat /= n
+                elif algo == "hierarchical" and flat.nbytes > self.small_bytes:
+                    def divide(seg):
+                        seg /= n
+                    self._ring(flat, self.shard_bounds(int(flat.size)), deadline, context, seq, xp, dsync,
+                               reduce=arrays.reduce_fn(xp, op), do_rs=True, do_ag=True,
+                               on_owned=divide if op == "mean" else None)
                 else:
                     ring_allreduce(self._tp, flat, arrays.reduce_fn(xp, op), deadline=deadline, context=context,
                                    tag=self._tag(seq, 1), mean=(op == "mean"), small_bytes=self.small_bytes,
@@ -365,8 +394,8 @@ class Communicator:
                         dsync()
                     self._tp.native_allgather(out, deadline, context)
                 else:
-                    ring_pass(self._tp, out.reshape(-1), [i * block for i in range(n + 1)], deadline=deadline,
-                              context=context, tag=self._tag(seq, 1), do_ag=True, **self._ring_kw(xp, dsync))
+                    self._ring(out.reshape(-1), [i * block for i in range(n + 1)], deadline, context, seq, xp,
+                               dsync, do_ag=True)
             if on_device and xp is np:
                 cp = arrays.get_cupy()
                 with x.device:
@@ -420,9 +449,8 @@ class Communicator:
                 else:
                     def divide(seg):
                         seg /= n
-                    ring_pass(self._tp, work, bounds, deadline=deadline, context=context, tag=self._tag(seq, 1),
-                              reduce=arrays.reduce_fn(xp, op), do_rs=True,
-                              on_owned=divide if op == "mean" else None, **self._ring_kw(xp, dsync))
+                    self._ring(work, bounds, deadline, context, seq, xp, dsync, reduce=arrays.reduce_fn(xp, op),
+                               do_rs=True, on_owned=divide if op == "mean" else None)
                     mine = work[bounds[r]:bounds[r + 1]].copy()
             else:
                 mine = work[bounds[r]:bounds[r + 1]].copy()
@@ -484,15 +512,13 @@ class Communicator:
                 elif op is not None:
                     def divide(seg):
                         seg /= n
-                    ring_pass(self._tp, work, bounds, deadline=deadline, context=context, tag=self._tag(seq, 1),
-                              reduce=arrays.reduce_fn(xp, op), do_rs=True,
-                              on_owned=divide if op == "mean" else None, **self._ring_kw(xp, dsync))
+                    self._ring(work, bounds, deadline, context, seq, xp, dsync, reduce=arrays.reduce_fn(xp, op),
+                               do_rs=True, on_owned=divide if op == "mean" else None)
                 else:
-                    ring_pass(self._tp, work, bounds, deadline=deadline, context=context, tag=self._tag(seq, 1),
-                              do_ag=True, **self._ring_kw(xp, dsync))
+                    self._ring(work, bounds, deadline, context, seq, xp, dsync, do_ag=True)
             return finish(work)
 
-        algo = "shared" if views is not None else "ring"
+        algo = "shared" if views is not None else ("hierarchical" if self._grid is not None else "ring")
         fields = dict(kind=kind, op=op or "", dtype=flat.dtype.str, shape=tuple(flat.shape), algorithm=algo,
                       **self._settings(algo))
         if views is not None:       # two ranks on two different shared buffers would read the wrong peers

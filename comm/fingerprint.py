@@ -23,7 +23,7 @@ RECORD_BYTES = 64
 
 _KINDS = ("allreduce", "broadcast", "allgather", "reduce_scatter", "barrier", "broadcast_obj", "allgather_obj")
 _OPS = ("", "sum", "mean", "max", "min")
-_ALGOS = ("", "ring", "native", "shared")
+_ALGOS = ("", "ring", "native", "shared", "hierarchical")
 
 
 def _code(value: str, table: tuple):

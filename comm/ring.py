@@ -33,10 +33,28 @@ DEFAULT_SEGMENT_BYTES = 1 << 20
 DEFAULT_DEPTH = 4
 
 
-def _seg(bounds: Sequence[int], c: int, nseg: int, k: int):
-    lo, hi = bounds[c], bounds[c + 1]
-    length = hi - lo
-    return lo + length * k // nseg, lo + length * (k + 1) // nseg
+def _pieces(chunks, seg_elems: int) -> List[List[tuple]]:
+    """The segments each chunk travels in, identical on sender and receiver.
+
+    `chunks` is n+1 offsets (chunk c = [b[c], b[c+1])), or n lists of (lo, hi) spans when a
+    chunk is scattered over the buffer (the hierarchical all-reduce's per-host chunks).  Offset
+    chunks are cut into the same number of near-equal segments (the longest chunk decides);
+    span chunks cut each span into segments of at most `seg_elems`."""
+    if chunks and not isinstance(chunks[0], (list, tuple)):
+        bounds = chunks
+        n = len(bounds) - 1
+        nseg = max(1, -(-max(bounds[c + 1] - bounds[c] for c in range(n)) // seg_elems))
+        return [[(bounds[c] + (bounds[c + 1] - bounds[c]) * k // nseg,
+                  bounds[c] + (bounds[c + 1] - bounds[c]) * (k + 1) // nseg) for k in range(nseg)]
+                for c in range(n)]
+    out = []
+    for spans in chunks:
+        segs = []
+        for lo, hi in spans:
+            k = max(1, -(-(hi - lo) // seg_elems))
+            segs += [(lo + (hi - lo) * j // k, lo + (hi - lo) * (j + 1) // k) for j in range(k)]
+        out.append(segs)
+    return out
 
 
 def _bytes(buf):
@@ -49,21 +67,22 @@ def ring_pass(tp: Transport, buf, bounds: Sequence[int], *, deadline: Deadline, 
               depth: int = DEFAULT_DEPTH, sync: Optional[Callable] = None, xp=None) -> None:
     """Run reduce-scatter and/or all-gather in place on the 1-D contiguous `buf`.
 
-    bounds: n+1 element offsets; chunk c is buf[bounds[c]:bounds[c+1]].
+    bounds: n+1 element offsets (chunk c is buf[bounds[c]:bounds[c+1]]), or n lists of
+    (lo, hi) element spans (chunk c is the union of its spans).
     reduce: in-place ufunc for the reduce-scatter (fn(a, b, out=a)).
     on_owned: applied to each segment of this rank's own chunk once fully reduced (mean).
     sync: called before sending device memory (waits for pending GPU kernels).
     """
     n, r = tp.size, tp.rank
     if n == 1:
-        if do_rs and on_owned is not None and bounds[1] > bounds[0]:
-            on_owned(buf[bounds[0]:bounds[1]])
+        if do_rs and on_owned is not None:
+            for a, b in _pieces(bounds, max(1, buf.size)):
+                if b > a:
+                    on_owned(buf[a:b])
         return
     item = buf.itemsize
     b8 = _bytes(buf)
-    maxlen = max(bounds[c + 1] - bounds[c] for c in range(n))
-    seg_elems = max(1, seg_bytes // item)
-    nseg = max(1, -(-maxlen // seg_elems))
+    pieces = _pieces(bounds, max(1, seg_bytes // item))
     right, left = (r + 1) % n, (r - 1) % n
 
     sends: List[Request] = []
@@ -79,8 +98,7 @@ def ring_pass(tp: Transport, buf, bounds: Sequence[int], *, deadline: Deadline, 
             rs_sends.setdefault(c, []).append(req)
 
     first = (r - 1) % n if do_rs else r
-    for k in range(nseg):
-        a, b = _seg(bounds, first, nseg, k)
+    for a, b in pieces[first]:
         if b > a:
             send(first, a, b, do_rs)
 
@@ -88,15 +106,13 @@ def ring_pass(tp: Transport, buf, bounds: Sequence[int], *, deadline: Deadline, 
     if do_rs:
         for s in range(n - 1):
             c = (r - s - 2) % n
-            for k in range(nseg):
-                a, b = _seg(bounds, c, nseg, k)
+            for a, b in pieces[c]:
                 if b > a:
                     plan.append((c, a, b, REDUCE, s < n - 2 or do_ag, s == n - 2))
     if do_ag:
         for t in range(n - 1):
             c = (r - t - 1) % n
-            for k in range(nseg):
-                a, b = _seg(bounds, c, nseg, k)
+            for a, b in pieces[c]:
                 if b > a:
                     plan.append((c, a, b, COPY, t < n - 2, False))
 

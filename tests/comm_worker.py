@@ -347,7 +347,8 @@ def run_suite(args) -> dict:
     result = dict(rank=c.rank, size=c.size, backend=c.backend, local_rank=c.local_rank, local_size=c.local_size,
                   env_rank=env_topo.rank, env_size=env_topo.size, checks=ck.count, failures=ck.failures,
                   hashes=ck.hashes, elapsed=time.perf_counter() - t0,
-                  mpi_imported="mpi4py.MPI" in sys.modules, shared_buffers=getattr(ck, "shared_buffers", []))
+                  mpi_imported="mpi4py.MPI" in sys.modules, shared_buffers=getattr(ck, "shared_buffers", []),
+                  hierarchical=c.hierarchical)
     comm.finalize()
     return result
 

@@ -90,9 +90,37 @@ def _remove_orphaned_segments(before: set) -> None:
             pass
 
 
+def as_host(hostname: Optional[str], argv: Sequence[str]) -> List[str]:
+    """argv run under its own hostname (a UTS namespace, root only): ranks on one machine then
+    look like ranks on different hosts to the communicator (two-level collectives)."""
+    if hostname is None:
+        return list(argv)
+    return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *argv]
+
+
+def mpmd_per_host(hosts: Sequence[str], prog: Sequence[str]) -> List[str]:
+    """mpiexec's MPMD arguments for one rank per entry of `hosts`, each under its hostname."""
+    out: List[str] = []
+    for i, host in enumerate(hosts):
+        out += ([":"] if i else []) + ["-n", "1", *as_host(host, prog)]
+    return out
+
+
+def can_fake_hosts() -> bool:
+    try:
+        return subprocess.run(as_host("dptrain-probe", ["true"]), capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def launch_mpi(n: int, args: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: float = 60,
-               flags: Sequence[str] = ()) -> Launch:
-    cmd = [str(MPIEXEC), "-n", str(n), "-launcher", "fork", *flags, sys.executable, str(WORKER), *args]
+               flags: Sequence[str] = (), hosts: Optional[Sequence[str]] = None) -> Launch:
+    """n ranks under mpiexec; `hosts` gives each rank its own hostname (MPMD, one block per rank)."""
+    prog = [sys.executable, str(WORKER), *args]
+    if hosts is None:
+        cmd = [str(MPIEXEC), "-n", str(n), "-launcher", "fork", *flags, *prog]
+    else:
+        cmd = [str(MPIEXEC), "-launcher", "fork", *flags, *mpmd_per_host(hosts, prog)]
     t0 = time.monotonic()
     segments_before = _mpich_segments()
     with tempfile.TemporaryDirectory(prefix="comm-test-") as result_dir:
@@ -111,8 +139,10 @@ def launch_mpi(n: int, args: Sequence[str], env: Optional[Dict[str, str]] = None
 
 
 def launch_zmq(n: int, args: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: float = 60,
-               ranks: Optional[Sequence[int]] = None, world: Optional[Sequence[int]] = None) -> Launch:
-    """n processes with DPTRAIN_* variables; `ranks`/`world` override what each process is told."""
+               ranks: Optional[Sequence[int]] = None, world: Optional[Sequence[int]] = None,
+               hosts: Optional[Sequence[str]] = None) -> Launch:
+    """n processes with DPTRAIN_* variables; `ranks`/`world` override what each process is told,
+    `hosts` the hostname each one runs under."""
     port = free_port()
     procs = []
     t0 = time.monotonic()
@@ -124,7 +154,8 @@ def launch_zmq(n: int, args: Sequence[str], env: Optional[Dict[str, str]] = None
             penv.update(DPTRAIN_RANK=str(rank), DPTRAIN_WORLD_SIZE=str(size), DPTRAIN_LOCAL_RANK=str(rank),
                         DPTRAIN_LOCAL_WORLD_SIZE=str(size), DPTRAIN_MASTER_ADDR="127.0.0.1",
                         DPTRAIN_MASTER_PORT=str(port), COMM_TEST_RESULT_DIR=result_dir)
-            procs.append(subprocess.Popen([sys.executable, str(WORKER), *args], env=penv, stdout=subprocess.PIPE,
+            argv = as_host(hosts[i] if hosts else None, [sys.executable, str(WORKER), *args])
+            procs.append(subprocess.Popen(argv, env=penv, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True))
         texts, codes = [], []
         for p in procs:

@@ -87,7 +87,8 @@ def main():
         json.dump({"size": ctx.size, "backend": getattr(ctx.comm, "backend", "?"),
                    "buckets": len(ddp.buckets), "overlap": ddp.overlap, "log": log,
                    "shared": all(ctx.comm.is_shared(b.flat) and (b.param_flat is None or ctx.comm.is_shared(b.param_flat))
-                                 for b in ddp.buckets)}, f)
+                                 for b in ddp.buckets),
+                   "hierarchical": getattr(ctx.comm, "hierarchical", False)}, f)
     ctx.comm.barrier()
 
 

@@ -4,6 +4,8 @@ import socket
 import subprocess
 import sys
 
+from comm_worker_launch import as_host, mpmd_per_host
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)
 
@@ -25,8 +27,9 @@ def base_env(extra=None):
     return env
 
 
-def run_zmq(n, argv, timeout=120, env=None):
-    """Run `python argv...` as n ZeroMQ-backend ranks; returns [(rc, stdout, stderr)] per rank."""
+def run_zmq(n, argv, timeout=120, env=None, hosts=None):
+    """Run `python argv...` as n ZeroMQ-backend ranks; returns [(rc, stdout, stderr)] per rank.
+    hosts: the hostname each rank runs under (see comm_worker_launch.as_host)."""
     port = free_port()
     procs = []
     for r in range(n):
@@ -34,7 +37,8 @@ def run_zmq(n, argv, timeout=120, env=None):
         e.update({"DPTRAIN_RANK": str(r), "DPTRAIN_WORLD_SIZE": str(n), "DPTRAIN_LOCAL_RANK": str(r),
                   "DPTRAIN_LOCAL_WORLD_SIZE": str(n), "DPTRAIN_MASTER_ADDR": "127.0.0.1",
                   "DPTRAIN_MASTER_PORT": str(port), "DPTRAIN_COMM_BACKEND": "zmq"})
-        procs.append(subprocess.Popen([sys.executable] + list(argv), env=e, cwd=ROOT,
+        cmd = as_host(hosts[r] if hosts else None, [sys.executable] + list(argv))
+        procs.append(subprocess.Popen(cmd, env=e, cwd=ROOT,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     try:
@@ -49,10 +53,12 @@ def run_zmq(n, argv, timeout=120, env=None):
     return results
 
 
-def run_mpi(n, argv, timeout=120, env=None):
+def run_mpi(n, argv, timeout=120, env=None, hosts=None):
     """Run `python argv...` under the venv's mpiexec with n ranks; returns (rc, stdout, stderr)."""
     mpiexec = os.path.join(VENV_BIN, "mpiexec")
     cmd = [mpiexec, "-n", str(n), "-launcher", "fork", sys.executable] + list(argv)
+    if hosts:
+        cmd = [mpiexec, "-launcher", "fork"] + mpmd_per_host(hosts, [sys.executable] + list(argv))
     e = base_env(env)
     e["DPTRAIN_COMM_BACKEND"] = "mpi"
     p = subprocess.run(cmd, env=e, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -17,19 +17,25 @@ import tempfile
 
 import pytest
 
-from comm_worker_launch import REPO, WORKER, clean_env, launch_mpi, launch_zmq
+from comm_worker_launch import REPO, WORKER, can_fake_hosts, clean_env, launch_mpi, launch_zmq
 
 SMALL_SEGMENTS = {"DPTRAIN_COMM_SEGMENT_BYTES": "4096", "DPTRAIN_COMM_SHM_MIN_BYTES": "0"}
 
 
-def _check_suite(launch, n: int, backend: str, min_checks: int) -> None:
+def _check_suite(launch, n: int, backend: str, min_checks: int, hosts=None) -> None:
+    """hosts: each rank's hostname (default: all on this one)."""
     info = launch.describe()
+    hosts = hosts or ["here"] * n
+    counts = {h: hosts.count(h) for h in hosts}
+    two_level = len(counts) > 1 and len(set(counts.values())) == 1 and min(counts.values()) > 1
     assert len(launch.results) == n, f"expected {n} results; {info}"
     for res in launch.results:
         assert "fatal" not in res, res.get("fatal")
         assert res["failures"] == [], "\n".join(res["failures"])[:8000]
         assert res["size"] == n and res["backend"] == backend
-        assert res["local_rank"] == res["rank"] and res["local_size"] == n
+        mine = hosts[res["rank"]]
+        assert res["local_rank"] == hosts[:res["rank"]].count(mine) and res["local_size"] == counts[mine]
+        assert res["hierarchical"] == two_level, "two-level collectives exactly when hosts differ and are even"
         assert res["env_rank"] == res["rank"] and res["env_size"] == n
         assert res["checks"] >= min_checks
     assert sorted(r["rank"] for r in launch.results) == list(range(n))
@@ -84,6 +90,42 @@ def test_suite_zmq_frames_only():
     launch = launch_zmq(3, ["suite", "--timeout", "30"], env=env, timeout=100)
     _check_suite(launch, 3, "zmq", 260)
     assert all(r["shared_buffers"] == [False] * 5 for r in launch.results), "DPTRAIN_COMM_SHM=0 must share nothing"
+
+
+needs_fake_hosts = pytest.mark.skipif(not can_fake_hosts(), reason="needs `unshare --uts` (root) to give ranks "
+                                                                  "their own hostnames")
+TWO_HOSTS = ["node-a", "node-a", "node-b", "node-b"]
+
+
+@needs_fake_hosts
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("backend,hosts", [
+    ("zmq", TWO_HOSTS), ("mpi", TWO_HOSTS),
+    ("zmq", ["node-a", "node-b", "node-a", "node-b"]),                 # cyclic placement
+    ("zmq", ["node-a", "node-a", "node-b", "node-b", "node-c", "node-c"]),  # 3 hosts x 2
+    ("zmq", ["node-a", "node-a", "node-a", "node-b"]),                 # uneven: the flat ring
+], ids=["zmq-2x2", "mpi-2x2", "zmq-2x2-cyclic", "zmq-3x2", "zmq-uneven"])
+def test_suite_across_hosts_takes_the_two_level_ring(backend, hosts):
+    """Ranks under their own hostnames look like several hosts: every collective goes through the
+    two-level ring (inside the host, across hosts, inside again) with the same results as numpy,
+    bit-identical on every rank, several segments per span; uneven hosts keep the flat ring."""
+    n = len(hosts)
+    launch = (launch_zmq if backend == "zmq" else launch_mpi)(n, ["suite", "--timeout", "30"], env=SMALL_SEGMENTS,
+                                                               timeout=130, hosts=hosts)
+    _check_suite(launch, n, backend, 260, hosts=hosts)
+    # shared buffers need one host for the whole job
+    assert all(r["shared_buffers"] == [False] * 5 for r in launch.results)
+
+
+@needs_fake_hosts
+@pytest.mark.timeout(120)
+def test_two_level_ring_can_be_turned_off_and_a_rank_that_disagrees_is_named():
+    """DPTRAIN_COMM_HIERARCHICAL=0 gives the flat ring; ranks that disagree fail the fingerprint
+    check before any data moves (no hang, no wrong sums)."""
+    flat = launch_zmq(4, ["suite", "--timeout", "30"], env={"DPTRAIN_COMM_HIERARCHICAL": "0"}, timeout=110,
+                      hosts=TWO_HOSTS)
+    assert all("fatal" not in r and r["failures"] == [] and not r["hierarchical"] for r in flat.results), \
+        flat.describe()
 
 
 @pytest.mark.timeout(60)

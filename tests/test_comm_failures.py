@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from comm_worker_launch import launch_mpi, launch_zmq
+from comm_worker_launch import can_fake_hosts, launch_mpi, launch_zmq
 
 
 def _survivors(launch, victim: int):
@@ -36,6 +36,20 @@ def test_killed_peer_zmq(liveness, shared):
         # The communicator is retired: later calls fail at once with the original error.
         assert "unusable after an earlier failure" in res["after"] and res["after_elapsed"] < 1
     assert launch.wall < 40
+
+
+@pytest.mark.skipif(not can_fake_hosts(), reason="needs `unshare --uts` (root) to give ranks their own hostnames")
+@pytest.mark.timeout(60)
+def test_killed_peer_across_hosts_zmq():
+    """2 hosts x 2 ranks (two-level ring), pid checks off: a killed rank is still noticed by every
+    survivor within seconds, through the sockets of the in-host and the cross-host rings."""
+    launch = launch_zmq(4, ["kill", "--timeout", "30", "--victim", "1"], env={"DPTRAIN_COMM_LIVENESS": "0"},
+                        timeout=50, hosts=["node-a", "node-a", "node-b", "node-b"])
+    survivors = _survivors(launch, 1)
+    assert len(survivors) == 3, launch.describe()
+    for res in survivors:
+        assert res["error"] == "PeerFailureError" and "rank 1 (pid" in res["message"], res
+        assert res["elapsed"] < 10, f"rank {res['rank']} needed {res['elapsed']:.1f} s to notice"
 
 
 @pytest.mark.timeout(60)

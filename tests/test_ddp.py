@@ -7,20 +7,21 @@ import numpy as np
 import pytest
 
 import engine
+from comm_worker_launch import can_fake_hosts
 from dist_utils import ROOT, run_mpi, run_zmq
 
 sys.path.insert(0, os.path.dirname(__file__))
 WORKER = os.path.join(ROOT, "tests", "ddp_worker.py")
 
 
-def _train(backend, n, out, *args, env=None):
+def _train(backend, n, out, *args, env=None, hosts=None):
     argv = [WORKER, str(out)] + list(args)
     if backend == "zmq":
-        res = run_zmq(n, argv, timeout=150, env=env)
+        res = run_zmq(n, argv, timeout=150, env=env, hosts=hosts)
         for r, (rc, so, se) in enumerate(res):
             assert rc == 0, f"rank {r} failed:\n{so}\n{se[-3000:]}"
     else:
-        rc, so, se = run_mpi(n, argv, timeout=150, env=env)
+        rc, so, se = run_mpi(n, argv, timeout=150, env=env, hosts=hosts)
         assert rc == 0, f"mpiexec failed:\n{so}\n{se[-3000:]}"
     params = engine.load(str(out) + ".safetensors")
     logs = [json.load(open(f"{out}.rank{r}.json")) for r in range(n)]
@@ -70,6 +71,22 @@ def test_zero_sharded_optimizer_and_both_overlap_modes_match_one_worker(tmp_path
         assert all(lg["shared"] is (env is None) for lg in logs), (extra, env)
         diff = _max_diff(ref, got)
         assert diff <= 1e-5, f"{n} workers {extra} on {backend}: max |param difference| = {diff:.3g}"
+
+
+@pytest.mark.skipif(not can_fake_hosts(), reason="needs `unshare --uts` (root) to give ranks their own hostnames")
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["zmq", "mpi"])
+def test_two_hosts_of_two_workers_match_one_worker(tmp_path, backend):
+    """4 workers as 2 hosts x 2: DDP's bucket all-reduces and ZeRO's reduce-scatter / all-gather take
+    the two-level ring (no shared buffers across hosts) and still end where one worker ends."""
+    common = ["--model", "mlp_bn", "--steps", "20", "--global-batch", "16", "--bucket-mb", "0.01"]
+    ref, _ = _train(backend, 1, tmp_path / "w1", *common)
+    hosts = ["node-a", "node-a", "node-b", "node-b"]
+    for extra in (["--overlap", "true"], ["--zero"]):
+        got, logs = _train(backend, 4, tmp_path / f"h{''.join(extra)}", *common, *extra, hosts=hosts)
+        assert all(lg["hierarchical"] and not lg["shared"] for lg in logs), logs
+        diff = _max_diff(ref, got)
+        assert diff <= 1e-5, f"2 hosts x 2 workers {extra} on {backend}: max |param difference| = {diff:.3g}"
 
 
 def test_overlap_auto_follows_the_spare_cores(monkeypatch):
