@@ -30,6 +30,7 @@ bench: venv
 	$(PY) benchmarks/engine_step.py
 	$(PY) benchmarks/allreduce.py
 	$(PY) benchmarks/ddp.py
+	-$(PY) benchmarks/hierarchical.py   # needs root (network namespaces); skipped otherwise
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache runs
