@@ -4,8 +4,9 @@ Why: most Keras code beyond a plain stack (skip connections, two branches merged
 Add or Concatenate) is written this way.  Calling a layer on a `KerasTensor` builds
 the layer for that shape and records a node (layer, inbound tensors, output tensors); the model
 keeps the nodes in topological order and replays them on real tensors.  A node may have several
-outputs (a recurrent layer with return_state=True: `out, h, c = LSTM(8, return_state=True)(x)`),
-and a recurrent layer's initial_state=[...] tensors are inbound tensors of its node too.  Several
+outputs (a recurrent layer with return_state=True: `out, h, c = LSTM(8, return_state=True)(x)`;
+MultiHeadAttention with return_attention_scores=True), and a recurrent layer's initial_state=[...]
+tensors and an attention layer's attention_mask are inbound tensors of its node too.  Several
 inputs (a list, or a dict by input name; fit/predict take the arrays the same way) and several outputs (one
 loss each, or one for all, with loss_weights; per-output metrics; logs named like Keras'
 `<output>_loss` / `<output>_<metric>`); a layer may be called more than once (shared weights).
@@ -28,16 +29,19 @@ __all__ = ["KerasTensor", "Functional", "is_symbolic"]
 
 class Node:
     """One layer call in the graph: the layer, the tensors it was called on (`inputs`, one or a
-    list for the merge layers), the `states` given as initial_state (recurrent layers), and the
-    output tensor(s) it produced, in the order the call returns them."""
+    list for the merge layers, [query, value(, key)] for attention), the `states` given as
+    initial_state (recurrent layers), other call arguments `kwargs` (JSON values such as
+    use_causal_mask, or KerasTensors such as attention_mask), and the output tensor(s) it
+    produced, in the order the call returns them."""
 
-    def __init__(self, layer, inputs, states=()):
+    def __init__(self, layer, inputs, states=(), kwargs=None):
         self.layer, self.inputs, self.states = layer, list(inputs), list(states)
+        self.kwargs = dict(kwargs or {})
         self.outputs: list = []
 
     @property
     def inbound(self):
-        return self.inputs + self.states
+        return self.inputs + self.states + [v for v in self.kwargs.values() if isinstance(v, KerasTensor)]
 
 
 class KerasTensor:
@@ -82,14 +86,17 @@ def symbolic_input(input_layer: InputLayer) -> KerasTensor:
     return t
 
 
-def call_symbolic(layer: Layer, inputs, states=()):
-    """layer(KerasTensor or list of them, initial_state=states): build the layer for the shapes and
-    return the output tensor, or a list of them when compute_output_shape gives several shapes."""
-    if isinstance(inputs, (list, tuple)):
+def call_symbolic(layer: Layer, inputs, states=(), kwargs=None, output_shape=None):
+    """layer(KerasTensor or list of them, initial_state=states, **kwargs): build the layer for the
+    shapes (unless the layer did and gives `output_shape`) and return the output tensor, or a list
+    of them when the output shape is a list of shapes."""
+    if output_shape is not None:
+        out_shape = output_shape
+    elif isinstance(inputs, (list, tuple)):
         out_shape = layer._build_for_many([t.shape for t in inputs])
     else:
         out_shape = layer._build_for(inputs.shape)
-    node = Node(layer, list(inputs) if isinstance(inputs, (list, tuple)) else [inputs], states)
+    node = Node(layer, list(inputs) if isinstance(inputs, (list, tuple)) else [inputs], states, kwargs)
     if is_shape_list(out_shape):
         node.outputs = [KerasTensor(s, layer, node, i) for i, s in enumerate(out_shape)]
         return list(node.outputs)
@@ -209,6 +216,9 @@ class Functional(Model):
                 y, layout, m = layer.call_internal_masked(args[0], ms[0], "channels_last", bool(training),
                                                           final_logits=True)
                 y = to_channels_last(y) if layout == CF else y
+            elif node.kwargs:
+                kw = {k: values[v._id] if isinstance(v, KerasTensor) else v for k, v in node.kwargs.items()}
+                y, m = layer._call_masked(args, training, ms, **kw)
             elif node.states:
                 y, m = layer._call_masked(args[0], training, ms[0],
                                           initial_state=[values[t._id] for t in node.states])
@@ -409,6 +419,9 @@ class Functional(Model):
             entry = {"layer": name, "inbound": [key[t._id] for t in node.inputs]}
             if node.states:
                 entry["initial_state"] = [key[t._id] for t in node.states]
+            if node.kwargs:
+                entry["kwargs"] = {k: v for k, v in node.kwargs.items() if not isinstance(v, KerasTensor)}
+                entry["tensor_kwargs"] = {k: key[v._id] for k, v in node.kwargs.items() if isinstance(v, KerasTensor)}
             nodes.append(entry)
         layers, seen = [], set()
         for layer in (node.layer for node in self._nodes):
@@ -434,9 +447,14 @@ class Functional(Model):
             args = [tensors[_tensor_key(k)] for k in node["inbound"]]
             kwargs = {"initial_state": [tensors[_tensor_key(k)] for k in node["initial_state"]]} \
                 if node.get("initial_state") else {}
+            kwargs.update(node.get("kwargs", {}))
+            kwargs.update({name: tensors[_tensor_key(k)] for name, k in node.get("tensor_kwargs", {}).items()})
             k = calls.get(layer.name, 0)
             calls[layer.name] = k + 1
-            out = layer(args if len(args) > 1 else args[0], **kwargs)
+            if getattr(layer, "_positional_inputs", False):          # mha(query, value, key)
+                out = layer(*args, **kwargs)
+            else:
+                out = layer(args if len(args) > 1 else args[0], **kwargs)
             for i, t in enumerate(out if isinstance(out, list) else [out]):
                 tensors[(layer.name, k, i)] = t
         outs = [tensors[_tensor_key(k)]

@@ -71,7 +71,7 @@ def _weights_dict(model):
             node = node.setdefault(name, {})
         if path[-1] in node:
             raise ValueError(f'two layers are named "{"/".join(path)}"; give them unique names to save')
-        node[path[-1]] = {n: np.array(getattr(layer, n).numpy(), copy=True) for n in layer._weight_names}
+        node[path[-1]] = {n: np.array(w.numpy(), copy=True) for n, w in layer._weight_paths()}
     return out
 
 
@@ -100,7 +100,12 @@ def _apply_weights(model, weights, path):
         raise ValueError(f"{path}: saved weights do not match the model: missing layers {missing}, "
                          f"unexpected layers {extra}")
     for k, layer in found:
-        layer.set_weights([saved[k][n] for n in layer._weight_names])
+        names = [n for n, _ in layer._weight_paths()]
+        lost = [n for n in names if n not in saved[k]]
+        if lost or len(saved[k]) != len(names):
+            raise ValueError(f"{path}: saved weights of layer \"{'/'.join(k)}\" do not match it: it has "
+                             f"{names}, the file has {sorted(saved[k])}")
+        layer.set_weights([saved[k][n] for n in names])
 
 
 def _check_overwrite(filepath, overwrite):

@@ -21,7 +21,8 @@ from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from .data_adapter import (as_array, batch_x, check_xy, is_batch_iterable, num_samples, split_validation,
                            standardize_inputs, take_rows)
-from .layers.base import CF, CL, InputShapeError, Layer, as_tensor_input, shape_str, to_channels_last, _takes_mask
+from .layers.base import (CF, CL, InputShapeError, Layer, as_tensor_input, shape_str, to_channels_last, _takes_mask,
+                          _unique_weights)
 
 __all__ = ["Model"]
 
@@ -123,6 +124,13 @@ class Model(Layer):
         for layer in self.layers:
             walk(layer, ())
         return out
+
+    def _weight_paths(self):
+        """A model held by a user layer (`self.ffn = keras.Sequential([...])`): its layers' weights
+        keyed by the layer's position, "0/kernel", which stays the same when the model is rebuilt in
+        another session with other automatic names."""
+        return _unique_weights([(f"{i}/{p}", w) for i, layer in enumerate(self._weight_layers())
+                                for p, w in layer._weight_paths()])
 
     @property
     def weights(self):

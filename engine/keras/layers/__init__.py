@@ -4,7 +4,8 @@ from .core import (InputLayer, Input, Dense, Embedding, Masking, Activation, ReL
                    Reshape)
 from .convolutional import (Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
                             GlobalMaxPooling2D)
-from .normalization import BatchNormalization
+from .normalization import BatchNormalization, LayerNormalization
+from .attention import AdditiveAttention, Attention, MultiHeadAttention
 from .recurrent import GRU, LSTM, SimpleRNN
 from .merge import Add, Subtract, Multiply, Average, Concatenate
 from .convolutional_1d import (Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
@@ -53,9 +54,7 @@ _MISSING = {
                          "(Embedding(mask_zero=True) then skips the padding)",
     "StringLookup": "map strings to integer ids in Python before fit",
     "IntegerLookup": "map the values to 0..n-1 in Python before fit",
-    "LayerNormalization": "use BatchNormalization, or engine.nn.LayerNorm in an engine.nn model",
-    "MultiHeadAttention": "use engine.nn.functional.scaled_dot_product_attention in an engine.nn model",
-    "Attention": "use engine.nn.functional.scaled_dot_product_attention in an engine.nn model",
+    "GroupedQueryAttention": "use MultiHeadAttention",
 }
 
 
@@ -68,7 +67,8 @@ def __getattr__(name):
 __all__ = ["Layer", "InputShapeError", "InputLayer", "Input", "Dense", "Embedding", "Masking", "Activation", "ReLU",
            "Softmax", "Dropout", "Flatten", "Reshape", "Conv2D", "Convolution2D", "MaxPooling2D", "MaxPool2D",
            "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "GlobalAvgPool2D",
-           "GlobalMaxPooling2D", "GlobalMaxPool2D", "BatchNormalization", "LSTM", "GRU", "SimpleRNN", "Add",
+           "GlobalMaxPooling2D", "GlobalMaxPool2D", "BatchNormalization", "LayerNormalization",
+           "MultiHeadAttention", "Attention", "AdditiveAttention", "LSTM", "GRU", "SimpleRNN", "Add",
            "Subtract", "Multiply", "Average", "Concatenate", "Conv1D", "Convolution1D", "MaxPooling1D", "MaxPool1D",
            "AveragePooling1D", "AvgPool1D", "GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D",
            "GlobalMaxPool1D", "Bidirectional", "TimeDistributed", "Lambda", "Normalization", "Rescaling", "LeakyReLU",

@@ -181,6 +181,27 @@ def warn_mask_dropped(layer):
                   "the mask information. Downstream layers will not see the mask.", UserWarning, stacklevel=3)
 
 
+def _plain_json(v) -> bool:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_plain_json(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain_json(x) for k, x in v.items())
+    return False
+
+
+def _unique_weights(items):
+    """items ((path, weight) pairs or weights) without repeats of the same weight object."""
+    seen, out = set(), []
+    for item in items:
+        w = item[1] if isinstance(item, tuple) else item
+        if id(w) not in seen:
+            seen.add(id(w))
+            out.append(item)
+    return out
+
+
 class Layer(nn.Module):
     """Base of every Keras layer.  Subclasses define build(), call() and compute_output_shape()."""
 
@@ -207,6 +228,13 @@ class Layer(nn.Module):
     def _computes_masks(self) -> bool:
         """compute_mask() is overridden: the layer may make a mask even when none comes in."""
         return type(self).compute_mask is not Layer.compute_mask
+
+    def __new__(cls, *args, **kwargs):
+        # Keras 3's automatic get_config for user layers: remember the constructor arguments
+        obj = super().__new__(cls)
+        if not cls.__module__.startswith("engine.keras"):
+            obj.__dict__["_init_args"] = (args, kwargs)
+        return obj
 
     def __init__(self, trainable=True, name=None, dtype=None, input_shape=None, batch_input_shape=None,
                  input_dim=None, batch_size=None, **kwargs):
@@ -301,21 +329,40 @@ class Layer(nn.Module):
                 return True
         return False
 
+    # A layer's weights are its own (add_weight) and then those of the layers it holds as attributes
+    # (a user layer composed of Dense, MultiHeadAttention, a Sequential ...), as in Keras 3, so
+    # count_params(), summary(), fit() and save() see the weights of such a composite layer.
+    def _sublayers(self):
+        """(attribute, layer) of the layers this layer holds, in assignment order."""
+        return [(k, m) for k, m in self._modules.items() if isinstance(m, Layer)]
+
+    def _weight_paths(self):
+        """(path, weight) in Keras' weight order: the own weights by name, then each held layer's under
+        its attribute name ("att/query_kernel"; a model's layers by position, "ffn/0/kernel"), so the
+        paths, which key the saved weights, do not depend on automatic layer names.  A weight reached
+        twice (one layer held under two names) counts once."""
+        out = [(n, getattr(self, n)) for n in self._weight_names]
+        for attr, sub in self._sublayers():
+            out += [(f"{attr}/{p}", w) for p, w in sub._weight_paths()]
+        return _unique_weights(out)
+
     @property
     def weights(self):
-        return [getattr(self, n) for n in self._weight_names]
+        return [w for _, w in self._weight_paths()]
 
     @property
     def trainable_weights(self):
         if not self.trainable:
             return []
-        return [getattr(self, n) for n in self._weight_names if n in self._trainable_names]
+        own = [getattr(self, n) for n in self._weight_names if n in self._trainable_names]
+        return _unique_weights(own + [w for _, sub in self._sublayers() for w in sub.trainable_weights])
 
     @property
     def non_trainable_weights(self):
         if not self.trainable:
             return self.weights
-        return [getattr(self, n) for n in self._weight_names if n not in self._trainable_names]
+        own = [getattr(self, n) for n in self._weight_names if n not in self._trainable_names]
+        return _unique_weights(own + [w for _, sub in self._sublayers() for w in sub.non_trainable_weights])
 
     # Keras 3 names for the same lists
     @property
@@ -334,6 +381,8 @@ class Layer(nn.Module):
         if key == "trainable" and "_trainable_names" in self.__dict__:
             for n in self._trainable_names:
                 getattr(self, n).requires_grad = bool(value)
+            for _, sub in self._sublayers():          # Keras 3: freezing a layer freezes what it holds
+                sub.trainable = value
         if "_weight_names" in self.__dict__ and self._adopt_weight_name(key, value):
             return
         super().__setattr__(key, value)
@@ -344,11 +393,11 @@ class Layer(nn.Module):
 
     def set_weights(self, weights):
         weights = list(weights)
-        mine = self.weights
-        if len(weights) != len(mine):
-            raise ValueError(f'layer "{self.name}" ({type(self).__name__}) has {len(mine)} weights '
-                             f"({', '.join(self._weight_names) or 'none'}), got {len(weights)} arrays")
-        for n, w, new in zip(self._weight_names, mine, weights):
+        paths = self._weight_paths()
+        if len(weights) != len(paths):
+            raise ValueError(f'layer "{self.name}" ({type(self).__name__}) has {len(paths)} weights '
+                             f"({', '.join(n for n, _ in paths) or 'none'}), got {len(weights)} arrays")
+        for (n, w), new in zip(paths, weights):
             new = np.asarray(new)
             if tuple(new.shape) != w.shape:
                 raise ValueError(f'layer "{self.name}": weight "{n}" has shape {w.shape}, '
@@ -532,13 +581,60 @@ class Layer(nn.Module):
         cfg = {"name": self.name, "trainable": self.trainable}
         if self._batch_input_shape is not None:
             cfg["batch_input_shape"] = list(self._batch_input_shape)
-        return cfg
+        auto = self._auto_config()
+        return cfg if auto is None else {**cfg, **auto}
+
+    def _auto_config(self):
+        """Keras 3's automatic config of a user layer that does not define get_config(): the arguments
+        its constructor was called with, when they are plain JSON values (numbers, strings, lists ...),
+        so `TokenAndPositionEmbedding(maxlen, vocab_size, embed_dim)` saves and loads unchanged."""
+        init_args = self.__dict__.get("_init_args")
+        if init_args is None or type(self).get_config is not Layer.get_config:
+            return None
+        import inspect
+        try:
+            sig = inspect.signature(type(self).__init__)
+            bound = sig.bind(None, *init_args[0], **init_args[1])
+        except (TypeError, ValueError):
+            return None
+        out = {}
+        for name, value in list(bound.arguments.items())[1:]:
+            kind = sig.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                return None
+            items = value.items() if kind is inspect.Parameter.VAR_KEYWORD else [(name, value)]
+            for k, v in items:
+                if not _plain_json(v):
+                    return None
+                out[k] = list(v) if isinstance(v, tuple) else v
+        return out
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         if "batch_input_shape" in config and config["batch_input_shape"] is not None:
             config["batch_input_shape"] = tuple(config["batch_input_shape"])
+        import inspect
+        try:
+            params = inspect.signature(cls.__init__).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            # a user layer whose constructor takes only its own arguments (the Keras tutorials'
+            # `def __init__(self, maxlen, vocab_size, embed_dim)`): the base entries are set afterwards
+            base = {k: config.pop(k) for k in ("name", "trainable", "batch_input_shape")
+                    if k in config and k not in params}
+            try:
+                layer = cls(**config)
+            except TypeError as e:
+                raise TypeError(f"{cls.__name__}.from_config: cannot rebuild the layer from its config {config} "
+                                f"({e}); give the class a get_config() that returns its constructor arguments") \
+                    from None
+            if "name" in base:
+                layer.name = base["name"]
+            if "trainable" in base:
+                layer.trainable = bool(base["trainable"])
+            return layer
         return cls(**config)
 
     def extra_repr(self):

@@ -1,4 +1,4 @@
-"""BatchNormalization with Keras semantics (not PyTorch's).
+"""BatchNormalization and LayerNormalization with Keras semantics (not PyTorch's).
 
 Keras differs from torch.nn.BatchNorm in three ways that change results, so this
 is its own layer: momentum is the weight of the *old* moving average (0.99), the
@@ -8,14 +8,20 @@ With a mask (e.g. after Embedding(mask_zero=True)) training statistics cover the
 only, Keras 3's masked moments; the mask passes on.  A frozen layer (trainable=False, e.g. inside a
 frozen sub-model for transfer learning) runs in inference mode, as in Keras 3: it normalizes with
 the moving statistics and leaves them unchanged.
+
+LayerNormalization is Keras' (epsilon 1e-3, not torch's 1e-5; gamma and beta over the normalized
+axes, any axis or list of axes) computed by the engine's fused layer_norm node, with the normalized
+axes moved last when they are not already.
 """
 from __future__ import annotations
 
 from ... import ops
+from ...nn import functional as F
 from ...tensor import Tensor
+from .. import initializers
 from .base import CF, Layer, shape_str
 
-__all__ = ["BatchNormalization"]
+__all__ = ["BatchNormalization", "LayerNormalization"]
 
 
 class BatchNormalization(Layer):
@@ -113,3 +119,97 @@ class BatchNormalization(Layer):
                 "epsilon": self.epsilon, "center": self.center, "scale": self.scale,
                 "beta_initializer": beta_i, "gamma_initializer": gamma_i,
                 "moving_mean_initializer": mm_i, "moving_variance_initializer": mv_i}
+
+
+def layer_normalization(x, gamma, beta, axes, epsilon):
+    """Keras' ops.layer_normalization on engine tensors: x normalized over `axes` (non-negative) with
+    the biased variance, times gamma plus beta (either may be None).  The engine's layer_norm node
+    normalizes trailing axes, so other axes are moved last and back; gamma / beta (Keras' shape:
+    the axes' sizes in the order `axis` lists them) are reshaped onto the sorted axes, as Keras
+    reshapes them onto its broadcast shape."""
+    axes = sorted(axes)
+    nd = x.ndim
+    perm = [i for i in range(nd) if i not in axes] + axes
+    moved = perm != list(range(nd))
+    xt = x.transpose(*perm) if moved else x
+    shape = tuple(x.shape[a] for a in axes)
+    g = gamma if gamma is None or tuple(gamma.shape) == shape else gamma.reshape(shape)
+    b = beta if beta is None or tuple(beta.shape) == shape else beta.reshape(shape)
+    y = F.layer_norm(xt, shape, g, b, epsilon)
+    if not moved:
+        return y
+    inv = [perm.index(i) for i in range(nd)]
+    return y.transpose(*inv)
+
+
+class LayerNormalization(Layer):
+    """Keras' LayerNormalization: each sample normalized over `axis` (default the features, -1),
+    `(x - mean) / sqrt(var + epsilon) * gamma + beta` with Keras' epsilon 1e-3.  Weights gamma then
+    beta (Keras' order), of shape `[input_shape[a] for a in axis]`.  A mask passes on unchanged (the
+    statistics are per sample and per step, so padded steps do not affect the others)."""
+
+    supports_masking = True
+
+    def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
+                 gamma_initializer="ones", beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
+                 gamma_constraint=None, rms_scaling=False, **kwargs):
+        if any(v is not None for v in (beta_regularizer, gamma_regularizer, beta_constraint, gamma_constraint)):
+            raise ValueError("LayerNormalization: regularizers and constraints are not supported; use AdamW / "
+                             "weight_decay instead")
+        if rms_scaling:
+            raise ValueError("LayerNormalization: rms_scaling=True (deprecated in Keras 3) is not supported")
+        super().__init__(**kwargs)
+        if isinstance(axis, (list, tuple)):
+            if not axis:
+                raise ValueError("LayerNormalization: axis must name at least one axis, got []")
+            self.axis = [int(a) for a in axis]
+        elif isinstance(axis, int):
+            self.axis = int(axis)
+        else:
+            raise TypeError(f"LayerNormalization: axis must be an int or a list/tuple of ints, got {axis!r}")
+        self.epsilon = float(epsilon)
+        self.center, self.scale = bool(center), bool(scale)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+
+    def _axes(self, ndim):
+        """self.axis as a list of non-negative axes of a rank-`ndim` input, checked."""
+        axes = self.axis if isinstance(self.axis, list) else [self.axis]
+        bad = [a for a in axes if not -ndim <= a < ndim]
+        if bad:
+            raise ValueError(f'layer "{self.name}" (LayerNormalization): axis {bad[0]} is out of bounds for an input '
+                             f"of rank {ndim} (axis={self.axis})")
+        out = [a % ndim for a in axes]
+        if 0 in out:
+            raise ValueError(f'layer "{self.name}" (LayerNormalization): axis={self.axis} includes the batch axis 0; '
+                             "normalize over the feature axes")
+        if len(set(out)) != len(out):
+            raise ValueError(f'layer "{self.name}" (LayerNormalization): axis={self.axis} repeats an axis')
+        return out
+
+    def build(self, input_shape):
+        axes = self._axes(len(input_shape))
+        shape = tuple(input_shape[a] for a in axes)
+        if any(s is None for s in shape):
+            raise ValueError(f'layer "{self.name}" (LayerNormalization): axis {self.axis} of input shape '
+                             f"{shape_str(input_shape)} must be known")
+        if self.scale:
+            self.add_weight("gamma", shape, self.gamma_initializer)
+        if self.center:
+            self.add_weight("beta", shape, self.beta_initializer)
+
+    def expected_input_shape(self):
+        s = self.input_shape_built
+        if s is None:
+            return None
+        axes = self._axes(len(s))
+        return tuple(s[i] if i in axes else None for i in range(len(s)))
+
+    def call(self, inputs, training=False):
+        return layer_normalization(inputs, self.gamma if self.scale else None, self.beta if self.center else None,
+                                   self._axes(inputs.ndim), self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon, "center": self.center,
+                "scale": self.scale, "beta_initializer": initializers.serialize(self.beta_initializer),
+                "gamma_initializer": initializers.serialize(self.gamma_initializer)}
