@@ -395,3 +395,67 @@ def test_weighted_metrics_of_a_model_with_several_outputs():
     assert logs["p_mae"] == pytest.approx(float(np.abs(pp - yp).mean()), rel=1e-5)
     assert logs["p_weighted_mae"] == pytest.approx(float((w * np.abs(pp - yp)[:, 0]).sum() / w.sum()), rel=1e-5)
     assert logs["q_mae"] == pytest.approx(float((w * np.abs(pq - yq)[:, 0]).sum() / w.sum()), rel=1e-5)
+
+
+class _Doubler(layers.Layer):
+    """A user layer holding another layer, with Keras' get_config / from_config for it."""
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+
+    def call(self, x):
+        return self.inner(x) * 2
+
+    def get_config(self):
+        return {**super().get_config(), "inner": layers.serialize(self.inner)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(layers.deserialize(config.pop("inner")), **config)
+
+
+def test_a_layer_used_directly_and_inside_a_user_layer_counts_and_trains_once(tmp_path):
+    """Keras tracks weights by object: reached twice, a layer's weights are listed, counted, set and
+    updated once (an optimizer given them twice would refuse or step them twice)."""
+    shared = layers.Dense(4, name="shared")
+    inp = keras.Input(shape=(4,))
+    model = keras.Model(inp, _Doubler(shared)(shared(inp)))
+    assert len(model.weights) == len(model.trainable_weights) == 2 and model.count_params() == 20
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    model.compile(optimizer="sgd", loss="mse")
+    before = shared.get_weights()
+    model.train_on_batch(x, x)
+    by_hand = keras.Model(inp, _Doubler(shared)(shared(inp)))          # the same weights, after the step
+    np.testing.assert_array_equal(by_hand.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert all(not np.array_equal(a, b) for a, b in zip(before, shared.get_weights()))
+    zeros = [np.zeros_like(w) for w in model.get_weights()]
+    model.set_weights(zeros)
+    assert all(not w.any() for w in shared.get_weights())
+    model.set_weights([w + 1 for w in zeros])
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    # the config cannot say that the two are one layer (Keras' neither): the loaded model holds two
+    # copies with the saved values, so it predicts the same but has its own weight count
+    with pytest.warns(UserWarning, match="optimizer state was not restored"):
+        loaded = keras.models.load_model(path, custom_objects={"_Doubler": _Doubler})
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert loaded.count_params() == 40
+
+
+def test_a_user_layer_that_cannot_be_rebuilt_says_how_to_fix_it(tmp_path):
+    class Holder(layers.Layer):
+        def __init__(self, inner, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = inner
+
+        def call(self, x):
+            return self.inner(x)
+
+    inp = keras.Input(shape=(3,))
+    model = keras.Model(inp, Holder(layers.Dense(2))(inp))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    with pytest.raises(TypeError, match=r"Holder.from_config.*get_config\(\).*keras.layers.serialize"):
+        keras.models.load_model(path, custom_objects={"Holder": Holder})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 
 import numpy as np
 
@@ -154,7 +155,14 @@ def load_model(filepath, custom_objects=None, compile=True):
         if obj.get("optimizer") is not None:
             model._resolve_metrics()
             model._ensure_optimizer()
-            model.optimizer.load_state_dict(obj["optimizer"])
+            try:
+                model.optimizer.load_state_dict(obj["optimizer"])
+            except ValueError as e:
+                # Keras does the same: the rebuilt model's weights do not line up with the saved
+                # optimizer's (a layer shared inside a user layer comes back as two), so the weights
+                # load and the optimizer starts afresh, said out loud.
+                warnings.warn(f"{filepath}: the optimizer state was not restored ({e}); the model's weights "
+                              "are loaded and training continues with a fresh optimizer", stacklevel=2)
     return model
 
 

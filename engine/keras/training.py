@@ -132,33 +132,33 @@ class Model(Layer):
         return _unique_weights([(f"{i}/{p}", w) for i, layer in enumerate(self._weight_layers())
                                 for p, w in layer._weight_paths()])
 
+    # A layer can be reached twice (used directly and inside a user layer that holds it): its weights
+    # count once, as in Keras, or the optimizer would see them twice.
     @property
     def weights(self):
-        return [w for layer in self._weight_layers() for w in layer.weights]
+        return _unique_weights([w for layer in self._weight_layers() for w in layer.weights])
 
     @property
     def trainable_weights(self):
         if not self.trainable:
             return []
-        return [w for layer in self._weight_layers() for w in layer.trainable_weights]
+        return _unique_weights([w for layer in self._weight_layers() for w in layer.trainable_weights])
 
     @property
     def non_trainable_weights(self):
-        return [w for layer in self._weight_layers() for w in layer.non_trainable_weights]
+        return _unique_weights([w for layer in self._weight_layers() for w in layer.non_trainable_weights])
 
     def get_weights(self):
         return [np.array(w.numpy(), copy=True) for w in self.weights]
 
     def set_weights(self, weights):
         weights = list(weights)
-        total = sum(len(layer.weights) for layer in self._weight_layers())
-        if len(weights) != total:
-            raise ValueError(f'model "{self.name}" has {total} weight arrays, set_weights got {len(weights)}')
-        i = 0
-        for layer in self._weight_layers():
-            k = len(layer.weights)
-            layer.set_weights(weights[i:i + k])
-            i += k
+        unique = self.weights
+        if len(weights) != len(unique):
+            raise ValueError(f'model "{self.name}" has {len(unique)} weight arrays, set_weights got {len(weights)}')
+        value = {id(w): v for w, v in zip(unique, weights)}
+        for layer in self._weight_layers():       # each layer converts its own layout (wrappers, devices)
+            layer.set_weights([value[id(w)] for w in layer.weights])
 
     def count_params(self):
         if not self.built:

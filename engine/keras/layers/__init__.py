@@ -26,6 +26,18 @@ GlobalAvgPool1D = GlobalAveragePooling1D
 GlobalMaxPool1D = GlobalMaxPooling1D
 
 
+def serialize(layer) -> dict:
+    """{"class_name", "config"} of a layer: what a user layer's get_config() stores for a layer it holds."""
+    from ..saving import layer_to_json
+    return layer_to_json(layer)
+
+
+def deserialize(config, custom_objects=None):
+    """The layer `serialize` described (in a user layer's from_config())."""
+    from ..saving import layer_from_json
+    return layer_from_json(config, custom_objects)
+
+
 # the functional forms: layers.concatenate([a, b]) == layers.Concatenate()([a, b])
 def concatenate(inputs, axis=-1, **kwargs):
     return Concatenate(axis=axis, **kwargs)(inputs)

@@ -624,18 +624,23 @@ class Layer(nn.Module):
             # `def __init__(self, maxlen, vocab_size, embed_dim)`): the base entries are set afterwards
             base = {k: config.pop(k) for k in ("name", "trainable", "batch_input_shape")
                     if k in config and k not in params}
-            try:
-                layer = cls(**config)
-            except TypeError as e:
-                raise TypeError(f"{cls.__name__}.from_config: cannot rebuild the layer from its config {config} "
-                                f"({e}); give the class a get_config() that returns its constructor arguments") \
-                    from None
+            layer = cls._rebuild(config)
             if "name" in base:
                 layer.name = base["name"]
             if "trainable" in base:
                 layer.trainable = bool(base["trainable"])
             return layer
-        return cls(**config)
+        return cls._rebuild(config)
+
+    @classmethod
+    def _rebuild(cls, config):
+        try:
+            return cls(**config)
+        except TypeError as e:
+            raise TypeError(f"{cls.__name__}.from_config: cannot rebuild the layer from its config {config} ({e}); "
+                            "give the class a get_config() that returns its constructor arguments (a layer "
+                            "argument as keras.layers.serialize(layer)) and a from_config() that rebuilds them "
+                            "(keras.layers.deserialize(...))") from None
 
     def extra_repr(self):
         return f"name={self.name!r}"
