@@ -14,6 +14,7 @@ from engine import backend, keras
 from engine.keras import layers
 from engine.keras.functional import Functional
 from engine.keras.layers import recurrent as R
+from test_keras_masking import _random_layer as _layer  # a built layer with non-trivial weights
 
 RECURRENT = [layers.LSTM, layers.GRU, layers.SimpleRNN]
 N_STATES = {layers.LSTM: 2, layers.GRU: 1, layers.SimpleRNN: 1}
@@ -24,14 +25,6 @@ def _sig(v):
     return 1 / (1 + np.exp(-v))
 
 
-def _layer(cls, units=5, features=3, seed=0, **kwargs):
-    """A built layer with non-trivial weights (both GRU bias rows non-zero)."""
-    keras.utils.set_random_seed(seed)
-    layer = cls(units, **kwargs)
-    layer._build_for((None, None, features))
-    rng = np.random.default_rng(seed)
-    layer.set_weights([w + rng.normal(scale=0.2, size=w.shape).astype(np.float32) for w in layer.get_weights()])
-    return layer
 
 
 def _fixed_masks(cls, n, features, units, rate_in, rate_rec, seed=7):
