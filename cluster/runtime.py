@@ -383,6 +383,7 @@ class Trainer:
                      f"steps, device {self.device}" + (", optimizer sharded (ZeRO-1)" if self.sharded else "")
                      + (", gradients reduced in same-host shared memory" if self.size > 1 and all(
                          self.comm.is_shared(b.flat) for b in self.ddp.buckets) else "")
+                     + (", two-level ring across hosts" if getattr(self.comm, "hierarchical", False) else "")
                      + (" (resumed)" if resumed else ""))
         finished_before = resumed and self.step >= self.total_steps
         if finished_before and self.rank == 0:

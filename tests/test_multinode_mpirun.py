@@ -59,7 +59,8 @@ case "$host" in
 {cases}
   *) echo "unknown host $host" >&2; exit 255 ;;
 esac
-exec ip netns exec "$ns" /bin/sh -c "$*"
+# each node under its own hostname, as real hosts are (the two-level collectives key on it)
+exec ip netns exec "$ns" unshare --uts /bin/sh -c "hostname $ns && $*"
 """)
     ssh.chmod(0o755)
     yield net, bridge, str(ssh)
@@ -68,13 +69,13 @@ exec ip netns exec "$ns" /bin/sh -c "$*"
     subprocess.run(["ip", "link", "del", bridge], capture_output=True)
 
 
-def _config(tmp_path, net, bridge, ssh):
+def _config(tmp_path, net, bridge, ssh, slots=1):
     (tmp_path / "mn.yaml").write_text(f"""
 name: mn
 cluster:
   nodes:
-    - {{host: {net}.2, slots: 1}}
-    - {{host: {net}.3, slots: 1}}
+    - {{host: {net}.2, slots: {slots}}}
+    - {{host: {net}.3, slots: {slots}}}
   backend: mpi
   coordinator: {{host: {net}.1}}
   mpi:
@@ -110,6 +111,19 @@ def test_mpirun_places_one_rank_on_each_node_and_trains(tmp_path, cluster_of_two
     # the coordinator saw each rank connect from its own node's address
     assert {r: w["address"] for r, w in workers.items()} == {"0": f"{net}.2", "1": f"{net}.3"}
     assert all(w["state"] == "done" for w in workers.values())
+
+
+@pytest.mark.timeout(200)
+def test_two_ranks_on_each_node_reduce_in_two_levels(tmp_path, cluster_of_two):
+    """2 nodes x 2 slots: the gradients take the two-level ring (inside each node, then across)."""
+    net, bridge, ssh = cluster_of_two
+    r = _dptrain(tmp_path, "mpirun", _config(tmp_path, net, bridge, ssh, slots=2))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "two-level ring across hosts" in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["world_size"] == 4 and summary["steps"] == 40
+    workers = json.loads((tmp_path / "run/coordinator.json").read_text())["workers"]
+    assert sorted(w["address"] for w in workers.values()) == [f"{net}.2"] * 2 + [f"{net}.3"] * 2
 
 
 @pytest.mark.timeout(200)
