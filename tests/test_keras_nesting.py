@@ -202,12 +202,10 @@ def test_nesting_misuse_gives_one_clear_error():
     with pytest.raises(layers.InputShapeError, match=r'model "seq" \(Sequential\).*\(None, 7\).*\(None, 5\)'):
         keras.Sequential([keras.Input(shape=(7,)), seq])
     two = keras.Model(i, [layers.Dense(1, name="p")(i), layers.Dense(1, name="q")(i)], name="two")
-    with pytest.raises(NotImplementedError, match=r'"two" has 2 outputs.*keras.Model\(m.inputs, m.outputs\[i\]\)'):
-        two(keras.Input(shape=(5,)))
     with pytest.raises(ValueError, match=r'model "two" has 1 input\(s\) and 2 output\(s\); every layer of a '
                                          r"Sequential model takes one tensor"):
         keras.Sequential([keras.Input(shape=(5,)), two])
-    one = keras.Model(two.inputs, two.outputs[1])          # the suggested fix works and shares the weights
+    one = keras.Model(two.inputs, two.outputs[1])          # one output of it shares the weights
     out = keras.Model(i, one(i))
     assert out.count_params() == 6
     assert keras.Sequential([keras.Input(shape=(5,)), one]).count_params() == 6
@@ -459,3 +457,35 @@ def test_a_user_layer_that_cannot_be_rebuilt_says_how_to_fix_it(tmp_path):
     model.save(path)
     with pytest.raises(TypeError, match=r"Holder.from_config.*get_config\(\).*keras.layers.serialize"):
         keras.models.load_model(path, custom_objects={"Holder": Holder})
+
+
+def test_a_model_with_several_outputs_nests_as_a_layer_with_several_outputs(tmp_path):
+    """Keras: a sub-model with two outputs called on a KerasTensor gives two tensors; each can feed
+    other layers or be an output of the outer model; training, summary and save/load work through it."""
+    i = keras.Input(shape=(6,))
+    h = layers.Dense(8, activation="relu")(i)
+    sub = keras.Model(i, [layers.Dense(3, name="a")(h), layers.Dense(2, name="b")(h)], name="sub")
+    x = keras.Input(shape=(6,))
+    p, q = sub(x)
+    assert (p.shape, q.shape) == ((None, 3), (None, 2))
+    out = layers.Dense(4, activation="softmax", name="out")(layers.Concatenate()([p, q]))
+    model = keras.Model(x, [out, q])
+    data = np.random.default_rng(0).random((32, 6), dtype=np.float32)
+    pred_out, pred_q = model.predict(data, verbose=0)
+    sub_p, sub_q = sub(data)
+    np.testing.assert_allclose(pred_q, sub_q.numpy(), rtol=1e-6)
+    head = model.get_layer("out")
+    by_hand = head(np.concatenate([sub_p.numpy(), sub_q.numpy()], axis=1)).numpy()
+    np.testing.assert_allclose(pred_out, by_hand, rtol=1e-5, atol=1e-7)
+    assert model.count_params() == sub.count_params() + head.count_params() == 125
+    model.compile(optimizer="adam", loss=["sparse_categorical_crossentropy", "mse"])
+    targets = [np.random.default_rng(1).integers(0, 4, 32), np.random.default_rng(2).random((32, 2))]
+    before = sub.get_weights()
+    losses = model.fit(data, targets, epochs=3, verbose=0).history["loss"]
+    assert losses[-1] < losses[0]
+    assert all(not np.array_equal(a, b) for a, b in zip(before, sub.get_weights()))   # trained through it
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for got, want in zip(loaded.predict(data, verbose=0), model.predict(data, verbose=0)):
+        np.testing.assert_array_equal(got, want)

@@ -244,11 +244,6 @@ class Functional(Model):
         same weights at every call: a siamese branch); called on arrays it runs.  Several inputs go
         as a list in `inputs` order."""
         if is_symbolic(inputs):
-            if self._multi:
-                raise NotImplementedError(
-                    f'model "{self.name}" has {len(self.output_names)} outputs {self.output_names}; only a model '
-                    "with one output can be nested in another. Nest one that ends at the output you need: "
-                    "keras.Model(m.inputs, m.outputs[i]) shares m's weights")
             return call_symbolic(self, list(inputs) if isinstance(inputs, (list, tuple)) else inputs)
         if isinstance(inputs, (list, tuple)) and self._n_inputs() > 1:
             y, out_mask = self._call_masked(list(inputs), training, mask)
