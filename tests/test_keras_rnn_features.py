@@ -532,3 +532,38 @@ def test_dropout_and_states_on_the_gpu_match_the_cpu(cls):
     engine.manual_seed(0)
     out = gpu(x, training=True)
     assert out[0].device == gpu.kernel.device and np.isfinite(out[0].numpy()).all()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cls", [layers.LSTM, layers.GRU, layers.SimpleRNN])
+def test_bidirectional_return_state_gives_both_directions_states(cls, tmp_path):
+    """Keras: [merged output, forward states..., backward states...]; each direction's h is its own
+    last output (the backward one's at step 0 once re-reversed), held over the padding."""
+    n_states = 2 if cls is layers.LSTM else 1
+    inp = keras.Input(shape=(None, 3))
+    masked = layers.Masking(0.0)(inp)
+    outs = layers.Bidirectional(cls(4, return_sequences=True, return_state=True), name="bi")(masked)
+    assert len(outs) == 1 + 2 * n_states
+    assert [t.shape for t in outs] == [(None, None, 8)] + [(None, 4)] * (2 * n_states)
+    model = keras.Model(inp, outs)
+    x = np.random.default_rng(0).random((3, 6, 3), dtype=np.float32)
+    x[0, 4:] = 0.0                                                     # a right-padded sequence
+    seq, *states = model.predict(x, verbose=0)
+    h_fw, h_bw = states[0], states[n_states]
+    np.testing.assert_allclose(h_fw[1:], seq[1:, -1, :4], rtol=1e-6)
+    np.testing.assert_allclose(h_fw[0], seq[0, 3, :4], rtol=1e-6)      # held over the padding
+    np.testing.assert_allclose(h_bw, seq[:, 0, 4:], rtol=1e-6)
+    # the same as the two directions run as separate layers with the wrapper's weights
+    bi = model.get_layer("bi")
+    fw = cls(4, return_state=True)
+    bw = cls(4, return_state=True, go_backwards=True)
+    fw(x), bw(x)
+    fw.set_weights(bi.forward_layer.get_weights())
+    bw.set_weights(bi.backward_layer.get_weights())
+    ref = fw(x, mask=x.any(-1))[1:] + bw(x, mask=x.any(-1))[1:]
+    for got, want in zip(states, ref):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+    path = str(tmp_path / "bi.keras")
+    model.save(path)
+    for got, want in zip(keras.models.load_model(path).predict(x, verbose=0), model.predict(x, verbose=0)):
+        np.testing.assert_array_equal(got, want)

@@ -121,5 +121,3 @@ def test_simple_rnn_bidirectional_and_unsupported_options():
         layers.SimpleRNN(4, dropout=1.0, name="rnn_d")
     with pytest.raises(ValueError, match="stateful=True is not supported"):
         layers.SimpleRNN(4, stateful=True)
-    with pytest.raises(ValueError, match="Bidirectional: a wrapped layer with return_state=True"):
-        layers.Bidirectional(layers.SimpleRNN(4, return_state=True))

@@ -14,7 +14,11 @@ class Bidirectional(Layer):
 
     A mask goes to both directions.  As Keras does, the wrapper sets zero_output_for_mask =
     return_sequences on both layers: a padded step outputs zeros in both halves rather than each
-    direction's previous output, which would differ between the halves."""
+    direction's previous output, which would differ between the halves.
+
+    With return_state=True on the wrapped layer the result is Keras' list [merged output, forward
+    states..., backward states...] (an LSTM: output, h_fw, c_fw, h_bw, c_bw), e.g. the states of a
+    bidirectional seq2seq encoder, concatenated by the caller for the decoder."""
 
     input_ndim = 3
     supports_masking = True
@@ -23,9 +27,6 @@ class Bidirectional(Layer):
         from .recurrent import _Recurrent
         if not isinstance(layer, _Recurrent):
             raise ValueError(f"Bidirectional wraps an LSTM, GRU or SimpleRNN layer, got {type(layer).__name__}")
-        if layer.return_state:
-            raise ValueError(f"Bidirectional: a wrapped layer with return_state=True is not supported (got "
-                             f'"{layer.name}"); run two layers, one with go_backwards=True, for the states')
         if merge_mode not in ("concat", "sum", "mul", "ave"):
             raise ValueError(f"Bidirectional: merge_mode must be 'concat', 'sum', 'mul' or 'ave', got "
                              f"{merge_mode!r} (merge_mode=None, two outputs, is not supported)")
@@ -91,28 +92,45 @@ class Bidirectional(Layer):
     def expected_input_shape(self):
         return self.forward_layer.expected_input_shape()
 
+    @property
+    def return_state(self):
+        return self.forward_layer.return_state
+
+    def _n_states(self):
+        return len(self.forward_layer._state_names) if self.return_state else 0
+
     def compute_output_shape(self, input_shape):
-        out = list(self.forward_layer.compute_output_shape(input_shape))
+        shapes = self.forward_layer.compute_output_shape(input_shape)
+        out = list(shapes[0] if self.return_state else shapes)
         if self.merge_mode == "concat":
             out[-1] = 2 * out[-1]
+        if self.return_state:          # [output, forward states..., backward states...]
+            return [tuple(out)] + list(shapes[1:]) * 2
         return tuple(out)
 
     def compute_mask(self, inputs, mask=None):
-        return mask if self.return_sequences else None
+        out = mask if self.return_sequences else None
+        return [out] + [None] * (2 * self._n_states()) if self.return_state else out
 
     def call(self, inputs, training=False, mask=None):
         from ... import ops
         y_f = self.forward_layer.call(inputs, training=training, mask=mask)
         y_b = self.backward_layer.call(inputs, training=training, mask=mask)
+        states = []
+        if self.return_state:
+            (y_f, *states_f), (y_b, *states_b) = y_f, y_b
+            states = states_f + states_b
         if self.return_sequences:
-            y_b = ops.flip(y_b, 1) if hasattr(ops, "flip") else y_b[:, ::-1]
+            y_b = y_b[:, ::-1]
         if self.merge_mode == "concat":
-            return ops.concat([y_f, y_b], axis=-1)
-        if self.merge_mode == "sum":
-            return y_f + y_b
-        if self.merge_mode == "mul":
-            return y_f * y_b
-        return (y_f + y_b) * 0.5
+            y = ops.concat([y_f, y_b], axis=-1)
+        elif self.merge_mode == "sum":
+            y = y_f + y_b
+        elif self.merge_mode == "mul":
+            y = y_f * y_b
+        else:
+            y = (y_f + y_b) * 0.5
+        return [y] + states if self.return_state else y
 
     def get_config(self):
         from ..saving import layer_to_json
