@@ -22,7 +22,7 @@ from cluster.rundir import RunDir, atomic_write_json
 from .placement import Slot, plan
 
 __all__ = ["Job", "prepare_job", "free_port", "worker_command", "WORKER_ENV_VARS", "clean_env",
-           "oversubscription_note", "resume_note",
+           "oversubscription_note", "resume_note", "write_launch_notes",
            "resolve_backend"]
 
 # every variable the launcher sets for workers; inherited values of these are dropped first
@@ -291,6 +291,14 @@ def oversubscription_note(cfg: Config) -> str | None:
         return None
     return (f"warning: {here} worker(s) x {threads} thread(s) = {here * threads} threads on {cores} usable "
             f"core(s) here: they will compete and each step gets slower; lower job.threads or the slots")
+
+
+def write_launch_notes(cfg: Config, err) -> None:
+    """The lines every launch mode prints before starting workers: resuming, oversubscription."""
+    for note in (resume_note(cfg), oversubscription_note(cfg)):
+        if note:
+            err.write(f"dptrain: {note}\n")
+    err.flush()
 
 
 def resume_note(cfg: Config) -> str | None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from .job import Job, clean_env, oversubscription_note, resume_note, worker_command
+from .job import Job, clean_env, worker_command, write_launch_notes
 from .output import Console, RankStream
 from .supervise import Failure, Group, Supervisor, describe_exit, exit_code_of, root_cause
 
@@ -124,11 +124,5 @@ def run_local(job: Job, out=None) -> int:
     what = os.path.basename(cfg["job"]["script"]) if cfg["job"]["script"] else f"{cfg['job']['model']} (cluster.worker)"
     err.write(f"dptrain: {job.world_size} workers on this machine running {what}; backend {job.backend}; "
               f"run dir {job.run.path}\n")
-    note = resume_note(cfg)
-    if note:
-        err.write(f"dptrain: {note}\n")
-    crowded = oversubscription_note(cfg)
-    if crowded:
-        err.write(f"dptrain: {crowded}\n")
-    err.flush()
+    write_launch_notes(cfg, err)
     return Supervisor(job, LocalGroup(job), out=err).run()

@@ -25,7 +25,7 @@ from cluster.config import Config, is_local_host, is_loopback_host
 from cluster.worker import EXIT_PEER_FAILURE
 
 from . import shmclean
-from .job import Job, clean_env, oversubscription_note, resume_note, worker_command
+from .job import Job, clean_env, worker_command, write_launch_notes
 from .output import RecentLines
 from .placement import nodes_per_rank
 from .supervise import root_cause, Failure, Group, Supervisor, describe_exit, exit_code_of, tail_file
@@ -427,12 +427,6 @@ def run_mpirun(job: Job, dry_run: bool = False, out=None) -> int:
     err.write(f"dptrain: {job.world_size} ranks via {os.path.basename(mpiexec)} ({flavor}) on "
               f"{len(cfg['cluster']['nodes'])} node(s){' incl. ' + ', '.join(remote) if remote else ''}; "
               f"backend {job.backend}; run dir {job.run.path}\n")
-    note = resume_note(cfg)
-    if note:
-        err.write(f"dptrain: {note}\n")
-    crowded = oversubscription_note(cfg)
-    if crowded:
-        err.write(f"dptrain: {crowded}\n")
-    err.flush()
+    write_launch_notes(cfg, err)
     group = MpiGroup(job, mpiexec, flavor)
     return Supervisor(job, group, out=err).run()
