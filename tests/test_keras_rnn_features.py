@@ -398,8 +398,6 @@ def test_bad_initial_state_and_rates_name_the_layer_expected_and_received():
     for bad in (-0.1, 1.0, "x"):
         with pytest.raises(ValueError, match=r'"g" \(GRU\): recurrent_dropout must be a fraction in \[0, 1\)'):
             layers.GRU(4, recurrent_dropout=bad, name="g")
-    with pytest.raises(ValueError, match="stateful=True is not supported"):
-        layers.LSTM(4, stateful=True)
 
 
 @pytest.mark.timeout(60)
@@ -567,3 +565,53 @@ def test_bidirectional_return_state_gives_both_directions_states(cls, tmp_path):
     model.save(path)
     for got, want in zip(keras.models.load_model(path).predict(x, verbose=0), model.predict(x, verbose=0)):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cls", [layers.LSTM, layers.GRU, layers.SimpleRNN])
+def test_stateful_layer_carries_its_states_from_batch_to_batch(cls, tmp_path):
+    """Keras' stateful=True: a sequence fed in chunks gives the outputs of the whole sequence at
+    once; reset_states() starts again from zeros (or from given states)."""
+    x = np.random.default_rng(0).random((4, 9, 3), dtype=np.float32)
+    whole = _layer(cls, return_sequences=True, return_state=True)
+    y_whole, *s_whole = whole(x)
+    stateful = cls(5, return_sequences=True, return_state=True, stateful=True)
+    stateful(x[:, :1])
+    stateful.set_weights(whole.get_weights())
+    stateful.reset_states()
+    chunks = [stateful(x[:, a:b]) for a, b in ((0, 4), (4, 7), (7, 9))]
+    np.testing.assert_allclose(np.concatenate([c[0].numpy() for c in chunks], axis=1), y_whole.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    for got, want in zip(chunks[-1][1:], s_whole):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    stateful.reset_states()                                    # zeros again: the first chunk repeats
+    np.testing.assert_array_equal(stateful(x[:, :4])[0].numpy(), chunks[0][0].numpy())
+    mid = [s.numpy() for s in _layer(cls, return_state=True)(x[:, :4])[1:]]
+    stateful.reset_states(mid)                                 # or given states
+    np.testing.assert_allclose(stateful(x[:, 4:])[1].numpy(), whole(x[:, 4:], initial_state=mid)[1].numpy(),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match=r"carries states for 4 sequences into a batch of 3.*reset_states"):
+        stateful(x[:3, :2])
+    with pytest.raises(ValueError, match="is not stateful"):
+        whole.reset_states()
+
+
+@pytest.mark.timeout(60)
+def test_stateful_model_trains_predicts_and_round_trips(tmp_path):
+    x = np.random.default_rng(1).random((8, 6, 3), dtype=np.float32)
+    y = np.random.default_rng(2).random((8, 1), dtype=np.float32)
+    model = keras.Sequential([keras.Input(shape=(6, 3), batch_size=4), layers.GRU(6, stateful=True, name="g"),
+                              layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    losses = model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0).history["loss"]
+    assert all(np.isfinite(losses))
+    model.reset_states()
+    first = model.predict(x[:4], verbose=0)
+    assert not np.allclose(model.predict(x[:4], verbose=0), first)   # the second call starts from the states
+    model.reset_states()
+    np.testing.assert_array_equal(model.predict(x[:4], verbose=0), first)
+    path = str(tmp_path / "st.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_layer("g").stateful
+    np.testing.assert_array_equal(loaded.predict(x[:4], verbose=0), first)

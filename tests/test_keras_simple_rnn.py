@@ -119,5 +119,3 @@ def test_simple_rnn_bidirectional_and_unsupported_options():
     np.testing.assert_allclose(m.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r'"rnn_d" \(SimpleRNN\): dropout must be a fraction in \[0, 1\), got dropout=1.0'):
         layers.SimpleRNN(4, dropout=1.0, name="rnn_d")
-    with pytest.raises(ValueError, match="stateful=True is not supported"):
-        layers.SimpleRNN(4, stateful=True)

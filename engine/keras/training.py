@@ -151,6 +151,12 @@ class Model(Layer):
     def get_weights(self):
         return [np.array(w.numpy(), copy=True) for w in self.weights]
 
+    def reset_states(self):
+        """Zero the carried states of every stateful recurrent layer (Keras' model.reset_states())."""
+        for layer in self._weight_layers():
+            if getattr(layer, "stateful", False):
+                layer.reset_states()
+
     def set_weights(self, weights):
         weights = list(weights)
         unique = self.weights

@@ -216,9 +216,6 @@ class _Recurrent(Layer):
                  stateful, zero_output_for_mask=False, seed=None, **kwargs):
         super().__init__(**kwargs)
         kind = type(self).__name__
-        if stateful:
-            raise ValueError(f"{kind}: stateful=True is not supported (no state is carried between batches); "
-                             f"use return_state=True and pass the states back with initial_state=[...]")
         if int(units) <= 0:
             raise ValueError(f"{kind}: units must be a positive integer, got {units!r}")
         self.units = int(units)
@@ -230,6 +227,8 @@ class _Recurrent(Layer):
         self._seed_rng = None if seed is None else np.random.default_rng(self.seed)
         self.return_sequences, self.go_backwards = bool(return_sequences), bool(go_backwards)
         self.return_state = bool(return_state)
+        self.stateful = bool(stateful)
+        self._carry = None          # stateful: the last call's final states (raw arrays, no graph)
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.recurrent_initializer = initializers.get(recurrent_initializer)
@@ -317,9 +316,39 @@ class _Recurrent(Layer):
             if self.recurrent_dropout else None
         return inp, rec
 
+    def reset_states(self, states=None):
+        """stateful=True: start the next batch from zeros (or from `states`, one (batch, units) array
+        per state), e.g. between epochs or independent sequences."""
+        if not self.stateful:
+            raise ValueError(f'layer "{self.name}" ({type(self).__name__}) is not stateful; reset_states() is for '
+                             "layers built with stateful=True")
+        if states is None:
+            self._carry = None
+            return
+        states = list(states) if isinstance(states, (list, tuple)) else [states]
+        self._check_states([np.shape(a) for a in states], None)
+        self._carry = [np.array(a.numpy() if isinstance(a, Tensor) else a, dtype=np.float32) for a in states]
+
+    reset_state = reset_states          # Keras 3's name
+
+    def _carried_states(self, inputs):
+        """stateful=True: the previous call's final states as this call's initial ones (no gradient
+        flows back into an earlier batch, as in Keras); None before the first call or after a reset."""
+        if self._carry is None:
+            return None
+        if self._carry[0].shape[0] != inputs.shape[0]:
+            raise ValueError(f'layer "{self.name}" ({type(self).__name__}, stateful=True) carries states for '
+                             f"{self._carry[0].shape[0]} sequences into a batch of {inputs.shape[0]}: every batch "
+                             "must have the same size (a batch size that divides the data, or drop the remainder), "
+                             "or call reset_states() first")
+        xp = get_array_module(inputs.data)
+        return [Tensor._wrap(xp.asarray(a, dtype=inputs.dtype)) for a in self._carry]
+
     def call(self, inputs, training=False, mask=None, initial_state=None):
         keep = self._step_mask(inputs, mask)
         states = self._initial_states(inputs, initial_state)
+        if states is None and self.stateful:
+            states = self._carried_states(inputs)
         in_masks, rec_masks = self._dropout_masks(inputs.shape[0], inputs.shape[2], get_array_module(inputs.data),
                                                   inputs.dtype, training)
         x = inputs
@@ -339,6 +368,8 @@ class _Recurrent(Layer):
         if states is not None:
             y = self._zero_before_first_step(y, keep)
         y = self._zero_masked(y, keep)
+        if self.stateful:
+            self._carry = [get_array_module(f.data).asarray(f.data).copy() for f in final]
         return [y] + list(final) if self.return_state else y
 
     def _fused_ok(self):
@@ -382,7 +413,7 @@ class _Recurrent(Layer):
         return {**super().get_config(), "units": self.units,
                 "activation": activations.serialize(self.activation),
                 "use_bias": self.use_bias, "return_sequences": self.return_sequences,
-                "return_state": self.return_state, "go_backwards": self.go_backwards,
+                "return_state": self.return_state, "go_backwards": self.go_backwards, "stateful": self.stateful,
                 "zero_output_for_mask": self.zero_output_for_mask,
                 "dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout, "seed": self.seed,
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
