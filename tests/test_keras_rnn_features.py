@@ -615,3 +615,28 @@ def test_stateful_model_trains_predicts_and_round_trips(tmp_path):
     loaded = keras.models.load_model(path)
     assert loaded.get_layer("g").stateful
     np.testing.assert_array_equal(loaded.predict(x[:4], verbose=0), first)
+
+
+@pytest.mark.timeout(60)
+def test_bidirectional_initial_state_is_forward_states_then_backward_states(tmp_path):
+    x = np.random.default_rng(3).random((3, 5, 2), dtype=np.float32)
+    states = [np.random.default_rng(4 + i).random((3, 4), dtype=np.float32) for i in range(4)]
+    bi = layers.Bidirectional(layers.LSTM(4, return_sequences=True, return_state=True))
+    out = bi(x, initial_state=states)
+    fw = layers.LSTM(4, return_sequences=True, return_state=True)
+    bw = layers.LSTM(4, return_sequences=True, return_state=True, go_backwards=True)
+    fw(x), bw(x)
+    fw.set_weights(bi.forward_layer.get_weights())
+    bw.set_weights(bi.backward_layer.get_weights())
+    f, b = fw(x, initial_state=states[:2]), bw(x, initial_state=states[2:])
+    np.testing.assert_allclose(out[0].numpy(), np.concatenate([f[0].numpy(), b[0].numpy()[:, ::-1]], -1), rtol=1e-6)
+    for got, want in zip(out[1:], f[1:] + b[1:]):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\(Bidirectional\) expects initial_state with 4 tensors.*got 3"):
+        bi(x, initial_state=states[:3])
+    inp, s_in = keras.Input(shape=(5, 2)), [keras.Input(shape=(4,)) for _ in range(4)]
+    model = keras.Model([inp] + s_in, layers.Bidirectional(layers.LSTM(4))(inp, initial_state=s_in))
+    path = str(tmp_path / "bi.keras")
+    model.save(path)
+    np.testing.assert_array_equal(keras.models.load_model(path).predict([x] + states, verbose=0),
+                                  model.predict([x] + states, verbose=0))

@@ -41,7 +41,7 @@ from ... import random as _random
 from .. import activations, initializers
 from .base import Layer, as_tensor_input, shape_str
 
-__all__ = ["LSTM", "GRU", "SimpleRNN", "lstm_sequence"]
+__all__ = ["LSTM", "GRU", "SimpleRNN", "lstm_sequence", "call_with_states"]
 
 
 def lstm_sequence(x: Tensor, kernel: Tensor, recurrent: Tensor, bias: Tensor | None,
@@ -183,6 +183,22 @@ def _rate(layer, what, value):
     return rate
 
 
+def call_with_states(layer, inputs, initial_state, training, mask):
+    """layer(x, initial_state=[...]) for a recurrent layer or a wrapper of one: on KerasTensors the
+    call becomes a node of the functional graph whose inbound tensors are x and the states; on
+    arrays it runs.  `layer._check_states(shapes, batch)` checks the states' count and shapes."""
+    from ..functional import KerasTensor, call_symbolic
+    states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+    symbolic = [isinstance(t, KerasTensor) for t in [inputs] + states]
+    if any(symbolic):
+        if not all(symbolic):
+            raise ValueError(f'layer "{layer.name}" ({type(layer).__name__}): the inputs and initial_state must '
+                             "all be symbolic (keras.Input / layer outputs) or all be arrays / tensors")
+        layer._check_states([t.shape for t in states], None)
+        return call_symbolic(layer, inputs, states=states)
+    return layer._eager_call(inputs, training, mask, initial_state=states)
+
+
 class _UnitForgetBias(initializers.Initializer):
     """zeros (or the given initializer) with the forget-gate quarter set to one."""
 
@@ -256,21 +272,10 @@ class _Recurrent(Layer):
 
     # ------------------------------------------------------------------ calling
     def __call__(self, inputs, initial_state=None, training=None, mask=None, **kwargs):
-        """Keras' call signature: layer(x, initial_state=[...], training=..., mask=...).  On
-        KerasTensors the call becomes a node of the functional graph whose inbound tensors are x
-        and the states."""
-        from ..functional import KerasTensor, call_symbolic
+        """Keras' call signature: layer(x, initial_state=[...], training=..., mask=...)."""
         if initial_state is None:
             return super().__call__(inputs, training=training, mask=mask, **kwargs)
-        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
-        symbolic = [isinstance(t, KerasTensor) for t in [inputs] + states]
-        if any(symbolic):
-            if not all(symbolic):
-                raise ValueError(f'layer "{self.name}" ({type(self).__name__}): the inputs and initial_state must '
-                                 "all be symbolic (keras.Input / layer outputs) or all be arrays / tensors")
-            self._check_states([t.shape for t in states], None)
-            return call_symbolic(self, inputs, states=states)
-        return self._eager_call(inputs, training, mask, initial_state=states)
+        return call_with_states(self, inputs, initial_state, training, mask)
 
     def _check_states(self, shapes, batch):
         """initial_state: one (batch, units) tensor per state; the error names the layer, the

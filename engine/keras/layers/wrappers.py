@@ -18,7 +18,8 @@ class Bidirectional(Layer):
 
     With return_state=True on the wrapped layer the result is Keras' list [merged output, forward
     states..., backward states...] (an LSTM: output, h_fw, c_fw, h_bw, c_bw), e.g. the states of a
-    bidirectional seq2seq encoder, concatenated by the caller for the decoder."""
+    bidirectional seq2seq encoder, concatenated by the caller for the decoder; initial_state takes
+    the same order (forward states, then backward ones)."""
 
     input_ndim = 3
     supports_masking = True
@@ -96,6 +97,27 @@ class Bidirectional(Layer):
     def return_state(self):
         return self.forward_layer.return_state
 
+    def __call__(self, inputs, initial_state=None, training=None, mask=None, **kwargs):
+        """Keras: initial_state is the forward layer's states followed by the backward layer's."""
+        if initial_state is None:
+            return super().__call__(inputs, training=training, mask=mask, **kwargs)
+        from .recurrent import call_with_states
+        return call_with_states(self, inputs, initial_state, training, mask)
+
+    def _split_states(self, states):
+        k = len(self.forward_layer._state_names)
+        return states[:k], states[k:]
+
+    def _check_states(self, shapes, batch):
+        shapes = list(shapes)
+        n = 2 * len(self.forward_layer._state_names)
+        if len(shapes) != n:
+            raise ValueError(f'layer "{self.name}" (Bidirectional) expects initial_state with {n} tensors (the '
+                             f"forward layer's states, then the backward layer's), got {len(shapes)}")
+        fw, bw = self._split_states(shapes)
+        self.forward_layer._check_states(fw, batch)
+        self.backward_layer._check_states(bw, batch)
+
     def _n_states(self):
         return len(self.forward_layer._state_names) if self.return_state else 0
 
@@ -112,10 +134,14 @@ class Bidirectional(Layer):
         out = mask if self.return_sequences else None
         return [out] + [None] * (2 * self._n_states()) if self.return_state else out
 
-    def call(self, inputs, training=False, mask=None):
+    def call(self, inputs, training=False, mask=None, initial_state=None):
         from ... import ops
-        y_f = self.forward_layer.call(inputs, training=training, mask=mask)
-        y_b = self.backward_layer.call(inputs, training=training, mask=mask)
+        fw = bw = None
+        if initial_state is not None:
+            self._check_states([tuple(s.shape) for s in initial_state], inputs.shape[0])
+            fw, bw = self._split_states(list(initial_state))
+        y_f = self.forward_layer.call(inputs, training=training, mask=mask, initial_state=fw)
+        y_b = self.backward_layer.call(inputs, training=training, mask=mask, initial_state=bw)
         states = []
         if self.return_state:
             (y_f, *states_f), (y_b, *states_b) = y_f, y_b
