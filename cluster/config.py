@@ -27,13 +27,13 @@ import json
 import os
 import re
 import socket
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
 __all__ = [
     "Config", "ConfigError", "load_config", "resolve_config", "parse_overrides",
-    "SCHEMA", "schema_reference", "dump_config", "is_local_host", "MODEL_ZOO",
+    "SCHEMA", "schema_reference", "dump_config", "is_local_host", "MODEL_ZOO", "auto_resources",
 ]
 
 MODEL_ZOO = ("seed_cnn", "seed_lstm", "mlp", "mlp_bn")
@@ -152,7 +152,8 @@ class Int(Spec):
 
 
 class IntOrAuto(Int):
-    """An integer, or `auto`: measured on this machine when the config is resolved."""
+    """An integer, or `auto`: measured when the config is resolved (this machine at once; a remote
+    node only when the caller can reach it, see `resolve_config(measure=...)`)."""
 
     def describe(self) -> str:
         return super().describe() + " or `auto`"
@@ -382,10 +383,13 @@ class Section(Spec):
 # --------------------------------------------------------------------------- the schema
 NODE = Section({
     "host": Str(doc="Host name or IP address of the node (`localhost` for this machine)."),
-    "slots": IntOrAuto(1, "Worker processes (ranks) to start on this node; `auto` (this machine only): one "
-                          "per GPU when it has GPUs, else usable CPU cores // `job.threads`.", min=1),
-    "gpus": IntOrAuto(0, "GPUs on this node; workers get GPU `local_rank % gpus`, none when 0; `auto` "
-                         "(this machine only): the GPUs CUDA_VISIBLE_DEVICES / nvidia-smi report.", min=0),
+    "slots": IntOrAuto(1, "Worker processes (ranks) to start on this node; `auto`: one per GPU when it has "
+                          "GPUs, else usable CPU cores // `job.threads` (measured when the config is loaded on "
+                          "this machine; on a remote node only by `dptrain mpirun`, which runs a probe there "
+                          "before the launch).", min=1),
+    "gpus": IntOrAuto(0, "GPUs on this node; workers get GPU `local_rank % gpus`, none when 0; `auto`: the GPUs "
+                         "CUDA_VISIBLE_DEVICES / nvidia-smi report on that node (remote nodes: `dptrain mpirun` "
+                         "only, as for slots).", min=0),
 })
 
 SCHEMA = Section({
@@ -667,32 +671,78 @@ def _apply_override(data: dict, parts: list[str], value: Any, text: str, errors:
 
 
 # --------------------------------------------------------------------------- loading
-def _resolve_auto_resources(cfg: dict, errors: list[str]) -> None:
-    """Replace `slots: auto` / `gpus: auto` by what this machine offers.
+def auto_resources(node: dict, cpus: int, gpus_found: int | None, threads: int) -> tuple[int, int]:
+    """(slots, gpus) of a node whose `slots` and/or `gpus` may be `auto`, from what its machine has.
 
-    Only for nodes that are this machine: the launcher cannot see a remote node's cores
-    before it starts anything there, and a guess would silently misplace work."""
+    The one rule for this machine and for measured remote nodes: `gpus: auto` is the GPUs found;
+    `slots: auto` is one worker per GPU when the node has GPUs, else usable cores // threads (at
+    least 1).  gpus_found is only read when `gpus` is `auto`."""
+    gpus = node.get("gpus")
+    if gpus == "auto":
+        gpus = int(gpus_found or 0)
+    gpus = gpus if isinstance(gpus, int) and not isinstance(gpus, bool) else 0
+    slots = node.get("slots")
+    if slots == "auto":
+        slots = gpus if gpus > 0 else max(1, int(cpus) // max(1, threads))
+    return slots, gpus
+
+
+def _threads(cfg: dict) -> int:
+    threads = cfg["job"].get("threads")
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else 1
+
+
+def _resolve_auto_resources(cfg: dict, errors: list[str], defer_remote: bool = False) -> list[int]:
+    """Replace `slots: auto` / `gpus: auto` by what this machine offers; returns the indices of
+    remote `auto` nodes left for the caller to measure (only with defer_remote).
+
+    Only nodes that are this machine are measured here: the launcher cannot see a remote node's
+    cores before it starts something there, and a guess would silently misplace work.  Without
+    defer_remote (validate, run, script) a remote `auto` is an error naming `dptrain mpirun`,
+    which does start a probe there."""
     from .resources import local_gpu_count, usable_cpu_count
     nodes = cfg["cluster"].get("nodes")
     if not isinstance(nodes, list):
-        return
-    threads = cfg["job"].get("threads")
-    threads = threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else 1
+        return []
+    threads = _threads(cfg)
+    pending = []
     for i, n in enumerate(nodes):
         if not isinstance(n, dict) or "auto" not in (n.get("slots"), n.get("gpus")):
             continue
         host = n.get("host")
         if not (isinstance(host, str) and is_local_host(host)):
+            if defer_remote and isinstance(host, str) and host:
+                pending.append(i)
+                continue
             for key in ("slots", "gpus"):
                 if n.get(key) == "auto":
                     errors.append(f"cluster.nodes.{i}.{key}: 'auto' is measured on this machine, but node {i} "
-                                  f"is {host!r}; give its number of {'workers' if key == 'slots' else 'GPUs'}")
+                                  f"is {host!r}; `dptrain mpirun` measures remote nodes (a probe through "
+                                  f"mpiexec), other commands cannot: give its number of "
+                                  f"{'workers' if key == 'slots' else 'GPUs'}")
             continue
-        if n.get("gpus") == "auto":
-            n["gpus"] = local_gpu_count()
-        if n.get("slots") == "auto":
-            gpus = n["gpus"] if isinstance(n.get("gpus"), int) else 0
-            n["slots"] = gpus if gpus > 0 else max(1, usable_cpu_count() // threads)
+        n["slots"], n["gpus"] = auto_resources(n, usable_cpu_count(),
+                                               local_gpu_count() if n.get("gpus") == "auto" else None, threads)
+    return pending
+
+
+def _world_checks(cfg: dict, errors: list[str], measured: bool = False) -> None:
+    """Checks on the world size (sum of slots); skipped while a slot count is still `auto`."""
+    nodes = cfg["cluster"]["nodes"] if isinstance(cfg["cluster"].get("nodes"), list) else []
+    if any(isinstance(n, dict) and n.get("slots") == "auto" for n in nodes):
+        return
+    job = cfg["job"]
+    world = sum(n["slots"] for n in nodes if isinstance(n, dict) and isinstance(n.get("slots"), int)
+                and not isinstance(n.get("slots"), bool) and n["slots"] > 0)
+    gbs = job.get("global_batch_size")
+    # the built-in loop splits the global batch; a job.script chooses its own batches
+    uses_gbs = not (isinstance(job.get("script"), str) and job.get("script", "").strip())
+    if uses_gbs and world > 0 and isinstance(gbs, int) and not isinstance(gbs, bool) and gbs > 0 and gbs % world:
+        lo = max(world, gbs - gbs % world)
+        where = "sum of cluster.nodes.*.slots, `auto` ones as measured" if measured else \
+            "sum of cluster.nodes.*.slots"
+        errors.append(f"job.global_batch_size: {gbs} is not divisible by the world size {world} "
+                      f"({where}); use a multiple such as {lo} or {lo + world}")
 
 
 def _cross_checks(cfg: dict, errors: list[str], base_dir: str) -> None:
@@ -700,7 +750,6 @@ def _cross_checks(cfg: dict, errors: list[str], base_dir: str) -> None:
     cluster, job = cfg["cluster"], cfg["job"]
     nodes = cluster["nodes"] if isinstance(cluster.get("nodes"), list) else []
     seen: dict[str, int] = {}
-    world = 0
     for i, n in enumerate(nodes):
         if not isinstance(n, dict):
             continue
@@ -712,16 +761,7 @@ def _cross_checks(cfg: dict, errors: list[str], base_dir: str) -> None:
                               f"list each machine once and raise its slots")
             else:
                 seen[key] = i
-        s = n.get("slots")
-        if isinstance(s, int) and not isinstance(s, bool) and s > 0:
-            world += s
-    gbs = job.get("global_batch_size")
-    # the built-in loop splits the global batch; a job.script chooses its own batches
-    uses_gbs = not (isinstance(job.get("script"), str) and job.get("script", "").strip())
-    if uses_gbs and world > 0 and isinstance(gbs, int) and not isinstance(gbs, bool) and gbs > 0 and gbs % world:
-        lo = max(world, gbs - gbs % world)
-        errors.append(f"job.global_batch_size: {gbs} is not divisible by the world size {world} "
-                      f"(sum of cluster.nodes.*.slots); use a multiple such as {lo} or {lo + world}")
+    _world_checks(cfg, errors)
     ft = cfg["fault_tolerance"]
     hi, ht = ft.get("heartbeat_interval"), ft.get("heartbeat_timeout")
     if isinstance(hi, float) and isinstance(ht, float) and hi > 0 and ht <= hi:
@@ -791,14 +831,24 @@ def _resolve_paths(cfg: dict, base_dir: str) -> None:
         mpi["mpiexec"] = _abspath(mpi["mpiexec"], base_dir)
 
 
+MeasureFn = Callable[[dict, list[int]], Mapping[int, Mapping[str, Any]]]
+
+
 def resolve_config(raw: Any, overrides: Iterable[str] = (), source: str | None = None,
-                   base_dir: str | None = None) -> Config:
+                   base_dir: str | None = None, measure: MeasureFn | None = None) -> Config:
     """Validate a raw config (as read from YAML), apply overrides and defaults; raise ConfigError.
 
     Relative paths are resolved against `base_dir` (default: the current directory), so the
     resolved config only holds absolute paths and reads the same on every node.
+
+    measure: how to see remote nodes whose `slots`/`gpus` are `auto` (`dptrain mpirun` passes a
+    probe through mpiexec; see launcher/measure.py).  It is called only once the config is
+    otherwise valid, as measure(cfg, node_indices) with the resolved dict, and returns for each
+    index {"cpus": usable cores, "gpus": GPUs}; it raises its own error when a node cannot be
+    measured.  Without it a remote `auto` is a config error.
     """
     errors: list[str] = []
+    pending: list[int] = []
     base_dir = os.path.abspath(base_dir or os.getcwd())
     if raw is None:
         raw = {}
@@ -810,16 +860,27 @@ def resolve_config(raw: Any, overrides: Iterable[str] = (), source: str | None =
     resolved = SCHEMA.check(data, "", errors)
     if isinstance(resolved, dict) and all(isinstance(resolved.get(s), dict) for s in
                                           ("cluster", "job", "checkpoint", "output", "fault_tolerance")):
-        _resolve_auto_resources(resolved, errors)
+        pending = _resolve_auto_resources(resolved, errors, defer_remote=measure is not None)
         _cross_checks(resolved, errors, base_dir)
     if errors:
         raise ConfigError(errors, source)
     _resolve_paths(resolved, base_dir)
+    if pending:     # everything else is valid: only now is anything started on the remote nodes
+        found = measure(resolved, list(pending))
+        threads = _threads(resolved)
+        for i in pending:
+            n = resolved["cluster"]["nodes"][i]
+            n["slots"], n["gpus"] = auto_resources(n, found[i]["cpus"], found[i]["gpus"], threads)
+        _world_checks(resolved, errors, measured=True)
+        if errors:
+            raise ConfigError(errors, source)
     return Config(resolved, source)
 
 
-def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), base_dir: str | None = None) -> Config:
-    """Read a YAML config with yaml.safe_load, apply `key=value` overrides, validate, fill defaults."""
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), base_dir: str | None = None,
+                measure: MeasureFn | None = None) -> Config:
+    """Read a YAML config with yaml.safe_load, apply `key=value` overrides, validate, fill defaults
+    (measure: see resolve_config)."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -838,7 +899,7 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), base_dir
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError([f"{path}: not valid YAML{where}: {problem}"], path) from None
-    return resolve_config(raw, overrides, source=path, base_dir=base_dir)
+    return resolve_config(raw, overrides, source=path, base_dir=base_dir, measure=measure)
 
 
 # --------------------------------------------------------------------------- documentation

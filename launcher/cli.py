@@ -7,8 +7,9 @@
     dptrain validate CONFIG [key=value ...] [--json] [--reference]
     dptrain status RUN_DIR [--json] [--tail N] [--watch [SECONDS]]
 
-Exit codes: 0 success; 2 invalid config or usage (nothing was started); a failed
-worker's exit code (128+N for signal N) or 1 for other failures; 130 after Ctrl-C.
+Exit codes: 0 success; 2 invalid config or usage, or a remote `slots: auto` node that `mpirun`
+could not measure (nothing was started); a failed worker's exit code (128+N for signal N) or 1
+for other failures; 130 after Ctrl-C.
 """
 from __future__ import annotations
 
@@ -61,11 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
+    """The validated config, or None after printing why (exit 2).  `mpirun` also measures remote
+    `auto` nodes (a probe through mpiexec, once the rest of the config is valid)."""
     from cluster.config import ConfigError, load_config
+    measure, probe_error = None, ()
+    if args.command == "mpirun":
+        from .measure import ProbeError, measure_remote
+        measure, probe_error = measure_remote, ProbeError
     try:
-        return load_config(args.config, args.overrides)
+        return load_config(args.config, args.overrides, measure=measure)
     except ConfigError as e:
         sys.stderr.write(e.format() + "\n")
+        return None
+    except probe_error as e:
+        sys.stderr.write(f"{e}\n")
         return None
 
 

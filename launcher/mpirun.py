@@ -30,7 +30,8 @@ from .output import RecentLines
 from .placement import nodes_per_rank
 from .supervise import root_cause, Failure, Group, Supervisor, describe_exit, exit_code_of, tail_file
 
-__all__ = ["MpiError", "find_mpiexec", "mpi_flavor", "hostfile_text", "build_command", "MpiGroup", "run_mpirun",
+__all__ = ["MpiError", "find_mpiexec", "mpi_flavor", "hostfile_text", "build_command", "per_host_command",
+           "MpiGroup", "run_mpirun",
            "describe_dry_run", "read_rank_results", "vanished_ranks", "diagnose"]
 
 
@@ -169,6 +170,24 @@ def build_command(cfg: Config, mpiexec: str, flavor: str, hostfile: str, env_nam
     worker = worker_command(cfg)
     worker[0] = py
     return cmd + extra + [py, "-m", "launcher.mpiworker", "--"] + worker
+
+
+def per_host_command(cfg: Config, mpiexec: str, flavor: str, hosts: list[str], hostfile: str) -> list[str]:
+    """The mpiexec command (program not included) that starts one process on each of `hosts`.
+
+    For the launcher's own helpers on remote nodes (shared-memory cleanup, the resource probe):
+    the same mpiexec, hostfile style and `cluster.mpi.extra_args` as the ranks, since those may be
+    how the hosts are reached at all.  MPICH gets `hostfile` written (one `host:1` line each)."""
+    extra = list(cfg["cluster"]["mpi"]["extra_args"])
+    if flavor == "openmpi":
+        cmd = [mpiexec, "--host", ",".join(f"{h}:1" for h in hosts), "-np", str(len(hosts)), "--map-by", "node"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-run-as-root")
+    else:
+        with open(hostfile, "w") as f:
+            f.write("".join(f"{h}:1\n" for h in hosts))
+        cmd = [mpiexec, "-f", hostfile, "-n", str(len(hosts)), "-ppn", "1"]
+    return cmd + extra
 
 
 def _env_for_mpiexec(job: Job, attempt: int) -> dict[str, str]:
@@ -328,20 +347,10 @@ class MpiGroup(Group):
         hosts = self._remote_hosts
         python = cfg["cluster"]["python"] or sys.executable
         clean = [python, "-m", "launcher.shmclean", "--since", f"{self._started - 1:.0f}", "--quiet"]
-        extra = list(cfg["cluster"]["mpi"]["extra_args"])
-        if self.flavor == "openmpi":
-            cmd = [self.mpiexec, "--host", ",".join(f"{h}:1" for h in hosts), "-np", str(len(hosts)),
-                   "--map-by", "node"]
-            if hasattr(os, "geteuid") and os.geteuid() == 0:
-                cmd.append("--allow-run-as-root")
-        else:
-            hostfile = self.job.run.file("hostfile.shmclean")
-            with open(hostfile, "w") as f:
-                f.write("".join(f"{h}:1\n" for h in hosts))
-            cmd = [self.mpiexec, "-f", hostfile, "-n", str(len(hosts)), "-ppn", "1"]
+        cmd = per_host_command(cfg, self.mpiexec, self.flavor, hosts, self.job.run.file("hostfile.shmclean"))
         log = self.job.run.file(os.path.join("logs", "mpiexec.log"))
         try:
-            r = subprocess.run(cmd + extra + clean, env=clean_env(), stdin=subprocess.DEVNULL, capture_output=True,
+            r = subprocess.run(cmd + clean, env=clean_env(), stdin=subprocess.DEVNULL, capture_output=True,
                                text=True, timeout=timeout)
             outcome = f"exit code {r.returncode}"
             said = [line for line in r.stderr.splitlines() if line.startswith("dptrain: ")]

@@ -309,6 +309,7 @@ def test_auto_slots_give_one_worker_per_visible_gpu(monkeypatch, tmp_path):
 def test_auto_is_refused_for_remote_nodes_and_other_words_are_errors():
     errs = errors_of({"cluster": {"nodes": [{"host": "localhost"}, {"host": "gpu7", "slots": "auto"}]}})
     assert errs == ["cluster.nodes.1.slots: 'auto' is measured on this machine, but node 1 is 'gpu7'; "
+                    "`dptrain mpirun` measures remote nodes (a probe through mpiexec), other commands cannot: "
                     "give its number of workers"]
     errs = errors_of({"cluster": {"nodes": [{"host": "localhost", "gpus": "many"}]}})
     assert errs == ["cluster.nodes.0.gpus: expected a non-negative integer or 'auto', got 'many'"]
