@@ -62,6 +62,10 @@ def resource_usage(path: str, attempt: int) -> dict:
             for r, d in sorted(per.items())}
 
 
+#: how long a rank that failed only because a peer did (exit 75) waits to be explained by that peer
+ECHO_GRACE_S = 2.0
+
+
 def root_cause(bad: list[tuple[int, int]], seen: dict[int, float]) -> tuple[int, int]:
     """Pick the (rank, code) that caused a failure out of every rank that failed.
 
@@ -318,6 +322,14 @@ class Supervisor:
         with SIGSTOP / Ctrl-Z): name the one whose heartbeats stopped first."""
         if failure.exit_code != EXIT_PEER_FAILURE:
             return failure
+        # The echo can be reaped before its cause has exited (under load the crashed rank is still
+        # printing its traceback): give the cause a moment to show up before looking further.
+        deadline = time.monotonic() + ECHO_GRACE_S
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            _, cause = self.group.poll()
+            if cause is not None and cause.exit_code != EXIT_PEER_FAILURE:
+                return cause
         interval = float(self.job.cfg["fault_tolerance"]["heartbeat_interval"])
         try:
             silent = [(r, s) for r, s in coord.silent_ranks(3 * interval) if r != failure.rank]
