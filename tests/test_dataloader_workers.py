@@ -219,6 +219,23 @@ def test_several_epochs_follow_the_shuffle_and_persistent_workers_keep_their_pid
     assert_no_workers(pids[0])
 
 
+@pytest.mark.timeout(60)
+def test_persistent_workers_start_over_when_an_epoch_is_abandoned():
+    serial = DataLoader(Slow(20, delay=0.01), batch_size=2, shuffle=True, seed=0)
+    want = [[b[0].numpy()[:, 0].tolist() for b in serial] for _ in range(3)]
+    loader = DataLoader(Slow(20, delay=0.01), batch_size=2, shuffle=True, seed=0, num_workers=2,
+                        persistent_workers=True)
+    old = iter(loader)
+    assert next(old)[0].numpy()[:, 0].tolist() == want[0][0]
+    assert [b[0].numpy()[:, 0].tolist() for b in loader] == want[1]      # stale batches discarded
+    with pytest.raises(RuntimeError, match="replaced by a newer iteration"):
+        next(old)
+    assert [b[0].numpy()[:, 0].tolist() for b in loader] == want[2]
+    del loader, old
+    gc.collect()
+    assert_no_workers()
+
+
 # ---------------------------------------------------------------- speed
 @pytest.mark.timeout(60)
 def test_slow_dataset_loads_faster_with_two_workers():

@@ -45,6 +45,7 @@ def _lookup_class(module, qualname):
 
 def encode(obj):
     """(frame bytes, arrays): the msgpack frame for `obj` and the arrays to send after it."""
+    from ..tensor import Tensor
     arrays = []
 
     def pack_inner(value):
@@ -68,7 +69,7 @@ def encode(obj):
                 cls = type(o)
                 return msgpack.ExtType(_NAMEDTUPLE, pack_inner([cls.__module__, cls.__qualname__, list(o)]))
             return msgpack.ExtType(_TUPLE, pack_inner(list(o)))
-        if type(o).__name__ == "Tensor" and type(o).__module__ == "engine.tensor":
+        if isinstance(o, Tensor):
             if not isinstance(o.data, np.ndarray):
                 raise UnsendableError("an engine Tensor on a GPU (CUDA does not work in forked workers: "
                                       "keep worker output on the CPU and pass device= to the DataLoader)")
