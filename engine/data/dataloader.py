@@ -20,12 +20,19 @@ An IterableDataset is batched in its own iteration order (no sampler or shuffle)
 batch_size=None turns batching off, as in torch: every sample is yielded on its own
 (numpy arrays converted to Tensors as by default_convert, or passed to collate_fn).
 collate_fn=default_collate is the same as leaving it unset (Tensors, fast path kept).
+
+num_workers > 0 moves the batch building (_Fetcher: dataset, collate_fn, transform) into worker
+processes and leaves the order (sampler, shuffle) and the conversion to Tensors here, so the
+batches equal num_workers=0's; see DataLoader's docstring, _pool.py and _worker.py.
 """
 from __future__ import annotations
 
 import itertools
+import weakref
 
 import numpy as np
+
+from ._worker import get_worker_info
 
 __all__ = ["DataLoader", "default_collate", "default_convert", "get_worker_info"]
 
@@ -100,12 +107,6 @@ def default_convert(sample):
     return _convert(sample, None)
 
 
-def get_worker_info():
-    """None: batches are always made in the calling process (torch returns None there too), so
-    an IterableDataset that shards by worker id reads everything."""
-    return None
-
-
 def _tensorize(batch, device):
     if isinstance(batch, dict):
         return {k: _tensorize(v, device) for k, v in batch.items()}
@@ -123,25 +124,126 @@ def _apply_transform(transform, x):
     return get_array_module(x).stack([transform(s) for s in x])
 
 
+class _Fetcher:
+    """Builds what one step of an epoch yields, up to (not including) the conversion to Tensors.
+
+    The same code runs in the loop itself (num_workers=0) and in each worker process
+    (num_workers>0, where it is pickled to start a spawned worker), so both give the same arrays:
+    dataset access, collate_fn and transform happen here; finish() - Tensors and the device -
+    happens in the loader's process."""
+
+    def __init__(self, dataset, iterable, batched, batch_size, drop_last, collate_fn, transform):
+        self.dataset, self.iterable, self.batched = dataset, iterable, batched
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.collate_fn, self.transform = collate_fn, transform
+        self.custom = collate_fn is not None and collate_fn is not default_collate
+        self.fast = not iterable and not self.custom and hasattr(dataset, "get_batch")
+        self._it = None
+
+    def batch(self, item):
+        """One batch from indices (map-style) or from a list of samples (IterableDataset)."""
+        if self.fast:
+            batch = tuple(self.dataset.get_batch(item))
+        else:
+            samples = item if self.iterable else [self.dataset[int(i)] for i in item]
+            if self.custom:
+                return self.collate_fn(samples)
+            batch = _collate_arrays(samples)
+        if self.transform is not None:
+            if isinstance(batch, tuple):
+                batch = (_apply_transform(self.transform, batch[0]),) + tuple(batch[1:])
+            else:
+                batch = _apply_transform(self.transform, batch)
+        return batch
+
+    def sample(self, sample):
+        """batch_size=None: one sample, through collate_fn when there is one."""
+        return self.collate_fn(sample) if self.collate_fn is not None else sample
+
+    def finish(self, value, device):
+        """What the loader yields for a batch() / sample() value."""
+        if self.batched:
+            return value if self.custom else _tensorize(value, device)
+        return value if self.collate_fn is not None else _convert(value, device)
+
+    # worker side: a task is an index array, one index, or None ("your next batch" of an iterable)
+    def start_epoch(self):
+        self._it = None
+
+    def fetch(self, payload):
+        """A worker's task; raises StopIteration when its IterableDataset replica is exhausted."""
+        if not self.iterable:
+            return self.batch(payload) if self.batched else self.sample(self.dataset[int(payload)])
+        if self._it is None:
+            self._it = iter(self.dataset)
+        if not self.batched:
+            return self.sample(next(self._it))
+        samples = list(itertools.islice(self._it, self.batch_size))
+        if not samples or (self.drop_last and len(samples) < self.batch_size):
+            raise StopIteration
+        return self.batch(samples)
+
+
 class DataLoader:
     """Iterate over a dataset in batches of engine Tensors.
 
     transform: applied to the first field (the inputs) of every batch, vectorized
     when the transform is `batched` (all of engine.data.transforms are).
     device: put the batch Tensors on this device ("cpu", "cuda:0"); default cpu.
-    """
 
-    # torch.utils.data.DataLoader arguments that only concern worker processes / pinned memory:
-    # accepted so torch code runs unchanged; batches are gathered in this process either way.
-    _IGNORED = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor",
-                "worker_init_fn", "timeout", "multiprocessing_context", "pin_memory_device", "in_order")
+    Worker processes (torch's arguments and semantics, see engine/data/_pool.py):
+    num_workers=0 builds every batch in the loop itself.  num_workers=N>0 starts N processes
+    (multiprocessing_context: 'fork' by default on Linux, 'spawn', 'forkserver' or a context
+    object) that build whole batches - dataset access, collate_fn, transform - while the model
+    trains; indices are still drawn here, so the batches are exactly those of num_workers=0, and
+    they come back in order (in_order=False: as they are ready).  prefetch_factor (default 2)
+    batches per worker are in flight.  Every epoch draws a base seed from `generator` (else the
+    engine's global generator); worker i seeds Python's random, NumPy's global RNG and
+    engine.random with base_seed + i, then calls worker_init_fn(i); get_worker_info() tells it
+    its id, num_workers, seed and dataset.  persistent_workers=True keeps the workers across
+    epochs; otherwise they are shut down when the epoch ends, the loop breaks or the iterator is
+    deleted.  timeout > 0 bounds each wait for a worker's batch.  pin_memory and
+    pin_memory_device are accepted and do nothing: batches are built in host memory and moved to
+    `device` in this process.
+    """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None,
                  sampler=None, collate_fn=None, transform=None, device=None, generator=None,
-                 batch_sampler=None, **kw):
-        unknown = sorted(k for k in kw if k not in self._IGNORED)
-        if unknown:
-            raise TypeError(f"DataLoader: unexpected arguments {unknown}")
+                 batch_sampler=None, *, num_workers=0, prefetch_factor=None, persistent_workers=False,
+                 worker_init_fn=None, timeout=0, multiprocessing_context=None, in_order=True,
+                 pin_memory=False, pin_memory_device="", **kw):
+        if kw:
+            raise TypeError(f"DataLoader: unexpected arguments {sorted(kw)}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
+            raise ValueError("num_workers option should be non-negative; use num_workers=0 to disable "
+                             f"multiprocessing, got num_workers={num_workers!r}")
+        if timeout < 0:
+            raise ValueError("timeout option should be non-negative")
+        if num_workers == 0:
+            if prefetch_factor is not None:
+                raise ValueError("prefetch_factor option could only be specified in multiprocessing: let "
+                                 "num_workers > 0 to enable multiprocessing, otherwise set prefetch_factor to None.")
+            if persistent_workers:
+                raise ValueError("persistent_workers option needs num_workers > 0")
+            if multiprocessing_context is not None:
+                raise ValueError("multiprocessing_context can only be used with multi-process loading "
+                                 "(num_workers > 0), but got num_workers=0")
+        else:
+            prefetch_factor = 2 if prefetch_factor is None else prefetch_factor
+            if isinstance(prefetch_factor, bool) or int(prefetch_factor) != prefetch_factor or prefetch_factor < 1:
+                raise ValueError(f"prefetch_factor option should be a positive integer, got {prefetch_factor!r}")
+            from ._pool import resolve_context
+            multiprocessing_context = resolve_context(multiprocessing_context)
+        self.num_workers = int(num_workers)
+        self.prefetch_factor = None if prefetch_factor is None else int(prefetch_factor)
+        self.persistent_workers = bool(persistent_workers)
+        self.worker_init_fn = worker_init_fn
+        self.timeout = float(timeout)
+        self.multiprocessing_context = multiprocessing_context
+        self.in_order = bool(in_order)
+        self.pin_memory, self.pin_memory_device = bool(pin_memory), pin_memory_device   # no-ops (see above)
+        self.generator = generator
+        self._pool = None
         from .dataset import IterableDataset
         self._iterable = isinstance(dataset, IterableDataset)
         if self._iterable and (shuffle or sampler is not None or batch_sampler is not None):
@@ -239,31 +341,27 @@ class DataLoader:
                 return
             yield samples
 
+    def _batched(self):
+        return not (self.batch_size is None and self.batch_sampler is None)
+
+    def _fetcher(self):
+        return _Fetcher(self.dataset, self._iterable, self._batched(), self.batch_size, self.drop_last,
+                        self.collate_fn, self.transform)
+
     def __iter__(self):
-        if self.batch_size is None and self.batch_sampler is None:
-            yield from self._unbatched()
+        if self.num_workers > 0:
+            yield from self._worker_batches()
+            return
+        fetcher = self._fetcher()
+        if not self._batched():
+            yield from self._unbatched(fetcher)
             return
         batches = self._sample_batches() if self._iterable else self._index_batches(self.epoch)
         self.epoch += 1
-        custom = self.collate_fn is not None and self.collate_fn is not default_collate
-        fast = not self._iterable and not custom and hasattr(self.dataset, "get_batch")
         for item in batches:
-            if fast:
-                batch = tuple(self.dataset.get_batch(item))
-            else:
-                samples = item if self._iterable else [self.dataset[int(i)] for i in item]
-                if custom:
-                    yield self.collate_fn(samples)
-                    continue
-                batch = _collate_arrays(samples)
-            if self.transform is not None:
-                if isinstance(batch, tuple):
-                    batch = (_apply_transform(self.transform, batch[0]),) + tuple(batch[1:])
-                else:
-                    batch = _apply_transform(self.transform, batch)
-            yield _tensorize(batch, self.device)
+            yield fetcher.finish(fetcher.batch(item), self.device)
 
-    def _unbatched(self):
+    def _unbatched(self, fetcher):
         """batch_size=None: one sample at a time, no batch dimension added (torch's behaviour)."""
         if self._iterable:
             samples = iter(self.dataset)
@@ -272,7 +370,33 @@ class DataLoader:
             samples = (self.dataset[int(i)] for i in order)
         self.epoch += 1
         for sample in samples:
-            yield self.collate_fn(sample) if self.collate_fn is not None else _convert(sample, self.device)
+            yield fetcher.finish(fetcher.sample(sample), self.device)
+
+    def _worker_batches(self):
+        """num_workers > 0: the same epoch, built by worker processes (engine/data/_pool.py)."""
+        from ..random import resolve
+        from ._pool import WorkerPool
+        base_seed = int(resolve(None, self.generator).integers(2**63))     # every epoch, as torch
+        if self._iterable:
+            tasks = itertools.repeat(None)          # "your next batch": each worker reads its replica
+        elif self._batched():
+            tasks = self._index_batches(self.epoch)
+        else:
+            tasks = (int(i) for i in self.epoch_indices(self.epoch))
+        self.epoch += 1
+        pool = self._pool
+        if pool is None or pool.closed:
+            pool = WorkerPool(self._fetcher(), self.num_workers, self.multiprocessing_context, base_seed,
+                              self.worker_init_fn, self.prefetch_factor, self.timeout)
+            if self.persistent_workers:
+                self._pool = pool
+                weakref.finalize(self, pool.shutdown)
+        try:
+            for value in pool.run_epoch(tasks, self.in_order):
+                yield pool.fetcher.finish(value, self.device)
+        finally:
+            if not self.persistent_workers:
+                pool.shutdown()
 
     def __repr__(self):
         n = self._num_samples() if hasattr(self.dataset, "__len__") else "?"

@@ -31,8 +31,10 @@ class Dataset:
 class IterableDataset(Dataset):
     """A stream of samples: subclasses define __iter__ (and __len__ if they know it).
 
-    The DataLoader batches it in iteration order (no sampler, no shuffle); with one loader
-    process there is no worker sharding to do, so get_worker_info() is None."""
+    The DataLoader batches it in iteration order (no sampler, no shuffle).  With num_workers=N
+    every worker process iterates its own replica, so without sharding each sample comes N times;
+    shard with engine.data.get_worker_info() (id, num_workers) as in torch.  With num_workers=0
+    get_worker_info() is None."""
 
     def __iter__(self):
         raise NotImplementedError
