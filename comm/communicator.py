@@ -23,7 +23,7 @@ from .env import Topology, env_int
 from .errors import CollectiveMismatchError, CommError
 from .fingerprint import Fingerprint, check_records
 from .hierarchy import HostGrid, grid_pass
-from . import hierarchy
+from .hierarchy import enabled as two_level_enabled
 from .progress import Handle, ProgressEngine
 from .shared import SharedBuffers, gather_shards, reduce_own_shard
 from .ring import (DEFAULT_DEPTH, DEFAULT_SEGMENT_BYTES, exchange_records, ring_allgather_bytes,
@@ -39,6 +39,17 @@ def _agreed(exc: BaseException) -> BaseException:
     """Mark an error every rank raises identically at the same point (communicator stays usable)."""
     exc.ranks_agree = True  # type: ignore[attr-defined]
     return exc
+
+
+def _mean_divider(op: str, n: int):
+    """on_owned for a ring reduction: with op="mean" the owner of each chunk divides it once, before
+    it is gathered (so every rank holds the same bytes); None otherwise."""
+    if op != "mean":
+        return None
+
+    def divide(seg):
+        seg /= n
+    return divide
 
 
 def _np_default(obj):
@@ -147,7 +158,7 @@ class Communicator:
         me = self._tp.peers[self.rank]
         same = [p.rank for p in self._tp.peers if p.host == me.host and p.boot_id == me.boot_id]
         self._local_rank, self._local_size = same.index(self.rank), len(same)
-        if hierarchy.enabled():
+        if two_level_enabled():
             self._grid = HostGrid.of(self._tp, self._tp.peers)
 
     # -- job plumbing ------------------------------------------------------------------------------
@@ -310,11 +321,9 @@ class Communicator:
                     if op == "mean":
                         flat /= n
                 elif algo == "hierarchical" and flat.nbytes > self.small_bytes:
-                    def divide(seg):
-                        seg /= n
                     self._ring(flat, self.shard_bounds(int(flat.size)), deadline, context, seq, xp, dsync,
                                reduce=arrays.reduce_fn(xp, op), do_rs=True, do_ag=True,
-                               on_owned=divide if op == "mean" else None)
+                               on_owned=_mean_divider(op, n))
                 else:
                     ring_allreduce(self._tp, flat, arrays.reduce_fn(xp, op), deadline=deadline, context=context,
                                    tag=self._tag(seq, 1), mean=(op == "mean"), small_bytes=self.small_bytes,
@@ -447,10 +456,8 @@ class Communicator:
                     if op == "mean":
                         mine /= n
                 else:
-                    def divide(seg):
-                        seg /= n
                     self._ring(work, bounds, deadline, context, seq, xp, dsync, reduce=arrays.reduce_fn(xp, op),
-                               do_rs=True, on_owned=divide if op == "mean" else None)
+                               do_rs=True, on_owned=_mean_divider(op, n))
                     mine = work[bounds[r]:bounds[r + 1]].copy()
             else:
                 mine = work[bounds[r]:bounds[r + 1]].copy()
@@ -510,15 +517,13 @@ class Communicator:
                         gather_shards(views, self.rank, bounds)
                     self._sync(deadline, context, seq, 2)
                 elif op is not None:
-                    def divide(seg):
-                        seg /= n
                     self._ring(work, bounds, deadline, context, seq, xp, dsync, reduce=arrays.reduce_fn(xp, op),
-                               do_rs=True, on_owned=divide if op == "mean" else None)
+                               do_rs=True, on_owned=_mean_divider(op, n))
                 else:
                     self._ring(work, bounds, deadline, context, seq, xp, dsync, do_ag=True)
             return finish(work)
 
-        algo = "shared" if views is not None else ("hierarchical" if self._grid is not None else "ring")
+        algo = "shared" if views is not None else self._algorithm("ring")
         fields = dict(kind=kind, op=op or "", dtype=flat.dtype.str, shape=tuple(flat.shape), algorithm=algo,
                       **self._settings(algo))
         if views is not None:       # two ranks on two different shared buffers would read the wrong peers
