@@ -38,6 +38,10 @@ def as_array(a, what):
     if hasattr(a, "__cuda_array_interface__"):
         return a
     arr = np.asarray(a)
+    if arr.dtype.kind in "US" or (arr.dtype == object and arr.size and isinstance(arr.flat[0], (str, bytes))):
+        raise TypeError(f"{what}: the data holds strings, and models take numbers: vectorize the texts first, "
+                        "e.g. vectorize_layer = keras.layers.TextVectorization(output_sequence_length=L); "
+                        "vectorize_layer.adapt(texts); x = vectorize_layer(texts) (StringLookup for categories)")
     if arr.dtype == object:
         raise TypeError(f"{what}: could not make a numeric array out of {type(a).__name__} "
                         "(ragged lists?)")

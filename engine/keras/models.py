@@ -37,6 +37,8 @@ class Sequential(Model):
             raise TypeError(f"Sequential.add expects a keras layer, got {type(layer).__name__}"
                             + (" (engine.nn modules are PyTorch-style: use engine.nn.Sequential for them)"
                                if hasattr(layer, "parameters") else ""))
+        if getattr(layer, "_data_pipeline_only", False):      # TextVectorization / StringLookup / IntegerLookup
+            raise layer.in_model_error()
         if layer.name in self._modules:
             raise ValueError(f'all layers in a Sequential model need unique names; "{layer.name}" is used '
                              "twice (the same layer object added twice?)")

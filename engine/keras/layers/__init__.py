@@ -12,6 +12,8 @@ from .convolutional_1d import (Conv1D, MaxPooling1D, AveragePooling1D, GlobalAve
                                GlobalMaxPooling1D)
 from .wrappers import Bidirectional, Lambda, TimeDistributed
 from .preprocessing import Normalization, Rescaling
+from .lookup import IntegerLookup, StringLookup
+from .text import TextVectorization
 
 # Keras aliases
 Convolution2D = Conv2D
@@ -61,11 +63,6 @@ def average(inputs, **kwargs):
 
 # Keras layers this facade does not have, with what to do instead (instead of a bare AttributeError)
 _MISSING = {
-    "TextVectorization": "tokenize in Python (a dict word -> id, 0 kept for padding, 1 for unknown words) and "
-                         "pass integer id sequences made equal-length with keras.utils.pad_sequences "
-                         "(Embedding(mask_zero=True) then skips the padding)",
-    "StringLookup": "map strings to integer ids in Python before fit",
-    "IntegerLookup": "map the values to 0..n-1 in Python before fit",
     "GroupedQueryAttention": "use MultiHeadAttention",
 }
 
@@ -84,6 +81,7 @@ __all__ = ["Layer", "InputShapeError", "InputLayer", "Input", "Dense", "Embeddin
            "Subtract", "Multiply", "Average", "Concatenate", "Conv1D", "Convolution1D", "MaxPooling1D", "MaxPool1D",
            "AveragePooling1D", "AvgPool1D", "GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D",
            "GlobalMaxPool1D", "Bidirectional", "TimeDistributed", "Lambda", "Normalization", "Rescaling", "LeakyReLU",
+           "TextVectorization", "StringLookup", "IntegerLookup",
            "concatenate", "add", "subtract", "multiply", "average"]
 
 

@@ -19,18 +19,22 @@ __all__ = ["InputLayer", "Input", "Dense", "Embedding", "Masking", "Activation",
 
 
 class InputLayer(Layer):
-    """Declares the model's input shape (no weights, no computation)."""
+    """Declares the model's input shape (no weights, no computation).  dtype may be float32 or an
+    integer type (token ids, as `keras.Input(shape=(None,), dtype="int64")` before an Embedding):
+    the data then travels as float32, exact for ids below 2**24, and Embedding takes it back to
+    integers.  String inputs are refused: text is vectorized before the model."""
 
     layout_agnostic = True
 
     def __init__(self, input_shape=None, batch_size=None, name=None, shape=None, batch_input_shape=None,
-                 **kwargs):
+                 dtype=None, **kwargs):
         if shape is not None and input_shape is None:
             input_shape = shape
         if input_shape is None and batch_input_shape is None:
             raise ValueError("InputLayer needs shape=(...) (the shape of one sample, without the batch axis)")
+        dtype = _input_dtype(dtype)
         super().__init__(name=name, input_shape=input_shape, batch_size=batch_size,
-                         batch_input_shape=batch_input_shape, **kwargs)
+                         batch_input_shape=batch_input_shape, dtype=None if dtype != "float32" else dtype, **kwargs)
 
     def expected_input_shape(self):
         return (None,) + tuple(self._batch_input_shape[1:])
@@ -40,6 +44,28 @@ class InputLayer(Layer):
 
     def call_internal(self, x, layout, training, final_logits=False):
         return x, layout
+
+
+def _input_dtype(dtype):
+    """The dtype an InputLayer accepts: float32 (also None) or an integer type, by name."""
+    if dtype is None:
+        return None
+    name = getattr(dtype, "name", dtype)
+    if isinstance(name, str) and name.lower() in ("string", "str", "object", "bytes"):
+        raise ValueError(
+            "keras.Input(dtype='string'): models in dptrain's Keras facade carry numeric tensors only, so text "
+            "is vectorized before the model: vectorize_layer = layers.TextVectorization(output_sequence_length=L); "
+            "vectorize_layer.adapt(texts); x = vectorize_layer(texts), and the model starts at "
+            "keras.Input(shape=(L,), dtype='int64') -> Embedding")
+    try:
+        dt = np.dtype(name)
+    except TypeError:
+        raise ValueError(f"InputLayer: unknown dtype {dtype!r}; use 'float32' or an integer type") from None
+    if dt == np.float32:
+        return "float32"
+    if dt.kind in "iu":
+        return dt.name
+    raise ValueError(f"InputLayer: only float32 and integer inputs are supported, got dtype={dtype!r}")
 
 
 def Input(shape=None, batch_size=None, name=None, dtype=None, batch_shape=None, **kwargs):
