@@ -469,7 +469,7 @@ SCHEMA = Section({
                                       "the world size (each rank gets `global_batch_size / world_size`). Used by "
                                       "the built-in loop; a `job.script` picks its own batches.", min=1),
         "eval_batch_size": Int(1000, "Per-rank batch size for evaluation.", min=1),
-        "seed": Int(0, "Seed of parameter init, shuffling and dropout (same on all ranks)."),
+        "seed": Int(0, "Seed of parameter init, shuffling and dropout (same on all ranks).", min=0),
         "threads": Int(1, "Threads per worker (OMP/OpenBLAS/MKL_NUM_THREADS).", min=1),
         "device": Enum(("auto", "cpu", "cuda"), "auto",
                        "`auto`: the worker's GPU when its node has `gpus` > 0 and CuPy works, else CPU."),

@@ -117,6 +117,7 @@ def test_all_errors_are_collected_with_dotted_paths():
     ({"job": {"optimizer": {"momentum": 1.5}}}, "job.optimizer.momentum: expected a number >= 0 and <= 1, got 1.5"),
     ({"job": {"schedule": {"gamma": 0}}}, "job.schedule.gamma: expected a number > 0 and <= 1, got 0"),
     ({"name": "my run"}, "name: expected letters, digits"),
+    ({"job": {"seed": -1}}, "job.seed: expected a non-negative integer, got -1"),   # numpy refuses it in every worker
     ({"output": {"console": "some"}}, "output.console: expected one of 'all', 'rank0', got 'some'"),
 ])
 def test_wrong_types_and_values(raw, fragment):
@@ -254,6 +255,12 @@ def test_reference_documents_every_key():
     assert len(paths) > 40
     for p in paths:
         assert f"| `{p}` |" in ref, p
+
+
+def test_the_readme_config_reference_is_the_schema():
+    """The README's table is `dptrain reference` pasted in: regenerate it when the schema changes."""
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    assert schema_reference().strip() in readme, "README's Config reference differs: paste `dptrain reference`"
 
 
 # ---------------------------------------------------------------- CLI

@@ -239,9 +239,17 @@ class Layer(nn.Module):
     def __init__(self, trainable=True, name=None, dtype=None, input_shape=None, batch_input_shape=None,
                  input_dim=None, batch_size=None, **kwargs):
         super().__init__()
+        kind = type(self).__name__
+        # Keras code often spells out the defaults (kernel_constraint=None): accept those
+        unsupported = sorted(k for k, v in kwargs.items() if k.endswith(("_regularizer", "_constraint")))
+        for k in unsupported:
+            if kwargs.pop(k) is not None:
+                fix = ("use the optimizer's weight decay instead (keras.optimizers.AdamW(weight_decay=...))"
+                       if k.endswith("_regularizer") else
+                       "apply it to the weights in a callback instead (on_train_batch_end: layer.set_weights(...))")
+                raise ValueError(f"{kind}: {k} is not supported; {fix}")
         if kwargs:
-            raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s) "
-                            f"{', '.join(sorted(kwargs))}")
+            raise TypeError(f"{kind}: unexpected keyword argument(s) {', '.join(sorted(kwargs))}")
         if dtype not in (None, "float32", np.float32):
             raise ValueError(f"{type(self).__name__}: only float32 layers are supported, got dtype={dtype!r}")
         self.name = name or unique_name(to_snake_case(type(self).__name__))
