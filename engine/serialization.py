@@ -31,7 +31,7 @@ import numpy as np
 __all__ = ["save", "load", "CheckpointFormatError", "FORMAT_VERSION"]
 
 FORMAT_NAME = "dptrain-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: the checksum covers the structure JSON too (1: arrays only; still read)
 _META_STRUCT = "dptrain.structure"
 _META_FORMAT = "dptrain.format"
 _META_DIGEST = "dptrain.sha256"
@@ -107,8 +107,12 @@ class _Encoder:
                         "use Tensors, arrays, dicts, lists, tuples and JSON scalars (no pickle)")
 
 
-def _digest(arrays: dict) -> str:
+def _digest(arrays: dict, structure: str | None = None) -> str:
+    """sha256 of every array (name, dtype, shape, bytes) and, from format 2 on, of the structure
+    JSON: a flipped byte in a Keras model's architecture is corruption too, not a different model."""
     h = hashlib.sha256()
+    if structure is not None:
+        h.update(structure.encode())
     for name in sorted(arrays):
         a = arrays[name]
         h.update(name.encode())
@@ -137,10 +141,11 @@ def save(obj, path) -> None:
     path = os.fspath(path)
     enc = _Encoder()
     structure = enc.encode(obj, [])
+    struct_text = json.dumps(structure, separators=(",", ":"), allow_nan=False)
     metadata = {
         _META_FORMAT: f"{FORMAT_NAME}/{FORMAT_VERSION}",
-        _META_STRUCT: json.dumps(structure, separators=(",", ":"), allow_nan=False),
-        _META_DIGEST: _digest(enc.arrays),
+        _META_STRUCT: struct_text,
+        _META_DIGEST: _digest(enc.arrays, struct_text),
     }
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -222,15 +227,15 @@ def load(path, device=None, verify: bool = True, map_location=None, weights_only
             f"{path}: a safetensors file but not a dptrain checkpoint (no {_META_FORMAT} metadata); "
             "read it with safetensors.numpy.load_file instead")
     version = fmt.split("/", 1)[1]
-    if version != str(FORMAT_VERSION):
+    if version not in ("1", str(FORMAT_VERSION)):
         raise CheckpointFormatError(f"{path}: checkpoint format version {version}, this dptrain reads "
-                                    f"version {FORMAT_VERSION}")
+                                    f"versions 1 to {FORMAT_VERSION}")
     if verify:
         want = meta.get(_META_DIGEST)
-        got = _digest(arrays)
+        got = _digest(arrays, meta.get(_META_STRUCT, "") if version != "1" else None)
         if want != got:
-            raise CheckpointFormatError(f"{path}: array data does not match its checksum (corrupt file); "
-                                        "use an earlier checkpoint")
+            raise CheckpointFormatError(f"{path}: contents do not match their checksum (corrupt file); "
+                                        "use an earlier checkpoint or save again")
     try:
         structure = json.loads(meta[_META_STRUCT])
     except (KeyError, ValueError) as e:

@@ -89,7 +89,7 @@ def test_file_is_plain_safetensors_without_pickle(tmp_path):
     assert "optim.state.0.exp_avg" in arrays
     n = struct.unpack("<Q", raw[:8])[0]
     meta = json.loads(raw[8:8 + n])["__metadata__"]
-    assert meta["dptrain.format"] == "dptrain-checkpoint/1"
+    assert meta["dptrain.format"] == f"dptrain-checkpoint/{engine.serialization.FORMAT_VERSION}"
     json.loads(meta["dptrain.structure"])                # strict JSON (no NaN literals)
 
 
@@ -172,3 +172,25 @@ def test_model_and_optimizer_state_round_trip(tmp_path):
     back = engine.load(tmp_path / "ck.safetensors")
     _assert_same(ck, back)
     assert back["optim"]["param_groups"][0]["betas"] == (0.9, 0.999)
+
+
+def test_an_edited_structure_is_corruption_too_and_format_1_files_still_load(tmp_path):
+    """The checksum covers the structure JSON (format 2): a changed hyperparameter in a saved Keras
+    model is reported, not loaded as a different model.  Files of format 1 (arrays only) still load."""
+    import json
+    from safetensors.numpy import save_file
+    from engine import serialization as S
+    path = tmp_path / "ck.safetensors"
+    engine.save({"w": np.arange(4, dtype=np.float32), "cfg": {"epsilon": 0.001}}, path)
+    raw = path.read_bytes()
+    edited = raw.replace(b"0.001", b"0.007")
+    assert edited != raw and len(edited) == len(raw)
+    path.write_bytes(edited)
+    with pytest.raises(CheckpointFormatError, match="checksum"):
+        engine.load(path)
+    old = tmp_path / "v1.safetensors"               # what format 1 wrote: the digest of the arrays only
+    arrays = {"w": np.arange(3, dtype=np.float32)}
+    structure = {"$dict": [["w", {"$array": "w"}]]}
+    save_file(arrays, str(old), metadata={S._META_FORMAT: f"{S.FORMAT_NAME}/1", S._META_STRUCT: json.dumps(structure),
+                                          S._META_DIGEST: S._digest(arrays)})
+    np.testing.assert_array_equal(engine.load(old)["w"], arrays["w"])
