@@ -524,3 +524,37 @@ def test_same_order_and_worker_info_as_torch():
     theirs = [b.tolist() for b in TorchLoader(TorchShards(0, 11), batch_size=2, num_workers=2)]
     ours = [b[1].numpy().tolist() for b in DataLoader(Shards(0, 11), batch_size=2, num_workers=2)]
     assert ours == theirs
+
+
+class _Big(Dataset):
+    """64 MB samples: a batch is written to the pipe over many reads."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return np.full(1 << 24, i, dtype=np.float32)
+
+
+@pytest.mark.timeout(60)
+def test_timeout_holds_when_a_worker_stalls_halfway_through_a_batch():
+    """A worker stopped while writing a batch (SIGSTOP: alive, silent) must not hang the loop once
+    part of the batch has arrived: timeout= bounds the rest of the message too."""
+    it = iter(DataLoader(_Big(), batch_size=1, num_workers=1, timeout=3))
+    next(it)
+    time.sleep(1.0)                                   # the worker fills the pipe with the next batch
+    (worker,) = [p for p in mp.active_children() if p.is_alive()]
+    pid = worker.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"timed out after 3 seconds"):
+            next(it)
+        assert time.monotonic() - t0 < 10
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        del it
+        gc.collect()

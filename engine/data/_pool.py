@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import multiprocessing as mp
 import os
+import select
 import signal
 import sys
 import time
@@ -264,7 +265,7 @@ class WorkerPool:
                 w = conns.get(r)
                 if w is not None:
                     try:
-                        return w, _wire.recv(r)
+                        return w, _wire.recv(r, self._readable(w, start, limit, awaited, pending))
                     except (EOFError, OSError, ValueError):     # closed mid-message: it died
                         self._died(w)
             for r in ready:
@@ -272,14 +273,28 @@ class WorkerPool:
                 if w is not None and not w.results.poll():
                     self._died(w)
             if limit is not None and time.monotonic() - start >= limit:
-                if awaited is not None and awaited in pending:
-                    w, payload = pending[awaited]
-                    what = f"{_describe(awaited, payload)} from worker {w.id} (pid {w.process.pid})"
-                else:
-                    what = "a batch"
-                self.shutdown()
-                raise RuntimeError(f"DataLoader timed out after {self.timeout:g} seconds waiting for {what} "
-                                   "(timeout= bounds each wait for a worker's result)")
+                self._timed_out(awaited, pending)
+
+    def _readable(self, w, start, limit, awaited, pending):
+        """For _wire.recv: wait until w's pipe has more of the message, within the same timeout,
+        and notice a worker that stopped or died halfway (no hang on a half-sent batch)."""
+        def wait(fd):
+            while not select.select([fd], [], [], _WAIT_S)[0]:
+                if not w.process.is_alive():
+                    raise EOFError("worker died mid-message")
+                if limit is not None and time.monotonic() - start >= limit:
+                    self._timed_out(awaited, pending)
+        return wait
+
+    def _timed_out(self, awaited, pending):
+        if awaited is not None and awaited in pending:
+            w, payload = pending[awaited]
+            what = f"{_describe(awaited, payload)} from worker {w.id} (pid {w.process.pid})"
+        else:
+            what = "a batch"
+        self.shutdown()
+        raise RuntimeError(f"DataLoader timed out after {self.timeout:g} seconds waiting for {what} "
+                           "(timeout= bounds each wait for a worker's result)")
 
     def _died(self, w):
         w.process.join(timeout=2.0)

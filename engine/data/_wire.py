@@ -101,8 +101,12 @@ def send(conn, obj):
             view = view[os.write(fd, view):]
 
 
-def recv(conn):
-    """Read one message written by send(): the frame, then each array's bytes into a new array."""
+def recv(conn, readable=None):
+    """Read one message written by send(): the frame, then each array's bytes into a new array.
+
+    readable(fd), when given, is called before every read of array bytes and returns once the pipe
+    has data (or raises): the loader's timeout and its check that the worker is still alive then
+    hold inside a message too, not only before it starts."""
     slots = {}
 
     def ext_hook(code, data):
@@ -133,6 +137,8 @@ def recv(conn):
     for k in sorted(slots):             # straight into the new array (Connection would copy twice)
         view = memoryview(slots[k].reshape(-1).view(np.uint8))
         while view:
+            if readable is not None:
+                readable(fd)
             n = os.readv(fd, [view])
             if n == 0:
                 raise EOFError("DataLoader worker message ended early (the worker died)")
