@@ -132,7 +132,11 @@ def check_records(records: Sequence[bytes], me: int) -> None:
     settings = len(plain) == 1 and all(fp is not None for fp, _ in decoded)
     lines = [f"{_ranks(ranks)} called " + (fp.describe(settings) if fp is not None else "<unreadable fingerprint>")
              for fp, ranks in decoded]
-    raise CollectiveMismatchError(
-        f"collective mismatch seen by rank {me}: " + "; ".join(lines) +
-        ". Every rank must call the same collectives in the same order with the same shape, dtype and "
-        "op; nothing was exchanged.")
+    fix = ("Every rank must call the same collectives in the same order with the same shape, dtype and "
+           "op; nothing was exchanged.")
+    algos = {fp.algorithm for fp, _ in decoded if fp is not None}
+    if len(algos) > 1 and len({(fp.kind, fp.shape, fp.dtype, fp.op) for fp, _ in decoded if fp is not None}) == 1:
+        fix = ("The ranks chose different algorithms for the same call: set DPTRAIN_COMM_HIERARCHICAL and "
+               "DPTRAIN_COMM_SHM alike on every rank (and pass shared alloc() buffers on all or none); "
+               "nothing was exchanged.")
+    raise CollectiveMismatchError(f"collective mismatch seen by rank {me}: " + "; ".join(lines) + ". " + fix)

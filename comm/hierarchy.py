@@ -30,12 +30,20 @@ from __future__ import annotations
 import os
 from typing import Callable, List, Optional, Sequence
 
+from .errors import CommError
 from .ring import ring_pass
 from .transport import Deadline, PeerInfo, Request, Transport
 
 
 def enabled() -> bool:
-    return os.environ.get("DPTRAIN_COMM_HIERARCHICAL", "1").strip().lower() not in ("0", "false", "no", "off")
+    """DPTRAIN_COMM_HIERARCHICAL: on unless 0/false/no/off; anything else is an error, not a guess."""
+    raw = os.environ.get("DPTRAIN_COMM_HIERARCHICAL", "1").strip().lower()
+    if raw in ("1", "true", "yes", "on", ""):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise CommError(f"DPTRAIN_COMM_HIERARCHICAL={os.environ['DPTRAIN_COMM_HIERARCHICAL']!r}: expected 1 or 0 "
+                    "(true/false, yes/no, on/off)")
 
 
 class GroupTransport:

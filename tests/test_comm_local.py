@@ -99,6 +99,20 @@ def test_fingerprint_roundtrip_and_mismatch_message():
     b = Fingerprint(seq=3, kind="allreduce", op="sum", dtype="<f4", shape=(9,), algorithm="ring", segment=8192)
     with pytest.raises(CollectiveMismatchError, match="DPTRAIN_COMM_SEGMENT_BYTES=8192"):
         check_records([a.encode(), b.encode()], 0)
+    # Same call, different algorithm (one rank with DPTRAIN_COMM_HIERARCHICAL=0): the fix names it.
+    c = Fingerprint(seq=3, kind="allreduce", op="sum", dtype="<f4", shape=(9,), algorithm="hierarchical")
+    with pytest.raises(CollectiveMismatchError, match=r"algorithm=hierarchical.*different algorithms.*"
+                                                      r"DPTRAIN_COMM_HIERARCHICAL"):
+        check_records([c.encode(), a.encode()], 0)
+
+
+def test_a_misspelt_hierarchical_switch_is_an_error(monkeypatch):
+    from comm import hierarchy
+    monkeypatch.setenv("DPTRAIN_COMM_HIERARCHICAL", "flase")
+    with pytest.raises(comm.CommError, match=r"DPTRAIN_COMM_HIERARCHICAL='flase': expected 1 or 0"):
+        hierarchy.enabled()
+    monkeypatch.setenv("DPTRAIN_COMM_HIERARCHICAL", "Off")
+    assert hierarchy.enabled() is False
 
 
 # ------------------------------------------------------------------------------- 1-rank communicator
