@@ -63,15 +63,30 @@ def find_mpiexec(cfg: Config) -> str:
 _flavor_cache: dict[str, str] = {}
 
 
+VERSION_TIMEOUT_S = 20.0
+
+
 def mpi_flavor(mpiexec: str) -> str:
     """'mpich' (Hydra, also Intel MPI) or 'openmpi', from `mpiexec --version`."""
     if mpiexec in _flavor_cache:
         return _flavor_cache[mpiexec]
     try:
-        r = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=20)
-        text = (r.stdout or "") + (r.stderr or "")
-    except (OSError, subprocess.TimeoutExpired) as e:
+        # its own process group: a wrapper script that hangs is ended together with its children
+        p = subprocess.Popen([mpiexec, "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    except OSError as e:
         raise MpiError(f"cannot run {mpiexec} --version: {e}") from None
+    try:
+        out, err = p.communicate(timeout=VERSION_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        p.communicate()
+        raise MpiError(f"{mpiexec} --version did not answer within {VERSION_TIMEOUT_S:g} s; check "
+                       "cluster.mpi.mpiexec") from None
+    text = (out or "") + (err or "")
     if re.search(r"open mpi|openrte|open-mpi|prte", text, re.I):
         flavor = "openmpi"
     elif re.search(r"hydra|mpich|intel\(r\) mpi", text, re.I):

@@ -365,3 +365,16 @@ def test_postmortem_reports_the_root_cause_and_nothing_on_success(tmp_path):
                                                               "host": "elsewhere", "pid": 1}))
     assert postmortem.report(str(tmp_path), 0) == []
     assert postmortem.main([str(tmp_path)]) == 2
+
+
+def test_an_mpiexec_that_hangs_on_version_is_ended_with_its_children(tmp_path, monkeypatch):
+    import subprocess as sp
+    from launcher import mpirun
+    fake = tmp_path / "mpiexec"
+    fake.write_text("#!/bin/sh\nsleep 97531 &\nwait\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(mpirun, "VERSION_TIMEOUT_S", 1.0)
+    with pytest.raises(mpirun.MpiError, match=r"--version did not answer within 1 s; check cluster.mpi.mpiexec"):
+        mpirun.mpi_flavor(str(fake))
+    left = sp.run(["pgrep", "-f", "sleep 97531"], capture_output=True, text=True).stdout.split()
+    assert not left, f"the fake mpiexec's child is still running: {left}"
