@@ -73,6 +73,11 @@ class Unsendable(Rows):
         return object()
 
 
+class Masked(Rows):
+    def __getitem__(self, i):
+        return np.ma.masked_array([1.0, 2.0], mask=[False, True])
+
+
 class Info(Rows):
     def __getitem__(self, i):
         info = get_worker_info()
@@ -381,6 +386,12 @@ def test_error_in_a_worker_is_reraised_with_its_traceback():
 def test_unsendable_sample_suggests_num_workers_0():
     with pytest.raises(TypeError, match=r"(?s)cannot send batch 0.*builtins.object.*num_workers=0"):
         list(DataLoader(Unsendable(4), batch_size=None, num_workers=1))
+    assert_no_workers()
+    # an ndarray subclass would lose its extra state on the way (a masked array its mask): refused too
+    with pytest.raises(TypeError, match=r"(?s)numpy.ma.MaskedArray.*mask.*num_workers=0"):
+        list(DataLoader(Masked(4), batch_size=None, num_workers=1))
+    with pytest.raises(ValueError, match=r"timeout option should be a non-negative number of seconds.*'5'"):
+        DataLoader(Rows(4), num_workers=1, timeout="5")
     assert_no_workers()
 
 

@@ -58,6 +58,9 @@ def encode(obj):
 
     def default(o):
         if isinstance(o, np.ndarray):
+            if type(o) is not np.ndarray:       # a subclass (np.ma.MaskedArray, np.matrix) would arrive plain
+                raise UnsendableError(f"a {type(o).__module__}.{type(o).__name__} (an ndarray subclass: its extra "
+                                      "state, e.g. a mask, cannot be sent; return np.asarray(...) or plain arrays)")
             return array_ref(o)
         if isinstance(o, np.generic):
             _sendable_dtype(o.dtype, "a numpy scalar")

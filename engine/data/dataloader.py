@@ -217,8 +217,9 @@ class DataLoader:
         if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
             raise ValueError("num_workers option should be non-negative; use num_workers=0 to disable "
                              f"multiprocessing, got num_workers={num_workers!r}")
-        if timeout < 0:
-            raise ValueError("timeout option should be non-negative")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)) or timeout < 0:
+            raise ValueError(f"timeout option should be a non-negative number of seconds (0: wait as long as the "
+                             f"workers live), got timeout={timeout!r}")
         if num_workers == 0:
             if prefetch_factor is not None:
                 raise ValueError("prefetch_factor option could only be specified in multiprocessing: let "
