@@ -640,3 +640,22 @@ def test_bidirectional_initial_state_is_forward_states_then_backward_states(tmp_
     model.save(path)
     np.testing.assert_array_equal(keras.models.load_model(path).predict([x] + states, verbose=0),
                                   model.predict([x] + states, verbose=0))
+
+
+def test_misuse_of_the_recurrent_wrappers_gives_one_clear_error():
+    x = np.random.default_rng(0).random((2, 3, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"backward_layer must be an LSTM, GRU or SimpleRNN layer, got str"):
+        layers.Bidirectional(layers.LSTM(2), backward_layer="x")
+    with pytest.raises(ValueError, match=r"backward_layer must match the forward layer's units"):
+        layers.Bidirectional(layers.LSTM(2), backward_layer=layers.LSTM(3, go_backwards=True), merge_mode="sum")
+    with pytest.raises(ValueError, match=r'TimeDistributed wraps a layer with one output; "lstm_td" has several'):
+        layers.TimeDistributed(layers.LSTM(2, return_state=True, name="lstm_td"))
+    with pytest.raises(ValueError, match=r"LSTM: seed must be a non-negative integer or None, got 'abc'"):
+        layers.LSTM(2, seed="abc")
+    with pytest.raises(TypeError, match=r"got strings .*token ids first \(layers.TextVectorization"):
+        layers.LSTM(2)(np.array([[["a"] * 4] * 3]))
+    bi = layers.Bidirectional(layers.GRU(2, stateful=True, return_sequences=True))
+    first = bi(x).numpy()
+    assert bi.stateful and not np.allclose(bi(x).numpy(), first)      # carried
+    bi.reset_states()
+    np.testing.assert_array_equal(bi(x).numpy(), first)

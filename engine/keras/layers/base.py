@@ -108,6 +108,10 @@ def as_tensor_input(x, device=None) -> Tensor:
         # a DataLoader's batches are on the CPU: Keras moves inputs to the model's device
         return x.to(device) if device is not None and x.device != device else x
     arr = np.asarray(x) if not hasattr(x, "__cuda_array_interface__") else x
+    if arr.dtype.kind in "USO":
+        raise TypeError(f"a layer got {'strings' if arr.dtype.kind in 'US' else 'Python objects'} (array of "
+                        f"dtype {arr.dtype}, shape {arr.shape}) where it needs numbers; turn text into token ids "
+                        "first (layers.TextVectorization / StringLookup on the data, outside the model)")
     if arr.dtype != np.float32:
         arr = arr.astype(np.float32)
     return Tensor(arr, device=device if device not in (None, "cpu") else None)

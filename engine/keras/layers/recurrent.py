@@ -239,6 +239,8 @@ class _Recurrent(Layer):
         self.use_bias = bool(use_bias)
         self.dropout = _rate(self, "dropout", dropout)
         self.recurrent_dropout = _rate(self, "recurrent_dropout", recurrent_dropout)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"{kind}: seed must be a non-negative integer or None, got {seed!r}")
         self.seed = None if seed is None else int(seed)
         self._seed_rng = None if seed is None else np.random.default_rng(self.seed)
         self.return_sequences, self.go_backwards = bool(return_sequences), bool(go_backwards)

@@ -41,8 +41,17 @@ class Bidirectional(Layer):
         if backward_layer is None:
             backward_layer = type(layer).from_config({**cfg, "name": "backward_" + layer.name,
                                                       "go_backwards": not layer.go_backwards})
+        elif not isinstance(backward_layer, _Recurrent):
+            raise ValueError(f"Bidirectional: backward_layer must be an LSTM, GRU or SimpleRNN layer, got "
+                             f"{type(backward_layer).__name__}")
         elif backward_layer.go_backwards == layer.go_backwards:
             raise ValueError("Bidirectional: backward_layer must have go_backwards != the forward layer's")
+        elif (backward_layer.units, backward_layer.return_sequences, backward_layer.return_state) != (
+                layer.units, layer.return_sequences, layer.return_state):
+            raise ValueError("Bidirectional: backward_layer must match the forward layer's units, "
+                             "return_sequences and return_state (got "
+                             f"{(backward_layer.units, backward_layer.return_sequences, backward_layer.return_state)} "
+                             f"vs {(layer.units, layer.return_sequences, layer.return_state)})")
         if layer.name == cfg["name"] and not layer.name.startswith("forward_"):
             layer.name = "forward_" + layer.name
         for sub in (layer, backward_layer):
@@ -103,6 +112,18 @@ class Bidirectional(Layer):
             return super().__call__(inputs, training=training, mask=mask, **kwargs)
         from .recurrent import call_with_states
         return call_with_states(self, inputs, initial_state, training, mask)
+
+    def reset_states(self, states=None):
+        """stateful layers: reset both directions (states: forward ones, then backward ones)."""
+        fw, bw = self._split_states(list(states)) if states is not None else (None, None)
+        self.forward_layer.reset_states(fw)
+        self.backward_layer.reset_states(bw)
+
+    reset_state = reset_states
+
+    @property
+    def stateful(self):
+        return self.forward_layer.stateful
 
     def _split_states(self, states):
         k = len(self.forward_layer._state_names)
@@ -192,6 +213,9 @@ class TimeDistributed(Layer):
     def __init__(self, layer, **kwargs):
         if not isinstance(layer, Layer):
             raise TypeError(f"TimeDistributed wraps a keras layer (or model), got {type(layer).__name__}")
+        if getattr(layer, "return_state", False) or getattr(layer, "_multi", False):
+            raise ValueError(f'TimeDistributed wraps a layer with one output; "{layer.name}" has several '
+                             "(return_state / several model outputs)")
         super().__init__(**kwargs)
         self.layer = layer
         if not self.trainable:
