@@ -755,7 +755,7 @@ def _cross_checks(cfg: dict, errors: list[str], base_dir: str) -> None:
             continue
         host = n.get("host")
         if isinstance(host, str) and host:
-            key = "localhost" if is_loopback_host(host) else host
+            key = "localhost" if is_local_host(host) else host      # `localhost` and this machine's name too
             if key in seen:
                 errors.append(f"cluster.nodes.{i}.host: {host!r} is already cluster.nodes.{seen[key]}; "
                               f"list each machine once and raise its slots")

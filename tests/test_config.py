@@ -125,6 +125,13 @@ def test_wrong_types_and_values(raw, fragment):
     assert any(fragment in e for e in errs), errs
 
 
+def test_this_machine_listed_under_two_names_is_one_host():
+    import socket
+    errs = errors_of({"cluster": {"nodes": [{"host": "localhost", "slots": 1},
+                                            {"host": socket.gethostname(), "slots": 1}]}})
+    assert any("cluster.nodes.1.host" in e and "is already cluster.nodes.0" in e for e in errs), errs
+
+
 def test_cross_field_checks(tmp_path):
     errs = errors_of({
         "cluster": {"nodes": [{"host": "localhost", "slots": 2}, {"host": "127.0.0.1", "slots": 1}],
