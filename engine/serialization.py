@@ -208,6 +208,8 @@ def load(path, device=None, verify: bool = True, map_location=None, weights_only
             and not isinstance(map_location, dict):
         device = str(map_location)
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; give the saved file inside it (e.g. {path}/model.keras)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
