@@ -375,3 +375,9 @@ def test_lookup_configs_and_custom_standardize_round_trip():
         layers.deserialize(spec)
     back = layers.deserialize(spec, custom_objects={"shout": shout})
     np.testing.assert_array_equal(arr(back(["ab"])), [[2]])
+
+
+def test_a_number_in_a_string_vocabulary_is_refused_and_an_empty_batch_is_empty():
+    with pytest.raises(TypeError, match=r"vocabulary must hold strings \(str or bytes\), found a int \(5\)"):
+        layers.TextVectorization(vocabulary=["the", 5])
+    assert layers.TextVectorization(vocabulary=["a", "b"])([]).shape[0] == 0             # no rows, no error

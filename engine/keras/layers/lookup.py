@@ -118,6 +118,10 @@ def strings_of(data, who, what, encoding="utf-8", hint=""):
         scalar = False
     arr = _as_array(data, who, what)
     shape = () if scalar else arr.shape
+    if arr.size == 0:                           # np.asarray([]) is float64: nothing to check
+        return shape, []
+    if isinstance(data, (list, tuple)) and arr.dtype.kind in "US":
+        arr = _as_array(np.array(data, dtype=object), who, what)   # numpy would turn ["a", 5] into strings
     if arr.dtype.kind == "U":
         return shape, arr.ravel().tolist()
     if arr.dtype.kind == "S":
