@@ -489,3 +489,10 @@ def test_a_model_with_several_outputs_nests_as_a_layer_with_several_outputs(tmp_
     loaded = keras.models.load_model(path)
     for got, want in zip(loaded.predict(data, verbose=0), model.predict(data, verbose=0)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_weighted_metrics_for_unknown_outputs_name_the_argument():
+    i = keras.Input(shape=(3,))
+    model = keras.Model(i, [layers.Dense(1, name="a")(i), layers.Dense(1, name="b")(i)])
+    with pytest.raises(ValueError, match=r"compile\(weighted_metrics=\.\.\.\): \['c'\] are not outputs"):
+        model.compile(optimizer="sgd", loss="mse", weighted_metrics={"c": ["mae"]})

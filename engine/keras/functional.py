@@ -294,7 +294,7 @@ class Functional(Model):
         self.optimizer = optimizers_mod.get(optimizer)
         self.loss = self._losses[0]                 # Model's "is there a loss" checks
         self._metric_ids = self._metrics_per_output(metrics)
-        self._weighted_metric_ids = self._metrics_per_output(weighted_metrics)
+        self._weighted_metric_ids = self._metrics_per_output(weighted_metrics, "weighted_metrics")
         self._metrics = None
         self._optimizer_built = False
         self.compiled = True
@@ -315,14 +315,14 @@ class Functional(Model):
             return list(value)
         return [default if value is None else value] * len(names)
 
-    def _metrics_per_output(self, metrics):
+    def _metrics_per_output(self, metrics, what="metrics"):
         names = self.output_names
         if metrics is None:
             return [[] for _ in names]
         if isinstance(metrics, dict):
-            per = self._per_output(metrics, "metrics", default=[])
+            per = self._per_output(metrics, what, default=[])
         elif isinstance(metrics, (list, tuple)) and metrics and all(isinstance(m, (list, tuple)) for m in metrics):
-            per = self._per_output(list(metrics), "metrics")
+            per = self._per_output(list(metrics), what)
         else:                                       # the same metrics for every output
             per = [metrics] * len(names)
         return [[m] if isinstance(m, (str, metrics_mod.Metric)) else list(m) for m in per]
