@@ -95,7 +95,21 @@ def _as_axes(attention_axes):
     return [int(a) for a in axes]
 
 
-class MultiHeadAttention(Layer):
+class _QueryValueLayer(Layer):
+    """What the attention layers share: called on [query, value(, key)], built from those shapes,
+    errors naming the layer."""
+
+    def _err(self, text, cls=ValueError):
+        return cls(f'layer "{self.name}" ({type(self).__name__}): {text}')
+
+    def _build_for_many(self, shapes, return_attention_scores=False):
+        """The symbolic call (functional API): build, and the output shape(s) for the graph."""
+        self._ensure_built(shapes)
+        self.output_shape_built = self._output_shapes([tuple(s) for s in shapes], return_attention_scores)
+        return self.output_shape_built
+
+
+class MultiHeadAttention(_QueryValueLayer):
     """keras.layers.MultiHeadAttention(num_heads, key_dim, value_dim=None, dropout=0.0, use_bias=True,
     output_shape=None, attention_axes=None, kernel_initializer='glorot_uniform', bias_initializer='zeros',
     seed=None), called as mha(query, value, key=None, attention_mask=None, return_attention_scores=False,
@@ -146,9 +160,6 @@ class MultiHeadAttention(Layer):
         self._rng = None if seed is None else np.random.default_rng(self.seed)
 
     # ------------------------------------------------------------------ shapes and weights
-    def _err(self, text, cls=ValueError):
-        return cls(f'layer "{self.name}" (MultiHeadAttention): {text}')
-
     def _check_shapes(self, query_shape, value_shape, key_shape):
         shapes = {"query": tuple(query_shape), "value": tuple(value_shape), "key": tuple(key_shape)}
         for what, s in shapes.items():
@@ -211,12 +222,6 @@ class MultiHeadAttention(Layer):
             self.build(q, v, None if len(shapes) == 2 else k)
         else:
             self._check_shapes(q, v, k)
-
-    def _build_for_many(self, shapes, return_attention_scores=False):
-        """The symbolic call (functional API): build, and the output shape(s) for the graph."""
-        self._ensure_built(shapes)
-        self.output_shape_built = self._output_shapes([tuple(s) for s in shapes], return_attention_scores)
-        return self.output_shape_built
 
     def _build_for(self, input_shape):
         raise self._err("needs a query and a value: call it as mha(query, value) (self-attention: mha(x, x))")
@@ -340,7 +345,7 @@ class MultiHeadAttention(Layer):
                 "bias_initializer": initializers.serialize(self.bias_initializer), "seed": self.seed}
 
 
-class Attention(Layer):
+class Attention(_QueryValueLayer):
     """keras.layers.Attention(use_scale=False, score_mode='dot', dropout=0.0, seed=None), called as
     attention([query, value]) or attention([query, value, key], mask=[query_mask, value_mask],
     return_attention_scores=False, use_causal_mask=False): softmax(query @ key^T) @ value on
@@ -358,9 +363,6 @@ class Attention(Layer):
         self.use_scale, self.score_mode, self.dropout = bool(use_scale), score_mode, float(dropout)
         self.seed = None if seed is None else int(seed)
         self._rng = None if seed is None else np.random.default_rng(self.seed)
-
-    def _err(self, text, cls=ValueError):
-        return cls(f'layer "{self.name}" ({type(self).__name__}): {text}')
 
     def build(self, input_shape):
         if self.use_scale:
@@ -400,11 +402,6 @@ class Attention(Layer):
         q, v = shapes[0], shapes[1]
         out = (None, q[1], v[-1])
         return [out, (None, q[1], v[1])] if return_attention_scores else out
-
-    def _build_for_many(self, shapes, return_attention_scores=False):
-        self._ensure_built(shapes)
-        self.output_shape_built = self._output_shapes([tuple(s) for s in shapes], return_attention_scores)
-        return self.output_shape_built
 
     def _build_for(self, input_shape):
         raise self._err("must be called on a list [query, value] or [query, value, key]")
