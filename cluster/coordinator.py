@@ -44,7 +44,8 @@ __all__ = ["Coordinator", "Event", "WorkerInfo", "main"]
 
 @dataclass
 class Event:
-    """Something the launcher must act on: kind is dead | failed | startup_timeout | done | registered | warning."""
+    """Something the launcher must act on: kind is dead | failed | timeout | startup_timeout | done |
+    registered | warning."""
     kind: str
     rank: int | None
     detail: str
@@ -77,6 +78,10 @@ class WorkerInfo:
     last_seq: int = -1
     identity: bytes = b""
     address: str | None = None    # IP the worker connected from (hostnames can repeat: containers)
+    comm: dict | None = None      # its communicator's activity() at the last heartbeat
+    comm_at: float = 0.0          # when that heartbeat arrived
+    where: list = field(default_factory=list)   # its main thread's innermost frames then
+    timed_out: dict | None = None  # what it reported when a collective timed out on it
 
 
 
@@ -314,6 +319,11 @@ class Coordinator:
         res = b.get("resources") or {}
         w.resources = {k: v for k, v in res.items() if isinstance(v, (int, float, str, bool)) or v is None}
         self._watch_memory(w)
+        if isinstance(b.get("comm"), dict):
+            w.comm = {k: v for k, v in b["comm"].items()
+                      if k in ("completed", "seq", "kind", "since") and isinstance(v, (int, float, str))}
+            w.comm_at = time.time()
+            w.where = [str(x)[:300] for x in (b.get("where") or [])[:32] if isinstance(x, str)]
         if self.run_dir:
             rec = {"time": round(time.time(), 3), "rank": w.rank, "attempt": self.attempt, "step": w.step,
                    "epoch": w.epoch, **w.resources}
@@ -382,6 +392,26 @@ class Coordinator:
         self._events.put(Event("failed", w.rank, msg["body"]["message"][-2000:], self.attempt))
         return {}
 
+    def _on_timeout(self, msg: dict, identity: bytes) -> dict:
+        w = self.workers[msg["rank"]]
+        b = msg["body"]
+        w.state = "failed"
+        w.timed_out = {"seq": b["seq"], "collective": b["collective"], "timeout_s": float(b["timeout_s"]),
+                       "waiting_for": [r for r in b.get("waiting_for", []) if isinstance(r, int)][:64],
+                       "time": time.time()}
+        self._events.put(Event("timeout", w.rank, b["message"][-2000:], self.attempt))
+        return {}
+
+    def collective_view(self) -> dict[int, dict]:
+        """Per registered rank: state, the communicator activity and stack of its last heartbeat
+        (with when it arrived) and its timeout report, if any.  The launcher reads this when a
+        collective times out to find the rank that never joined it."""
+        with self._lock:
+            return {r: {"state": w.state, "host": w.host, "pid": w.pid, "comm": dict(w.comm) if w.comm else None,
+                        "comm_at": w.comm_at, "where": list(w.where),
+                        "timed_out": dict(w.timed_out) if w.timed_out else None}
+                    for r, w in self.workers.items()}
+
     # ------------------------------------------------------------------ liveness
     def _check_liveness(self) -> None:
         now = time.time()
@@ -425,7 +455,8 @@ class Coordinator:
                                      "step": w.step,
                                      "epoch": w.epoch, "gpu": w.gpu, "local_rank": w.local_rank,
                                      "node_rank": w.node_rank, "last_seen": round(w.last_seen, 3),
-                                     "resources": w.resources}
+                                     "resources": w.resources, "comm": w.comm,
+                                     "where": w.where[-2:]}
                             for r, w in sorted(self.workers.items())},
                 "checkpoints": list(self.checkpoints),
             }
@@ -502,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             f.write(coord.address + "\n")
         os.replace(tmp, args.addr_file)
     print(f"[coordinator] listening on {coord.address} for {args.world_size} ranks", file=sys.stderr, flush=True)
+    diagnosed = False
     while not stop.is_set():
         ev = coord.get_event(timeout=0.2)
         if ev is None:
@@ -510,10 +542,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[coordinator] {ev.kind}: {ev.detail}", file=sys.stderr, flush=True)
             if args.kill_pidfile and ev.kind != "failed":
                 _kill_from_pidfile(args.kill_pidfile)
+        elif ev.kind == "timeout" and not diagnosed:
+            diagnosed = True
+            print(f"[coordinator] timeout: {ev.detail}", file=sys.stderr, flush=True)
+            stop.wait(2.5)          # the other ranks' reports and heartbeats after it
+            _print_laggards(coord, ev.rank)
         elif ev.kind == "done" and coord.all_done():
             print("[coordinator] all ranks finished", file=sys.stderr, flush=True)
     coord.stop()
     return 0
+
+
+def _print_laggards(coord: Coordinator, rank: int | None) -> None:
+    """The launch script's view of a collective timeout: the rank that never joined it (stall.py)."""
+    from .stall import find_laggards
+    view = coord.collective_view()
+    report = (view.get(rank) or {}).get("timed_out") if rank is not None else None
+    lag = find_laggards(view, report) if report else None
+    if lag is None:
+        return
+    print(f"[coordinator] rank {lag.ranks[0]}: {lag.reason()}", file=sys.stderr, flush=True)
+    if lag.state != "done":
+        print(f"[coordinator] {lag.where_header()}", file=sys.stderr, flush=True)
+        for line in lag.where:
+            print(f"    {line}", file=sys.stderr, flush=True)
+        print(f"[coordinator] {lag.advice()}", file=sys.stderr, flush=True)
 
 
 def _kill_from_pidfile(path: str) -> None:

@@ -66,6 +66,29 @@ def launcher_gone() -> str:
     return f"the launcher (pid {pid}) has exited" if state in ("Z", "X") else ""
 
 
+#: frames of the worker's own entry point and of runpy say nothing about where a rank is
+_ENTRY_FILES = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py"), "runpy.py", "<frozen runpy>")
+
+
+def main_thread_stack(limit: int = 8, width: int = 240) -> list[str]:
+    """The innermost `limit` frames of the main thread, as traceback lines (two per frame).
+
+    Sent with each heartbeat, so that when a rank hangs or lags, the launcher can say where
+    (by the time anyone asks, the rank may already have been stopped)."""
+    import traceback
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    if frame is None:
+        return []
+    frames = [fs for fs in traceback.extract_stack(frame)
+              if not fs.filename.endswith(_ENTRY_FILES)][-limit:]
+    lines: list[str] = []
+    for fs in frames:
+        lines.append(f'File "{fs.filename}", line {fs.lineno}, in {fs.name}'[:width])
+        if fs.line:
+            lines.append("  " + fs.line.strip()[:width])
+    return lines
+
+
 class CoordinatorError(RuntimeError):
     """The coordinator refused a request or did not answer in time."""
 
@@ -104,6 +127,7 @@ class CoordinatorClient:
         self._sock = None
         self._sampler = None
         self._warned_at = 0.0
+        self._activity = None
         self.failures = 0
 
     @classmethod
@@ -202,6 +226,24 @@ class CoordinatorClient:
         if epoch is not None:
             self.epoch = int(epoch)
 
+    def watch(self, communicator) -> None:
+        """Send `communicator.activity()` and the main thread's stack with every heartbeat: the
+        launcher uses them to name the rank that never joined a collective the others timed out
+        in, and the line it was at."""
+        self._activity = getattr(communicator, "activity", None)
+
+    def report_timeout(self, err) -> None:
+        """Best effort, before exiting: this rank timed out inside a collective (a CommTimeoutError
+        with its facts); the launcher gathers these to find the rank everybody waited for."""
+        if not self.enabled or getattr(err, "seq", None) is None:
+            return
+        body = {"message": str(err)[-2000:], "seq": int(err.seq), "collective": str(err.collective or ""),
+                "timeout_s": float(err.timeout or 0.0), "waiting_for": [int(r) for r in err.waiting_for][:64]}
+        try:
+            self.request("timeout", body, timeout=min(self.timeout, 2.0))
+        except (CoordinatorError, ProtocolError, zmq.ZMQError):
+            pass
+
     def heartbeat(self) -> dict:
         if not self.enabled:
             return {}
@@ -209,6 +251,12 @@ class CoordinatorClient:
             from .resources import ResourceSampler
             self._sampler = ResourceSampler()
         body = {"step": self.step, "epoch": self.epoch, "resources": self._sampler.sample()}
+        if self._activity is not None:
+            try:
+                body["comm"] = self._activity()
+                body["where"] = main_thread_stack()
+            except Exception:  # noqa: BLE001 - a diagnostic must never stop the heartbeat
+                pass
         reply = self.request("heartbeat", body)
         self.checkpoint_pending = bool(reply.get("checkpoint_pending"))
         return reply

@@ -26,7 +26,7 @@ __all__ = ["PROTOCOL_VERSION", "MAX_MESSAGE_BYTES", "ProtocolError", "encode", "
            "make_reply", "REQUEST_TYPES"]
 
 PROTOCOL_VERSION = 1
-MAX_MESSAGE_BYTES = 64 * 1024          # one heartbeat is ~300 bytes; 64 KiB leaves room for error tails
+MAX_MESSAGE_BYTES = 64 * 1024          # a heartbeat is ~300 bytes (~2 KB with its stack); room for error tails
 DIGEST_SIZE = hashlib.sha256().digest_size
 
 _NUM = (int, float)
@@ -35,11 +35,14 @@ _OPT_INT = (int, type(None))
 REQUEST_TYPES: dict[str, tuple[dict[str, tuple], dict[str, tuple]]] = {
     "register": ({"host": (str,), "pid": (int,), "world_size": (int,)},
                  {"local_rank": _OPT_INT, "node_rank": _OPT_INT, "gpu": _OPT_INT, "backend": (str,)}),
-    "heartbeat": ({}, {"step": _OPT_INT, "epoch": _OPT_INT, "resources": (dict,)}),
+    "heartbeat": ({}, {"step": _OPT_INT, "epoch": _OPT_INT, "resources": (dict,), "comm": (dict,),
+                       "where": (list,)}),
     "checkpoint_query": ({"step": (int,)}, {"final": (bool,), "epoch": _OPT_INT}),
     "checkpoint_done": ({"step": (int,), "path": (str,), "sha256": (str,)}, {"epoch": _OPT_INT}),
     "done": ({}, {"status": (str,), "summary": (dict,)}),
     "error": ({"message": (str,)}, {"traceback": (str,)}),
+    "timeout": ({"message": (str,), "seq": (int,), "collective": (str,), "timeout_s": _NUM},
+                {"waiting_for": (list,)}),
 }
 _ENVELOPE = {"v": (int,), "type": (str,), "rank": (int,), "attempt": (int,), "seq": (int,), "ts": _NUM,
              "body": (dict,)}

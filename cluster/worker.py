@@ -97,6 +97,17 @@ def _report(rank, exc: BaseException, run_dir) -> int:
     return EXIT_CONFIG if isinstance(exc, recurring) else 1
 
 
+def _comm_timeout_in(exc: BaseException):
+    """The CommTimeoutError behind `exc` (itself, or what it was raised from), else None."""
+    import comm
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, comm.CommTimeoutError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def _exit_now(code: int) -> None:
     """Under MPI a failing rank must not enter MPI_Finalize: it waits for the ranks that are still
     computing (or stuck waiting for this one), so the failure would surface only at their timeout
@@ -165,6 +176,7 @@ def main(argv=None) -> int:
         client = CoordinatorClient.from_env(rank=communicator.rank)
         if client is not None and client.enabled:
             client.share()
+            client.watch(communicator)
             client.register()
             client.start_heartbeat(cfg.fault_tolerance.heartbeat_interval,
                                    lost_after=cfg.fault_tolerance.heartbeat_timeout,
@@ -207,6 +219,9 @@ def main(argv=None) -> int:
     except Exception as e:  # one readable line first; the traceback where it helps
         rank = communicator.rank if communicator is not None else os.environ.get("DPTRAIN_RANK", "?")
         code, failure = _report(rank, e, run_dir), f"{type(e).__name__}: {e}"
+        timed_out = _comm_timeout_in(e)
+        if client is not None and timed_out is not None:
+            client.report_timeout(timed_out)   # before exiting: under mpiexec our exit stops the others
     finally:
         if client is not None:
             client.close()

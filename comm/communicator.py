@@ -13,6 +13,7 @@ moved.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable, List, Optional
 
 import msgpack
@@ -97,6 +98,8 @@ class Communicator:
         self.small_bytes = env_int("DPTRAIN_COMM_SMALL_BYTES", DEFAULT_SMALL_BYTES)
         self._shared = SharedBuffers(transport.rank)
         self._grid: Optional[HostGrid] = None   # several hosts: two-level ring collectives
+        self._inside: Optional[tuple] = None    # (seq, kind, since) of the collective running now
+        self._completed = 0                     # collectives finished so far (the next seq to finish)
 
     # -- identity -----------------------------------------------------------------------------------
     @property
@@ -120,6 +123,17 @@ class Communicator:
         """True when the ranks span several hosts with the same number (>= 2) on each: ring
         collectives then reduce inside each host first (see hierarchy.py)."""
         return self._grid is not None
+
+    def activity(self) -> dict:
+        """Where this rank is in the job's sequence of collectives: ``completed`` calls so far and,
+        while one runs, its ``seq``, ``kind`` and ``since`` (epoch s).  Cheap and safe from any
+        thread: heartbeats carry it so a launcher can tell the rank that never joined a collective
+        from the ranks that timed out waiting inside it."""
+        inside = self._inside
+        out = {"completed": self._completed}
+        if inside is not None:
+            out.update(seq=inside[0], kind=inside[1], since=round(inside[2], 3))
+        return out
 
     @property
     def backend(self) -> str:
@@ -205,14 +219,18 @@ class Communicator:
                 raise CommError(f"rank {self.rank}: {context} refused: the communicator is unusable after an "
                                 f"earlier failure: {why}")
             deadline = Deadline(self.timeout if timeout is None else timeout)
+            self._inside = (fp.seq, fp.kind, time.time())
             try:
                 if self.size > 1:
                     records = exchange_records(self._tp, fp.encode(), deadline=deadline, context=context,
                                                tag=self._tag(fp.seq, 0))
                     check_records(records, self.rank)
-                return body(deadline, context, fp.seq)
+                result = body(deadline, context, fp.seq)
+                self._inside, self._completed = None, fp.seq + 1
+                return result
             except BaseException as exc:
                 if isinstance(exc, CollectiveMismatchError) or getattr(exc, "ranks_agree", False):
+                    self._inside = None
                     raise  # raised alike on every rank, nothing in flight: the communicator stays usable
                 # Anything else (timeout, lost peer, protocol error, even KeyboardInterrupt mid-transfer)
                 # may leave messages in flight: retire the communicator and tell the peers.

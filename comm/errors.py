@@ -13,7 +13,18 @@ class CommError(RuntimeError):
 
 
 class CommTimeoutError(CommError, TimeoutError):
-    """A wait ran past its deadline; the message names the rank that was being waited for."""
+    """A wait ran past its deadline; the message names the rank that was being waited for.
+
+    The same facts travel as attributes for launchers, which gather every rank's view to
+    name the rank that never arrived (the one waited for may itself be waiting on it):
+    ``seq`` / ``collective``: the call that timed out (None outside a collective);
+    ``waiting_for``: world ranks this rank was waiting on; ``timeout``: the deadline in s.
+    """
+
+    seq = None
+    collective = None
+    waiting_for: tuple = ()
+    timeout = None
 
 
 class CollectiveMismatchError(CommError):

@@ -22,7 +22,7 @@ import numpy as np
 
 from .env import env_int
 from .errors import CommError, CommTimeoutError
-from .transport import Deadline, Request, ScratchPool, Transport
+from .transport import Deadline, Request, ScratchPool, Transport, describe_timeout
 
 _CHECK_INTERVAL_S = 0.05
 
@@ -231,10 +231,11 @@ class MpiTransport(Transport):
         try:
             self._wait(reqs, deadline, context)
         except CommTimeoutError:
-            raise CommTimeoutError(
+            raise describe_timeout(CommTimeoutError(
                 f"rank {self.rank}: {context} did not complete within {deadline.timeout:g} s: at least one "
                 f"rank did not join this MPI collective or is hung (MPI cannot say which). Raise the timeout "
-                f"(comm.init(timeout=...) / DPTRAIN_COMM_TIMEOUT) if the ranks are legitimately slow.") from None
+                f"(comm.init(timeout=...) / DPTRAIN_COMM_TIMEOUT) if the ranks are legitimately slow."),
+                context, (), deadline.timeout) from None
 
     def abort(self, reason: str) -> None:
         # MPI has no cheap way to wake the peers; the launcher or their own timeouts do that.

@@ -260,10 +260,22 @@ class Transport:
         else:
             who = " and ".join(self.peer_label(p) for p in send_to)
             what = f"waiting for {who} to take data this rank sent"
-        return CommTimeoutError(
+        err = CommTimeoutError(
             f"rank {self.rank}: {context} timed out after {deadline.timeout:g} s {what}. That rank is hung, "
             f"much slower, stuck in a different collective, or waiting on another rank itself. If it is "
             f"legitimately slow raise the timeout (comm.init(timeout=...) or DPTRAIN_COMM_TIMEOUT).")
+        return describe_timeout(err, context, recv_from or send_to, deadline.timeout)
+
+
+def describe_timeout(err: CommTimeoutError, context, waiting_for: Sequence[int], timeout) -> CommTimeoutError:
+    """Attach the facts of a timeout as attributes (see CommTimeoutError); `context` names the
+    collective when it carries its fingerprint."""
+    fp = getattr(context, "fp", None)
+    if fp is not None:
+        err.seq, err.collective = int(fp.seq), str(fp.kind)
+    err.waiting_for = tuple(int(p) for p in waiting_for)
+    err.timeout = float(timeout) if timeout is not None else None
+    return err
 
 
 class LocalTransport(Transport):

@@ -104,6 +104,45 @@ def _fmt(v) -> str:
     return str(v)
 
 
+#: a collective running this long on some rank, while others are outside it, is worth pointing at
+STALL_AFTER_S = 5.0
+
+
+def _collective(c, seen) -> str:
+    """'in allreduce #7 for 12s', or '7 done', from a heartbeat's communicator activity."""
+    if not isinstance(c, dict):
+        return "-"
+    if "seq" in c:
+        try:
+            took = f" for {float(seen) - float(c['since']):.0f}s"
+        except (KeyError, TypeError, ValueError):
+            took = ""
+        return f"in {c.get('kind') or 'collective'} #{c['seq']}{took}"
+    return f"{c.get('completed', '?')} done"
+
+
+def _stall_lines(workers: dict) -> list[str]:
+    """When some ranks have sat inside a collective for a while, where the others were (the ones
+    that have not joined it), from their last heartbeats."""
+    inside, outside = [], []
+    for r, w in sorted(workers.items(), key=lambda kv: int(kv[0])):
+        c = w.get("comm")
+        if w.get("state") != "running" or not isinstance(c, dict):
+            continue
+        try:
+            stalled = "seq" in c and float(w["last_seen"]) - float(c["since"]) > STALL_AFTER_S
+        except (KeyError, TypeError, ValueError):
+            stalled = False
+        (inside if stalled else outside if "seq" not in c else []).append((r, w))
+    if not inside or not outside:
+        return []
+    out = [f"  ranks {', '.join(r for r, _ in inside)} have waited inside a collective for more than "
+           f"{STALL_AFTER_S:g} s; the ranks outside it were at:"]
+    for r, w in outside:
+        out.append(f"    rank {r}: " + " / ".join(x.strip() for x in (w.get("where") or ["?"])))
+    return out
+
+
 def format_status(st: dict) -> str:
     lines = [f"run        {st['run_dir']}" + (f"  ({st['name']})" if st.get("name") else ""),
              f"state      {st['state']}"]
@@ -121,13 +160,16 @@ def format_status(st: dict) -> str:
         keys = ["status", "world_size", "epochs", "steps", "test_accuracy", "test_loss", "samples_per_s",
                 "restarts", "wall_time_s", "last_checkpoint", "exit_code"]
         lines.append("summary    " + ", ".join(f"{k}={_fmt(s[k])}" for k in keys if k in s))
+        if s.get("failure"):
+            lines.append(f"failure    rank {s.get('failed_rank')}: {s['failure']}")
+            lines += [f"  {x}" for x in s.get("failure_where") or []]
     co = st.get("coordinator") or {}
     workers = co.get("workers") or {}
     if workers:
         lines.append(f"workers    (coordinator {co.get('address')}, attempt {co.get('attempt')}, updated "
                      f"{_ago(co.get('updated'))})")
         lines.append("  rank  state     host (address)               pid      step   epoch  cpu%    rss      "
-                     "gpu-mem  last-seen")
+                     "gpu-mem  last-seen  collectives")
         for r, w in sorted(workers.items(), key=lambda kv: int(kv[0])):
             res = w.get("resources") or {}
             where = str(w.get("host"))
@@ -136,7 +178,8 @@ def format_status(st: dict) -> str:
             lines.append(f"  {int(r):<5} {w.get('state', '?'):<9} {where[:28]:<28} {w.get('pid', '-'):<8} "
                          f"{_fmt(w.get('step')):<6} {_fmt(w.get('epoch')):<6} {_fmt(res.get('cpu_percent', '-')):<7} "
                          f"{_mb(res.get('rss_bytes')):<8} {_mb(res.get('gpu_mem_used_bytes')):<8} "
-                         f"{_ago(w.get('last_seen'))}")
+                         f"{_ago(w.get('last_seen')):<10} {_collective(w.get('comm'), w.get('last_seen'))}")
+        lines += _stall_lines(workers)
         if co.get("rejected"):
             lines.append(f"  refused messages: {co['rejected']}")
     ck = st.get("checkpoints") or []

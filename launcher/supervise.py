@@ -16,12 +16,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cluster.checkpoint import checkpoint_step
 from cluster.worker import EXIT_CONFIG, EXIT_PEER_FAILURE
 
 from .job import Job, free_port, start_coordinator
+from cluster.stall import UNEVEN_STEPS, find_laggards, views_pending
 
 __all__ = ["Failure", "Group", "Supervisor", "describe_exit", "exit_code_of", "root_cause", "tail_file"]
 
@@ -32,6 +33,7 @@ class Failure:
     exit_code: int           # what the launcher exits with
     reason: str
     tail: list[str]
+    where: list[str] = field(default_factory=list)   # a header, then where the rank was (lagging ranks)
 
 
 def resource_usage(path: str, attempt: int) -> dict:
@@ -223,6 +225,11 @@ class Supervisor:
                            reason=failure.reason)
                 who = f"rank {failure.rank}" if failure.rank is not None else "the job"
                 self.say(f"{who} failed: {failure.reason}; stopping the other workers")
+                if failure.where:
+                    self.say(failure.where[0])
+                    for line in failure.where[1:-1]:
+                        self.out.write(f"    {line}\n")
+                    self.say(failure.where[-1])
                 self.group.stop(ft["grace_period"])
                 tail = failure.tail or (self.group.tail(failure.rank) if failure.rank is not None else [])
                 if tail:
@@ -289,7 +296,7 @@ class Supervisor:
                 return 128 + self._signal
             ok, failure = self.group.poll()
             if failure is not None:
-                return self._behind_echo(failure, coord)
+                return self._behind_timeout(self._behind_echo(failure, coord), coord)
             if ok:
                 return None
             ev = coord.get_event(timeout=0.1)
@@ -336,10 +343,45 @@ class Supervisor:
         except Exception:  # noqa: BLE001
             silent = []
         if not silent:
+            done = [r for r in range(self.job.world_size) if self.group.exited_ok(r)]
+            if done:   # it said goodbye while the others were inside a collective (ZeroMQ's BYE)
+                return Failure(done[0], 1, f"it finished and exited while the other ranks still "
+                                                           f"ran collectives: {UNEVEN_STEPS}", [])
             return failure
         rank, seconds = silent[0]
         return Failure(rank, 1, f"no heartbeat for {seconds:.1f} s while rank {failure.rank} lost its connection "
                                 f"to it (hung, or stopped with SIGSTOP / Ctrl-Z)", [])
+
+    def _behind_timeout(self, failure: Failure, coord) -> Failure:
+        """A rank that timed out inside a collective names the neighbour it waited for, which may be
+        waiting itself: name instead the rank that never joined that collective, with the line its
+        last heartbeat found it at (stall.py).  Waits up to a heartbeat interval for the ranks'
+        views after the timeout; keeps `failure` when the evidence does not single anyone out."""
+        if failure.rank is None:
+            return failure
+        try:
+            view = coord.collective_view()
+        except Exception:  # noqa: BLE001 - the diagnosis is a courtesy
+            return failure
+        report = (view.get(failure.rank) or {}).get("timed_out")
+        if not report:
+            return failure
+        interval = float(self.job.cfg["fault_tolerance"]["heartbeat_interval"])
+        deadline = time.monotonic() + min(interval + 1.0, 10.0)
+        while time.monotonic() < deadline:
+            finished = {r for r in view if self.group.exited_ok(r) or self.group.failure_of(r) is not None}
+            if not views_pending(view, report, finished):
+                break
+            time.sleep(0.1)
+            view = coord.collective_view()
+        lag = find_laggards(view, report)
+        if lag is None or lag.ranks[0] == failure.rank:
+            return failure
+        own = self.group.failure_of(lag.ranks[0])
+        if own is not None and own.exit_code != EXIT_PEER_FAILURE:
+            return own          # it crashed: that is the cause, with its own message
+        where = [lag.where_header(), *lag.where, lag.advice()] if lag.state != "done" else []
+        return Failure(lag.ranks[0], failure.exit_code, lag.reason(), [], where)
 
     def _where_missing(self, coord) -> str:
         """' (hosts ...; ...)': where the ranks that never registered were to run, and what to check."""
@@ -371,6 +413,8 @@ class Supervisor:
                     pass
         if failure is not None:
             extra.update(failed_rank=failure.rank, failure=failure.reason)
+            if failure.where:
+                extra["failure_where"] = failure.where
         if not summary.get("last_checkpoint"):
             try:
                 from cluster.checkpoint import latest_valid_checkpoint

@@ -18,11 +18,11 @@ print(f"rank {ctx.rank}/{ctx.size} backend {ctx.comm.backend} sum {x[0]:g} args 
 '''
 
 
-def _launch(tmp_path, *args, timeout=90):
+def _launch(tmp_path, *args, timeout=90, **extra_env):
     script = tmp_path / "probe.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DPTRAIN_", "OMPI_", "PMI_", "HYDRA_"))}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", **extra_env)
     return subprocess.run([sys.executable, "-m", "launcher", "launch", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -126,3 +126,52 @@ def test_a_stopped_rank_is_blamed_not_the_peer_that_lost_it(tmp_path):
     assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
     assert "dptrain: rank 1 failed: no heartbeat for" in p.stderr and "stopped with SIGSTOP" in p.stderr
     assert "that process is stopped (SIGSTOP, Ctrl-Z or a debugger)" in p.stdout
+
+
+LAGGING = '''
+import sys
+import time
+import numpy as np
+import cluster
+ctx = cluster.init()
+mode = sys.argv[1]
+for i in range(6 if mode == "uneven" and ctx.rank == 1 else 12):
+    if mode == "stuck" and ctx.rank == 1 and i == 5:
+        until = time.time() + 60
+        while time.time() < until:       # busy here: alive, heartbeating, never reaching the collective
+            pass
+    ctx.comm.allreduce(np.ones(1000, np.float32))
+'''
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["zmq", "mpi"])
+def test_the_rank_that_never_joined_a_collective_is_named_with_its_line(tmp_path, backend):
+    """Rank 1 loops forever before a collective. Ranks 0 and 2 each time out naming their ring
+    neighbour (rank 0 names rank 2, which is itself waiting); the launcher must name rank 1 and show
+    the line its last heartbeat found it at, not the first rank that exited."""
+    import re
+    (tmp_path / "lagging.py").write_text(LAGGING)
+    p = _launch(tmp_path, "-n", "3", "--backend", backend, "lagging.py", "stuck", DPTRAIN_COMM_TIMEOUT="3")
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    err = p.stderr
+    assert re.search(r"dptrain: rank 1 failed: it never joined allreduce #\d+: ranks 0 and 2 waited there 3 s "
+                     r"and timed out", err), err[-3000:]
+    assert "found it outside any collective" in err, err[-3000:]
+    assert re.search(r'lagging\.py", line 1[12], in <module>\n      (while time.time\(\) < until:|pass)', err), err[-3000:]
+    assert "raise the collective timeout (DPTRAIN_COMM_TIMEOUT" in err
+    summary = __import__("json").loads((tmp_path / "runs/lagging/summary.json").read_text())
+    assert summary["failed_rank"] == 1 and summary["failure"].startswith("it never joined allreduce #")
+    assert any("lagging.py" in line for line in summary["failure_where"])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["zmq", "mpi"])
+def test_a_rank_that_ran_fewer_steps_is_named_with_the_fix(tmp_path, backend):
+    """Rank 1 runs 6 steps, the others 12: rank 1 exits cleanly while the others wait in a collective
+    (ZeroMQ hears its goodbye; MPI only sees the others time out). Rank 1 is named, with the fix."""
+    (tmp_path / "lagging.py").write_text(LAGGING)
+    p = _launch(tmp_path, "-n", "3", "--backend", backend, "lagging.py", "uneven", DPTRAIN_COMM_TIMEOUT="3")
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "dptrain: rank 1 failed: it finished and exited" in p.stderr, p.stderr[-3000:]
+    assert "the ranks ran different numbers of steps" in p.stderr and "drop_last=True" in p.stderr

@@ -378,3 +378,27 @@ def test_an_mpiexec_that_hangs_on_version_is_ended_with_its_children(tmp_path, m
         mpirun.mpi_flavor(str(fake))
     left = sp.run(["pgrep", "-f", "sleep 97531"], capture_output=True, text=True).stdout.split()
     assert not left, f"the fake mpiexec's child is still running: {left}"
+
+
+@needs_mpi
+@pytest.mark.timeout(90)
+def test_script_coordinator_names_the_rank_that_never_joined(tmp_path):
+    """A launch script has no supervising launcher: its coordinator prints the diagnosis itself."""
+    from test_launch_cli import LAGGING
+    (tmp_path / "lagging.py").write_text(LAGGING)
+    (tmp_path / "lag.yaml").write_text(f"""
+name: lag
+cluster: {{nodes: [{{host: localhost, slots: 3}}], backend: mpi}}
+job: {{script: {tmp_path / 'lagging.py'}, script_args: [stuck]}}
+output: {{dir: {tmp_path / 'run'}}}
+fault_tolerance: {{heartbeat_interval: 0.5}}
+""")
+    out = tmp_path / "lag.sh"
+    assert dptrain(["script", str(tmp_path / "lag.yaml"), "-o", str(out)], tmp_path).returncode == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", DPTRAIN_COMM_TIMEOUT="3")
+    env.pop("DPTRAIN_JOB_SECRET", None)
+    run = subprocess.run(["bash", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=80)
+    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    assert re.search(r"\[coordinator\] rank 1: it never joined allreduce #\d+: ranks 0 and 2 waited there 3 s",
+                     run.stderr), run.stderr[-3000:]
+    assert re.search(r'lagging\.py", line 1[12], in <module>', run.stderr), run.stderr[-3000:]
