@@ -14,6 +14,8 @@ from .wrappers import Bidirectional, Lambda, TimeDistributed
 from .preprocessing import Normalization, Rescaling
 from .lookup import IntegerLookup, StringLookup
 from .text import TextVectorization
+from .separable import DepthwiseConv2D, SeparableConv2D
+from .augmentation import RandomFlip, RandomRotation, RandomTranslation, RandomZoom
 
 # Keras aliases
 Convolution2D = Conv2D
@@ -26,6 +28,7 @@ MaxPool1D = MaxPooling1D
 AvgPool1D = AveragePooling1D
 GlobalAvgPool1D = GlobalAveragePooling1D
 GlobalMaxPool1D = GlobalMaxPooling1D
+SeparableConvolution2D = SeparableConv2D
 
 
 def serialize(layer) -> dict:
@@ -82,6 +85,8 @@ __all__ = ["Layer", "InputShapeError", "InputLayer", "Input", "Dense", "Embeddin
            "AveragePooling1D", "AvgPool1D", "GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D",
            "GlobalMaxPool1D", "Bidirectional", "TimeDistributed", "Lambda", "Normalization", "Rescaling", "LeakyReLU",
            "TextVectorization", "StringLookup", "IntegerLookup",
+           "SeparableConv2D", "SeparableConvolution2D", "DepthwiseConv2D",
+           "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
            "concatenate", "add", "subtract", "multiply", "average"]
 
 

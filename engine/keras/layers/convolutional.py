@@ -80,6 +80,23 @@ def _pad_nchw(x, pads, value):
     return x
 
 
+def conv2d_keras(x, weight, bias, kernel_size, strides, dilation, padding, groups=1):
+    """F.conv2d on NCHW x with Keras' padding ('same': TensorFlow's, the odd extra row/column at the
+    bottom/right); weight is PyTorch's (out, in / groups, kh, kw)."""
+    pad = (0, 0)
+    if padding == "same":
+        ph = _same_pads(x.shape[2], kernel_size[0], strides[0], dilation[0])
+        pw = _same_pads(x.shape[3], kernel_size[1], strides[1], dilation[1])
+        if ph[0] == ph[1] and pw[0] == pw[1]:
+            pad = (ph[0], pw[0])
+        else:
+            x = _pad_nchw(x, (ph, pw), 0.0)
+    kw = {"dilation": tuple(dilation)} if tuple(dilation) != (1, 1) else {}
+    if groups != 1:
+        kw["groups"] = groups
+    return F.conv2d(x, weight, bias, stride=tuple(strides), padding=pad, **kw)
+
+
 class _Spatial(Layer):
     """Layers that run on NCHW internally and accept either layout."""
 
@@ -151,19 +168,8 @@ class Conv2D(_Spatial, _WithActivation):
 
     def _call_nchw(self, x, training, final_logits=False):
         weight = self.kernel.transpose(3, 2, 0, 1)            # (kh,kw,in,out) -> (out,in,kh,kw)
-        pad = (0, 0)
-        if self.padding == "same":
-            ph = _same_pads(x.shape[2], self.kernel_size[0], self.strides[0], self.dilation_rate[0])
-            pw = _same_pads(x.shape[3], self.kernel_size[1], self.strides[1], self.dilation_rate[1])
-            if ph[0] == ph[1] and pw[0] == pw[1]:
-                pad = (ph[0], pw[0])
-            else:
-                x = _pad_nchw(x, (ph, pw), 0.0)
-        kw = {"dilation": self.dilation_rate} if self.dilation_rate != (1, 1) else {}
-        if self.groups != 1:
-            kw["groups"] = self.groups
-        y = F.conv2d(x, weight, self.bias if self.use_bias else None, stride=self.strides,
-                     padding=pad, **kw)
+        y = conv2d_keras(x, weight, self.bias if self.use_bias else None, self.kernel_size, self.strides,
+                         self.dilation_rate, self.padding, self.groups)
         return self._activate(y, final_logits)
 
     def fusable_with_pool(self, pool) -> bool:
