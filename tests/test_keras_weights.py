@@ -123,5 +123,5 @@ def test_weight_errors_are_clear():
         m.fit(DataLoader(TensorDataset(x, y), batch_size=5), verbose=0, sample_weight=np.ones(20))
     custom = keras.Sequential([layers.Dense(1, input_shape=(5,))])
     custom.compile(optimizer="sgd", loss=lambda t, p: ((p - t) * (p - t)).mean())
-    with pytest.raises(ValueError, match="need a built-in loss"):
+    with pytest.raises(ValueError, match="returns one number for the batch, so its samples cannot be weighted"):
         custom.fit(x, y.astype(np.float32), verbose=0, sample_weight=np.ones(20))

@@ -18,7 +18,7 @@ like Keras', initialised like Keras' (glorot_uniform kernels, zero biases), and 
 optimizers have Keras' defaults.  Models are engine.nn.Modules.
 """
 from . import (activations, backend, callbacks, datasets, initializers, layers, losses, metrics, models, ops,
-               optimizers, utils)
+               optimizers, preprocessing, utils)
 from .callbacks import Callback, History
 from .layers import Input, InputLayer
 from .models import Model, Sequential, load_model
@@ -27,5 +27,5 @@ from .utils import set_random_seed, to_categorical
 __version__ = "3.0-dptrain"
 
 __all__ = ["activations", "backend", "callbacks", "datasets", "initializers", "layers", "losses",
-           "metrics", "models", "ops", "optimizers", "utils", "Callback", "History", "Input", "InputLayer",
+           "metrics", "models", "ops", "optimizers", "preprocessing", "utils", "Callback", "History", "Input", "InputLayer",
            "Model", "Sequential", "load_model", "set_random_seed", "to_categorical"]

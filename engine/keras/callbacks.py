@@ -32,11 +32,19 @@ class Callback:
     def on_train_end(self, logs=None): pass
     def on_epoch_begin(self, epoch, logs=None): pass
     def on_epoch_end(self, epoch, logs=None): pass
-    def on_train_batch_begin(self, batch, logs=None): pass
-    def on_train_batch_end(self, batch, logs=None): pass
+    # Keras: the train-batch hooks call the older on_batch_* names, so either spelling works
+    def on_train_batch_begin(self, batch, logs=None): self.on_batch_begin(batch, logs=logs)
+    def on_train_batch_end(self, batch, logs=None): self.on_batch_end(batch, logs=logs)
+    def on_batch_begin(self, batch, logs=None): pass
+    def on_batch_end(self, batch, logs=None): pass
     def on_test_begin(self, logs=None): pass
     def on_test_end(self, logs=None): pass
+    def on_test_batch_begin(self, batch, logs=None): pass
     def on_test_batch_end(self, batch, logs=None): pass
+    def on_predict_begin(self, logs=None): pass
+    def on_predict_end(self, logs=None): pass
+    def on_predict_batch_begin(self, batch, logs=None): pass
+    def on_predict_batch_end(self, batch, logs=None): pass
 
 
 class History(Callback):
@@ -361,7 +369,7 @@ class TerminateOnNaN(Callback):
 
 class LambdaCallback(Callback):
     def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None,
-                 on_train_batch_begin=None, on_train_batch_end=None):
+                 on_train_batch_begin=None, on_train_batch_end=None, on_batch_begin=None, on_batch_end=None):
         super().__init__()
         for name, fn in list(locals().items()):
             if name.startswith("on_") and fn is not None:
@@ -379,7 +387,17 @@ class CallbackList:
         if not hook.startswith("on_"):
             raise AttributeError(hook)
 
+        # Keras always hands `logs` over (a dict, {} when there is nothing yet), positionally, so user
+        # callbacks written as `def on_train_begin(self, logs):` work
+        n_index = 1 if hook.startswith("on_epoch_") or "batch" in hook else 0
+
         def call(*args, **kwargs):
+            if len(args) <= n_index and "logs" not in kwargs:
+                args = args + ({},)
+            elif "logs" in kwargs:
+                args = args + (kwargs.pop("logs") or {},)
+            elif args[n_index] is None:
+                args = args[:n_index] + ({},) + args[n_index + 1:]
             for cb in self.callbacks:
                 getattr(cb, hook)(*args, **kwargs)
         return call

@@ -372,13 +372,14 @@ class Functional(Model):
         if not self._multi:
             return super()._update_metrics(out, yb, n, wb)
         logits = [f or loss.from_logits for f, loss in zip(self._fused, self._losses)]
+        acts = [t._layer.output_activation() if f else None for t, f in zip(self._output_tensors, self._fused)]
         k = len(self.output_names)
         for j, m in enumerate(self._metrics):
             i = self._metric_owner[j]
             if j < k:
                 m.update(self._last_losses[i], n)
             else:
-                update_metric(m, yb[i], out[i], logits[i], wb)
+                update_metric(m, yb[i], out[i], logits[i], wb, acts[i])
 
     def _standardize_y(self, x, y, what):
         if not self._multi:

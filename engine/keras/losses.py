@@ -162,7 +162,12 @@ class Loss:
     #: False for a wrapped loss function: it returns a mean already, so it cannot weight samples or steps
     takes_weights = True
 
-    def __init__(self, from_logits=False, name=None):
+    def __init__(self, from_logits=False, name=None, reduction="sum_over_batch_size", dtype=None):
+        if reduction not in ("sum_over_batch_size", "auto"):
+            raise ValueError(f"{type(self).__name__}: reduction={reduction!r} is not supported; only Keras' default "
+                             "'sum_over_batch_size' (the mean over the batch) is")
+        if dtype not in (None, "float32"):
+            raise ValueError(f"{type(self).__name__}: only float32 losses are supported, got dtype={dtype!r}")
         self.from_logits = bool(from_logits)
         if name:
             self.name = name
@@ -173,6 +178,8 @@ class Loss:
         (`_keras_mask`, from Embedding(mask_zero=True) / Masking) limits the mean to the unmasked
         steps, as in Keras 3 (apply_mask)."""
         mask = getattr(y_pred, "_keras_mask", None)
+        if self._user_call():
+            return self._call_user(y_true, y_pred, sample_weight, mask)
         if mask is not None:
             if not self.takes_weights:
                 raise ValueError(f"the model's output is masked (Embedding(mask_zero=True) / Masking), and the "
@@ -189,6 +196,39 @@ class Loss:
 
     def call(self, y_true, y_pred: Tensor, sample_weight=None) -> Tensor:
         raise NotImplementedError
+
+    def _user_call(self) -> bool:
+        """call() is the user's (a keras.losses.Loss subclass, or a loss function given to compile)."""
+        return type(self).call.__module__ != __name__ or getattr(self, "_fn", None) is not None
+
+    def _call_user(self, y_true, y_pred, sample_weight, mask):
+        """Keras 3's Loss.__call__ around a user's call(): y_true and y_pred as float32 Tensors, call()
+        returns one loss per sample (or per step), then reduce_weighted_values with Keras' default
+        'sum_over_batch_size': sum(weight * value) / number of values (a mask adds step weights,
+        apply_mask).  A call() that already returns a scalar is used as is (it cannot be weighted)."""
+        if not isinstance(y_pred, Tensor):
+            y_pred = Tensor(np.asarray(y_pred, dtype=np.float32))
+        if not isinstance(y_true, Tensor):
+            xp = get_array_module(y_pred.data)
+            y_true = Tensor._wrap(xp.asarray(y_true, dtype=np.float32))
+        values = self.call(y_true, y_pred)
+        if not isinstance(values, Tensor):
+            values = Tensor(np.asarray(values, dtype=np.float32))
+        sample_weight = apply_mask(sample_weight, mask)
+        if values.ndim == 0:
+            fix = ("return one value per sample instead (e.g. ops.mean(ops.square(y_true - y_pred), axis=-1)), "
+                   "as Keras losses do")
+            if mask is not None:
+                raise ValueError(f"the model's output is masked (Embedding(mask_zero=True) / Masking), and the custom "
+                                 f"loss {self.name!r} returns one number for the batch, so it cannot leave the masked "
+                                 f"steps out; {fix}")
+            if sample_weight is not None:
+                raise ValueError(f"sample_weight / class_weight: the custom loss {self.name!r} returns one number for "
+                                 f"the batch, so its samples cannot be weighted; {fix}")
+            return values
+        if sample_weight is not None:
+            values = values * _sample_weights(values, sample_weight)
+        return values.sum() / max(values.size, 1)
 
     def call_on_logits(self, y_true, logits: Tensor, sample_weight=None) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no logits form")
@@ -299,6 +339,18 @@ _BY_NAME = {
 _BY_CLASS = {c.__name__: c for c in set(_BY_NAME.values())}
 
 
+class LossFunctionWrapper(Loss):
+    """A loss function given to compile (`def my_loss(y_true, y_pred)`), as Keras 3 wraps it: it
+    returns one value per sample and the Loss reduction averages (and weights) them."""
+
+    def __init__(self, fn, name=None, **kwargs):
+        super().__init__(name=name or getattr(fn, "__name__", "custom_loss"))
+        self._fn, self._fn_kwargs = fn, kwargs
+
+    def call(self, y_true, y_pred, sample_weight=None):
+        return self._fn(y_true, y_pred, **self._fn_kwargs)
+
+
 def get(identifier) -> Loss:
     if isinstance(identifier, Loss):
         return identifier
@@ -313,18 +365,7 @@ def get(identifier) -> Loss:
             raise ValueError(f"unknown loss {identifier!r}; known: {sorted(_BY_NAME)}")
         return cls()
     if callable(identifier):
-        fn = identifier
-
-        class _Wrapped(Loss):
-            name = getattr(fn, "__name__", "custom_loss")
-            takes_weights = False
-
-            def call(self, y_true, y_pred, sample_weight=None):
-                if sample_weight is not None:
-                    raise ValueError(f"sample_weight / class_weight need a built-in loss; the custom loss "
-                                     f"{self.name!r} returns a mean already (weight inside it instead)")
-                return fn(y_true, y_pred)
-        return _Wrapped()
+        return LossFunctionWrapper(identifier)
     raise TypeError(f"cannot interpret {identifier!r} as a loss")
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 from ..backend import get_array_module
 from ..tensor import Tensor
 
-__all__ = ["Metric", "Mean", "SparseCategoricalAccuracy", "CategoricalAccuracy", "BinaryAccuracy",
+__all__ = ["Metric", "MetricVariable", "Mean", "MeanAbsolutePercentageError", "SparseCategoricalAccuracy", "CategoricalAccuracy", "BinaryAccuracy",
            "MeanSquaredError", "MeanAbsoluteError", "get", "with_log_names"]
 
 
@@ -25,17 +27,99 @@ def _raw(y):
     return y.data if isinstance(y, Tensor) else y
 
 
+class MetricVariable:
+    """A metric's state variable (Keras 3's `self.add_variable(...)`): a float32 array with assign,
+    assign_add, assign_sub and numpy(); float() of a scalar one is its value, so result() may return it."""
+
+    def __init__(self, value, name):
+        self.name = name
+        self._initial = np.array(value, dtype=np.float32)
+        self.value = self._initial.copy()
+
+    @staticmethod
+    def _raw(v):
+        return np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=np.float32)
+
+    def assign(self, v):
+        self.value = np.broadcast_to(self._raw(v), self._initial.shape).astype(np.float32)
+
+    def assign_add(self, v):
+        self.assign(self.value + self._raw(v))
+
+    def assign_sub(self, v):
+        self.assign(self.value - self._raw(v))
+
+    def numpy(self):
+        return self.value.copy()
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+    def __array__(self, dtype=None, copy=None):
+        return self.value if dtype is None else self.value.astype(dtype)
+
+    def __float__(self):
+        return float(self.value)
+
+    def __repr__(self):
+        return f"<MetricVariable {self.name}={self.value}>"
+
+
 class Metric:
+    """Base of the metrics.  Built-in ones keep a running (total, count); a user subclass written for Keras 3
+    (`update_state(y_true, y_pred, sample_weight=None)`, `result()`, state from `self.add_variable(...)`,
+    optionally `reset_state()`) receives y_true and y_pred as float32 Tensors - the probabilities even when
+    the model trains on logits under the fused loss - and the sample weights only as a weighted metric."""
+
     name = "metric"
 
-    def __init__(self, name=None):
+    def __init__(self, name=None, dtype=None):
         if name:
             self.name = name
-        self.reset_state()
-
-    def reset_state(self):
+        self._variables = []
         self.total = 0.0
         self.count = 0
+
+    def add_variable(self, shape=(), initializer="zeros", dtype=None, aggregation="sum", name=None):
+        """A state variable of `shape` started (and reset) by `initializer` ('zeros', 'ones' or a number)."""
+        if name is not None and not isinstance(name, str):      # Keras 2 order: add_weight(name, shape, ...)
+            name, shape = shape, name
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in (shape or ()))
+        if isinstance(initializer, (int, float)):
+            init = float(initializer)
+        elif initializer in ("zeros", None):
+            init = 0.0
+        elif initializer == "ones":
+            init = 1.0
+        else:
+            raise ValueError(f"metric {self.name!r}: add_variable initializer must be 'zeros', 'ones' or a number, "
+                             f"got {initializer!r}")
+        v = MetricVariable(np.full(shape, init, dtype=np.float32), name or f"variable_{len(self._variables)}")
+        self._variables.append(v)
+        return v
+
+    def add_weight(self, name=None, shape=(), initializer="zeros", dtype=None, aggregation="sum", **kwargs):
+        """Keras 2's spelling of add_variable (`self.add_weight(name="tp", initializer="zeros")`)."""
+        return self.add_variable(shape=shape, initializer=initializer, name=name)
+
+    @property
+    def variables(self):
+        return list(self.__dict__.get("_variables", []))
+
+    def reset_state(self):
+        if not self._user_api():        # a user metric may name its own variables total / count
+            self.total = 0.0
+            self.count = 0
+        for v in self.__dict__.get("_variables", []):
+            v.value = v._initial.copy()
+
+    def reset_states(self):             # Keras 2's name
+        self.reset_state()
+
+    def _user_api(self) -> bool:
+        """The subclass defines Keras 3's update_state(y_true, y_pred, sample_weight=None) itself."""
+        return type(self).update_state is not Metric.update_state
 
     def update_state(self, y_true, y_pred, logits=False, mask=None, sample_weight=None):
         if mask is None and sample_weight is None:
@@ -168,12 +252,27 @@ class MeanAbsoluteError(Metric):
         return per_sample.sum(), y_pred.shape[0]
 
 
+class MeanAbsolutePercentageError(Metric):
+    """100 * mean(|y_true - y_pred| / max(|y_true|, 1e-7)) over the last axis, as Keras."""
+    name = "mean_absolute_percentage_error"
+
+    def step_values(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        t = xp.asarray(y_true, dtype=y_pred.dtype).reshape(y_pred.shape)
+        return 100.0 * (xp.abs(t - y_pred) / xp.maximum(xp.abs(t), 1e-7)).mean(axis=-1)
+
+    def batch_value(self, y_true, y_pred, logits):
+        v = self.step_values(y_true, y_pred, logits)
+        return v.reshape(v.shape[0], -1).mean(axis=1).sum(), y_pred.shape[0]
+
+
 _BY_NAME = {
     "sparse_categorical_accuracy": SparseCategoricalAccuracy,
     "categorical_accuracy": CategoricalAccuracy,
     "binary_accuracy": BinaryAccuracy,
     "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
     "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
+    "mean_absolute_percentage_error": MeanAbsolutePercentageError, "mape": MeanAbsolutePercentageError,
 }
 
 

@@ -13,12 +13,14 @@ import math
 
 import numpy as np
 
+from ..backend import get_array_module
 from ..tensor import Tensor, no_grad
 from ..random import default_generator
 from . import callbacks as cbks
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
+from .data_utils import PyDataset
 from .data_adapter import (as_array, batch_x, check_xy, is_batch_iterable, num_samples, split_validation,
                            standardize_inputs, take_rows)
 from .layers.base import (CF, CL, InputShapeError, Layer, as_tensor_input, shape_str, to_channels_last, _takes_mask,
@@ -36,15 +38,36 @@ def loss_value(loss, fused, y, out, w=None):
     return loss(y, out) if w is None else loss(y, out, sample_weight=w)
 
 
-def update_metric(metric, y, out, logits, sample_weight=None):
+def update_metric(metric, y, out, logits, sample_weight=None, fused_activation=None):
     """metric.update_state on one output; a masked output counts its unmasked steps only (Keras 3).
-    sample_weight reaches only the metrics compiled as weighted_metrics (Keras' plain metrics ignore it)."""
+    sample_weight reaches only the metrics compiled as weighted_metrics (Keras' plain metrics ignore it).
+    A user's Keras 3 metric gets Tensors, and the probabilities (fused_activation applied) where the model
+    trains on logits."""
     mask = getattr(out, "_keras_mask", None)
     w = sample_weight if getattr(metric, "_weighted", False) else None
+    if metric._user_api():
+        from .activations import get as get_activation
+        with no_grad():
+            pred = Tensor._wrap(out.data)
+            if fused_activation:
+                pred = get_activation(fused_activation)(pred)
+            xp = get_array_module(out.data)
+            yt = Tensor._wrap(xp.asarray(y, dtype=np.float32))
+            wt = None if w is None else Tensor._wrap(xp.asarray(w, dtype=np.float32))
+            metric.update_state(yt, pred, sample_weight=wt)
+        return
     if mask is None and w is None:
         metric.update_state(y, out.data, logits=logits)
     else:
         metric.update_state(y, out.data, logits=logits, mask=mask, sample_weight=w)
+
+
+def metric_result(metric):
+    """metric.result() as a float (a user metric may return a Tensor or one of its variables)."""
+    r = metric.result()
+    if isinstance(r, Tensor):
+        r = r.numpy()
+    return float(np.asarray(r))
 
 
 def _verbosity(verbose):
@@ -320,20 +343,24 @@ class Model(Layer):
 
     def _update_metrics(self, out, yb, n, wb=None):
         logits = self._outputs_logits
+        act = self._final_activation() if self._fused else None
         for m in self._metrics:
-            update_metric(m, yb, out, logits, wb)
+            update_metric(m, yb, out, logits, wb, act)
 
     def _logs(self, tracker):
         logs = {"loss": tracker.result()}
         for m in self._metrics:
-            logs[m.name] = m.result()
+            logs[m.name] = metric_result(m)
         return logs
 
     def _batches(self, x, y, batch_size, shuffle, device, w=None):
         """Yield (x Tensor, y array or None, n, sample weights or None) for arrays or a
         DataLoader-like iterable (whose batches are x, (x, y) or (x, y, sample_weight))."""
         if is_batch_iterable(x):
-            for batch in x:
+            batches = x
+            if shuffle and isinstance(x, PyDataset):      # Keras shuffles a PyDataset's batch order
+                batches = x.iter_batches(default_generator().permutation(len(x)))
+            for batch in batches:
                 wb = None
                 if isinstance(batch, (tuple, list)):
                     xb = batch[0]
@@ -496,6 +523,8 @@ class Model(Layer):
             for m in self._metrics:
                 m.reset_state()
             cb.on_epoch_begin(epoch)
+            if isinstance(x, PyDataset):
+                x.on_epoch_begin()
             for step, (xb, yb, n, wb) in enumerate(self._batches(x, y, batch_size, shuffle, device, w)):
                 cb.on_train_batch_begin(step)
                 loss, out = self._train_step(xb, yb, wb)
@@ -505,6 +534,8 @@ class Model(Layer):
                 cb.on_train_batch_end(step, self._logs(tracker))
                 if self.stop_training:
                     break
+            if isinstance(x, PyDataset):
+                x.on_epoch_end()
             logs = self._logs(tracker)
             if val is not None and (epoch + 1) % int(validation_freq) == 0:
                 vlogs = self._run_eval(val[0], val[1], int(validation_batch_size or batch_size), 0, val[2])
@@ -618,7 +649,7 @@ class Model(Layer):
         loss, out = self._train_step(xb, y, w)
         self._update_metrics(out, y, num_samples(x), w)
         logs = {"loss": float(loss.item())}
-        logs.update({m.name: m.result() for m in self._metrics})
+        logs.update({m.name: metric_result(m) for m in self._metrics})
         return logs if return_dict else (list(logs.values()) if len(logs) > 1 else logs["loss"])
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):

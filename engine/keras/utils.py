@@ -1,4 +1,5 @@
-"""keras.utils: to_categorical, set_random_seed."""
+"""keras.utils: to_categorical, set_random_seed, pad_sequences, PyDataset, timeseries_dataset_from_array,
+plot_model."""
 from __future__ import annotations
 
 import random as _pyrandom
@@ -7,7 +8,24 @@ import numpy as np
 
 from .. import random as _random
 
-__all__ = ["to_categorical", "set_random_seed", "pad_sequences"]
+from .data_utils import PyDataset, timeseries_dataset_from_array
+
+__all__ = ["to_categorical", "set_random_seed", "pad_sequences", "PyDataset", "Sequence",
+           "timeseries_dataset_from_array", "plot_model"]
+
+#: Keras 2's name for PyDataset (keras.utils.Sequence)
+Sequence = PyDataset
+
+
+def plot_model(model, to_file="model.png", show_shapes=False, **kwargs):
+    """Keras draws the model with pydot and Graphviz, which this facade does not use.  Rather than stop
+    a keras.io program at its (illustrative) plot_model call, this prints model.summary(), the same
+    layers and shapes as text, and warns that no image was written (Keras itself raises ImportError
+    when pydot is missing, outside notebooks)."""
+    import warnings
+    warnings.warn(f"keras.utils.plot_model: dptrain's Keras facade draws no diagrams, so {to_file!r} was not "
+                  "written; printing model.summary() instead", UserWarning, stacklevel=2)
+    model.summary()
 
 
 def to_categorical(y, num_classes=None, dtype="float32"):

@@ -423,6 +423,20 @@ class Layer(nn.Module):
                              "data or build(input_shape) first")
         return int(sum(w.size for w in self.weights))
 
+    def add_loss(self, loss):
+        """Keras' activity losses (`self.add_loss(...)` in call()) are not collected by this facade's fit:
+        refused with the workaround rather than silently dropped from the training loss."""
+        raise NotImplementedError(
+            f'layer "{self.name}": add_loss() is not supported in dptrain\'s Keras facade; put the term into the '
+            "loss instead (a keras.losses.Loss subclass or a loss function given to compile), or train with a "
+            "custom loop (loss = loss_fn(y, model(x, training=True)) + extra; loss.backward(); "
+            "optimizer.apply_gradients(...))")
+
+    def add_metric(self, value, name=None, aggregation=None):
+        raise NotImplementedError(
+            f'layer "{self.name}": add_metric() is not supported (it was removed in Keras 3); compute the value in '
+            "a keras.metrics.Metric subclass passed to compile(metrics=[...]) or in a callback")
+
     # ------------------------------------------------------------------ build / shapes
     def build(self, input_shape):
         """Create weights for inputs of `input_shape` (batch axis first, may be None)."""
