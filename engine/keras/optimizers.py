@@ -13,13 +13,19 @@ An engine.optim optimizer built over `model.parameters()` may also be passed to
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
 from .. import optim as _optim
 from ..backend import get_array_module
+from . import schedules
+from .schedules import LearningRateSchedule
 
-__all__ = ["Optimizer", "Adam", "AdamW", "SGD", "RMSprop", "get", "serialize"]
+# `from keras.optimizers.schedules import ExponentialDecay` works too (this module is not a package)
+sys.modules.setdefault(__name__ + ".schedules", schedules)
+
+__all__ = ["Optimizer", "Adam", "AdamW", "SGD", "RMSprop", "get", "serialize", "schedules"]
 
 
 def _eps_hat(group, step: int) -> float:
@@ -68,7 +74,10 @@ class Optimizer:
             learning_rate = lr
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unsupported arguments {sorted(kwargs)}")
-        self._lr = float(learning_rate)
+        if isinstance(learning_rate, dict) and "class_name" in learning_rate:   # from a saved config
+            learning_rate = schedules.deserialize(learning_rate)
+        self._schedule = learning_rate if isinstance(learning_rate, LearningRateSchedule) else None
+        self._lr = float(learning_rate(0) if self._schedule is not None else learning_rate)
         self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
         self.engine = None
         self.iterations = 0
@@ -78,10 +87,17 @@ class Optimizer:
     # learning_rate is read by LR-schedule callbacks and may be set between epochs
     @property
     def learning_rate(self):
+        """The rate the next update uses (a schedule's value at `iterations`)."""
+        if self._schedule is not None:
+            return float(self._schedule(self.iterations))
         return self._lr
 
     @learning_rate.setter
     def learning_rate(self, value):
+        if self._schedule is not None:
+            raise TypeError("This optimizer was created with a LearningRateSchedule as its learning_rate, so its "
+                            "learning rate cannot be set (ReduceLROnPlateau / LearningRateScheduler need a "
+                            "number: pass one, or leave the schedule alone)")
         self._lr = float(value)
         if self.engine is not None:
             for g in self.engine.param_groups:
@@ -121,6 +137,10 @@ class Optimizer:
     def step(self):
         if self.clipnorm is not None or self.clipvalue is not None or self.global_clipnorm is not None:
             self._clip()
+        if self._schedule is not None:      # Keras: the schedule's value at the updates applied so far
+            self._lr = float(self._schedule(self.iterations))
+            for g in self.engine.param_groups:
+                g["lr"] = self._lr
         self.engine.step()
         self.iterations += 1
 
@@ -157,7 +177,8 @@ class Optimizer:
         self.engine.load_state_dict(state["engine"])
 
     def get_config(self):
-        return {"learning_rate": self._lr, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+        lr = schedules.serialize(self._schedule) if self._schedule is not None else self._lr
+        return {"learning_rate": lr, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
                 "global_clipnorm": self.global_clipnorm}
 
     def __repr__(self):
