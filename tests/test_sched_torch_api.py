@@ -362,6 +362,8 @@ def test_multistep_state_keeps_repeated_milestones():
 
 # ---------------------------------------------------------------- optimizers
 OPTIMS = {
+    "adadelta": ({"lr": 1.0}, "Adadelta"),
+    "adadelta_all": ({"lr": 0.5, "rho": 0.8, "eps": 1e-4, "weight_decay": 0.1}, "Adadelta"),
     "adagrad": ({"lr": 0.1}, "Adagrad"),
     "adagrad_all": ({"lr": 0.05, "lr_decay": 0.01, "weight_decay": 0.1, "initial_accumulator_value": 0.2,
                      "eps": 1e-6}, "Adagrad"),
