@@ -41,7 +41,7 @@ __all__ = [
     "logsumexp", "norm", "einsum", "bmm", "gather", "index_select", "split", "chunk", "unbind",
     "flip", "tril", "triu", "tile", "sort", "argsort", "topk", "isnan", "isinf", "isfinite",
     "allclose", "equal", "empty_like", "full_like", "rand_like", "randn_like", "eye", "linspace",
-    "randperm",
+    "randperm", "backends", "accelerator", "utils",
 ]
 
 
@@ -64,6 +64,8 @@ def _optional_submodules():
 
 
 _optional_submodules()
+
+from . import backends, accelerator, utils  # noqa: E402  (torch.backends / .accelerator / .utils.data)
 
 
 # torch's other dtype names (engine.long, engine.float, ... as torch.long, torch.float), as numpy

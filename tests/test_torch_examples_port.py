@@ -65,3 +65,19 @@ def test_adadelta_with_steplr_matches_torch():
     for p, q in zip(ours, theirs):
         np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-5, atol=1e-7)
     assert set(opt.state_dict()["state"][0]) == set(topt.state_dict()["state"][0])
+
+
+# ---------------------------------------------------------------- device selection, torch.utils.data
+def test_backends_accelerator_and_utils_data():
+    assert torch.backends.mps.is_available() is False and torch.backends.mps.is_built() is False
+    torch.backends.cudnn.benchmark = True          # accepted, changes nothing
+    torch.backends.cudnn.deterministic = True
+    assert torch.accelerator.is_available() == torch.cuda.is_available()
+    if not torch.accelerator.is_available():
+        assert torch.accelerator.current_accelerator() is None
+    import engine.utils.data
+    from engine.utils.data import DataLoader, Subset, TensorDataset
+    assert torch.utils.data is engine.utils.data is torch.data
+    ds = Subset(TensorDataset(torch.arange(10)), range(4))
+    assert [int(b[0].sum()) for b in torch.utils.data.DataLoader(ds, batch_size=2)] == [1, 5]
+    assert DataLoader is torch.data.DataLoader
