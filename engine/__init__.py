@@ -21,7 +21,32 @@ from .gradcheck import gradcheck, GradcheckError
 
 tensor_methods.install()
 
+
+def _accept_arrays(fn):
+    """torch.max(outputs.data, 1): in torch `.data` is a Tensor, here it is the raw array, so the
+    top-level functions take an array as their first argument too (wrapped, not copied)."""
+    import functools
+    import numpy as _np
+
+    @functools.wraps(fn)
+    def wrapper(a, *args, **kw):
+        if not isinstance(a, Tensor) and (isinstance(a, _np.ndarray) or backend.is_cupy_array(a)):
+            a = Tensor(a)
+        return fn(a, *args, **kw)
+    return wrapper
+
+
+(max, min, sum, mean, exp, log, sqrt, tanh, sigmoid, relu, abs, clip, var, std, unsqueeze, squeeze,
+ reshape, transpose, flatten, sin, cos, square, rsqrt, erf, cumsum, prod, logsumexp, norm, gather,
+ index_select, split, chunk, unbind, flip, tril, triu, tile, sort, argsort, topk, isnan, isinf,
+ isfinite) = (_accept_arrays(f) for f in (
+    max, min, sum, mean, exp, log, sqrt, tanh, sigmoid, relu, abs, clip, var, std, unsqueeze, squeeze,
+    reshape, transpose, flatten, sin, cos, square, rsqrt, erf, cumsum, prod, logsumexp, norm, gather,
+    index_select, split, chunk, unbind, flip, tril, triu, tile, sort, argsort, topk, isnan, isinf,
+    isfinite))
+
 cat = concat
+narrow = Tensor.narrow          # torch.narrow(x, dim, start, length)
 clamp = clip
 float32 = "float32"
 float64 = "float64"
@@ -41,7 +66,7 @@ __all__ = [
     "logsumexp", "norm", "einsum", "bmm", "gather", "index_select", "split", "chunk", "unbind",
     "flip", "tril", "triu", "tile", "sort", "argsort", "topk", "isnan", "isinf", "isfinite",
     "allclose", "equal", "empty_like", "full_like", "rand_like", "randn_like", "eye", "linspace",
-    "randperm", "backends", "accelerator", "utils",
+    "randperm", "narrow", "backends", "accelerator", "utils",
 ]
 
 

@@ -280,9 +280,13 @@ def exp(a):
 
 
 def log(a):
+    """Natural log; log(0) = -inf and log(x < 0) = nan silently, as torch's (the word-language-model
+    example builds its causal mask as torch.log(torch.tril(torch.ones(n, n))))."""
     xp = get_array_module(a.data)
     d = _float_input(a)
-    return from_op(xp.log(d), (a,), lambda g: (g / d,), "log")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = xp.log(d)
+    return from_op(out, (a,), lambda g: (g / d,), "log")
 
 
 def sqrt(a):

@@ -78,6 +78,69 @@ def _new_tensor(a, data, dtype=None, device=None, requires_grad=False):
     return Tensor(data, dtype=dtype or a.dtype, device=device or a.device, requires_grad=requires_grad)
 
 
+# torch's legacy type names, what `x.type()` returns and `x.type('torch.LongTensor')` accepts
+_TYPE_NAMES = {"float32": "FloatTensor", "float64": "DoubleTensor", "float16": "HalfTensor",
+               "int64": "LongTensor", "int32": "IntTensor", "int16": "ShortTensor", "int8": "CharTensor",
+               "uint8": "ByteTensor", "bool": "BoolTensor"}
+_TYPE_DTYPES = {v: k for k, v in _TYPE_NAMES.items()}
+
+
+def _type(a, dtype=None, non_blocking=False, **kw):
+    """torch's x.type(): with no argument the type name ('torch.FloatTensor', or
+    'torch.cuda.FloatTensor' on a GPU); with a dtype or a type name a cast, differentiable to
+    floating types as x.to(dtype) is (data.py of the word-language-model example tokenises with
+    `torch.tensor(ids).type(torch.int64)`)."""
+    if dtype is None:
+        prefix = "torch.cuda." if str(a.device).startswith("cuda") else "torch."
+        return prefix + _TYPE_NAMES.get(str(a.dtype), str(a.dtype))
+    if isinstance(dtype, str) and dtype.rsplit(".", 1)[-1] in _TYPE_DTYPES:
+        dtype = _TYPE_DTYPES[dtype.rsplit(".", 1)[-1]]
+    dtype = np.dtype(dtype)
+    if dtype.kind in "fc":
+        return ops.astype(a, dtype)
+    return Tensor._wrap(a.data.astype(dtype))
+
+
+def _narrow(a, dim, start, length):
+    """x.narrow(dim, start, length): the view x[..., start:start + length, ...] along dim
+    (negative start counts from the end, as torch's)."""
+    dim = int(dim) % a.ndim
+    size = a.shape[dim]
+    start = int(start) + size if int(start) < 0 else int(start)
+    if not (0 <= start <= size and 0 <= length and start + length <= size):
+        raise IndexError(f"narrow(): start ({start}) + length ({length}) exceeds dimension size ({size}) "
+                         f"of dim {dim} in a tensor of shape {a.shape}")
+    return ops.getitem(a, (slice(None),) * dim + (slice(start, start + int(length)),))
+
+
+def _t(a):
+    """torch's x.t(): transpose of a tensor of at most 2 dims (0-d and 1-d come back as they are)."""
+    if a.ndim > 2:
+        raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {a.ndim}D; "
+                           "use x.transpose(dim0, dim1) or x.permute(...)")
+    return ops.transpose(a) if a.ndim == 2 else a
+
+
+def _random_fill(name, draw):
+    """uniform_ / normal_: refill in place from engine.manual_seed's generator (or generator=),
+    as the init code of ported models does under no_grad."""
+    def compute(x, *args, generator=None, **kw):
+        from . import random as _random
+        values = draw(_random.resolve(generator=generator), x.shape, *args, **kw)
+        xp = get_array_module(x)
+        return xp.asarray(values.astype(x.dtype, copy=False))
+    return _in_place(name, compute)
+
+
+def _index(a):
+    """operator.index for a 0-d integer tensor: `classes[labels[j]]` (the classifier tutorial) and
+    `range(n)[t]`.  Only 0-d, so a (1,)-shaped index tensor keeps its shape in numpy indexing."""
+    if a.ndim != 0 or a.dtype.kind not in "iu":
+        raise TypeError(f"only 0-d integer tensors can be converted to an index, got shape {a.shape} "
+                        f"dtype {a.dtype}; use int(t) / t.item() or index with the tensor itself")
+    return int(a.data.item())
+
+
 def _wrap_bits(op):
     return lambda a, b: Tensor._wrap(op(a.data, _raw(b)))
 
@@ -114,3 +177,9 @@ def install() -> None:
     T.new_full = _new_factory(factories.full)
     T.new_tensor = _new_tensor
     T.is_floating_point = lambda a: a.dtype.kind == "f"
+    T.type = _type
+    T.__index__ = _index
+    T.narrow = _narrow
+    T.t = _t
+    T.uniform_ = _random_fill("uniform_", lambda rng, shape, a=0.0, b=1.0, **_: rng.uniform(a, b, shape))
+    T.normal_ = _random_fill("normal_", lambda rng, shape, mean=0.0, std=1.0, **_: rng.normal(mean, std, shape))

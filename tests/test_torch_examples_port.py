@@ -81,3 +81,67 @@ def test_backends_accelerator_and_utils_data():
     ds = Subset(TensorDataset(torch.arange(10)), range(4))
     assert [int(b[0].sum()) for b in torch.utils.data.DataLoader(ds, batch_size=2)] == [1, 5]
     assert DataLoader is torch.data.DataLoader
+
+
+# ---------------------------------------------------------------- tensor methods the programs call
+def test_type_narrow_t_and_index():
+    x = torch.arange(12).float().view(3, 4)
+    assert x.type() == "torch.FloatTensor" and torch.tensor([1, 2]).type() == "torch.LongTensor"
+    assert torch.tensor([1, 2]).type(torch.int64).dtype == np.int64           # data.py's tokeniser
+    assert x.type("torch.DoubleTensor").dtype == np.float64
+    assert x.narrow(1, 1, 2).numpy().tolist() == [[1, 2], [5, 6], [9, 10]]
+    assert torch.narrow(x, 0, -1, 1).numpy().tolist() == [[8, 9, 10, 11]]
+    with pytest.raises(IndexError, match="exceeds dimension size"):
+        x.narrow(0, 2, 2)
+    assert x.t().shape == (4, 3) and torch.ones(3).t().shape == (3,)
+    with pytest.raises(RuntimeError, match="<= 2 dimensions"):
+        torch.ones(2, 3, 4).t()
+    # batchify: data.view(bsz, -1).t().contiguous() keeps every column a contiguous stream
+    data = torch.arange(10)
+    b = data.narrow(0, 0, 9).view(3, -1).t().contiguous()
+    assert b.numpy().tolist() == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
+    classes = ("a", "b", "c")
+    labels = torch.tensor([2, 0])
+    assert classes[labels[0]] == "c" and [1, 2, 3][labels[1]] == 1
+    with pytest.raises(TypeError, match="0-d integer"):
+        classes[torch.tensor([1])]
+    assert np.arange(5)[torch.tensor([1])].shape == (1,)      # a 1-element index stays an array
+
+
+def test_type_cast_is_differentiable_to_floats():
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    (x.type(torch.float64) * 3).sum().backward()
+    assert x.grad.numpy().tolist() == [3.0, 3.0]
+
+
+def test_uniform_and_normal_in_place_are_seeded():
+    torch.manual_seed(3)
+    a = torch.empty(1000).uniform_(-0.1, 0.1)
+    torch.manual_seed(3)
+    b = torch.empty(1000).uniform_(-0.1, 0.1)
+    assert np.array_equal(a.numpy(), b.numpy()) and a.dtype == np.float32
+    assert -0.1 <= a.numpy().min() and a.numpy().max() <= 0.1
+    n = torch.zeros(20000).normal_(1.0, 0.02)
+    assert abs(n.numpy().mean() - 1.0) < 1e-3 and abs(n.numpy().std() - 0.02) < 1e-3
+    w = nn.Parameter(torch.zeros(3))
+    with pytest.raises(RuntimeError, match="in-place"):
+        w.uniform_()
+    with torch.no_grad():
+        w.uniform_()
+
+
+def test_top_level_functions_take_the_data_array():
+    """`_, predicted = torch.max(outputs.data, 1)` (the classifier tutorial): .data is the array."""
+    out = torch.tensor([[0.1, 2.0, 0.3], [5.0, 0.0, 1.0]])
+    _, predicted = torch.max(out.data, 1)
+    assert predicted.numpy().tolist() == [1, 0]
+    assert float(torch.sum(out.data)) == pytest.approx(8.4)
+    assert torch.exp(out.data).shape == (2, 3) and torch.argmax(out.data, 1).numpy().tolist() == [1, 0]
+
+
+def test_log_of_zero_is_silent_minus_inf():
+    """The word-language-model Transformer's mask is torch.log(torch.tril(torch.ones(n, n)))."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = torch.log(torch.tril(torch.ones(3, 3)))
+    assert m.numpy().tolist() == [[0, -math.inf, -math.inf], [0, 0, -math.inf], [0, 0, 0]]
