@@ -111,7 +111,10 @@ class ZeroRedundancyOptimizer:
         """The shard update only reaches parameters that still live in the bucket buffers."""
         for b in self.ddp.buckets:
             for p in b.params:
-                if p.data.base is not b.param_flat:
+                base = p.data.base      # the array itself may be a view of the bucket's view
+                while base is not None and base is not b.param_flat:
+                    base = getattr(base, "base", None)
+                if base is None:
                     raise RuntimeError(
                         "ZeroRedundancyOptimizer: a parameter's array was replaced after the optimizer was "
                         "created (e.g. load_state_dict(..., assign=True) or .to(device)), so sharded updates "

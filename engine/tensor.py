@@ -225,7 +225,9 @@ class Tensor:
     def numpy(self):
         """The data as a numpy array (shared with the tensor on CPU, copied from GPU)."""
         d = self.data
-        return d.get() if backend.is_cupy_array(d) else d
+        if backend.is_cupy_array(d):
+            return d.get()
+        return d if type(d) is np.ndarray else np.asarray(d)   # a Parameter's ParamArray: a plain view
 
     def tolist(self):
         return self.numpy().tolist()

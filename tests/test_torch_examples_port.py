@@ -145,3 +145,61 @@ def test_log_of_zero_is_silent_minus_inf():
         warnings.simplefilter("error")
         m = torch.log(torch.tril(torch.ones(3, 3)))
     assert m.numpy().tolist() == [[0, -math.inf, -math.inf], [0, 0, -math.inf], [0, 0, 0]]
+
+
+# ---------------------------------------------------------------- p.data in-place (manual SGD, init)
+def test_parameter_data_has_torchs_in_place_methods():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3)
+    lin(torch.randn(5, 4)).sum().backward()
+    w0, g = lin.weight.numpy().copy(), lin.weight.grad.numpy().copy()
+    for p in lin.parameters():
+        p.data.add_(p.grad, alpha=-0.5)                      # word_language_model's update
+    np.testing.assert_allclose(lin.weight.numpy(), w0 - 0.5 * g, rtol=1e-6)
+    lin.weight.data.uniform_(-0.1, 0.1)                      # the old model.py's init_weights
+    lin.bias.data.fill_(0)
+    assert np.abs(lin.weight.numpy()).max() <= 0.1 and not lin.bias.numpy().any()
+    lin.weight.data.normal_(0.0, 0.02).mul_(2).clamp_(-0.01, 0.01)
+    assert np.abs(lin.weight.numpy()).max() <= 0.01
+    other = nn.Linear(4, 3)
+    other.weight.data.copy_(lin.weight.data)                 # target-network sync
+    assert np.array_equal(other.weight.numpy(), lin.weight.numpy())
+    other.weight.data.zero_().addcmul_(torch.ones(3, 4), torch.full((3, 4), 2.0), value=0.5)
+    assert np.all(other.weight.numpy() == 1.0)
+    other.weight.data = torch.zeros(3, 4)                    # torch's `p.data = t`
+    assert not other.weight.numpy().any() and hasattr(other.weight.data, "add_")
+    # arithmetic on the array is a plain ndarray: the methods stay on parameter storage
+    assert type(lin.weight.data * 2) is np.ndarray and type(lin.weight.numpy()) is np.ndarray
+    assert type(lin(torch.ones(1, 4)).data) is np.ndarray
+
+
+def test_manual_sgd_with_tied_weights_matches_torch():
+    """Embedding/decoder weight tying + clip_grad_norm_ + p.data.add_: the shared weight is one
+    parameter (updated once), as in torch."""
+    t = pytest.importorskip("torch")
+
+    def build(lib):
+        class M(lib.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.enc = lib.nn.Embedding(7, 4)
+                self.dec = lib.nn.Linear(4, 7)
+                self.dec.weight = self.enc.weight
+
+            def forward(self, x):
+                return self.dec(self.enc(x))
+        return M()
+
+    ours, theirs = build(torch), build(t)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    assert len(list(ours.parameters())) == len(list(theirs.parameters())) == 2
+    x, y = np.array([[1, 2, 3], [4, 5, 6]]), np.array([2, 3, 4, 5, 6, 0])
+    for model, lib in ((ours, torch), (theirs, t)):
+        for _ in range(3):
+            model.zero_grad()
+            out = model(lib.tensor(x)).view(-1, 7)
+            lib.nn.functional.cross_entropy(out, lib.tensor(y)).backward()
+            lib.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-20)
+    np.testing.assert_allclose(ours.enc.weight.numpy(), theirs.enc.weight.detach().numpy(), rtol=1e-4, atol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..tensor import Tensor, DEFAULT_FLOAT
+from ._param_array import as_param_array
 
 
 class Parameter(Tensor):
@@ -24,6 +25,17 @@ class Parameter(Tensor):
         if isinstance(data, Tensor):
             data = data.data
         super().__init__(data, requires_grad=requires_grad)
+
+    @property
+    def data(self):
+        """The parameter's array, with torch's in-place methods (`p.data.add_(p.grad, alpha=-lr)`,
+        `.data.uniform_(-0.1, 0.1)`; see _param_array.py).  Assigning a Tensor stores its array,
+        as torch's `p.data = t` does."""
+        return self._array
+
+    @data.setter
+    def data(self, value):
+        self._array = as_param_array(value.data if isinstance(value, Tensor) else value)
 
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()
