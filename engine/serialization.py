@@ -103,6 +103,15 @@ class _Encoder:
         if isinstance(obj, (list, tuple)):
             enc = [self.encode(v, path + [str(i)]) for i, v in enumerate(obj)]
             return {"$tuple": enc} if isinstance(obj, tuple) else enc
+        if hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict"):
+            # torch.save(model, f) pickles the whole object; we never pickle (a checkpoint cannot run
+            # code when loaded), so say what to save instead of only that this type is refused
+            kind = type(obj).__name__
+            raise TypeError(
+                f"engine.save: cannot store a whole {kind} object at {'.'.join(path) or 'root'} (torch.save "
+                f"pickles it; dptrain files hold no pickle). Save its state instead: "
+                f"engine.save(obj.state_dict(), f), and to load, build the {kind} again and call "
+                f".load_state_dict(engine.load(f))")
         raise TypeError(f"engine.save: cannot store {type(obj).__name__} at {'.'.join(path) or 'root'}; "
                         "use Tensors, arrays, dicts, lists, tuples and JSON scalars (no pickle)")
 
@@ -135,10 +144,17 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+def _is_file(f) -> bool:
+    """A binary file object (torch.save / torch.load accept one: `with open(p, 'wb') as f:
+    torch.save(model.state_dict(), f)` is the word-language-model example's idiom)."""
+    return hasattr(f, "write") or hasattr(f, "read")
+
+
 def save(obj, path) -> None:
-    """Write `obj` to `path` atomically as safetensors + JSON metadata."""
-    from safetensors.numpy import save_file
-    path = os.fspath(path)
+    """Write `obj` to `path` atomically as safetensors + JSON metadata. `path` may also be a
+    binary file object opened for writing; the bytes are then written to it (not atomically:
+    the caller owns that file)."""
+    from safetensors.numpy import save as save_bytes, save_file
     enc = _Encoder()
     structure = enc.encode(obj, [])
     struct_text = json.dumps(structure, separators=(",", ":"), allow_nan=False)
@@ -147,6 +163,10 @@ def save(obj, path) -> None:
         _META_STRUCT: struct_text,
         _META_DIGEST: _digest(enc.arrays, struct_text),
     }
+    if _is_file(path):
+        path.write(save_bytes(enc.arrays, metadata=metadata))
+        return
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
@@ -198,31 +218,52 @@ class _Decoder:
         raise CheckpointFormatError(f"{self.path}: unknown structure node {sorted(node)}")
 
 
+def _read_bytes(data: bytes):
+    """(metadata, arrays) of a safetensors file held in memory (safe_open wants a path)."""
+    from safetensors.numpy import load as load_bytes
+    n = int.from_bytes(data[:8], "little")
+    if len(data) < 8 + n:
+        raise ValueError("header runs past the end of the data")
+    meta = json.loads(data[8:8 + n].decode()).get("__metadata__") or {}
+    return meta, load_bytes(data)
+
+
 def load(path, device=None, verify: bool = True, map_location=None, weights_only=None):
-    """Read a file written by `save`. Arrays come back as numpy arrays (on `device` if given),
-    Tensors as Tensors. verify=False skips the checksum (saves one pass over the data)."""
+    """Read a file written by `save` (a path, or a binary file object as torch.load takes).
+    Arrays come back as numpy arrays (on `device` if given), Tensors as Tensors. verify=False
+    skips the checksum (saves one pass over the data)."""
     from safetensors import safe_open
     # torch.load(path, map_location=...): a device string / torch-style device; weights_only is
     # always true here (nothing but arrays and JSON is ever read)
     if device is None and map_location is not None and not callable(map_location) \
             and not isinstance(map_location, dict):
         device = str(map_location)
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a directory; give the saved file inside it (e.g. {path}/model.keras)")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        with safe_open(path, framework="np") as f:
-            meta = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
-    except CheckpointFormatError:
-        raise
-    except Exception as e:   # SafetensorError, OSError, ValueError, ...: all mean "not intact"
-        size = os.path.getsize(path)
-        raise CheckpointFormatError(
-            f"{path}: not a readable checkpoint ({size} bytes; {type(e).__name__}: {e}); the file is "
-            "truncated or corrupt - use an earlier checkpoint") from None
+    if _is_file(path):
+        data = path.read()
+        path = getattr(path, "name", "<file object>")
+        try:
+            meta, arrays = _read_bytes(data)
+        except Exception as e:
+            raise CheckpointFormatError(
+                f"{path}: not a readable checkpoint ({len(data)} bytes; {type(e).__name__}: {e}); the "
+                "file is truncated or corrupt - use an earlier checkpoint") from None
+    else:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path} is a directory; give the saved file inside it (e.g. {path}/model.keras)")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        try:
+            with safe_open(path, framework="np") as f:
+                meta = f.metadata() or {}
+                arrays = {k: f.get_tensor(k) for k in f.keys()}
+        except CheckpointFormatError:
+            raise
+        except Exception as e:   # SafetensorError, OSError, ValueError, ...: all mean "not intact"
+            size = os.path.getsize(path)
+            raise CheckpointFormatError(
+                f"{path}: not a readable checkpoint ({size} bytes; {type(e).__name__}: {e}); the file is "
+                "truncated or corrupt - use an earlier checkpoint") from None
     fmt = meta.get(_META_FORMAT, "")
     if not fmt.startswith(FORMAT_NAME + "/"):
         raise CheckpointFormatError(

@@ -203,3 +203,32 @@ def test_manual_sgd_with_tied_weights_matches_torch():
             for p in model.parameters():
                 p.data.add_(p.grad, alpha=-20)
     np.testing.assert_allclose(ours.enc.weight.numpy(), theirs.enc.weight.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- save / load
+def test_save_and_load_through_file_objects(tmp_path):
+    model = nn.Linear(3, 2)
+    with open(tmp_path / "model.pt", "wb") as f:
+        torch.save(model.state_dict(), f)
+    with open(tmp_path / "model.pt", "rb") as f:
+        sd = torch.load(f, weights_only=False)
+    assert np.array_equal(sd["weight"].numpy(), model.weight.numpy())
+    assert np.array_equal(torch.load(tmp_path / "model.pt")["bias"].numpy(), model.bias.numpy())
+    buf = io.BytesIO()
+    torch.save({"epoch": 3, "w": model.weight}, buf)
+    buf.seek(0)
+    assert torch.load(buf)["epoch"] == 3
+    broken = io.BytesIO(buf.getvalue()[:40])
+    with pytest.raises(torch.serialization.CheckpointFormatError, match="truncated or corrupt"):
+        torch.load(broken)
+
+
+def test_whole_model_save_is_refused_with_the_workaround(tmp_path):
+    with pytest.raises(TypeError, match=r"whole Linear object.*state_dict\(\).*load_state_dict"):
+        torch.save(nn.Linear(2, 2), tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_rnn_flatten_parameters_is_accepted():
+    lstm = nn.LSTM(3, 4, 2)
+    assert lstm.flatten_parameters() is None

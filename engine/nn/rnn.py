@@ -76,6 +76,11 @@ class RNNBase(Module):
     def all_weights(self):
         return [getattr(self, n) for n in self._flat_weights_names]
 
+    def flatten_parameters(self):
+        """Accepted and does nothing, as torch's does on the CPU: it packs weights into one cuDNN
+        buffer, and every layer here already runs as one fused node over its own arrays.  Ported
+        code calls it after loading a model and at the top of forward()."""
+
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
