@@ -232,3 +232,66 @@ def test_whole_model_save_is_refused_with_the_workaround(tmp_path):
 def test_rnn_flatten_parameters_is_accepted():
     lstm = nn.LSTM(3, 4, 2)
     assert lstm.flatten_parameters() is None
+
+
+# ---------------------------------------------------------------- nn.Transformer
+def test_transformer_structure_init_and_mask():
+    torch.manual_seed(0)
+    m = nn.Transformer(d_model=16, nhead=2, num_encoder_layers=2, num_decoder_layers=1, dim_feedforward=32)
+    keys = list(m.state_dict())
+    assert "encoder.norm.weight" in keys and "decoder.layers.0.multihead_attn.in_proj_weight" in keys
+    assert "decoder.layers.0.norm3.bias" in keys and "decoder.layers.1.norm1.weight" not in keys
+    w = m.encoder.layers[0].linear1.weight.numpy()          # xavier_uniform_: bound sqrt(6 / (16 + 32))
+    assert np.abs(w).max() <= math.sqrt(6 / 48) and np.abs(w).max() > 0.9 * math.sqrt(6 / 48)
+    mask = nn.Transformer.generate_square_subsequent_mask(3).numpy()
+    assert mask.tolist() == [[0, -math.inf, -math.inf], [0, 0, -math.inf], [0, 0, 0]]
+    out = m(torch.randn(5, 2, 16), torch.randn(3, 2, 16), tgt_mask=nn.Transformer.generate_square_subsequent_mask(3))
+    assert out.shape == (3, 2, 16)
+    out.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+    with pytest.raises(RuntimeError, match="batch number"):
+        m(torch.randn(5, 2, 16), torch.randn(3, 4, 16))
+
+
+def test_transformer_subclass_as_in_word_language_model():
+    """TransformerModel(nn.Transformer) uses self.encoder with a float mask and replaces decoder."""
+    class TransformerModel(nn.Transformer):
+        def __init__(self, ntoken, ninp, nhead, nhid, nlayers):
+            super().__init__(d_model=ninp, nhead=nhead, dim_feedforward=nhid, num_encoder_layers=nlayers)
+            self.input_emb = nn.Embedding(ntoken, ninp)
+            self.decoder = nn.Linear(ninp, ntoken)
+
+        def forward(self, src):
+            mask = torch.log(torch.tril(torch.ones(len(src), len(src))))
+            return nn.functional.log_softmax(self.decoder(self.encoder(self.input_emb(src), mask=mask)), dim=-1)
+
+    m = TransformerModel(11, 8, 2, 16, 2)
+    out = m(torch.randint(0, 11, (6, 3)))
+    assert out.shape == (6, 3, 11)
+    out.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("batch_first,norm_first", [(False, False), (True, True)])
+def test_transformer_matches_torch(batch_first, norm_first):
+    t = pytest.importorskip("torch")
+    t.manual_seed(0)
+    kw = dict(d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=32, dropout=0.0,
+              batch_first=batch_first, norm_first=norm_first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = t.nn.Transformer(**kw).eval()
+    ours = nn.Transformer(**kw).eval()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    rng = np.random.default_rng(0)
+    src = rng.standard_normal((3, 5, 16) if batch_first else (5, 3, 16)).astype(np.float32)
+    tgt = rng.standard_normal((3, 4, 16) if batch_first else (4, 3, 16)).astype(np.float32)
+    kpm = np.zeros((3, 5), bool)
+    kpm[1, 3:] = True
+    with t.no_grad():
+        want = theirs(t.tensor(src), t.tensor(tgt), tgt_mask=t.nn.Transformer.generate_square_subsequent_mask(4),
+                      src_key_padding_mask=t.tensor(kpm), memory_key_padding_mask=t.tensor(kpm)).numpy()
+    got = ours(torch.tensor(src), torch.tensor(tgt), tgt_mask=nn.Transformer.generate_square_subsequent_mask(4),
+               src_key_padding_mask=kpm, memory_key_padding_mask=kpm).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -17,7 +17,8 @@ from .dropout import Dropout
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm, GroupNorm
 from .sparse import Embedding
 from .rnn import RNNBase, RNN, LSTM, GRU, RNNCellBase, RNNCell, LSTMCell, GRUCell
-from .transformer import MultiheadAttention, TransformerEncoderLayer, TransformerEncoder
+from .transformer import (MultiheadAttention, TransformerEncoderLayer, TransformerEncoder, TransformerDecoderLayer,
+                          TransformerDecoder, Transformer)
 from .loss import (CrossEntropyLoss, NLLLoss, MSELoss, L1Loss, BCEWithLogitsLoss, BCELoss, SmoothL1Loss, HuberLoss,
                    KLDivLoss)
 from .functional import ShapeError
@@ -36,5 +37,6 @@ __all__ = [
     "MSELoss", "L1Loss", "ShapeError", "utils",
     "ParameterList", "ParameterDict", "Conv1d", "AdaptiveAvgPool2d", "SiLU", "ELU", "Softplus", "Hardtanh", "ReLU6",
     "GroupNorm", "RNNCellBase", "RNNCell", "LSTMCell", "GRUCell", "MultiheadAttention", "TransformerEncoderLayer",
-    "TransformerEncoder", "BCEWithLogitsLoss", "BCELoss", "SmoothL1Loss", "HuberLoss", "KLDivLoss",
+    "TransformerEncoder", "TransformerDecoderLayer", "TransformerDecoder", "Transformer", "BCEWithLogitsLoss",
+    "BCELoss", "SmoothL1Loss", "HuberLoss", "KLDivLoss",
 ]
