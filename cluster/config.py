@@ -505,6 +505,9 @@ SCHEMA = Section({
                                    min_exclusive=True),
         "startup_timeout": Float(120.0, "Seconds workers may take to register.", min=0, min_exclusive=True),
         "grace_period": Float(5.0, "Seconds between SIGTERM and SIGKILL when stopping workers.", min=0),
+        "stop_timeout": Float(60.0, "After SIGTERM to the launcher: seconds the built-in training loop gets to "
+                                    "save a checkpoint and stop cleanly before the workers are stopped "
+                                    "anyway (0: stop at once, as on Ctrl-C).", min=0),
     }),
 })
 

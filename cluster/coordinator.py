@@ -133,6 +133,7 @@ class Coordinator:
         self.low_memory_fraction = 0.05      # warn below this share of free host memory
         self._memory_warned: dict[str, float] = {}
         self._checkpoint_request: int | None = None   # checkpoint at the first step >= this
+        self._stop_request = False    # checkpoint, then stop (the launcher got SIGTERM)
         self._startup_reported = False
         self._dirty = True
         self._last_state_write = 0.0
@@ -173,6 +174,7 @@ class Coordinator:
             self.workers.clear()
             self._startup_reported = False
             self._checkpoint_request = None
+            self._stop_request = False
             self._dirty = True
         self._drain_events()
 
@@ -180,6 +182,12 @@ class Coordinator:
         """Make the next checkpoint query at a step >= `at_step` (default: the next one) answer yes."""
         with self._lock:
             self._checkpoint_request = at_step if at_step is not None else 0
+
+    def request_stop(self) -> None:
+        """Ask the workers to save a checkpoint and stop (heartbeat replies carry `stop_pending`; the
+        built-in training loop acts on it at its next metrics step)."""
+        with self._lock:
+            self._stop_request = True
 
     def get_event(self, timeout: float | None = 0.0) -> Event | None:
         try:
@@ -332,7 +340,7 @@ class Coordinator:
                     f.write(json.dumps(rec, separators=(",", ":")) + "\n")
             except OSError:
                 pass
-        return {"checkpoint_pending": self._checkpoint_request is not None}
+        return {"checkpoint_pending": self._checkpoint_request is not None, "stop_pending": self._stop_request}
 
     def _watch_memory(self, w: WorkerInfo) -> None:
         """Warn (once a minute per host) when a host runs out of memory, naming its hungriest rank:
@@ -375,6 +383,8 @@ class Coordinator:
         b = msg["body"]
         rec = {"step": b["step"], "epoch": b.get("epoch"), "path": b["path"], "sha256": b["sha256"],
                "rank": msg["rank"], "attempt": self.attempt, "time": round(time.time(), 3)}
+        if self._checkpoint_request is not None and b["step"] >= self._checkpoint_request:
+            self._checkpoint_request = None     # a requested checkpoint is taken once
         self.checkpoints = [c for c in self.checkpoints if c["path"] != b["path"]] + [rec]
         self.checkpoints = self.checkpoints[-50:]
         self._write_state(force=True)
@@ -494,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
 
     The secret comes from $DPTRAIN_JOB_SECRET (never the command line, which `ps` shows).
     On a failure event it sends SIGTERM to the pid in --kill-pidfile (the mpiexec), so a
-    hung or lost rank stops the job instead of blocking it.
+    hung or lost rank stops the job instead of blocking it.  SIGUSR1 asks the workers for a
+    checkpoint, SIGUSR2 for a checkpoint and a clean stop (the script's SIGTERM / time limit).
     """
     p = argparse.ArgumentParser(prog="python -m cluster.coordinator", description=main.__doc__)
     p.add_argument("--world-size", type=int, required=True)
@@ -522,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # the launch script passes its own signals on: USR1 = checkpoint now, USR2 = checkpoint and stop
+    signal.signal(signal.SIGUSR1, lambda *_: coord.request_checkpoint())
+    signal.signal(signal.SIGUSR2, lambda *_: coord.request_stop())
     try:
         coord.start()
     except RuntimeError as e:

@@ -119,6 +119,7 @@ class CoordinatorClient:
         self.step: int | None = None
         self.epoch: int | None = None
         self.checkpoint_pending = False
+        self.stop_pending = False       # the launcher asks for a checkpoint, then a clean stop
         self._seq = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -259,6 +260,7 @@ class CoordinatorClient:
                 pass
         reply = self.request("heartbeat", body)
         self.checkpoint_pending = bool(reply.get("checkpoint_pending"))
+        self.stop_pending = bool(reply.get("stop_pending"))
         return reply
 
     def start_heartbeat(self, interval: float | None = None, lost_after: float | None = None,

@@ -178,6 +178,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.restarts = int(os.environ.get("DPTRAIN_RESTART_COUNT", "0"))
+        self.stopped = False     # the launcher asked for a checkpoint and a clean stop (SIGTERM)
         self.last_checkpoint = None
         self._checkpoint_step = None
         ck = cfg.checkpoint
@@ -207,6 +208,9 @@ class Trainer:
             self.last_checkpoint = str(path)
             if self.coordinator is not None:
                 self.coordinator.report_checkpoint(self.step, str(path))
+                # the coordinator now counts a pending request as served; do not act on it again before
+                # the next heartbeat says so
+                self.coordinator.checkpoint_pending = False
         self.last_checkpoint = self.comm.broadcast_obj(self.last_checkpoint, root=0)
         self._checkpoint_step = self.step
 
@@ -304,10 +308,13 @@ class Trainer:
                     # checkpoint" flag, so every rank agrees without an extra collective.
                     asked = float(self.rank == 0 and self.coordinator is not None
                                   and bool(getattr(self.coordinator, "checkpoint_pending", False)))
+                    stop = float(self.rank == 0 and self.coordinator is not None
+                                 and bool(getattr(self.coordinator, "stop_pending", False)))
                     m = average_metrics(self.comm, {"loss": window_loss / window_n,
                                                     "accuracy": window_correct / window_n,
-                                                    "checkpoint_request": asked})
+                                                    "checkpoint_request": asked, "stop_request": stop})
                     requested = m.pop("checkpoint_request") > 0
+                    self.stopped = m.pop("stop_request") > 0
                     self._metrics({"step": self.step, "epoch": self.epoch, "attempt": self.restarts,
                                    "lr": self.optimizer.param_groups[0]["lr"], **m,
                                    "samples_per_s": samples / (time.perf_counter() - t0)})
@@ -318,7 +325,7 @@ class Trainer:
                         and self.restarts == 0:
                     self.log(f"fault injection: rank {self.rank} exits at step {self.step}")
                     os._exit(17)
-                if self.step >= self.total_steps:
+                if self.step >= self.total_steps or self.stopped:
                     break
             else:
                 self.epoch += 1                      # the epoch was used up
@@ -367,6 +374,20 @@ class Trainer:
         self.model.train()
         return float(tot[0] / max(tot[2], 1)), float(tot[1] / max(tot[2], 1))
 
+    def _stopped_summary(self, sps) -> dict:
+        """The launcher asked for a clean stop (SIGTERM: preemption, a time limit, `kill`): the
+        checkpoint is written; skip the evaluation and leave, so the run resumes from here."""
+        summary = {"world_size": self.size, "epochs": self.cfg.job.epochs, "steps": self.step,
+                   "samples_per_s": sps, "restarts": self.restarts, "last_checkpoint": self.last_checkpoint,
+                   "model": self.cfg.job.model, "embedded_dataset": self.embedded, "stopped_early": True}
+        if self.rank == 0:
+            if self.run_dir:
+                from .rundir import RunDir
+                RunDir(self.run_dir).write_summary(summary)
+            self.log(f"stopped on request at step {self.step} of {self.total_steps}; checkpoint "
+                     f"{self.last_checkpoint}: run the same command again to continue from it")
+        return summary
+
     def _metrics(self, record):
         if self.rank == 0 and self.run_dir:
             from .rundir import RunDir
@@ -394,6 +415,8 @@ class Trainer:
         sps = self.train()
         if self._checkpoint_step != self.step:
             self.save_checkpoint()
+        if self.stopped:
+            return self._stopped_summary(sps)
         test_loss, test_acc = self.evaluate()
         summary = {
             "world_size": self.size, "epochs": self.cfg.job.epochs, "steps": self.step,

@@ -9,6 +9,7 @@ Only the secret is generated when the script runs (never stored in the file).
 """
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -145,9 +146,32 @@ if removed:
           file=sys.stderr)
 PYEOF
 }
+# SIGTERM (a time limit, preemption, `kill`): the built-in training loop saves a checkpoint and stops at
+# its next metrics step (up to STOP_TIMEOUT s; 0: at once); a second SIGTERM stops the workers at once.
+# SIGUSR1: a checkpoint now, training goes on (under Slurm: checkpoint, stop and requeue, see REQUEUE_ON_USR1)
+STOP_TIMEOUT=STOP_TIMEOUT_VALUE
+STOP_DEADLINE=""
+REQUEUE=""
+on_term() {
+  if [ -n "$STOP_DEADLINE" ] || [ "$STOP_TIMEOUT" -eq 0 ] || [ -z "$MPI_PID" ] || [ -z "$COORD_PID" ]; then
+    on_signal 143
+  fi
+  STOP_DEADLINE=$(( $(date +%s) + STOP_TIMEOUT ))
+  echo "dptrain: $1: the workers save a checkpoint and stop at their next metrics step (up to ${STOP_TIMEOUT} s);" \
+       "SIGTERM again stops them at once" >&2
+  kill -USR2 "$COORD_PID" 2>/dev/null
+}
+on_usr1() {
+  if [ -n "${REQUEUE_ON_USR1:-}" ] && [ -n "${SLURM_JOB_ID:-}" ]; then REQUEUE=1; on_term "SIGUSR1 (time limit near)"; return; fi
+  if [ -n "$COORD_PID" ]; then
+    kill -USR1 "$COORD_PID" 2>/dev/null
+    echo "dptrain: SIGUSR1: the workers save a checkpoint at their next metrics step" >&2
+  fi
+}
 trap stop_coordinator EXIT
 trap 'on_signal 130' INT
-trap 'on_signal 143' TERM
+trap 'on_term SIGTERM' TERM
+trap on_usr1 USR1
 start_coordinator() {
   rm -f "$RUN_DIR/coordinator.addr"
   "$PYTHON" -m cluster.coordinator --world-size "$WORLD_SIZE" --bind "$COORD_BIND" \
@@ -177,6 +201,8 @@ def _coord_fn(job: Job, bind: str, host_expr: str) -> str:
     text = (_COORD_FN.replace("HB_TIMEOUT", f"{ft['heartbeat_timeout']:g}")
             .replace("STARTUP_TIMEOUT", f"{ft['startup_timeout']:g}")
             .replace("CKPT_INTERVAL", str(job.cfg["checkpoint"]["interval"])))
+    stop = 0 if job.cfg["job"]["script"] else math.ceil(float(ft["stop_timeout"]))   # a script cannot be asked
+    text = text.replace("STOP_TIMEOUT_VALUE", str(stop))
     text = (text.replace("LAUNCHER_MODE", job.mode).replace("WORLD_SIZE_VALUE", str(job.world_size))
             .replace("CHECKPOINT_DIR", _q(job.cfg["checkpoint"]["dir"])))
     return f"COORD_BIND={_q(bind)}\nCOORD_HOST={host_expr or chr(34) * 2}\n" + text
@@ -197,6 +223,10 @@ while :; do
   echo "$MPI_PID" > "$RUN_DIR/mpiexec.pid"
   # a rank that exits non-zero ends the job now (MPI launchers may wait for the other ranks)
   while kill -0 "$MPI_PID" 2>/dev/null; do
+    if [ -n "$STOP_DEADLINE" ] && [ "$(date +%s)" -ge "$STOP_DEADLINE" ]; then
+      echo "dptrain: the workers did not stop within ${STOP_TIMEOUT} s; stopping them now" >&2
+      on_signal 143
+    fi
     if grep -qsE '"exit_code": [1-9]' "$RUN_DIR"/status/rank*.json; then
       echo "dptrain: a rank failed; stopping the others" >&2
       kill -TERM "$MPI_PID" 2>/dev/null
@@ -208,6 +238,16 @@ while :; do
   rc=$?
   MPI_PID=""
   stop_coordinator
+  if [ -n "$STOP_DEADLINE" ] && [ "$rc" -eq 0 ]; then
+    echo "dptrain: the workers saved a checkpoint and stopped; run this script again to continue from it" >&2
+    finish stopped 143
+    if [ -n "$REQUEUE" ] && scontrol requeue "$SLURM_JOB_ID"; then
+      echo "dptrain: requeued Slurm job $SLURM_JOB_ID: it resumes from that checkpoint when it runs again" >&2
+      exit 0
+    fi
+    exit 143
+  fi
+  if [ -n "$STOP_DEADLINE" ]; then finish interrupted 143; exit 143; fi
   if [ "$rc" -ne 0 ]; then after_failed_attempt; fi
   # name the rank that failed and why, as `dptrain mpirun` does (launcher.postmortem): its exit code
   # rather than the launcher's, or its worker shim killed by a signal
@@ -290,7 +330,10 @@ def slurm_script(job: Job) -> str:
     dist = "cyclic" if cfg["cluster"]["placement"] == "cyclic" else "block"
     sb = [f"#SBATCH --job-name={cfg['name']}", f"#SBATCH --nodes={len(nodes)}", f"#SBATCH --ntasks={job.world_size}",
           f"#SBATCH --distribution={dist}", f"#SBATCH --cpus-per-task={cfg['job']['threads']}",
-          f"#SBATCH --output={job.run.path}/slurm-%j.out"]
+          f"#SBATCH --output={job.run.path}/slurm-%j.out",
+          # 120 s before the time limit: checkpoint, stop and requeue (the next run resumes); append so a
+          # requeued job keeps its earlier output
+          "#SBATCH --signal=B:USR1@120", "#SBATCH --requeue", "#SBATCH --open-mode=append"]
     if len(set(slots)) == 1:
         sb.append(f"#SBATCH --ntasks-per-node={slots[0]}")
     if gpus:
@@ -300,6 +343,7 @@ def slurm_script(job: Job) -> str:
     head = "#!/usr/bin/env bash\n" + "\n".join(sb) + "\n" + _prelude(
         job, python, "dptrain Slurm batch script: submit with `sbatch`; ranks are started by srun")
     head += "\n" + _common_exports(job, backend, "slurm")
+    head += "REQUEUE_ON_USR1=1   # SIGUSR1 from --signal: checkpoint, stop, scontrol requeue\n"
     head += ('DPTRAIN_MASTER_ADDR="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(hostname)}" 2>/dev/null '
              '| head -n 1)"\n'
              'export DPTRAIN_MASTER_ADDR="${DPTRAIN_MASTER_ADDR:-$(hostname)}"\n')

@@ -160,6 +160,9 @@ class Supervisor:
         self.out = out or sys.stderr
         self._signal: int | None = None
         self._signals_seen = 0
+        self._checkpoint_asked = False          # SIGUSR1: checkpoint now, keep training
+        self._stop_asked: float | None = None   # SIGTERM: when a checkpoint-then-stop was asked for
+        self._stop_sent = False
 
     def say(self, text: str) -> None:
         try:
@@ -170,18 +173,50 @@ class Supervisor:
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGUSR1:
+            self._checkpoint_asked = True       # acted on by the watch loop (no locks in a handler)
+            return
         self._signals_seen += 1
+        if signum == signal.SIGTERM and self._signals_seen == 1 and self._stops_cleanly():
+            self._stop_asked = time.monotonic()
+            return
         self._signal = signum
         if self._signals_seen >= 2:  # second Ctrl-C: no more grace
             self.group.stop(0.0)
+
+    def _stops_cleanly(self) -> bool:
+        """SIGTERM (preemption, a time limit, `kill`) first asks for a checkpoint and a clean stop:
+        the built-in training loop honours that; a job.script is stopped at once, as on Ctrl-C."""
+        return not self.job.cfg["job"]["script"] and float(self.job.cfg["fault_tolerance"]["stop_timeout"]) > 0
 
     def _install(self) -> dict:
         old = {}
         if threading.current_thread() is threading.main_thread():
             # SIGHUP: the terminal closed; stop as cleanly as on Ctrl-C (summary, /dev/shm cleanup)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
                 old[sig] = signal.signal(sig, self._on_signal)
         return old
+
+    def _act_on_requests(self, coord) -> int | None:
+        """SIGUSR1 / SIGTERM asked for a checkpoint (and a stop): pass it on to the workers through
+        the coordinator; 128 + SIGTERM once a clean stop has taken longer than stop_timeout."""
+        if self._checkpoint_asked:
+            self._checkpoint_asked = False
+            coord.request_checkpoint()
+            self.say("SIGUSR1: the workers save a checkpoint at their next metrics step (job.log_every)")
+        if self._stop_asked is None:
+            return None
+        limit = float(self.job.cfg["fault_tolerance"]["stop_timeout"])
+        if not self._stop_sent:
+            self._stop_sent = True
+            coord.request_stop()
+            self.say(f"SIGTERM: the workers save a checkpoint and stop at their next metrics step (up to "
+                     f"{limit:g} s, fault_tolerance.stop_timeout); send it again to stop them at once")
+        if time.monotonic() - self._stop_asked > limit:
+            self.say(f"the workers did not stop within {limit:g} s; stopping them now")
+            self._signal = signal.SIGTERM
+            return 128 + signal.SIGTERM
+        return None
 
     @staticmethod
     def _restore(old: dict) -> None:
@@ -208,6 +243,13 @@ class Supervisor:
                 self.group.start(attempt)
                 result = self._watch(coord)
                 rec["ended"] = round(time.time(), 3)
+                if result is None and self._stop_asked is not None:    # stopped cleanly on SIGTERM
+                    rec["status"] = "stopped"
+                    job.write_launcher_state(status="stopped")
+                    self.say("the workers saved a checkpoint and stopped; run the same command again to "
+                             "continue from it")
+                    self._finish_summary("stopped", 128 + signal.SIGTERM, attempt)
+                    return 128 + signal.SIGTERM
                 if result is None:                      # success
                     rec["status"] = "ok"
                     job.write_launcher_state(status="ok")
@@ -243,8 +285,8 @@ class Supervisor:
                             self.out.write(f"    {line}\n")
                         self.out.flush()
                 job.write_launcher_state(status="failed")
-                if self._signal is not None:
-                    code = 128 + self._signal
+                if self._signal is not None or self._stop_asked is not None:
+                    code = 128 + (self._signal or signal.SIGTERM)
                     self._finish_summary("interrupted", code, attempt)
                     return code
                 if attempt < max_restarts and failure.exit_code == EXIT_CONFIG:
@@ -294,6 +336,9 @@ class Supervisor:
         while True:
             if self._signal is not None:
                 return 128 + self._signal
+            code = self._act_on_requests(coord)
+            if code is not None:
+                return code
             ok, failure = self.group.poll()
             if failure is not None:
                 return self._behind_timeout(self._behind_echo(failure, coord), coord)

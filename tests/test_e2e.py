@@ -262,3 +262,80 @@ def test_an_interrupted_run_records_how_far_it_got(tmp_path):
     assert p.returncode == 130
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and isinstance(summary["steps"], int) and summary["steps"] >= 15
+
+
+def _start(out, *extra, script=None):
+    """A long built-in job in the background (stopped by the test), and a wait for its first metrics;
+    with `script`, through a `dptrain script` launch script written there."""
+    import time
+    args = ["configs/local.yaml", *QUICK, "job.epochs=1000", "checkpoint.interval=0", "checkpoint.keep=5",
+            f"output.dir={out}", *extra]
+    cmd = [sys.executable, "-m", "launcher", "run", *args]
+    if script is not None:
+        assert dptrain("script", *args, "-o", str(script)).returncode == 0
+        cmd = ["bash", str(script)]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=base_env(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.time() + 120
+    while time.time() < end and not (out / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    assert (out / "metrics.jsonl").exists(), "no metrics within 120 s"
+    return p
+
+
+def _checkpoint_steps(out):
+    return sorted(int(n.split("-")[1]) for n in os.listdir(out / "checkpoints") if n.startswith("step-"))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["zmq", "mpi"])
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly_then_the_run_resumes(tmp_path, backend):
+    """Preemption / a time limit / `kill`: SIGTERM to the launcher makes the workers checkpoint at their
+    next metrics step and stop (exit 143, status "stopped"); SIGUSR1 before it only adds a checkpoint.
+    Running the same command again continues from the stop's checkpoint."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    p = _start(out, f"cluster.backend={backend}")
+    p.send_signal(signal.SIGUSR1)
+    end = time.time() + 60
+    while time.time() < end and not ((out / "checkpoints").is_dir() and _checkpoint_steps(out)):
+        time.sleep(0.1)
+    time.sleep(1.5)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 143, stdout[-2000:] + stderr[-2000:]
+    assert "SIGUSR1: the workers save a checkpoint" in stderr and "SIGTERM: the workers save a checkpoint" in stderr
+    assert "the workers saved a checkpoint and stopped" in stderr
+    steps = _checkpoint_steps(out)
+    assert len(steps) == 2 and all(s % 5 == 0 for s in steps), steps   # the requested one is taken once
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["stopped_early"] and summary["exit_code"] == 143
+    assert summary["last_checkpoint"].endswith(f"step-{steps[-1]:08d}") and summary["steps"] == steps[-1]
+    assert f"stopped on request at step {steps[-1]} of 20000" in stdout
+    assert json.loads((out / "launcher.json").read_text())["status"] == "stopped"
+    again = dptrain("run", "configs/local.yaml", *QUICK, "job.epochs=1000", f"job.max_steps={steps[-1] + 5}",
+                    f"cluster.backend={backend}", f"output.dir={out}")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert f"resumed from {out / 'checkpoints' / f'step-{steps[-1]:08d}'} at step {steps[-1]}" in again.stdout
+
+
+@pytest.mark.timeout(300)
+def test_the_launch_script_passes_sigusr1_and_sigterm_on_like_the_launcher(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    p = _start(out, "cluster.backend=mpi", script=tmp_path / "launch.sh")
+    p.send_signal(signal.SIGUSR1)
+    end = time.time() + 60
+    while time.time() < end and not ((out / "checkpoints").is_dir() and _checkpoint_steps(out)):
+        time.sleep(0.1)
+    time.sleep(1.5)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 143, stdout[-2000:] + stderr[-2000:]
+    assert "SIGUSR1: the workers save a checkpoint" in stderr and "SIGTERM: the workers save a checkpoint" in stderr
+    assert "the workers saved a checkpoint and stopped; run this script again" in stderr
+    steps = _checkpoint_steps(out)
+    assert len(steps) == 2, steps
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["exit_code"] == 143 and summary["steps"] == steps[-1]

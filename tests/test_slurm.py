@@ -78,3 +78,52 @@ def test_sbatch_script_trains_and_writes_the_summary(tmp_path, backend):
     assert summary["steps"] == 40 and summary["test_accuracy"] > 0.2
     assert "[rank 0]" in log and "test accuracy" in log and "all ranks finished" in log
     assert os.path.exists(out / "logs" / "rank1.log")
+
+
+def _field(job_id, name):
+    r = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=10)
+    for field in r.stdout.split():
+        if field.startswith(name + "="):
+            return field.split("=", 1)[1]
+    return None
+
+
+@needs_slurm
+@pytest.mark.timeout(300)
+def test_time_limit_signal_checkpoints_stops_and_requeues(tmp_path):
+    """`#SBATCH --signal=B:USR1@120` warns the batch script before the time limit: the workers save a
+    checkpoint and stop, and the script requeues the job (which resumes from it when it runs again;
+    Slurm holds a requeued job for about two minutes, so the test stops at the requeue)."""
+    out = tmp_path / "run"
+    script = tmp_path / "job.sh"
+    args = [sys.executable, "-m", "launcher", "script", "configs/local.yaml", *QUICK, "job.epochs=1000",
+            "checkpoint.interval=0", f"cluster.nodes=[{{host: {NODE}, slots: 2}}]", "cluster.backend=zmq",
+            f"output.dir={out}", "--slurm", "-o", str(script)]
+    p = subprocess.run(args, cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    text = script.read_text()
+    assert "#SBATCH --signal=B:USR1@120" in text and "#SBATCH --requeue" in text and "--open-mode=append" in text
+    sub = subprocess.run(["sbatch", "--parsable", str(script)], cwd=tmp_path, env=base_env(),
+                         capture_output=True, text=True, timeout=30)
+    assert sub.returncode == 0, sub.stderr
+    job_id = sub.stdout.strip().split(";")[0]
+    try:
+        t0 = time.monotonic()
+        while not (out / "metrics.jsonl").exists():
+            if time.monotonic() - t0 > 60:
+                pytest.skip(f"Slurm job {job_id} did not start training within 60 s (the node is busy)")
+            time.sleep(0.5)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=10)
+        t0 = time.monotonic()
+        while _field(job_id, "Restarts") in (None, "0") and time.monotonic() - t0 < 90:
+            time.sleep(1)
+        log = "".join(f.read_text() for f in out.glob("slurm-*.out"))
+        assert _field(job_id, "Restarts") == "1", log[-3000:]
+        assert "SIGUSR1 (time limit near): the workers save a checkpoint and stop" in log, log[-3000:]
+        assert f"requeued Slurm job {job_id}" in log and "stopped on request at step" in log, log[-3000:]
+        ckpts = sorted(n for n in os.listdir(out / "checkpoints") if n.startswith("step-"))
+        assert len(ckpts) == 1, ckpts
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["status"] == "stopped" and summary["last_checkpoint"].endswith(ckpts[0])
+    finally:
+        subprocess.run(["scancel", job_id], timeout=10)
