@@ -14,6 +14,7 @@ Process groups other than the whole job are not supported (`group=` must be None
 """
 from __future__ import annotations
 
+import os
 
 __all__ = ["ReduceOp", "init_process_group", "is_initialized", "is_available", "get_rank",
            "get_world_size", "get_local_rank", "get_backend", "all_reduce", "broadcast", "all_gather",
@@ -44,11 +45,58 @@ def is_available() -> bool:
     return True
 
 
+#: environment variables of a launcher that already placed this process (dptrain, MPI, PMIx)
+_LAUNCHED_BY = ("DPTRAIN_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE", "PMIX_RANK")
+
+
+def _torch_rendezvous(init_method, world_size, rank) -> None:
+    """No launcher placed this process (`python train.py` with mp.spawn, as PyTorch's DDP tutorial
+    does): take rank and world size from the arguments (or RANK / WORLD_SIZE) and the rendezvous
+    from init_method "tcp://host:port" or "env://" (MASTER_ADDR / MASTER_PORT), as torch does, and
+    hand them to the ZeroMQ backend as the launcher would."""
+    env = os.environ
+    rank = int(rank) if rank not in (-1, None) else int(env["RANK"]) if env.get("RANK", "").isdigit() else None
+    size = (int(world_size) if world_size not in (-1, None)
+            else int(env["WORLD_SIZE"]) if env.get("WORLD_SIZE", "").isdigit() else None)
+    if rank is None or size is None:
+        raise ValueError("init_process_group: no launcher started this process, so give rank= and world_size= "
+                         "(or set RANK and WORLD_SIZE), or start the script with `dptrain launch -n N script.py`")
+    if not 0 <= rank < size:
+        raise ValueError(f"init_process_group: rank {rank} is not in 0..{size - 1} (world_size={size})")
+    if size == 1:
+        return          # a world of one needs no rendezvous: the local communicator
+    method = init_method or "env://"
+    if method.startswith("tcp://"):
+        host, _, port = method[len("tcp://"):].rpartition(":")
+    elif method == "env://":
+        host, port = env.get("MASTER_ADDR", ""), env.get("MASTER_PORT", "")
+        missing = [k for k, v in (("MASTER_ADDR", host), ("MASTER_PORT", port)) if not v]
+        if missing:
+            raise ValueError(f"init_process_group (env://): environment variable {' and '.join(missing)} expected, "
+                             f"but not set: set os.environ['MASTER_ADDR'] = 'localhost' and "
+                             f"os.environ['MASTER_PORT'] = '29500' (any free port) before it, or start the script "
+                             f"with `dptrain launch -n N script.py`")
+    else:
+        raise ValueError(f"init_process_group: init_method {init_method!r} is not supported; use 'env://' "
+                         f"(MASTER_ADDR / MASTER_PORT) or 'tcp://HOST:PORT'")
+    if not host or not port.isdigit():
+        raise ValueError(f"init_process_group: cannot read a host and port from {method!r} ({host!r}:{port!r})")
+    env.update(DPTRAIN_RANK=str(rank), DPTRAIN_WORLD_SIZE=str(size), DPTRAIN_MASTER_ADDR=host,
+               DPTRAIN_MASTER_PORT=port, DPTRAIN_LOCAL_RANK=env.get("LOCAL_RANK", str(rank)),
+               DPTRAIN_LOCAL_WORLD_SIZE=env.get("LOCAL_WORLD_SIZE", str(size)))
+
+
 def init_process_group(backend=None, init_method=None, timeout=None, world_size=-1, rank=-1, **_):
-    """Join the job's communicator; `dptrain launch` / `run` / `mpirun` have set everything up, so
-    backend and init_method are ignored, and world_size/rank only have to agree with the job."""
+    """Join the job's communicator.  Under `dptrain launch` / `run` / `mpirun` everything is set up:
+    backend and init_method are ignored, and world_size/rank only have to agree with the job.
+    Without a launcher (processes started by engine.multiprocessing.spawn or by hand), rank,
+    world_size and init_method (or RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) form the job, as
+    in torch; the backend name is still ignored (ZeroMQ)."""
     global _comm
     from . import init
+    if not any(os.environ.get(k) for k in _LAUNCHED_BY) and (
+            world_size not in (-1, None) or rank not in (-1, None) or os.environ.get("WORLD_SIZE")):
+        _torch_rendezvous(init_method, world_size, rank)
     seconds = timeout.total_seconds() if hasattr(timeout, "total_seconds") else timeout
     _comm = init(timeout=seconds).comm
     if world_size not in (-1, None) and world_size != _comm.size:
