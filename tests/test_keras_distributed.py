@@ -82,3 +82,59 @@ def test_distribute_and_shard_errors_and_single_process_passthrough():
         dpk.shard(x, y[:5], rank=0, size=2)
     with pytest.raises(ValueError, match="cannot be split over 4 ranks"):
         dpk.shard(x[:3], rank=0, size=4)
+
+
+BACKUP_SCRIPT = '''
+import os, sys
+import numpy as np
+import cluster
+from cluster import keras as dpk
+from engine import keras
+from engine.keras import layers
+
+ctx = cluster.init()
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((8,)), layers.Dense(16, activation="relu"), layers.Dropout(0.3),
+                          layers.Dense(3, activation="softmax")])
+model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+dpk.distribute(model, ctx.comm)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(96, 8)).astype("float32")
+y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0)
+xs, ys = dpk.shard(x, y, comm=ctx.comm)
+
+
+class CrashOnce(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if sys.argv[2] == "crash" and epoch == 2 and ctx.rank == 1 and os.environ.get("DPTRAIN_RESTART") == "0":
+            os._exit(3)
+
+
+model.fit(xs, ys, batch_size=8, epochs=5, verbose=0, shuffle=False,
+          callbacks=[keras.callbacks.BackupAndRestore(sys.argv[1] + ".backup"), CrashOnce()])
+if ctx.rank == 0:
+    np.savez(sys.argv[1] + ".npz", *model.get_weights())
+'''
+
+
+@pytest.mark.timeout(300)
+def test_backup_and_restore_resumes_a_restarted_data_parallel_fit_exactly(tmp_path):
+    """dptrain launch --max-restarts 1 + BackupAndRestore: rank 1 dies after epoch 3; the restarted
+    script resumes at epoch 4 and ends with the weights of a run that never crashed."""
+    script = tmp_path / "fit.py"
+    script.write_text(BACKUP_SCRIPT)
+    finals = {}
+    for mode in ("clean", "crash"):
+        out = tmp_path / mode
+        p = subprocess.run([sys.executable, "-m", "launcher", "launch", "-n", "2", "--backend", "zmq",
+                            "--max-restarts", "1", "--output", str(tmp_path / f"run-{mode}"), str(script), str(out),
+                            mode], cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=240)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        with np.load(str(out) + ".npz") as z:
+            finals[mode] = [z[f"arr_{i}"] for i in range(len(z.files))]
+        if mode == "crash":
+            assert "rank 1 failed: exit code 3" in p.stderr and "restarting the worker group" in p.stderr
+            assert "BackupAndRestore: resuming at epoch 4" in p.stdout, p.stdout[-3000:]
+        assert not os.path.exists(str(out) + ".backup")        # removed when fit completed
+    for a, b in zip(finals["clean"], finals["crash"]):
+        np.testing.assert_array_equal(a, b)

@@ -8,12 +8,13 @@ epoch (verbose=2); off a terminal it refreshes rarely so logs stay readable.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import sys
 import time
 
-__all__ = ["Callback", "History", "ProgbarLogger", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
+__all__ = ["Callback", "History", "ProgbarLogger", "EarlyStopping", "ModelCheckpoint", "BackupAndRestore", "ReduceLROnPlateau",
            "LearningRateScheduler", "CSVLogger", "TerminateOnNaN", "LambdaCallback", "CallbackList"]
 
 
@@ -258,6 +259,107 @@ class ModelCheckpoint(Callback):
             self.model.save(path, overwrite=True)
         if self.verbose:
             print(f"Epoch {epoch + 1}: saving model to {path}", flush=True)
+
+
+class BackupAndRestore(Callback):
+    """Keras' fault-tolerance callback: back the training state up during fit, and when fit starts
+    again after an interruption (a crash, a restart by `fault_tolerance.max_restarts`, a requeued
+    batch job), continue from the last backup instead of from epoch 0.
+
+    As in Keras 3: `backup_dir/latest.weights` plus `training_metadata.json` ({"epoch", "batch"}),
+    written at every epoch end (`save_freq="epoch"`) or every `save_freq` batches (then fit
+    restarts the interrupted epoch from its first batch, with the weights of the backup); the
+    previous backup is kept as `_latest.*` and used when the newest cannot be read; the directory is
+    removed when fit completes (`delete_checkpoint=True`).  Here the backup also holds the
+    optimizer state and the engine's random state, so with `save_freq="epoch"` the resumed fit
+    ends with exactly the weights of an uninterrupted one.  Under data parallelism
+    (cluster.keras.distribute, or any dptrain worker) only rank 0 writes; every rank restores.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=False, delete_checkpoint=True):
+        super().__init__()
+        if not backup_dir:
+            raise ValueError("BackupAndRestore: empty backup_dir")
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1):
+            raise ValueError(f"BackupAndRestore: save_freq must be 'epoch' or a positive number of batches, got "
+                             f"{save_freq!r}")
+        self.backup_dir, self.save_freq = os.fspath(backup_dir), save_freq
+        self.double_checkpoint, self.delete_checkpoint = bool(double_checkpoint), bool(delete_checkpoint)
+        self._state_path = os.path.join(self.backup_dir, "latest.weights")
+        self._meta_path = os.path.join(self.backup_dir, "training_metadata.json")
+        self._current_epoch, self._since_save = 0, 0
+
+    def _rank(self) -> int:
+        ddp = getattr(self.model, "_dptrain_ddp", None)
+        if ddp is not None:
+            return int(ddp.comm.rank)
+        raw = os.environ.get("DPTRAIN_RANK", "0")
+        return int(raw) if raw.isdigit() else 0
+
+    def on_train_begin(self, logs=None):
+        if not getattr(self.model, "built", False):
+            raise ValueError(f"BackupAndRestore: model {self.model.name!r} must be built before fit() (give the "
+                             f"first layer input_shape= or call it on a batch)")
+        self._since_save = 0
+        for state, meta in ((self._state_path, self._meta_path), (self._prev(self._state_path),
+                                                                   self._prev(self._meta_path))):
+            if not os.path.exists(state):
+                continue
+            try:
+                from .saving import load_training_state
+                load_training_state(self.model, state)
+                with open(meta, encoding="utf-8") as f:
+                    epoch = int(json.load(f)["epoch"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                print(f"warning: BackupAndRestore: cannot restore from {state} ({e}); trying the previous backup",
+                      file=sys.stderr, flush=True)
+                continue
+            self.model._initial_epoch = self._current_epoch = epoch
+            if self._rank() == 0:
+                print(f"BackupAndRestore: resuming at epoch {epoch + 1} from {self.backup_dir}", flush=True)
+            return
+
+    @staticmethod
+    def _prev(path):
+        head, tail = os.path.split(path)
+        return os.path.join(head, "_" + tail)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._current_epoch = epoch + 1
+        if self.save_freq == "epoch":
+            self._save(batch=0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._since_save += 1
+        if self._since_save >= self.save_freq:
+            self._since_save = 0
+            self._save(batch=batch + 1)
+
+    def _save(self, batch):
+        if self._rank() != 0:
+            return
+        from .saving import save_training_state
+        os.makedirs(self.backup_dir, exist_ok=True)
+        for path in (self._state_path, self._meta_path):      # the previous backup stays readable
+            if os.path.exists(path):
+                os.replace(path, self._prev(path))
+        save_training_state(self.model, self._state_path)
+        tmp = self._meta_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"epoch": self._current_epoch, "batch": batch}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._meta_path)
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and self._rank() == 0 and os.path.isdir(self.backup_dir):
+            import shutil
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
 
 
 class ReduceLROnPlateau(Callback):

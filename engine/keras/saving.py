@@ -178,3 +178,30 @@ def load_weights(model, filepath):
         raise ValueError(f'build model "{model.name}" (call it on data or build(input_shape)) before '
                          "load_weights, so its weights exist")
     _apply_weights(model, obj["weights"], filepath)
+
+
+def save_training_state(model, filepath, extra=None):
+    """Weights, optimizer state, the engine's random state and `extra` (JSON-able) of any built model
+    (also subclassed ones): what BackupAndRestore needs to continue a fit exactly."""
+    from .. import random as _random
+    opt = model.optimizer.state_dict() if getattr(model, "_optimizer_built", False) else None
+    # positional, not by layer name: a model rebuilt in the same process gets new automatic names
+    serialization.save({"format": FORMAT, "weight_list": [np.asarray(w) for w in model.get_weights()],
+                        "optimizer": opt, "rng": _random.get_state(), "extra": extra or {}}, os.fspath(filepath))
+
+
+def load_training_state(model, filepath) -> dict:
+    """Put a save_training_state file back into `model` (built and compiled); returns its `extra`."""
+    from .. import random as _random
+    obj = _read(filepath)
+    saved, have = obj["weight_list"], model.get_weights()
+    if len(saved) != len(have) or any(np.shape(a) != np.shape(b) for a, b in zip(saved, have)):
+        raise ValueError(f"{filepath}: the backup holds {len(saved)} weights of shapes "
+                         f"{[tuple(np.shape(a)) for a in saved]}, the model has {len(have)} of shapes "
+                         f"{[tuple(np.shape(b)) for b in have]}: it is another architecture")
+    model.set_weights([np.asarray(a) for a in saved])
+    if obj.get("optimizer") is not None and getattr(model, "_optimizer_built", False):
+        model.optimizer.load_state_dict(obj["optimizer"])
+    if obj.get("rng") is not None:
+        _random.set_state(obj["rng"])
+    return dict(obj.get("extra") or {})

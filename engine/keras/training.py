@@ -516,7 +516,10 @@ class Model(Layer):
         cb = cbks.CallbackList(cb_list, self, params)
         self.stop_training = False
         tracker = metrics_mod.Mean("loss")
+        self._initial_epoch = None
         cb.on_train_begin()
+        if self._initial_epoch is not None:        # a callback restored a backup (BackupAndRestore)
+            initial_epoch, self._initial_epoch = self._initial_epoch, None
         for epoch in range(int(initial_epoch), int(epochs)):
             self.train()
             tracker.reset_state()
