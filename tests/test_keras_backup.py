@@ -1,6 +1,5 @@
 """keras.callbacks.BackupAndRestore: an interrupted fit continues from its last backup, exactly."""
 import json
-import os
 
 import numpy as np
 import pytest
