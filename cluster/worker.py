@@ -97,6 +97,19 @@ def _report(rank, exc: BaseException, run_dir) -> int:
     return EXIT_CONFIG if isinstance(exc, recurring) else 1
 
 
+def _torchrun_environment(communicator) -> None:
+    """The variables torchrun gives a script (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
+    GROUP_RANK, MASTER_ADDR/PORT), so `int(os.environ["LOCAL_RANK"])` in a ported script reads this
+    worker's place; values the user set are left alone."""
+    env = os.environ
+    values = {"RANK": communicator.rank, "WORLD_SIZE": communicator.size, "LOCAL_RANK": communicator.local_rank,
+              "LOCAL_WORLD_SIZE": communicator.local_size, "GROUP_RANK": env.get("DPTRAIN_NODE_RANK", "0"),
+              "MASTER_ADDR": env.get("DPTRAIN_MASTER_ADDR", ""), "MASTER_PORT": env.get("DPTRAIN_MASTER_PORT", "")}
+    for key, value in values.items():
+        if str(value) and key not in env:
+            env[key] = str(value)
+
+
 def _comm_timeout_in(exc: BaseException):
     """The CommTimeoutError behind `exc` (itself, or what it was raised from), else None."""
     import comm
@@ -172,6 +185,7 @@ def main(argv=None) -> int:
     failure = ""
     try:
         communicator = comm.init(backend=backend)
+        _torchrun_environment(communicator)
         from .heartbeat import CoordinatorClient
         client = CoordinatorClient.from_env(rank=communicator.rank)
         if client is not None and client.enabled:

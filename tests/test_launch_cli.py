@@ -175,3 +175,23 @@ def test_a_rank_that_ran_fewer_steps_is_named_with_the_fix(tmp_path, backend):
     assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
     assert "dptrain: rank 1 failed: it finished and exited" in p.stderr, p.stderr[-3000:]
     assert "the ranks ran different numbers of steps" in p.stderr and "drop_last=True" in p.stderr
+
+
+TORCHRUN_STYLE = '''
+import os
+import cluster.distributed as dist
+local_rank = int(os.environ["LOCAL_RANK"])          # as a script written for torchrun reads it
+dist.init_process_group(backend="nccl")              # the backend name is ignored
+print("ENV", os.environ["RANK"], os.environ["WORLD_SIZE"], local_rank, os.environ["LOCAL_WORLD_SIZE"],
+      dist.get_rank(), dist.get_world_size(), os.environ["MASTER_PORT"] == os.environ["DPTRAIN_MASTER_PORT"],
+      flush=True)
+'''
+
+
+@pytest.mark.timeout(120)
+def test_scripts_written_for_torchrun_find_its_variables(tmp_path):
+    (tmp_path / "torchrun_style.py").write_text(TORCHRUN_STYLE)
+    p = _launch(tmp_path, "-n", "2", "--backend", "zmq", "torchrun_style.py")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    for r in range(2):
+        assert f"[rank {r}] ENV {r} 2 {r} 2 {r} 2 True" in p.stdout, p.stdout
