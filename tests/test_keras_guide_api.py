@@ -239,10 +239,3 @@ def test_callbacks_get_logs_positionally_and_on_batch_end():
     assert all(isinstance(c[1], dict) for c in calls)
 
 
-def test_add_loss_is_refused_with_the_workaround():
-    class ActivityRegularizationLayer(layers.Layer):
-        def call(self, inputs):
-            self.add_loss(ops.sum(inputs) * 0.1)
-            return inputs
-    with pytest.raises(NotImplementedError, match="put the term into the loss"):
-        ActivityRegularizationLayer()(np.ones((2, 3), np.float32))

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..tensor import Tensor
 
-__all__ = ["is_batch_iterable", "as_array", "check_xy", "split_validation", "batch_x", "num_samples",
+__all__ = ["PeekedIterator", "is_batch_iterable", "as_array", "check_xy", "split_validation", "batch_x", "num_samples",
            "standardize_inputs", "take_rows"]
 
 
@@ -23,6 +23,34 @@ def is_batch_iterable(x) -> bool:
     if hasattr(x, "__array__") or hasattr(x, "__cuda_array_interface__"):
         return False
     return hasattr(x, "__iter__")
+
+
+class PeekedIterator:
+    """A one-shot iterator (a Python generator) whose first batch can be read ahead, to build the model
+    on it, and is still the first batch the loop gets."""
+
+    EMPTY = object()
+
+    def __init__(self, iterator):
+        self._it = iterator
+        self._head = []
+
+    def peek(self):
+        """The next batch without consuming it (EMPTY when the iterator is exhausted)."""
+        if not self._head:
+            try:
+                self._head.append(next(self._it))
+            except StopIteration:
+                return self.EMPTY
+        return self._head[0]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._head:
+            return self._head.pop()
+        return next(self._it)
 
 
 def as_array(a, what):
@@ -57,7 +85,7 @@ def take_rows(a, idx):
     """Rows idx of an array, or of each array of a list (several inputs / outputs)."""
     if a is None:
         return None
-    return [v[idx] for v in a] if isinstance(a, list) else a[idx]
+    return [None if v is None else v[idx] for v in a] if isinstance(a, list) else a[idx]
 
 
 def standardize_inputs(x, names, what, kind="inputs"):

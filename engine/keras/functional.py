@@ -19,8 +19,8 @@ from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from .data_adapter import check_xy, standardize_inputs
-from .layers.base import (CF, InputShapeError, Layer, as_mask, as_tensor_input, attach_mask, is_shape_list,
-                          shape_str, shapes_compatible, to_channels_last)
+from .layers.base import (CF, InputShapeError, Layer, as_mask, as_tensor_input, attach_mask, forward_pass,
+                          is_shape_list, shape_str, shapes_compatible, to_channels_last)
 from .layers.core import InputLayer
 from .training import Model, loss_value, update_metric
 
@@ -246,7 +246,8 @@ class Functional(Model):
         if is_symbolic(inputs):
             return call_symbolic(self, list(inputs) if isinstance(inputs, (list, tuple)) else inputs)
         if isinstance(inputs, (list, tuple)) and self._n_inputs() > 1:
-            y, out_mask = self._call_masked(list(inputs), training, mask)
+            with forward_pass(self):
+                y, out_mask = self._call_masked(list(inputs), training, mask)
             return attach_mask(y, out_mask)
         return super().__call__(inputs, training=training, mask=mask, **kwargs)
 
@@ -288,24 +289,29 @@ class Functional(Model):
             raise TypeError(f"compile: unexpected arguments {sorted(kwargs)}")
         if loss is None:
             raise ValueError(f"compile needs a loss: one for all outputs, a list, or a dict by output name "
-                             f"{self.output_names}")
-        self._losses = [losses_mod.get(v) for v in self._per_output(loss, "loss")]
-        self._loss_weights = [float(w) for w in self._per_output(loss_weights, "loss_weights", default=1.0)]
+                             f"{self.output_names} (None for an output that is not trained on)")
+        # An output whose loss is None is not trained on and gets no `<output>_loss` log (Keras 3's
+        # CompileLoss skips it); its metrics still run.
+        self._losses = [None if v is None else losses_mod.get(v)
+                        for v in self._per_output(loss, "loss", allow_none=True)]
+        self._loss_weights = [1.0 if w is None else float(w)
+                              for w in self._per_output(loss_weights, "loss_weights", default=1.0)]
         self.optimizer = optimizers_mod.get(optimizer)
-        self.loss = self._losses[0]                 # Model's "is there a loss" checks
+        # Model's "is there a loss" checks (None when every output's loss is None: add_loss() terms only)
+        self.loss = next((v for v in self._losses if v is not None), None)
         self._metric_ids = self._metrics_per_output(metrics)
         self._weighted_metric_ids = self._metrics_per_output(weighted_metrics, "weighted_metrics")
         self._metrics = None
         self._optimizer_built = False
         self.compiled = True
 
-    def _per_output(self, value, what, default=None):
+    def _per_output(self, value, what, default=None, allow_none=False):
         names = self.output_names
         if isinstance(value, dict):
             unknown = [k for k in value if k not in names]
             if unknown:
                 raise ValueError(f"compile({what}=...): {unknown} are not outputs of this model; outputs: {names}")
-            if default is None and any(n not in value for n in names):
+            if (default is None or allow_none) and any(n not in value for n in names):
                 raise ValueError(f"compile({what}=...): no {what} for output(s) "
                                  f"{[n for n in names if n not in value]}")
             return [value.get(n, default) for n in names]
@@ -331,7 +337,8 @@ class Functional(Model):
     def _fused(self):
         if not self._multi:
             return super()._fused
-        return tuple(bool(loss.fused_with and not loss.from_logits and t._id not in self._consumed
+        return tuple(bool(loss is not None and loss.fused_with and not loss.from_logits
+                          and t._id not in self._consumed
                           and t._layer.output_activation() == loss.fused_with)
                      for loss, t in zip(self._losses, self._output_tensors))
 
@@ -341,16 +348,21 @@ class Functional(Model):
         ys = y if isinstance(y, list) and len(y) == len(self.output_names) else None
         if self._metrics is not None and (ys is None or getattr(self, "_metrics_from_y", False)):
             return self._metrics
-        # per-output loss trackers first, then the metrics, then the weighted ones: the order of Keras' logs
-        ms = [metrics_mod.Mean(f"{n}_loss") for n in self.output_names]
-        owner = list(range(len(self.output_names)))
+        # per-output loss trackers first, then the metrics, then the weighted ones: the order of Keras' logs.
+        # Keras 3 tracks `<output>_loss` only for the outputs that have a loss, and only when there are
+        # at least two of them (one loss is the total already).
+        tracked = [i for i, loss in enumerate(self._losses) if loss is not None]
+        tracked = tracked if len(tracked) > 1 else []
+        ms = [metrics_mod.Mean(f"{self.output_names[i]}_loss") for i in tracked]
+        owner = list(tracked)
+        self._n_loss_trackers = len(tracked)
         entries = []
         for weighted, per_output in ((False, self._metric_ids), (True, self._weighted_metric_ids)):
             for i, ids in enumerate(per_output):
                 for ident in ids:
                     m = metrics_mod.get(copy.deepcopy(ident) if isinstance(ident, metrics_mod.Metric) else ident,
-                                        self._losses[i].name, self._output_tensors[i].shape,
-                                        None if ys is None else tuple(ys[i].shape))
+                                        _loss_name(self._losses[i]), self._output_tensors[i].shape,
+                                        None if ys is None or ys[i] is None else tuple(ys[i].shape))
                     entries.append((m, self.output_names[i], weighted))
                     owner.append(i)
         self._metrics, self._metric_owner = ms + metrics_mod.with_log_names(entries), owner
@@ -362,6 +374,11 @@ class Functional(Model):
             return super()._compute_loss(out, y, sw)
         total, self._last_losses = None, []
         for o, yi, loss, w, fused in zip(out, y, self._losses, self._loss_weights, self._fused):
+            if loss is None:                           # not trained on (Keras: no loss entry)
+                self._last_losses.append(None)
+                continue
+            if yi is None:
+                raise ValueError("the targets of an output with a loss are missing")
             li = loss_value(loss, fused, yi, o, sw)    # sw: one weight per sample, for every output
             self._last_losses.append(float(li.item()))
             term = li if w == 1.0 else li * w
@@ -371,14 +388,17 @@ class Functional(Model):
     def _update_metrics(self, out, yb, n, wb=None):
         if not self._multi:
             return super()._update_metrics(out, yb, n, wb)
-        logits = [f or loss.from_logits for f, loss in zip(self._fused, self._losses)]
+        logits = [f or bool(loss is not None and loss.from_logits) for f, loss in zip(self._fused, self._losses)]
         acts = [t._layer.output_activation() if f else None for t, f in zip(self._output_tensors, self._fused)]
-        k = len(self.output_names)
+        k = getattr(self, "_n_loss_trackers", len(self.output_names))
         for j, m in enumerate(self._metrics):
             i = self._metric_owner[j]
             if j < k:
                 m.update(self._last_losses[i], n)
             else:
+                if yb[i] is None:
+                    raise ValueError(f'output "{self.output_names[i]}" has metrics but no targets: pass y for it '
+                                     "(a list or dict with every output)")
                 update_metric(m, yb[i], out[i], logits[i], wb, acts[i])
 
     def _standardize_y(self, x, y, what):
@@ -386,16 +406,33 @@ class Functional(Model):
             return super()._standardize_y(x, y, what)
         if y is None:
             return None
-        ys = standardize_inputs(y, self.output_names, what, kind="outputs")
+        ys = self._targets_per_output(y, what)
         x0 = x[0] if isinstance(x, list) else x
-        return [check_xy(x0, yi, loss.name, t.shape[-1] if t.shape else None)
+        return [None if yi is None else check_xy(x0, yi, _loss_name(loss), t.shape[-1] if t.shape else None)
                 for yi, loss, t in zip(ys, self._losses, self._output_tensors)]
+
+    def _targets_per_output(self, y, what):
+        """y for every output.  As Keras 3's CompileLoss, when some outputs have no loss y may hold only
+        the targets of those that have one (a list in output order, or a dict without the others);
+        the missing ones are None (an output with metrics needs its targets)."""
+        names = self.output_names
+        with_loss = [n for n, loss in zip(names, self._losses) if loss is not None]
+        if len(with_loss) < len(names):
+            if isinstance(y, dict) and all(n in y for n in with_loss) and any(n not in y for n in names):
+                present = [n for n in names if n in y]
+                arrays = dict(zip(present, standardize_inputs(y, present, what, kind="outputs")))
+                return [arrays.get(n) for n in names]
+            if isinstance(y, (list, tuple)) and len(y) == len(with_loss) and len(y) != len(names):
+                it = iter(standardize_inputs(list(y), with_loss, what, kind="outputs"))
+                return [next(it) if loss is not None else None for loss in self._losses]
+        return standardize_inputs(y, names, what, kind="outputs")
 
     def get_compile_config(self):
         if not self._multi or not self.compiled:
             return super().get_compile_config()
         return {"optimizer": optimizers_mod.serialize(self.optimizer),
-                "loss": [losses_mod.serialize(v) for v in self._losses], "loss_weights": self._loss_weights,
+                "loss": [None if v is None else losses_mod.serialize(v) for v in self._losses],
+                "loss_weights": self._loss_weights,
                 "metrics": [[m if isinstance(m, str) else m.name for m in ids] for ids in self._metric_ids],
                 "weighted_metrics": [[m if isinstance(m, str) else m.name for m in ids]
                                      for ids in self._weighted_metric_ids]}
@@ -457,6 +494,10 @@ class Functional(Model):
                 for k in (config["outputs"] if "outputs" in config else [config["output"]])]
         return cls(inputs=inputs if len(inputs) > 1 else inputs[0], outputs=outs if len(outs) > 1 else outs[0],
                    name=config.get("name"), trainable=config.get("trainable", True))
+
+
+def _loss_name(loss):
+    return None if loss is None else loss.name
 
 
 def _tensor_key(k):

@@ -289,6 +289,7 @@ def _accuracy_class(loss_name, output_shape, y_shape):
         if len(y_shape) < len(output_shape) or (y_last == 1 and p_last is not None and p_last > 1):
             return SparseCategoricalAccuracy
         return CategoricalAccuracy
+    loss_name = loss_name or ""              # an output without a loss (compile(loss=[None, ...]))
     if "binary" in loss_name or p_last == 1:
         return BinaryAccuracy
     if loss_name.startswith("sparse"):

@@ -148,7 +148,8 @@ def load_model(filepath, custom_objects=None, compile=True):
     _apply_weights(model, obj["weights"], filepath)
     cc = obj.get("compile")
     if compile and cc:
-        loss = [losses_mod.get(v) for v in cc["loss"]] if isinstance(cc["loss"], list) else losses_mod.get(cc["loss"])
+        loss = [None if v is None else losses_mod.get(v) for v in cc["loss"]] if isinstance(cc["loss"], list) \
+            else (None if cc["loss"] is None else losses_mod.get(cc["loss"]))
         model.compile(optimizer=optimizers_mod.get(cc["optimizer"]), loss=loss,
                       metrics=cc.get("metrics") or None, loss_weights=cc.get("loss_weights"),
                       weighted_metrics=cc.get("weighted_metrics") or None)

@@ -9,6 +9,7 @@ predict() applies the activation as usual.
 """
 from __future__ import annotations
 
+import collections.abc
 import math
 
 import numpy as np
@@ -21,10 +22,11 @@ from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from .data_utils import PyDataset
-from .data_adapter import (as_array, batch_x, check_xy, is_batch_iterable, num_samples, split_validation,
-                           standardize_inputs, take_rows)
-from .layers.base import (CF, CL, InputShapeError, Layer, as_tensor_input, shape_str, to_channels_last, _takes_mask,
-                          _unique_weights)
+from .epoch_iterator import EpochIterator, check_steps
+from .data_adapter import (PeekedIterator, as_array, batch_x, check_xy, is_batch_iterable, num_samples,
+                           split_validation, standardize_inputs, take_rows)
+from .layers.base import (CF, CL, InputShapeError, Layer, as_tensor_input, forward_pass, shape_str, to_channels_last,
+                          _takes_mask, _unique_weights)
 
 __all__ = ["Model"]
 
@@ -276,10 +278,10 @@ class Model(Layer):
             raise TypeError(f"compile: unexpected arguments {sorted(kwargs)}")
         if loss_weights is not None:
             raise ValueError("compile: loss_weights are for models with several outputs")
-        if loss is None:
-            raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy'")
         self.optimizer = optimizers_mod.get(optimizer)
-        self.loss = losses_mod.get(loss)
+        # loss=None is Keras': the model then trains on its add_loss() terms only (fit says so when
+        # there are none)
+        self.loss = None if loss is None else losses_mod.get(loss)
         self._metric_ids = _metric_list(metrics, "metrics")
         self._weighted_metric_ids = _metric_list(weighted_metrics, "weighted_metrics")
         self._metrics = None                  # resolved once the output shape is known
@@ -308,7 +310,7 @@ class Model(Layer):
         y_shape = None if y is None or isinstance(y, list) else tuple(np.shape(y))
         if self._metrics is None or (y_shape is not None and not getattr(self, "_metrics_from_y", False)):
             def get(ident):
-                return metrics_mod.get(ident, self.loss.name, self.output_shape_built, y_shape)
+                return metrics_mod.get(ident, getattr(self.loss, "name", None), self.output_shape_built, y_shape)
             self._metrics = metrics_mod.with_log_names(
                 [(get(m), "", False) for m in self._metric_ids]
                 + [(get(m), "", True) for m in getattr(self, "_weighted_metric_ids", [])])
@@ -329,11 +331,34 @@ class Model(Layer):
 
     # ------------------------------------------------------------------ steps
     def _compute_loss(self, out, y, w=None):
+        if self.loss is None:
+            return None
+        if y is None:
+            raise ValueError("the model was compiled with a loss, so it needs targets y (or batches of (x, y))")
         return loss_value(self.loss, self._fused, y, out, w)
 
+    def _total_loss(self, out, y, w=None):
+        """The compiled loss plus the sum of every add_loss() term of this forward pass (Keras 3's
+        Trainer.compute_loss: each term summed, all added), in training and in evaluation alike."""
+        loss = self._compute_loss(out, y, w)
+        for term in self.losses:
+            term = term.sum() if term.ndim else term
+            if loss is not None and term.dtype != loss.dtype:
+                term = term.to(loss.dtype)
+            loss = term if loss is None else loss + term
+        if loss is None:
+            raise ValueError("No loss to compute. Provide a `loss` argument in `compile()` (or add_loss() terms "
+                             "in the model's layers)")
+        return loss
+
+    def _forward_pass(self, xb, training, logits=False):
+        """One forward pass of fit / evaluate, add_loss() terms collected afresh."""
+        with forward_pass(self):
+            return self._forward_tagged(xb, training=training, logits=logits)
+
     def _train_step(self, xb, yb, wb=None):
-        out = self._forward_tagged(xb, training=True, logits=self._fused)
-        loss = self._compute_loss(out, yb, wb)
+        out = self._forward_pass(xb, training=True, logits=self._fused)
+        loss = self._total_loss(out, yb, wb)
         self.optimizer.zero_grad()
         loss.backward()
         for hook in self._before_update:
@@ -456,12 +481,39 @@ class Model(Layer):
         return x
 
     def _first_batch_build(self, data):
-        if self.built or not is_batch_iterable(data):
-            return
-        for batch in data:
+        """Build an unbuilt model on the first batch of a loader / generator; -> the data to iterate.
+        A one-shot iterator (a Python generator) is wrapped so that the batch read here is not lost."""
+        if not is_batch_iterable(data):
+            return data
+        if isinstance(data, collections.abc.Iterator) and not isinstance(data, PeekedIterator):
+            data = PeekedIterator(data)
+        if self.built:
+            return data
+        if isinstance(data, PeekedIterator):
+            batch = data.peek()
+            batches = [] if batch is PeekedIterator.EMPTY else [batch]
+        else:
+            batches = data
+        for batch in batches:
             xb = batch[0] if isinstance(batch, (tuple, list)) else batch
             self._ensure_built(as_tensor_input(xb))
-            return
+            break
+        return data
+
+    def _epoch_iterator(self, x, y, batch_size, shuffle, device, w=None, steps=None):
+        """Keras' EpochIterator over arrays (batch_size None: ceil(n / steps) with steps, else 32, as
+        Keras' ArrayDataAdapter) or a loader / PyDataset / generator."""
+        steps = check_steps(steps)
+        if is_batch_iterable(x):
+            bs = None
+            n_batches = len(x) if hasattr(x, "__len__") else None
+        else:
+            n = num_samples(x)
+            bs = int(batch_size) if batch_size else (math.ceil(n / steps) if steps else 32)
+            if bs <= 0:
+                raise ValueError(f"batch_size must be positive, got {batch_size}")
+            n_batches = math.ceil(n / bs)
+        return EpochIterator(lambda: self._batches(x, y, bs, shuffle, device, w), n_batches, steps)
 
     # ------------------------------------------------------------------ fit
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
@@ -471,15 +523,11 @@ class Model(Layer):
         """Train for `epochs` epochs; returns a History whose .history has one value per epoch."""
         if kwargs:
             raise TypeError(f"fit: unexpected arguments {sorted(kwargs)}")
-        if steps_per_epoch is not None or validation_steps is not None:
-            raise ValueError("fit: steps_per_epoch / validation_steps are not supported; "
-                             "pass arrays or a DataLoader (one epoch = one pass)")
         self._require_compiled("training it")
         verbose = _verbosity(verbose)
-        batch_size = int(batch_size or 32)
-        if batch_size <= 0:
+        if batch_size is not None and int(batch_size) <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self._first_batch_build(x)
+        x = self._first_batch_build(x)
         x, y = self._prepare(x, y, "fit")
         w = self._sample_weights(x, y, sample_weight, class_weight, "fit")
         val_w = None
@@ -493,7 +541,7 @@ class Model(Layer):
         val = None
         if validation_data is not None:
             if is_batch_iterable(validation_data):
-                val = (validation_data, None, None)
+                val = (self._first_batch_build(validation_data), None, None)
             else:
                 if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
                     raise ValueError("validation_data must be (x_val, y_val), (x_val, y_val, sample_weight_val) "
@@ -505,14 +553,14 @@ class Model(Layer):
         self._resolve_metrics(y)
         self._ensure_optimizer()
         device = self._device()
-        steps = len(x) if is_batch_iterable(x) and hasattr(x, "__len__") else \
-            (None if is_batch_iterable(x) else math.ceil(num_samples(x) / batch_size))
+        train_batches = self._epoch_iterator(x, y, batch_size, shuffle, device, w, steps_per_epoch)
+        steps = train_batches.num_batches
         history = cbks.History()
         cb_list = list(callbacks or [])
         if verbose:
             cb_list.append(cbks.ProgbarLogger(verbose))
         cb_list.append(history)
-        params = {"epochs": int(epochs), "steps": steps, "verbose": verbose, "batch_size": batch_size}
+        params = {"epochs": int(epochs), "steps": steps, "verbose": verbose, "batch_size": batch_size or 32}
         cb = cbks.CallbackList(cb_list, self, params)
         self.stop_training = False
         tracker = metrics_mod.Mean("loss")
@@ -528,7 +576,9 @@ class Model(Layer):
             cb.on_epoch_begin(epoch)
             if isinstance(x, PyDataset):
                 x.on_epoch_begin()
-            for step, (xb, yb, n, wb) in enumerate(self._batches(x, y, batch_size, shuffle, device, w)):
+            ran = 0
+            for step, (xb, yb, n, wb) in enumerate(train_batches.epoch()):
+                ran += 1
                 cb.on_train_batch_begin(step)
                 loss, out = self._train_step(xb, yb, wb)
                 lv = float(loss.item())
@@ -539,9 +589,10 @@ class Model(Layer):
                     break
             if isinstance(x, PyDataset):
                 x.on_epoch_end()
-            logs = self._logs(tracker)
+            logs = self._logs(tracker) if ran else {}      # an epoch that ran no step logs nothing (Keras)
             if val is not None and (epoch + 1) % int(validation_freq) == 0:
-                vlogs = self._run_eval(val[0], val[1], int(validation_batch_size or batch_size), 0, val[2])
+                vlogs = self._run_eval(val[0], val[1], validation_batch_size or batch_size, 0, val[2],
+                                       steps=validation_steps)
                 logs.update({"val_" + k: v for k, v in vlogs.items()})
             cb.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -552,24 +603,23 @@ class Model(Layer):
         return history
 
     # ------------------------------------------------------------------ evaluate / predict
-    def _run_eval(self, x, y, batch_size, verbose, w=None):
+    def _run_eval(self, x, y, batch_size, verbose, w=None, steps=None):
         self.eval()
         tracker = metrics_mod.Mean("loss")
         for m in self._metrics:
             m.reset_state()
         device = self._device()
+        batches = self._epoch_iterator(x, y, batch_size, False, device, w, steps)
         bar = None
         if verbose == 1:
             from tqdm.auto import tqdm
-            total = math.ceil(num_samples(x) / batch_size) if not is_batch_iterable(x) else \
-                (len(x) if hasattr(x, "__len__") else None)
-            bar = tqdm(total=total, desc="Evaluate", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=batches.num_batches, desc="Evaluate", unit="step", dynamic_ncols=True)
         with no_grad():
-            for xb, yb, n, wb in self._batches(x, y, batch_size, False, device, w):
-                if yb is None:
+            for xb, yb, n, wb in batches.epoch():
+                if yb is None and self.loss is not None:
                     raise ValueError("evaluate needs targets y (or a DataLoader yielding (x, y))")
-                out = self._forward_tagged(xb, training=False, logits=self._fused)
-                tracker.update(float(self._compute_loss(out, yb, wb).item()), n)
+                out = self._forward_pass(xb, training=False, logits=self._fused)
+                tracker.update(float(self._total_loss(out, yb, wb).item()), n)
                 self._update_metrics(out, yb, n, wb)
                 if bar is not None:
                     bar.update(1)
@@ -586,16 +636,14 @@ class Model(Layer):
         """-> loss, or [loss, metric, ...] when compiled with metrics (return_dict=True: a dict)."""
         if kwargs:
             raise TypeError(f"evaluate: unexpected arguments {sorted(kwargs)}")
-        if steps is not None:
-            raise ValueError("evaluate: steps is not supported; pass arrays or a DataLoader (one pass)")
         self._require_compiled("evaluating it")
-        self._first_batch_build(x)
+        x = self._first_batch_build(x)
         x, y = self._prepare(x, y, "evaluate")
         w = self._sample_weights(x, y, sample_weight, None, "evaluate")
-        if y is None and not is_batch_iterable(x):
+        if y is None and not is_batch_iterable(x) and self.loss is not None:
             raise ValueError("evaluate needs targets: model.evaluate(x_test, y_test)")
         self._resolve_metrics(y)
-        logs = self._run_eval(x, y, int(batch_size or 32), _verbosity(verbose), w)
+        logs = self._run_eval(x, y, batch_size, _verbosity(verbose), w, steps=steps)
         if return_dict:
             return logs
         vals = list(logs.values())
@@ -605,22 +653,21 @@ class Model(Layer):
         """Outputs (probabilities for a softmax model) as one numpy array."""
         if kwargs:
             raise TypeError(f"predict: unexpected arguments {sorted(kwargs)}")
-        self._first_batch_build(x)
+        x = self._first_batch_build(x)
         if not is_batch_iterable(x):
             x = self._standardize_x(x, "predict x")
         verbose = _verbosity(verbose)
-        bs = int(batch_size or 32)
         self.eval()
+        batches = self._epoch_iterator(x, None, batch_size, False, self._device(), None, steps)
         outs = []
         bar = None
         if verbose == 1:
             from tqdm.auto import tqdm
-            total = math.ceil(num_samples(x) / bs) if not is_batch_iterable(x) else \
-                (len(x) if hasattr(x, "__len__") else None)
-            bar = tqdm(total=total, desc="Predict", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=batches.num_batches, desc="Predict", unit="step", dynamic_ncols=True)
         with no_grad():
-            for xb, *_ in self._batches(x, None, bs, False, self._device()):
-                out = self._forward(xb, training=False)
+            for xb, *_ in batches.epoch():
+                with forward_pass(self):
+                    out = self._forward(xb, training=False)
                 outs.append([o.numpy() for o in out] if isinstance(out, list) else out.numpy())
                 if bar is not None:
                     bar.update(1)
@@ -685,7 +732,7 @@ class Model(Layer):
         if not self.compiled:
             return None
         return {"optimizer": optimizers_mod.serialize(self.optimizer),
-                "loss": losses_mod.serialize(self.loss),
+                "loss": None if self.loss is None else losses_mod.serialize(self.loss),
                 "metrics": [m if isinstance(m, str) else m.name for m in self._metric_ids],
                 "weighted_metrics": [m if isinstance(m, str) else m.name for m in self._weighted_metric_ids]}
 

@@ -16,6 +16,7 @@ from .lookup import IntegerLookup, StringLookup
 from .text import TextVectorization
 from .separable import DepthwiseConv2D, SeparableConv2D
 from .augmentation import RandomFlip, RandomRotation, RandomTranslation, RandomZoom
+from .image_preprocessing import CenterCrop, RandomBrightness, RandomContrast, RandomCrop, Resizing
 
 # Keras aliases
 Convolution2D = Conv2D
@@ -87,6 +88,7 @@ __all__ = ["Layer", "InputShapeError", "InputLayer", "Input", "Dense", "Embeddin
            "TextVectorization", "StringLookup", "IntegerLookup",
            "SeparableConv2D", "SeparableConvolution2D", "DepthwiseConv2D",
            "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
+           "RandomContrast", "RandomBrightness", "RandomCrop", "CenterCrop", "Resizing",
            "concatenate", "add", "subtract", "multiply", "average"]
 
 

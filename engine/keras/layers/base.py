@@ -23,7 +23,9 @@ and leaves its output's there, which is also where fit() finds the mask for the 
 """
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import warnings
 
 import numpy as np
@@ -204,6 +206,24 @@ def _unique_weights(items):
             seen.add(id(w))
             out.append(item)
     return out
+
+
+_forward_state = threading.local()
+
+
+@contextlib.contextmanager
+def forward_pass(layer):
+    """Marks one forward pass.  The outermost one clears the add_loss() terms of `layer` and the layers
+    inside it (Keras 3's Layer.__call__ does so at its entry call), so `losses` holds the terms of the
+    latest pass only; calls nested inside it (sublayers, a layer used twice) add to them."""
+    depth = getattr(_forward_state, "depth", 0)
+    if depth == 0:
+        layer._clear_losses()
+    _forward_state.depth = depth + 1
+    try:
+        yield
+    finally:
+        _forward_state.depth = depth
 
 
 class Layer(nn.Module):
@@ -424,13 +444,30 @@ class Layer(nn.Module):
         return int(sum(w.size for w in self.weights))
 
     def add_loss(self, loss):
-        """Keras' activity losses (`self.add_loss(...)` in call()) are not collected by this facade's fit:
-        refused with the workaround rather than silently dropped from the training loss."""
-        raise NotImplementedError(
-            f'layer "{self.name}": add_loss() is not supported in dptrain\'s Keras facade; put the term into the '
-            "loss instead (a keras.losses.Loss subclass or a loss function given to compile), or train with a "
-            "custom loop (loss = loss_fn(y, model(x, training=True)) + extra; loss.backward(); "
-            "optimizer.apply_gradients(...))")
+        """Keras 3's add_loss: a scalar (or any) Tensor computed in call(), e.g. an activity
+        regularizer.  It stays on the layer until the next outermost call starts (Keras clears the
+        losses of the called layer and everything below it at that point); `layer.losses` /
+        `model.losses` list the terms of the last forward pass, and fit / evaluate add their sums to
+        the compiled loss (training.Model._total_loss), so gradients flow through them."""
+        values = list(loss) if isinstance(loss, (list, tuple)) else [loss]
+        for v in values:
+            if not isinstance(v, Tensor):
+                raise ValueError("`add_loss()` can only be called from inside `build()` or `call()`, on a tensor "
+                                 f"input. Received invalid value: {v!r}")
+        self.__dict__.setdefault("_added_losses", []).extend(values)
+
+    @property
+    def losses(self):
+        """The add_loss() terms of this layer and of every layer inside it (each layer once)."""
+        out = []
+        for m in self.modules():
+            out.extend(m.__dict__.get("_added_losses", ()))
+        return out
+
+    def _clear_losses(self):
+        for m in self.modules():
+            if m.__dict__.get("_added_losses"):
+                m.__dict__["_added_losses"] = []
 
     def add_metric(self, value, name=None, aggregation=None):
         raise NotImplementedError(
@@ -472,6 +509,7 @@ class Layer(nn.Module):
         probe = np.zeros((2,) + tuple(1 if s is None else s for s in input_shape[1:]), dtype=np.float32)
         with no_grad():
             y = self._call_user(Tensor(probe, device=self._device()), False)
+        self._clear_losses()                # the probe's add_loss() terms are no forward pass's
         if not isinstance(y, Tensor):
             raise TypeError(f'layer "{self.name}" ({type(self).__name__}): call() must return one tensor, got '
                             f"{type(y).__name__}")
@@ -530,7 +568,8 @@ class Layer(nn.Module):
         (a recurrent layer's initial_state) go on to call()."""
         if mask is None:
             mask = getattr(inputs, "_keras_mask", None)
-        y, out_mask = self._call_masked(inputs, training, mask, **call_kwargs)
+        with forward_pass(self):
+            y, out_mask = self._call_masked(inputs, training, mask, **call_kwargs)
         if isinstance(y, list):                     # several outputs (return_state): a mask each
             masks = out_mask if isinstance(out_mask, list) else [out_mask] * len(y)
             return [attach_mask(t, m, inputs) for t, m in zip(y, masks)]
