@@ -33,16 +33,16 @@ def test_random_contrast_matches_keras_formula():
     np.testing.assert_allclose(y, np.clip((x - mean) * c + mean, 0, 255), rtol=1e-5, atol=1e-3)
 
 
-def test_random_contrast_factor_bounds_are_keras():
-    # Keras 3: _FACTOR_BOUNDS = (0, 1), so a number f gives (0, f) -> contrast in [1, 1 + f]
-    assert layers.RandomContrast(0.2).factor == (0.0, 0.2)
+def test_random_contrast_factor_bounds_are_keras_documented_ones():
+    # Keras documents [1 - f, 1 + f] for a number f (Keras 3's code draws from [1, 1 + f]; we follow the docs)
+    assert layers.RandomContrast(0.2).factor == (0.2, 0.2)     # [0.8, 1.2], as Keras documents
     assert layers.RandomContrast((0.5, 0.1)).factor == (0.1, 0.5)
     for bad in (1.5, -0.1, (2.0, 3.0), "a", (0.1,)):
         with pytest.raises(ValueError, match="factor"):
             layers.RandomContrast(bad)
     x = _images(scale=1.0)
     y = layers.RandomContrast(0.5, value_range=(0, 1), seed=1)(x, training=True).numpy()
-    c = np.random.default_rng(1).uniform(1.0, 1.5, 3).reshape(3, 1, 1, 1)
+    c = np.random.default_rng(1).uniform(0.5, 1.5, 3).reshape(3, 1, 1, 1)
     mean = x.mean(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(y, np.clip((x - mean) * c + mean, 0, 1), rtol=1e-5, atol=1e-6)
 
@@ -179,4 +179,4 @@ def test_size_layers_in_a_model_build_train_and_reload(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
-    assert loaded.layers[0].get_config()["height"] == 8 and loaded.layers[3].get_config()["factor"] == [0.0, 0.3]
+    assert loaded.layers[0].get_config()["height"] == 8 and loaded.layers[3].get_config()["factor"] == [0.3, 0.3]

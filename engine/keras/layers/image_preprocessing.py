@@ -84,6 +84,11 @@ class RandomContrast(_RandomImageLayer):
     def __init__(self, factor, value_range=(0, 255), seed=None, data_format=None, **kwargs):
         super().__init__(seed=seed, data_format=data_format, **kwargs)
         self.factor = _set_factor(factor, (0.0, 1.0), "RandomContrast")
+        if isinstance(factor, (int, float)):
+            # Keras documents [1 - f, 1 + f] for a number f (tf.keras did that); Keras 3's code clips the
+            # lower bound to 0 and draws from [1, 1 + f], which only ever raises the contrast: we follow
+            # the documentation
+            self.factor = (abs(float(factor)), abs(float(factor)))
         self.value_range = _value_range(value_range, "RandomContrast", sort=False)
 
     def _augment(self, x):
