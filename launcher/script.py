@@ -101,6 +101,12 @@ on_signal() {
   if [ -n "$MPI_PID" ]; then kill -TERM "$MPI_PID" 2>/dev/null; wait "$MPI_PID" 2>/dev/null; fi
   stop_coordinator
   finish interrupted "$1"
+  # a job.script cannot be asked to checkpoint: near a Slurm time limit it is stopped and requeued
+  # all the same, and resumes from what it saved itself (e.g. keras.callbacks.BackupAndRestore)
+  if [ -n "${REQUEUE:-}" ] && scontrol requeue "$SLURM_JOB_ID"; then
+    echo "dptrain: requeued Slurm job $SLURM_JOB_ID" >&2
+    exit 0
+  fi
   exit "$1"
 }
 # after the job: summary facts (status, exit code, restarts, wall time) and MPI's orphaned /dev/shm segments
