@@ -313,6 +313,13 @@ class ListOf(Spec):
         return [self.item.check(v, f"{path}.{i}", errors) for i, v in enumerate(value)]
 
 
+class NodeList(ListOf):
+    """cluster.nodes: a list of nodes, or `slurm` (replaced by the allocation's before the check)."""
+
+    def describe(self) -> str:
+        return super().describe() + " or `slurm`"
+
+
 class FreeMap(Spec):
     """A mapping with string keys whose contents are passed through (e.g. model arguments)."""
 
@@ -396,8 +403,9 @@ SCHEMA = Section({
     "name": Str("dptrain", "Run name; the default output directory is `runs/<name>`.",
                 pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*", hint="expected letters, digits, '.', '_' or '-'"),
     "cluster": Section({
-        "nodes": ListOf(NODE, [{"host": "localhost", "slots": 1, "gpus": 0}],
-                        "Machines of the job, in node-rank order.", min_len=1),
+        "nodes": NodeList(NODE, [{"host": "localhost", "slots": 1, "gpus": 0}],
+                        "Machines of the job, in node-rank order; or `slurm`: the nodes, tasks per node and GPUs "
+                        "of the Slurm allocation the command runs in (`salloc`, `sbatch`).", min_len=1),
         "placement": Enum(("block", "cyclic"), "block",
                           "`block`: fill node 0's slots, then node 1's...; `cyclic`: one rank per node in turn."),
         "backend": Enum(("auto", "mpi", "zmq"), "auto",
@@ -860,6 +868,12 @@ def resolve_config(raw: Any, overrides: Iterable[str] = (), source: str | None =
     data = SCHEMA.fill(copy.deepcopy(raw))
     for parts, value, text in parse_overrides(overrides, errors):
         _apply_override(data, parts, value, text, errors)
+    if isinstance(data.get("cluster"), dict) and data["cluster"].get("nodes") == "slurm":
+        from .slurm import allocation_nodes        # the nodes of the Slurm allocation we run in
+        nodes = allocation_nodes(os.environ, errors)
+        if nodes is None:
+            raise ConfigError(errors, source)
+        data["cluster"]["nodes"] = nodes
     resolved = SCHEMA.check(data, "", errors)
     if isinstance(resolved, dict) and all(isinstance(resolved.get(s), dict) for s in
                                           ("cluster", "job", "checkpoint", "output", "fault_tolerance")):

@@ -127,3 +127,18 @@ def test_time_limit_signal_checkpoints_stops_and_requeues(tmp_path):
         assert summary["status"] == "stopped" and summary["last_checkpoint"].endswith(ckpts[0])
     finally:
         subprocess.run(["scancel", job_id], timeout=10)
+
+
+@needs_slurm
+@pytest.mark.timeout(300)
+def test_dptrain_run_inside_salloc_takes_the_allocations_nodes(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.run(["salloc", "-N1", "-n2", "--immediate=60", sys.executable, "-m", "launcher", "run",
+                        "configs/local.yaml", *QUICK, "cluster.nodes=slurm", "cluster.backend=zmq",
+                        f"output.dir={out}"], cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=240)
+    if "Unable to allocate resources" in p.stderr:
+        pytest.skip(f"no allocation: {p.stderr.strip()[-200:]}")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["status"] == "ok"
+    assert f"host: {NODE}" in (out / "config.yaml").read_text()
