@@ -136,7 +136,8 @@ def _launch_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-restarts", type=int, default=0, help="restart the workers this often after a failure")
     p.add_argument("--hosts", default=None, metavar="HOST:SLOTS,...",
                    help="several machines, e.g. node1:16,node2:16 (started through mpiexec; -n is then the "
-                        "slots of hosts given without :SLOTS)")
+                        "slots of hosts given without :SLOTS), or `slurm`: the nodes and tasks of the Slurm "
+                        "allocation this runs in")
     p.add_argument("--dry-run", action="store_true",
                    help="with --hosts or --backend mpi: print the hostfile, environment and mpiexec command only")
     p.add_argument("script", metavar="SCRIPT")
@@ -154,7 +155,9 @@ def _launch(argv: list[str]) -> int:
         return EXIT_CONFIG
     stem = os.path.splitext(os.path.basename(args.script))[0] or "script"
     nodes = [{"host": "localhost", "slots": nproc}]
-    if args.hosts:
+    if args.hosts and args.hosts.strip() == "slurm":
+        nodes = "slurm"                 # the allocation's nodes and tasks (cluster/slurm.py)
+    elif args.hosts:
         nodes = []
         for item in filter(None, (h.strip() for h in args.hosts.split(","))):
             host, _, slots = item.partition(":")

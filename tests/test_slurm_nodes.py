@@ -53,3 +53,14 @@ def test_nodes_slurm_in_a_config(fake_scontrol, monkeypatch):
         resolve_config({"cluster": {"nodes": "slurm"}})
     with pytest.raises(ConfigError, match=r"cluster.nodes: expected a list"):
         resolve_config({"cluster": {"nodes": "slurmm"}})
+
+
+def test_launch_hosts_slurm_outside_an_allocation_names_the_fix(tmp_path):
+    import subprocess
+    import sys
+    from dist_utils import ROOT, base_env
+    (tmp_path / "t.py").write_text("print('never')\n")
+    env = {k: v for k, v in base_env().items() if not k.startswith("SLURM_")}
+    p = subprocess.run([sys.executable, "-m", "launcher", "launch", "--hosts", "slurm", str(tmp_path / "t.py")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "SLURM_JOB_NODELIST is not set: run the command inside `salloc`" in p.stderr
