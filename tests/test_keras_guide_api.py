@@ -38,6 +38,15 @@ def test_ops_follow_numpy():
         ops.fft
 
 
+def test_ops_like_constructors_cover_full_like():
+    x = np.arange(6, dtype=np.int32).reshape(2, 3)
+    f = ops.full_like(x, 7).numpy()
+    assert f.shape == (2, 3) and f.dtype == np.int32 and (f == 7).all()
+    g = ops.full_like(x, 0.5, dtype="float32").numpy()
+    assert g.dtype == np.float32 and (g == 0.5).all()
+    assert ops.zeros_like(x).numpy().dtype == np.int32 and (ops.ones_like(x).numpy() == 1).all()
+
+
 def test_ops_keep_gradients():
     w = Tensor(np.array([0.5, -1.0, 2.0]), requires_grad=True)
     ops.sum(ops.square(ops.multiply(w, 3.0))).backward()

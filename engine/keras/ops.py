@@ -22,7 +22,7 @@ __all__ = ["shape", "arange", "cast", "convert_to_tensor", "convert_to_numpy",
            "abs", "absolute", "square", "sqrt", "exp", "log", "tanh", "sigmoid", "relu", "softmax",
            "log_softmax", "sum", "mean", "max", "min", "std", "var", "argmax", "argmin", "matmul", "clip",
            "where", "equal", "not_equal", "greater", "greater_equal", "less", "less_equal", "one_hot",
-           "zeros", "ones", "zeros_like", "ones_like", "full"]
+           "zeros", "ones", "zeros_like", "ones_like", "full", "full_like"]
 
 _DTYPES = {"int32": np.int32, "int64": np.int64, "float32": np.float32, "float64": np.float64, "bool": np.bool_}
 
@@ -323,6 +323,10 @@ def zeros_like(x, dtype=None):
 
 def ones_like(x, dtype=None):
     return ones(shape(x), dtype or convert_to_numpy(x).dtype)
+
+
+def full_like(x, fill_value, dtype=None):
+    return full(shape(x), fill_value, dtype or convert_to_numpy(x).dtype)
 
 
 def __getattr__(name):
