@@ -222,6 +222,32 @@ def test_keras3_custom_metric_sees_probabilities_and_resets_per_epoch():
     assert abs(model.evaluate(x, y, verbose=0, return_dict=True)["row_sum"] - 1.0) < 1e-5     # softmax outputs
 
 
+def test_metric_variables_take_part_in_arithmetic_as_keras_variables_do():
+    """`return self.total / self.count` in result(), as Keras 3 custom metrics commonly write it."""
+    x, y = _data()
+    model = _model()
+
+    class MeanRowSum(keras.metrics.Metric):
+        def __init__(self):
+            super().__init__(name="mean_row_sum")
+            self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+            self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            self.total.assign_add(ops.sum(y_pred))
+            self.count.assign_add(ops.shape(y_pred)[0])
+
+        def result(self):
+            return self.total / self.count
+
+    model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy", metrics=[MeanRowSum()])
+    assert abs(model.evaluate(x, y, verbose=0, return_dict=True)["mean_row_sum"] - 1.0) < 1e-5
+    v = keras.metrics.Metric(name="m").add_variable(shape=(), initializer="ones", name="v")
+    v.assign(4.0)
+    assert float(v + 1) == 5.0 and float(1 - v) == -3.0 and float(v * v) == 16.0
+    assert float(2 / v) == 0.5 and float(v ** 2) == 16.0 and float(-v) == -4.0 and float(abs(-v)) == 4.0
+
+
 def test_callbacks_get_logs_positionally_and_on_batch_end():
     x, y = _data()
     calls = []

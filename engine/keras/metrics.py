@@ -65,6 +65,27 @@ class MetricVariable:
     def __repr__(self):
         return f"<MetricVariable {self.name}={self.value}>"
 
+    # Keras variables take part in arithmetic (`return self.total / self.count` in result()); here the
+    # result is a float32 numpy array, which result() may return.
+    def _binary(op, reflected=False):
+        def method(self, other):
+            a, b = self.value, MetricVariable._raw(other)
+            return op(b, a) if reflected else op(a, b)
+        return method
+
+    __add__, __radd__ = _binary(np.add), _binary(np.add, True)
+    __sub__, __rsub__ = _binary(np.subtract), _binary(np.subtract, True)
+    __mul__, __rmul__ = _binary(np.multiply), _binary(np.multiply, True)
+    __truediv__, __rtruediv__ = _binary(np.divide), _binary(np.divide, True)
+    __pow__, __rpow__ = _binary(np.power), _binary(np.power, True)
+    del _binary
+
+    def __neg__(self):
+        return -self.value
+
+    def __abs__(self):
+        return np.abs(self.value)
+
 
 class Metric:
     """Base of the metrics.  Built-in ones keep a running (total, count); a user subclass written for Keras 3
