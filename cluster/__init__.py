@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import importlib
 
 __all__ = ["DistributedDataParallel", "DDPError", "DistributedSampler", "SyncBatchNorm",
-           "convert_sync_batchnorm", "ZeroRedundancyOptimizer", "average_metrics", "init", "Context"]
+           "convert_sync_batchnorm", "ZeroRedundancyOptimizer", "average_metrics", "init", "Context",
+           "stop_requested"]
 
 
 @dataclass
@@ -41,7 +42,8 @@ class Context:
 # and working even when the engine cannot be imported.
 _LAZY = {"DistributedDataParallel": "ddp", "DDPError": "ddp", "average_metrics": "ddp",
          "DistributedSampler": "sampler", "SyncBatchNorm": "sync_batchnorm",
-         "convert_sync_batchnorm": "sync_batchnorm", "ZeroRedundancyOptimizer": "zero"}
+         "convert_sync_batchnorm": "sync_batchnorm", "ZeroRedundancyOptimizer": "zero",
+         "stop_requested": "preempt"}
 
 
 def __getattr__(name):

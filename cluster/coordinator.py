@@ -82,6 +82,7 @@ class WorkerInfo:
     comm_at: float = 0.0          # when that heartbeat arrived
     where: list = field(default_factory=list)   # its main thread's innermost frames then
     timed_out: dict | None = None  # what it reported when a collective timed out on it
+    honours_stop: bool = False     # its script polls cluster.stop_requested() (stops cleanly when asked)
 
 
 
@@ -327,6 +328,8 @@ class Coordinator:
         res = b.get("resources") or {}
         w.resources = {k: v for k, v in res.items() if isinstance(v, (int, float, str, bool)) or v is None}
         self._watch_memory(w)
+        if b.get("honours_stop"):
+            w.honours_stop = True
         if isinstance(b.get("comm"), dict):
             w.comm = {k: v for k, v in b["comm"].items()
                       if k in ("completed", "seq", "kind", "since") and isinstance(v, (int, float, str))}
@@ -412,6 +415,11 @@ class Coordinator:
         self._events.put(Event("timeout", w.rank, b["message"][-2000:], self.attempt))
         return {}
 
+    def all_honour_stop(self) -> bool:
+        """Every rank of this attempt has registered and said it answers stop requests."""
+        with self._lock:
+            return len(self.workers) == self.world_size and all(w.honours_stop for w in self.workers.values())
+
     def collective_view(self) -> dict[int, dict]:
         """Per registered rank: state, the communicator activity and stack of its last heartbeat
         (with when it arrived) and its timeout report, if any.  The launcher reads this when a
@@ -469,6 +477,8 @@ class Coordinator:
                                      "where": w.where[-2:]}
                             for r, w in sorted(self.workers.items())},
                 "checkpoints": list(self.checkpoints),
+                "all_honour_stop": len(self.workers) == self.world_size
+                and all(w.honours_stop for w in self.workers.values()),
             }
 
     def _write_state(self, force: bool = False) -> None:

@@ -120,6 +120,7 @@ class CoordinatorClient:
         self.epoch: int | None = None
         self.checkpoint_pending = False
         self.stop_pending = False       # the launcher asks for a checkpoint, then a clean stop
+        self.honours_stop = False       # the script polls cluster.stop_requested(): it can stop cleanly
         self._seq = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -252,6 +253,8 @@ class CoordinatorClient:
             from .resources import ResourceSampler
             self._sampler = ResourceSampler()
         body = {"step": self.step, "epoch": self.epoch, "resources": self._sampler.sample()}
+        if self.honours_stop:
+            body["honours_stop"] = True
         if self._activity is not None:
             try:
                 body["comm"] = self._activity()

@@ -36,7 +36,7 @@ REQUEST_TYPES: dict[str, tuple[dict[str, tuple], dict[str, tuple]]] = {
     "register": ({"host": (str,), "pid": (int,), "world_size": (int,)},
                  {"local_rank": _OPT_INT, "node_rank": _OPT_INT, "gpu": _OPT_INT, "backend": (str,)}),
     "heartbeat": ({}, {"step": _OPT_INT, "epoch": _OPT_INT, "resources": (dict,), "comm": (dict,),
-                       "where": (list,)}),
+                       "where": (list,), "honours_stop": (bool,)}),
     "checkpoint_query": ({"step": (int,)}, {"final": (bool,), "epoch": _OPT_INT}),
     "checkpoint_done": ({"step": (int,), "path": (str,), "sha256": (str,)}, {"epoch": _OPT_INT}),
     "done": ({}, {"status": (str,), "summary": (dict,)}),

@@ -97,6 +97,17 @@ def _report(rank, exc: BaseException, run_dir) -> int:
     return EXIT_CONFIG if isinstance(exc, recurring) else 1
 
 
+def _install_stop_check() -> None:
+    """Let keras.callbacks.BackupAndRestore answer the launcher's stop requests (the engine cannot
+    import the cluster layer, so it gets cluster.stop_requested handed in)."""
+    try:
+        from engine.keras import callbacks
+        from .preempt import stop_requested
+    except Exception:  # noqa: BLE001 - the script will report a broken engine itself
+        return
+    callbacks.stop_check = stop_requested
+
+
 def _torchrun_environment(communicator) -> None:
     """The variables torchrun gives a script (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
     GROUP_RANK, MASTER_ADDR/PORT), so `int(os.environ["LOCAL_RANK"])` in a ported script reads this
@@ -202,6 +213,7 @@ def main(argv=None) -> int:
                 raise WorkerError(f"job.script: file {script!r} does not exist on {socket.gethostname()}; "
                                   f"every node needs the script at the same path (a shared file system, "
                                   f"or copy it there)")
+            _install_stop_check()
             sys.argv = [cfg.job.script] + list(cfg.job.script_args)
             sys.path.insert(0, os.path.dirname(script))   # as `python script.py` would: its modules import
             runpy.run_path(script, run_name="__main__")

@@ -153,17 +153,23 @@ if removed:
 PYEOF
 }
 # SIGTERM (a time limit, preemption, `kill`): the built-in training loop saves a checkpoint and stops at
-# its next metrics step (up to STOP_TIMEOUT s; 0: at once); a second SIGTERM stops the workers at once.
+# its next metrics step, a job.script whose ranks all poll cluster.stop_requested() at its next poll (up to
+# STOP_TIMEOUT s; 0: at once; any other script: at once); a second SIGTERM stops the workers at once.
 # SIGUSR1: a checkpoint now, training goes on (under Slurm: checkpoint, stop and requeue, see REQUEUE_ON_USR1)
 STOP_TIMEOUT=STOP_TIMEOUT_VALUE
+SCRIPT_JOB=SCRIPT_JOB_VALUE
 STOP_DEADLINE=""
 REQUEUE=""
 on_term() {
   if [ -n "$STOP_DEADLINE" ] || [ "$STOP_TIMEOUT" -eq 0 ] || [ -z "$MPI_PID" ] || [ -z "$COORD_PID" ]; then
     on_signal 143
   fi
+  # a job.script stops cleanly only when every rank polls cluster.stop_requested() (the coordinator says so)
+  if [ "$SCRIPT_JOB" = 1 ] && ! grep -qs '"all_honour_stop": true' "$RUN_DIR/coordinator.json"; then
+    on_signal 143
+  fi
   STOP_DEADLINE=$(( $(date +%s) + STOP_TIMEOUT ))
-  echo "dptrain: $1: the workers save a checkpoint and stop at their next metrics step (up to ${STOP_TIMEOUT} s);" \
+  echo "dptrain: $1: the workers save a checkpoint and stop at their next check (up to ${STOP_TIMEOUT} s);" \
        "SIGTERM again stops them at once" >&2
   kill -USR2 "$COORD_PID" 2>/dev/null
 }
@@ -207,8 +213,8 @@ def _coord_fn(job: Job, bind: str, host_expr: str) -> str:
     text = (_COORD_FN.replace("HB_TIMEOUT", f"{ft['heartbeat_timeout']:g}")
             .replace("STARTUP_TIMEOUT", f"{ft['startup_timeout']:g}")
             .replace("CKPT_INTERVAL", str(job.cfg["checkpoint"]["interval"])))
-    stop = 0 if job.cfg["job"]["script"] else math.ceil(float(ft["stop_timeout"]))   # a script cannot be asked
-    text = text.replace("STOP_TIMEOUT_VALUE", str(stop))
+    text = text.replace("STOP_TIMEOUT_VALUE", str(math.ceil(float(ft["stop_timeout"]))))
+    text = text.replace("SCRIPT_JOB_VALUE", "1" if job.cfg["job"]["script"] else "0")
     text = (text.replace("LAUNCHER_MODE", job.mode).replace("WORLD_SIZE_VALUE", str(job.world_size))
             .replace("CHECKPOINT_DIR", _q(job.cfg["checkpoint"]["dir"])))
     return f"COORD_BIND={_q(bind)}\nCOORD_HOST={host_expr or chr(34) * 2}\n" + text

@@ -163,6 +163,7 @@ class Supervisor:
         self._checkpoint_asked = False          # SIGUSR1: checkpoint now, keep training
         self._stop_asked: float | None = None   # SIGTERM: when a checkpoint-then-stop was asked for
         self._stop_sent = False
+        self._coord = None
 
     def say(self, text: str) -> None:
         try:
@@ -186,8 +187,17 @@ class Supervisor:
 
     def _stops_cleanly(self) -> bool:
         """SIGTERM (preemption, a time limit, `kill`) first asks for a checkpoint and a clean stop:
-        the built-in training loop honours that; a job.script is stopped at once, as on Ctrl-C."""
-        return not self.job.cfg["job"]["script"] and float(self.job.cfg["fault_tolerance"]["stop_timeout"]) > 0
+        the built-in training loop honours that, and so does a job.script whose every rank polls
+        cluster.stop_requested() (e.g. keras.callbacks.BackupAndRestore); any other script is
+        stopped at once, as on Ctrl-C."""
+        if float(self.job.cfg["fault_tolerance"]["stop_timeout"]) <= 0:
+            return False
+        if not self.job.cfg["job"]["script"]:
+            return True
+        try:
+            return self._coord is not None and self._coord.all_honour_stop()
+        except Exception:  # noqa: BLE001 - in a signal handler: never raise
+            return False
 
     def _install(self) -> dict:
         old = {}
@@ -210,8 +220,10 @@ class Supervisor:
         if not self._stop_sent:
             self._stop_sent = True
             coord.request_stop()
-            self.say(f"SIGTERM: the workers save a checkpoint and stop at their next metrics step (up to "
-                     f"{limit:g} s, fault_tolerance.stop_timeout); send it again to stop them at once")
+            when = ("at their next cluster.stop_requested() check" if self.job.cfg["job"]["script"]
+                    else "at their next metrics step")
+            self.say(f"SIGTERM: the workers save a checkpoint and stop {when} (up to {limit:g} s, "
+                     f"fault_tolerance.stop_timeout); send it again to stop them at once")
         if time.monotonic() - self._stop_asked > limit:
             self.say(f"the workers did not stop within {limit:g} s; stopping them now")
             self._signal = signal.SIGTERM
@@ -230,7 +242,7 @@ class Supervisor:
         old = self._install()
         coord = None
         try:
-            coord = start_coordinator(job)
+            coord = self._coord = start_coordinator(job)
             max_restarts = ft["max_restarts"]
             attempt = 0
             while True:
@@ -243,7 +255,9 @@ class Supervisor:
                 self.group.start(attempt)
                 result = self._watch(coord)
                 rec["ended"] = round(time.time(), 3)
-                if result is None and self._stop_asked is not None:    # stopped cleanly on SIGTERM
+                if result is None and self._stop_asked is not None and (
+                        job.cfg["job"]["script"] or (job.run.read_summary() or {}).get("stopped_early")):
+                    # stopped cleanly on SIGTERM (not a run that happened to finish meanwhile)
                     rec["status"] = "stopped"
                     job.write_launcher_state(status="stopped")
                     self.say("the workers saved a checkpoint and stopped; run the same command again to "

@@ -138,3 +138,56 @@ def test_backup_and_restore_resumes_a_restarted_data_parallel_fit_exactly(tmp_pa
         assert not os.path.exists(str(out) + ".backup")        # removed when fit completed
     for a, b in zip(finals["clean"], finals["crash"]):
         np.testing.assert_array_equal(a, b)
+
+
+STOPPABLE = '''
+import sys
+import numpy as np
+import cluster
+from cluster import keras as dpk
+from engine import keras
+from engine.keras import layers
+
+ctx = cluster.init()
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((8,)), layers.Dense(16, activation="relu"), layers.Dense(3, activation="softmax")])
+model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+dpk.distribute(model, ctx.comm)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(96, 8)).astype("float32")
+y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0)
+xs, ys = dpk.shard(x, y, comm=ctx.comm)
+model.fit(xs, ys, batch_size=8, epochs=int(sys.argv[2]), verbose=0, shuffle=False,
+          callbacks=[keras.callbacks.BackupAndRestore(sys.argv[1])])
+print(f"rank {ctx.rank} finished", flush=True)
+'''
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_makes_a_keras_script_with_backup_and_restore_stop_cleanly_and_resume(tmp_path):
+    """A job.script is normally stopped at once on SIGTERM; one whose ranks poll the stop request
+    (BackupAndRestore does) gets the clean stop: backup, exit 143 'stopped', and the next run resumes."""
+    import signal
+    import time
+    script, backup = tmp_path / "fit.py", tmp_path / "backup"
+    script.write_text(STOPPABLE)
+    cmd = [sys.executable, "-m", "launcher", "launch", "-n", "2", "--backend", "zmq", "--output",
+           str(tmp_path / "run"), str(script), str(backup)]
+    p = subprocess.Popen(cmd + ["100000"], cwd=ROOT, env=base_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    end = time.time() + 90
+    while time.time() < end and not (backup / "training_metadata.json").exists():
+        time.sleep(0.2)
+    time.sleep(2.5)                  # a heartbeat has said that every rank polls the stop request
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, out[-3000:] + err[-3000:]
+    assert "at their next cluster.stop_requested() check" in err and "saved a checkpoint and stopped" in err
+    assert "BackupAndRestore: the launcher asked the job to stop; backed up at epoch" in out, out[-3000:]
+    meta = json.loads((backup / "training_metadata.json").read_text())
+    assert 1 <= meta["batch"] <= 6                  # taken at a stop check (every 10 batches; 6 per epoch)
+    again = subprocess.run(cmd + [str(meta["epoch"] + 2)], cwd=ROOT, env=base_env(), capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"BackupAndRestore: resuming at epoch {meta['epoch'] + 1}" in again.stdout
+    assert again.stdout.count("finished") == 2 and not backup.exists()

@@ -261,6 +261,12 @@ class ModelCheckpoint(Callback):
             print(f"Epoch {epoch + 1}: saving model to {path}", flush=True)
 
 
+#: Installed by a dptrain worker (cluster/worker.py): stop_check(comm) -> True once the launcher asked
+#: the job to save and stop (SIGTERM, a time limit), agreed by every rank of `comm`; None elsewhere.
+#: The engine cannot import the cluster layer, so the cluster layer hands this in.
+stop_check = None
+
+
 class BackupAndRestore(Callback):
     """Keras' fault-tolerance callback: back the training state up during fit, and when fit starts
     again after an interruption (a crash, a restart by `fault_tolerance.max_restarts`, a requeued
@@ -276,6 +282,9 @@ class BackupAndRestore(Callback):
     (cluster.keras.distribute, or any dptrain worker) only rank 0 writes; every rank restores.
     """
 
+    #: batches between two looks at the launcher's stop request (a one-number all-reduce when data-parallel)
+    stop_check_every = 10
+
     def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=False, delete_checkpoint=True):
         super().__init__()
         if not backup_dir:
@@ -287,7 +296,7 @@ class BackupAndRestore(Callback):
         self.double_checkpoint, self.delete_checkpoint = bool(double_checkpoint), bool(delete_checkpoint)
         self._state_path = os.path.join(self.backup_dir, "latest.weights")
         self._meta_path = os.path.join(self.backup_dir, "training_metadata.json")
-        self._current_epoch, self._since_save = 0, 0
+        self._current_epoch, self._since_save, self._batches = 0, 0, 0
 
     def _rank(self) -> int:
         ddp = getattr(self.model, "_dptrain_ddp", None)
@@ -300,7 +309,10 @@ class BackupAndRestore(Callback):
         if not getattr(self.model, "built", False):
             raise ValueError(f"BackupAndRestore: model {self.model.name!r} must be built before fit() (give the "
                              f"first layer input_shape= or call it on a batch)")
-        self._since_save = 0
+        self._since_save = self._batches = 0
+        if stop_check is not None:
+            ddp = getattr(self.model, "_dptrain_ddp", None)
+            stop_check(ddp.comm if ddp is not None else None)   # tells the launcher this job can stop cleanly
         for state, meta in ((self._state_path, self._meta_path), (self._prev(self._state_path),
                                                                    self._prev(self._meta_path))):
             if not os.path.exists(state):
@@ -333,6 +345,16 @@ class BackupAndRestore(Callback):
             self._save(batch=0)
 
     def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if stop_check is not None and self._batches % self.stop_check_every == 0:
+            ddp = getattr(self.model, "_dptrain_ddp", None)
+            if stop_check(ddp.comm if ddp is not None else None):
+                self._save(batch=batch + 1)
+                if self._rank() == 0:
+                    print(f"BackupAndRestore: the launcher asked the job to stop; backed up at epoch "
+                          f"{self._current_epoch + 1}, batch {batch + 1} in {self.backup_dir}; run it again to "
+                          f"resume", flush=True)
+                raise SystemExit(0)       # leave the script: the backup stays for the next run
         if self.save_freq == "epoch":
             return
         self._since_save += 1
