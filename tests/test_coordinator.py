@@ -377,3 +377,25 @@ def test_low_host_memory_is_a_warning_naming_the_hungriest_rank(coord):
     assert warnings[0].rank in (0, 1) and "Lower job.global_batch_size" in warnings[0].detail
     c0.close()
     c1.close()
+
+
+@pytest.mark.timeout(30)
+def test_stop_requests_reach_the_workers_and_polling_scripts_are_counted(tmp_path, monkeypatch):
+    import cluster
+    from cluster import heartbeat
+    co = Coordinator(SECRET, 1, run_dir=str(tmp_path), heartbeat_timeout=10, startup_timeout=30).start()
+    c0 = CoordinatorClient(co.address, SECRET, 0, world_size=1, timeout=3.0)
+    try:
+        c0.register()
+        c0.share()
+        assert cluster.stop_requested() is False and c0.honours_stop      # polling marks the client
+        c0.heartbeat()
+        assert co.all_honour_stop() and co.state()["all_honour_stop"] is True
+        co.request_stop()
+        c0.heartbeat()
+        assert c0.stop_pending and cluster.stop_requested() is True
+    finally:
+        monkeypatch.setattr(heartbeat, "_process_client", None)
+        c0.close()
+        co.stop()
+    assert cluster.stop_requested() is False                               # no launcher: never asked
