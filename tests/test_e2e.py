@@ -282,6 +282,23 @@ def _start(out, *extra, script=None):
     return p
 
 
+def _usr1_then_term(p, out):
+    """SIGUSR1, wait for its checkpoint, then SIGTERM: -> (stdout, stderr, checkpoint steps) once the
+    launcher has exited 143 after saying both requests were passed on."""
+    import signal
+    import time
+    p.send_signal(signal.SIGUSR1)
+    end = time.time() + 60
+    while time.time() < end and not ((out / "checkpoints").is_dir() and _checkpoint_steps(out)):
+        time.sleep(0.1)
+    time.sleep(1.5)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 143, stdout[-2000:] + stderr[-2000:]
+    assert "SIGUSR1: the workers save a checkpoint" in stderr and "SIGTERM: the workers save a checkpoint" in stderr
+    return stdout, stderr, _checkpoint_steps(out)
+
+
 def _checkpoint_steps(out):
     return sorted(int(n.split("-")[1]) for n in os.listdir(out / "checkpoints") if n.startswith("step-"))
 
@@ -292,21 +309,9 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly_then_the_run_resumes(tmp_p
     """Preemption / a time limit / `kill`: SIGTERM to the launcher makes the workers checkpoint at their
     next metrics step and stop (exit 143, status "stopped"); SIGUSR1 before it only adds a checkpoint.
     Running the same command again continues from the stop's checkpoint."""
-    import signal
-    import time
     out = tmp_path / "run"
-    p = _start(out, f"cluster.backend={backend}")
-    p.send_signal(signal.SIGUSR1)
-    end = time.time() + 60
-    while time.time() < end and not ((out / "checkpoints").is_dir() and _checkpoint_steps(out)):
-        time.sleep(0.1)
-    time.sleep(1.5)
-    p.send_signal(signal.SIGTERM)
-    stdout, stderr = p.communicate(timeout=120)
-    assert p.returncode == 143, stdout[-2000:] + stderr[-2000:]
-    assert "SIGUSR1: the workers save a checkpoint" in stderr and "SIGTERM: the workers save a checkpoint" in stderr
+    stdout, stderr, steps = _usr1_then_term(_start(out, f"cluster.backend={backend}"), out)
     assert "the workers saved a checkpoint and stopped" in stderr
-    steps = _checkpoint_steps(out)
     assert len(steps) == 2 and all(s % 5 == 0 for s in steps), steps   # the requested one is taken once
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["stopped_early"] and summary["exit_code"] == 143
@@ -321,21 +326,9 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly_then_the_run_resumes(tmp_p
 
 @pytest.mark.timeout(300)
 def test_the_launch_script_passes_sigusr1_and_sigterm_on_like_the_launcher(tmp_path):
-    import signal
-    import time
     out = tmp_path / "run"
-    p = _start(out, "cluster.backend=mpi", script=tmp_path / "launch.sh")
-    p.send_signal(signal.SIGUSR1)
-    end = time.time() + 60
-    while time.time() < end and not ((out / "checkpoints").is_dir() and _checkpoint_steps(out)):
-        time.sleep(0.1)
-    time.sleep(1.5)
-    p.send_signal(signal.SIGTERM)
-    stdout, stderr = p.communicate(timeout=120)
-    assert p.returncode == 143, stdout[-2000:] + stderr[-2000:]
-    assert "SIGUSR1: the workers save a checkpoint" in stderr and "SIGTERM: the workers save a checkpoint" in stderr
+    stdout, stderr, steps = _usr1_then_term(_start(out, "cluster.backend=mpi", script=tmp_path / "launch.sh"), out)
     assert "the workers saved a checkpoint and stopped; run this script again" in stderr
-    steps = _checkpoint_steps(out)
     assert len(steps) == 2, steps
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["exit_code"] == 143 and summary["steps"] == steps[-1]

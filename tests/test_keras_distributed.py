@@ -84,7 +84,7 @@ def test_distribute_and_shard_errors_and_single_process_passthrough():
         dpk.shard(x[:3], rank=0, size=4)
 
 
-BACKUP_SCRIPT = '''
+_KERAS_JOB = '''
 import os, sys
 import numpy as np
 import cluster
@@ -102,7 +102,9 @@ rng = np.random.default_rng(0)
 x = rng.normal(size=(96, 8)).astype("float32")
 y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0)
 xs, ys = dpk.shard(x, y, comm=ctx.comm)
+'''
 
+BACKUP_SCRIPT = _KERAS_JOB + '''
 
 class CrashOnce(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
@@ -140,23 +142,7 @@ def test_backup_and_restore_resumes_a_restarted_data_parallel_fit_exactly(tmp_pa
         np.testing.assert_array_equal(a, b)
 
 
-STOPPABLE = '''
-import sys
-import numpy as np
-import cluster
-from cluster import keras as dpk
-from engine import keras
-from engine.keras import layers
-
-ctx = cluster.init()
-keras.utils.set_random_seed(0)
-model = keras.Sequential([keras.Input((8,)), layers.Dense(16, activation="relu"), layers.Dense(3, activation="softmax")])
-model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
-dpk.distribute(model, ctx.comm)
-rng = np.random.default_rng(0)
-x = rng.normal(size=(96, 8)).astype("float32")
-y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0)
-xs, ys = dpk.shard(x, y, comm=ctx.comm)
+STOPPABLE = _KERAS_JOB + '''
 model.fit(xs, ys, batch_size=8, epochs=int(sys.argv[2]), verbose=0, shuffle=False,
           callbacks=[keras.callbacks.BackupAndRestore(sys.argv[1])])
 print(f"rank {ctx.rank} finished", flush=True)
