@@ -11,6 +11,8 @@ ZeroMQ with same-host shared-memory slots, as on a real host.
 
 Bytes each direction of the link carries per all-reduce of S bytes, N = hosts x L ranks:
 flat ring 2(N-1)/N * S, two-level 2(H-1)/H * S.  With 2 hosts x 2 ranks that is 1.5 S vs S.
+A third variant times the two-level ring with DistributedDataParallel's fp16 compression
+(float16 on the wire, S/2 bytes, the conversions counted).
 
     sudo .venv/bin/python benchmarks/hierarchical.py                 # needs root and iproute2
     .venv/bin/python benchmarks/hierarchical.py --rate 1gbit --per-host 2 --sizes 1M,4M,16M
@@ -60,7 +62,12 @@ def _worker(args) -> None:
             x[...] = 1
             c.barrier()
             t = time.perf_counter()
-            c.allreduce(x)
+            if args.fp16:        # DistributedDataParallel(compression="fp16"): divide, halve, reduce, widen
+                half = (x * np.float32(1.0 / c.size)).astype(np.float16)
+                c.allreduce(half)
+                x[...] = half
+            else:
+                c.allreduce(x)
             times.append(time.perf_counter() - t)
         out[nbytes] = times
     if c.rank == 0:
@@ -99,7 +106,7 @@ class TwoHosts:
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
 
 
-def _launch(hosts: TwoHosts, per_host: int, hierarchical: bool, args) -> dict:
+def _launch(hosts: TwoHosts, per_host: int, hierarchical: bool, args, fp16: bool = False) -> dict:
     n = 2 * per_host
     port = 29000 + os.getpid() % 1000
     procs = []
@@ -111,7 +118,7 @@ def _launch(hosts: TwoHosts, per_host: int, hierarchical: bool, args) -> dict:
                    DPTRAIN_COMM_ADDR=ADDRS[h], DPTRAIN_COMM_HIERARCHICAL="1" if hierarchical else "0")
         cmd = ["ip", "netns", "exec", hosts.ns[h], "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
                f"host{h}", sys.executable, os.path.abspath(__file__), "--worker",
-               "--sizes", ",".join(str(s) for s in args.sizes), "--reps", str(args.reps)]
+               "--sizes", ",".join(str(s) for s in args.sizes), "--reps", str(args.reps)] + (["--fp16"] if fp16 else [])
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = []
     for p in procs:
@@ -143,6 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="1M,4M,16M", help="all-reduce sizes in bytes (K/M suffixes)")
     ap.add_argument("--reps", type=int, default=5, help="timed calls per size and launch")
     ap.add_argument("--launches", type=int, default=2, help="launches per variant, alternating")
+    ap.add_argument("--fp16", action="store_true", help=argparse.SUPPRESS)   # worker: the compressed path
     args = ap.parse_args(argv)
     args.sizes = [_size(s) for s in str(args.sizes).split(",")]
     if args.worker:
@@ -153,24 +161,27 @@ def main(argv=None) -> int:
         print(f"benchmarks/hierarchical.py needs root and iproute2/tc/unshare (missing: {missing or 'root'})",
               file=sys.stderr)
         return 2
-    times = {True: {s: [] for s in args.sizes}, False: {s: [] for s in args.sizes}}
+    variants = {"flat": (False, False), "two": (True, False), "fp16": (True, True)}
+    times = {v: {s: [] for s in args.sizes} for v in variants}
     with TwoHosts(args.rate) as hosts:
         for _ in range(args.launches):
-            for variant in (True, False):
-                for s, t in _launch(hosts, args.per_host, variant, args).items():
-                    times[variant][s] += t
+            for name, (hier, fp16) in variants.items():
+                for s, t in _launch(hosts, args.per_host, hier, args, fp16).items():
+                    times[name][s] += t
     n = 2 * args.per_host
     print(f"All-reduce (float32 sum, ZeroMQ) across 2 hosts x {args.per_host} ranks over a {args.rate} link "
           f"(network namespaces + tc on {platform.node()}, {os.cpu_count()} cores, "
           f"{datetime.date.today().isoformat()}); median of {args.reps * args.launches} calls")
-    print(f"{'size':>8} {'flat ring ms':>13} {'two-level ms':>13} {'speed-up':>9}   link bytes per direction "
-          f"(flat / two-level)")
-    print("-" * 92)
+    print(f"{'size':>8} {'flat ring ms':>13} {'two-level ms':>13} {'speed-up':>9} {'+ fp16 ms':>10} "
+          f"{'speed-up':>9}   link bytes per direction (flat / two-level / + fp16)")
+    print("-" * 112)
     for s in args.sizes:
-        flat, two = statistics.median(times[False][s]), statistics.median(times[True][s])
+        flat, two, half = (statistics.median(times[v][s]) for v in ("flat", "two", "fp16"))
         mb = s / (1 << 20)
-        print(f"{mb:>6.0f}MB {1e3 * flat:>13.1f} {1e3 * two:>13.1f} {flat / two:>8.2f}x   "
-              f"{2 * (n - 1) / n * mb:.1f} MB / {mb:.1f} MB")
+        print(f"{mb:>6.0f}MB {1e3 * flat:>13.1f} {1e3 * two:>13.1f} {flat / two:>8.2f}x {1e3 * half:>10.1f} "
+              f"{flat / half:>8.2f}x   {2 * (n - 1) / n * mb:.1f} MB / {mb:.1f} MB / {mb / 2:.1f} MB")
+    print("+ fp16: DistributedDataParallel(compression='fp16'): the float32 buffer divided by the world size, "
+          "sent and reduced as float16, widened back (conversions included in the time)")
     return 0
 
 

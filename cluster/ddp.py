@@ -48,11 +48,13 @@ class _Bucket:
         self.param_flat = None      # ZeRO: the parameters' storage, same layout as `flat`
         self.bounds = None          # ZeRO: shard_bounds(numel)
         self.launched_at = None
+        self.half = None            # compression="fp16": the float16 copy that travels
 
     def reset(self):
         self.filled = 0
         self.seen.clear()
         self.handle = None
+        self.half = None
 
 
 class _Done:
@@ -82,7 +84,7 @@ class DistributedDataParallel:
 
     def __init__(self, module, comm=None, bucket_cap_mb=25, broadcast_buffers=True,
                  find_unused_parameters=False, average=True, timeout=None, overlap="auto",
-                 device_ids=None, output_device=None, **torch_kw):
+                 device_ids=None, output_device=None, compression=None, **torch_kw):
         # torch's DistributedDataParallel(model, device_ids=[local_rank], ...): the module already
         # lives on its device here, so device_ids/output_device only have to agree with it.
         for k in ("gradient_as_bucket_view", "static_graph"):    # performance hints: nothing to do
@@ -101,6 +103,7 @@ class DistributedDataParallel:
         self.find_unused_parameters = find_unused_parameters
         self.average = average
         self.timeout = timeout
+        self.compression = _compression(compression)
         self._sync_enabled = True
         self._in_flight = False
         self.reductions = 0         # completed gradient reductions (ZeRO: are the shards fresh?)
@@ -364,7 +367,14 @@ class DistributedDataParallel:
                     run = self.comm.reduce_scatter_inplace_async if self.overlap else self.comm.reduce_scatter_inplace
                 else:
                     run = self.comm.allreduce_async if self.overlap else self.comm.allreduce
-                result = run(b.flat, op=op)
+                payload = b.flat
+                if self.compression == "fp16" and b.flat.dtype == np.float32:
+                    # torch's fp16_compress_hook: divide first (the float16 sum cannot overflow
+                    # where the mean does not), send half the bytes, widen again in _finish
+                    xp = get_array_module(b.flat)
+                    b.half = (b.flat * xp.float32(1.0 / self.size) if self.average else b.flat).astype(xp.float16)
+                    payload, op = b.half, "sum"
+                result = run(payload, op=op)
                 b.handle = result if self.overlap else _DONE     # deferred: ran inline, already complete
                 b.scale_after = False
             self._next_launch += 1
@@ -377,6 +387,9 @@ class DistributedDataParallel:
             self.events.append(("done", b.index, time.perf_counter()))
             if b.scale_after and inv != 1.0:
                 b.flat *= b.flat.dtype.type(inv)
+            if b.half is not None:  # compressed: widen the reduced float16 values back into the bucket
+                lo, hi = (b.bounds[self.rank], b.bounds[self.rank + 1]) if self._sharded else (0, b.numel)
+                b.flat[lo:hi] = b.half[lo:hi]
             if self._sharded:       # only this rank's shard is reduced; the optimizer reads it there
                 b.reset()
                 continue
@@ -391,6 +404,20 @@ class DistributedDataParallel:
         self._in_flight = False
         self.reductions += 1
 
+    def register_comm_hook(self, state, hook):
+        """torch's DDP.register_comm_hook for its two stock hooks (cluster.ddp_comm_hooks.default_hooks):
+        fp16_compress_hook -> compression="fp16", allreduce_hook -> none.  A hook of your own would
+        need torch's GradBucket/Future API, which this DDP does not have."""
+        from .ddp_comm_hooks import default_hooks
+        if hook is default_hooks.fp16_compress_hook:
+            self.compression = "fp16"
+        elif hook is default_hooks.allreduce_hook:
+            self.compression = None
+        else:
+            raise DDPError(f"register_comm_hook: only default_hooks.allreduce_hook and "
+                           f"default_hooks.fp16_compress_hook are supported, not {getattr(hook, '__name__', hook)!r}; "
+                           f"DistributedDataParallel(..., compression='fp16') is the same as the latter")
+
     def synchronize(self):
         """Finish an outstanding reduction (e.g. after a backward with unused parameters).
 
@@ -402,6 +429,19 @@ class DistributedDataParallel:
             for p in b.params:
                 if id(p) not in b.seen:
                     self._fill(p, p.grad.data if p.grad is not None else None)
+
+
+#: the gradient compressions DistributedDataParallel(compression=...) knows (Horovod's names)
+COMPRESSIONS = (None, "none", "fp16")
+
+
+def _compression(value):
+    """None or "fp16" from compression=None / "none" / "fp16" (or Horovod's Compression.fp16 spelling)."""
+    name = getattr(value, "__name__", value)
+    name = None if name in (None, "none", "NoneCompressor") else "fp16" if name in ("fp16", "FP16Compressor") else name
+    if name not in COMPRESSIONS:
+        raise DDPError(f"DistributedDataParallel: compression={value!r} is not one of None, 'fp16'")
+    return name
 
 
 def average_metrics(comm, metrics: dict) -> dict:

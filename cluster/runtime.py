@@ -149,7 +149,8 @@ class Trainer:
             model = convert_sync_batchnorm(model, comm)
         self.model = model
         self.ddp = DistributedDataParallel(model, comm, bucket_cap_mb=job.bucket_cap_mb,
-                                           overlap=job.get("ddp_overlap", "auto"))
+                                           overlap=job.get("ddp_overlap", "auto"),
+                                           compression=job.get("ddp_compression", "none"))
         shard = job.optimizer.get("shard", "auto")
         if shard == "auto":   # ZeRO doubles the collectives per step: worth it where they are cheap
             shard = getattr(comm, "backend", "") == "mpi" or (

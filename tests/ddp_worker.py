@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--overlap", choices=["auto", "true", "false"], default="auto")
     ap.add_argument("--zero", action="store_true", help="shard SGD's state with ZeroRedundancyOptimizer")
+    ap.add_argument("--compression", default=None, help="DistributedDataParallel(compression=...)")
+    ap.add_argument("--hook", action="store_true", help="fp16 through register_comm_hook, as torch scripts do")
     a = ap.parse_args()
 
     ctx = cluster.init()
@@ -50,7 +52,11 @@ def main():
     hook_times = []
     first_param.register_post_accumulate_grad_hook(lambda p: hook_times.append(time.perf_counter()))
     overlap = {"auto": "auto", "true": True, "false": False}[a.overlap]
-    ddp = cluster.DistributedDataParallel(model, ctx.comm, bucket_cap_mb=a.bucket_mb, overlap=overlap)
+    ddp = cluster.DistributedDataParallel(model, ctx.comm, bucket_cap_mb=a.bucket_mb, overlap=overlap,
+                                          compression=a.compression)
+    if a.hook:
+        from cluster.ddp_comm_hooks import default_hooks
+        ddp.register_comm_hook(state=None, hook=default_hooks.fp16_compress_hook)
     if a.zero:
         opt = cluster.ZeroRedundancyOptimizer(ddp, optim.SGD, lr=0.05, momentum=0.9)
     else:

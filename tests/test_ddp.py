@@ -56,6 +56,26 @@ def test_one_two_four_workers_end_with_the_same_parameters(tmp_path, backend, mo
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("backend", ["zmq", "mpi"])
+def test_fp16_compression_stays_close_to_one_worker_and_really_rounds(tmp_path, backend):
+    """compression="fp16" (and torch's fp16_compress_hook): gradients travel as float16. After 20 steps
+    the parameters stay within float16 rounding of one uncompressed worker, with and without ZeRO and
+    overlap, and differ from the uncompressed 2-worker run (the rounding did happen)."""
+    common = ["--model", "mlp_bn", "--steps", "20", "--global-batch", "16", "--bucket-mb", "0.01"]
+    ref, _ = _train(backend, 1, tmp_path / "w1", *common)
+    plain, _ = _train(backend, 2, tmp_path / "plain", *common, "--overlap", "true")
+    for i, extra in enumerate((["--compression", "fp16"], ["--compression", "fp16", "--zero"],
+                               ["--hook", "--overlap", "true"], ["--compression", "fp16", "--zero", "--overlap", "true"])):
+        got, _ = _train(backend, 2, tmp_path / f"c{i}", *common, *extra)
+        diff = _max_diff(ref, got)
+        assert 1e-7 < diff <= 5e-3, f"{extra} on {backend}: max |param difference| = {diff:.3g}"
+        assert _max_diff(plain, got) > 0
+    from cluster.ddp import DDPError, DistributedDataParallel
+    with pytest.raises(DDPError, match="compression='bf16' is not one of None, 'fp16'"):
+        DistributedDataParallel(engine.nn.Linear(2, 2), compression="bf16")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["zmq", "mpi"])
 def test_zero_sharded_optimizer_and_both_overlap_modes_match_one_worker(tmp_path, backend):
     """ZeroRedundancyOptimizer (reduce-scatter, shard update, all-gather) and DDP with the reductions
     inside backward (overlap) or after it end where one worker ends."""
