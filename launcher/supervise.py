@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass, field
 
 from cluster.checkpoint import checkpoint_step
+from cluster.stall import UNEVEN_STEPS, find_laggards, views_pending
 from cluster.worker import EXIT_CONFIG, EXIT_PEER_FAILURE
 
 from .job import Job, free_port, start_coordinator
-from cluster.stall import UNEVEN_STEPS, find_laggards, views_pending
 
 __all__ = ["Failure", "Group", "Supervisor", "describe_exit", "exit_code_of", "root_cause", "tail_file"]
 
