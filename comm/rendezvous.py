@@ -79,7 +79,8 @@ def _serve(ctx: zmq.Context, address: str, size: int, hello: dict, deadline: Dea
         sock.close(linger=0)
         raise CommError(f"rank 0 could not bind the rendezvous address {address}: {exc}. Another job may "
                         f"use this port: pick a free one (cluster.master_port in a dptrain config, else "
-                        f"DPTRAIN_MASTER_PORT; or check DPTRAIN_MASTER_ADDR is an address of this host)") from None
+                        f"DPTRAIN_MASTER_PORT, or MASTER_PORT / init_method for init_process_group without a "
+                        f"launcher; or check the address is one of this host's)") from None
     infos = {0: hello}
     idents = {}
     try:
