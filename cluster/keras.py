@@ -46,7 +46,27 @@ def distribute(model, comm=None, bucket_cap_mb: float = 25):
         raise TypeError(f"distribute: {type(model).__name__} is not an engine.keras model; wrap engine.nn models "
                         "in cluster.DistributedDataParallel instead")
     hooks.append(ddp.synchronize)
+    _draw_for_the_global_batch(model, ddp.comm)
     return ddp
+
+
+def _draw_for_the_global_batch(model, comm) -> None:
+    """Random layers (Dropout, the augmentation layers) must draw under data parallelism what one
+    worker would draw for the global batch: every rank starts from rank 0's random state, and each
+    training step runs inside engine.random.batch_shard, so a layer draws for all rows and keeps
+    this rank's (rows rank, rank + size, ..., the rows `shard` gives it)."""
+    import json
+    from engine import random as erandom
+    if comm.size < 2:
+        return
+    state = comm.broadcast_obj(json.dumps(erandom.get_state()), root=0)   # 128-bit ints: not msgpack
+    erandom.set_state(json.loads(state))
+    step = model._train_step
+
+    def sharded_step(*args, **kwargs):
+        with erandom.batch_shard(comm.rank, comm.size):
+            return step(*args, **kwargs)
+    model._train_step = sharded_step
 
 
 def shard(*arrays, comm=None, rank=None, size=None):

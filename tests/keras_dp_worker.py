@@ -31,6 +31,11 @@ def main():
         model = WithSpare()
         model(np.zeros((1, 8), np.float32))
         model.spare(np.zeros((1, 8), np.float32))
+    elif "--augment" in sys.argv:                     # random layers: every rank must draw as one worker
+        model = keras.Sequential([keras.Input((8,)), layers.Reshape((2, 4, 1)), layers.RandomFlip("horizontal"),
+                                  layers.RandomTranslation(0.25, 0.25, fill_mode="constant"), layers.Flatten(),
+                                  layers.Dense(16, activation="relu"), layers.Dropout(0.3),
+                                  layers.Dense(3, activation="softmax")])
     else:
         model = keras.Sequential([layers.Dense(16, activation="relu", input_shape=(8,)),
                                   layers.Dense(3, activation="softmax")])

@@ -51,6 +51,25 @@ def test_keras_fit_on_several_ranks_matches_one_worker(tmp_path, backend):
         assert all(lg["history"] == logs[0]["history"] for lg in logs)
 
 
+@pytest.mark.timeout(300)
+def test_random_layers_draw_for_the_global_batch_so_two_ranks_match_one_worker(tmp_path):
+    """Dropout, RandomFlip and RandomTranslation under cluster.keras: each rank draws for the whole
+    global batch and keeps its rows (and the ranks start from rank 0's random state, although they
+    were seeded differently), so 2 ranks end with one worker's weights."""
+    one = tmp_path / "a1"
+    p = subprocess.run([sys.executable, WORKER, str(one), "--augment"], env=base_env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ref, _ = _load(one, 1)
+    two = tmp_path / "a2"
+    for r, (rc, so, se) in enumerate(run_zmq(2, [WORKER, str(two), "--augment"], timeout=150)):
+        assert rc == 0, f"rank {r}: {se[-3000:]}"
+    got, logs = _load(two, 2)
+    assert logs[0]["digest"] == logs[1]["digest"]
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
+    assert diff <= 1e-5, f"max |weight difference| {diff:.3g}"
+
+
 @pytest.mark.timeout(120)
 def test_weights_without_gradient_do_not_stall_the_all_reduce(tmp_path):
     """A built layer the loss never uses: its bucket is completed with zeros before each update, so

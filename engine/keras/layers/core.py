@@ -263,12 +263,15 @@ class Softmax(Activation):
 
 
 def dropout(x: Tensor, rate: float) -> Tensor:
-    """Inverted dropout: zero with probability `rate`, scale survivors by 1/(1-rate)."""
+    """Inverted dropout: zero with probability `rate`, scale survivors by 1/(1-rate).  Under data
+    parallelism (engine.random.batch_shard) the numbers are drawn for the global batch and this
+    worker keeps its rows, so N workers drop what one worker would."""
     xp = get_array_module(x.data)
     if xp is np:
-        keep = _random.default_generator().random(x.shape, dtype=np.float32) >= rate
+        rng = _random.default_generator()
+        keep = _random.draw_rows(lambda shape: rng.random(shape, dtype=np.float32), x.shape) >= rate
     else:
-        keep = xp.random.random(x.shape, dtype=np.float32) >= rate
+        keep = _random.draw_rows(lambda shape: xp.random.random(shape, dtype=np.float32), x.shape) >= rate
     scale = x.dtype.type(1.0 / (1.0 - rate))
     mask = keep.astype(x.dtype)
     mask *= scale
