@@ -66,6 +66,11 @@ def _worker(args) -> None:
                 half = (x * np.float32(1.0 / c.size)).astype(np.float16)
                 c.allreduce(half)
                 x[...] = half
+            elif args.bf16:      # compression="bf16": bfloat16 on the wire, added in float32
+                from comm.arrays import from_bf16, to_bf16
+                half = to_bf16(x * np.float32(1.0 / c.size))
+                c.allreduce(half, op="bf16_sum")
+                from_bf16(half, out=x)
             else:
                 c.allreduce(x)
             times.append(time.perf_counter() - t)
@@ -106,7 +111,7 @@ class TwoHosts:
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
 
 
-def _launch(hosts: TwoHosts, per_host: int, hierarchical: bool, args, fp16: bool = False) -> dict:
+def _launch(hosts: TwoHosts, per_host: int, hierarchical: bool, args, codec: str = "") -> dict:
     n = 2 * per_host
     port = 29000 + os.getpid() % 1000
     procs = []
@@ -118,7 +123,7 @@ def _launch(hosts: TwoHosts, per_host: int, hierarchical: bool, args, fp16: bool
                    DPTRAIN_COMM_ADDR=ADDRS[h], DPTRAIN_COMM_HIERARCHICAL="1" if hierarchical else "0")
         cmd = ["ip", "netns", "exec", hosts.ns[h], "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
                f"host{h}", sys.executable, os.path.abspath(__file__), "--worker",
-               "--sizes", ",".join(str(s) for s in args.sizes), "--reps", str(args.reps)] + (["--fp16"] if fp16 else [])
+               "--sizes", ",".join(str(s) for s in args.sizes), "--reps", str(args.reps)] + ([f"--{codec}"] if codec else [])
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = []
     for p in procs:
@@ -150,7 +155,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="1M,4M,16M", help="all-reduce sizes in bytes (K/M suffixes)")
     ap.add_argument("--reps", type=int, default=5, help="timed calls per size and launch")
     ap.add_argument("--launches", type=int, default=2, help="launches per variant, alternating")
-    ap.add_argument("--fp16", action="store_true", help=argparse.SUPPRESS)   # worker: the compressed path
+    ap.add_argument("--fp16", action="store_true", help=argparse.SUPPRESS)   # worker: the compressed paths
+    ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.sizes = [_size(s) for s in str(args.sizes).split(",")]
     if args.worker:
@@ -161,27 +167,30 @@ def main(argv=None) -> int:
         print(f"benchmarks/hierarchical.py needs root and iproute2/tc/unshare (missing: {missing or 'root'})",
               file=sys.stderr)
         return 2
-    variants = {"flat": (False, False), "two": (True, False), "fp16": (True, True)}
+    variants = {"flat": (False, ""), "two": (True, ""), "fp16": (True, "fp16"), "bf16": (True, "bf16")}
     times = {v: {s: [] for s in args.sizes} for v in variants}
     with TwoHosts(args.rate) as hosts:
         for _ in range(args.launches):
-            for name, (hier, fp16) in variants.items():
-                for s, t in _launch(hosts, args.per_host, hier, args, fp16).items():
+            for name, (hier, codec) in variants.items():
+                for s, t in _launch(hosts, args.per_host, hier, args, codec).items():
                     times[name][s] += t
     n = 2 * args.per_host
     print(f"All-reduce (float32 sum, ZeroMQ) across 2 hosts x {args.per_host} ranks over a {args.rate} link "
           f"(network namespaces + tc on {platform.node()}, {os.cpu_count()} cores, "
           f"{datetime.date.today().isoformat()}); median of {args.reps * args.launches} calls")
     print(f"{'size':>8} {'flat ring ms':>13} {'two-level ms':>13} {'speed-up':>9} {'+ fp16 ms':>10} "
-          f"{'speed-up':>9}   link bytes per direction (flat / two-level / + fp16)")
-    print("-" * 112)
+          f"{'speed-up':>9} {'+ bf16 ms':>10} {'speed-up':>9}   link bytes per direction (flat / two-level / "
+          f"compressed)")
+    print("-" * 130)
     for s in args.sizes:
-        flat, two, half = (statistics.median(times[v][s]) for v in ("flat", "two", "fp16"))
+        flat, two, f16, b16 = (statistics.median(times[v][s]) for v in ("flat", "two", "fp16", "bf16"))
         mb = s / (1 << 20)
-        print(f"{mb:>6.0f}MB {1e3 * flat:>13.1f} {1e3 * two:>13.1f} {flat / two:>8.2f}x {1e3 * half:>10.1f} "
-              f"{flat / half:>8.2f}x   {2 * (n - 1) / n * mb:.1f} MB / {mb:.1f} MB / {mb / 2:.1f} MB")
-    print("+ fp16: DistributedDataParallel(compression='fp16'): the float32 buffer divided by the world size, "
-          "sent and reduced as float16, widened back (conversions included in the time)")
+        print(f"{mb:>6.0f}MB {1e3 * flat:>13.1f} {1e3 * two:>13.1f} {flat / two:>8.2f}x {1e3 * f16:>10.1f} "
+              f"{flat / f16:>8.2f}x {1e3 * b16:>10.1f} {flat / b16:>8.2f}x   "
+              f"{2 * (n - 1) / n * mb:.1f} MB / {mb:.1f} MB / {mb / 2:.1f} MB")
+    print("+ fp16 / + bf16: DistributedDataParallel(compression=...): the float32 buffer divided by the world "
+          "size, sent as 16 bits and reduced (float16 arithmetic / bfloat16 added in float32), widened back; "
+          "conversions included in the time")
     return 0
 
 

@@ -488,10 +488,11 @@ SCHEMA = Section({
                                min_exclusive=True),
         "ddp_overlap": AutoBool("auto", "Start bucket reductions inside backward; `auto`: only when a CPU core "
                                         "is left over for them, or on GPU."),
-        "ddp_compression": Enum(("none", "fp16"), "none",
-                                "`fp16`: gradients travel as float16 (half the bytes; for slow links between "
-                                "hosts), widened back to float32 after the reduction, as torch's "
-                                "fp16_compress_hook and Horovod's Compression.fp16."),
+        "ddp_compression": Enum(("none", "fp16", "bf16"), "none",
+                                "Gradients travel in 16 bits (half the bytes; for links between hosts) and are "
+                                "widened back to float32 after the reduction: `fp16` as torch's "
+                                "fp16_compress_hook and Horovod's Compression.fp16; `bf16` as torch's "
+                                "bf16_compress_hook, added in float32 inside the ring (cheaper on CPUs)."),
     }, "What to train."),
     "checkpoint": Section({
         "dir": Nullable(Str(), None, "Checkpoint directory; null: `<output.dir>/checkpoints`."),

@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+import comm.arrays as arrays
 from engine.backend import get_array_module
 from engine.tensor import Tensor
 
@@ -368,12 +369,16 @@ class DistributedDataParallel:
                 else:
                     run = self.comm.allreduce_async if self.overlap else self.comm.allreduce
                 payload = b.flat
-                if self.compression == "fp16" and b.flat.dtype == np.float32:
-                    # torch's fp16_compress_hook: divide first (the float16 sum cannot overflow
+                if self.compression is not None and b.flat.dtype == np.float32:
+                    # torch's fp16/bf16_compress_hook: divide first (a float16 sum cannot overflow
                     # where the mean does not), send half the bytes, widen again in _finish
                     xp = get_array_module(b.flat)
-                    b.half = (b.flat * xp.float32(1.0 / self.size) if self.average else b.flat).astype(xp.float16)
-                    payload, op = b.half, "sum"
+                    scaled = b.flat * xp.float32(1.0 / self.size) if self.average else b.flat
+                    if self.compression == "fp16":
+                        b.half, op = scaled.astype(xp.float16), "sum"
+                    else:       # bfloat16 bit patterns; the ring adds them in float32
+                        b.half, op = arrays.to_bf16(scaled), "bf16_sum"
+                    payload = b.half
                 result = run(payload, op=op)
                 b.handle = result if self.overlap else _DONE     # deferred: ran inline, already complete
                 b.scale_after = False
@@ -387,9 +392,12 @@ class DistributedDataParallel:
             self.events.append(("done", b.index, time.perf_counter()))
             if b.scale_after and inv != 1.0:
                 b.flat *= b.flat.dtype.type(inv)
-            if b.half is not None:  # compressed: widen the reduced float16 values back into the bucket
+            if b.half is not None:  # compressed: widen the reduced values back into the bucket
                 lo, hi = (b.bounds[self.rank], b.bounds[self.rank + 1]) if self._sharded else (0, b.numel)
-                b.flat[lo:hi] = b.half[lo:hi]
+                if b.half.dtype == np.uint16:
+                    arrays.from_bf16(b.half[lo:hi], out=b.flat[lo:hi])
+                else:
+                    b.flat[lo:hi] = b.half[lo:hi]
             if self._sharded:       # only this rank's shard is reduced; the optimizer reads it there
                 b.reset()
                 continue
@@ -411,6 +419,8 @@ class DistributedDataParallel:
         from .ddp_comm_hooks import default_hooks
         if hook is default_hooks.fp16_compress_hook:
             self.compression = "fp16"
+        elif hook is default_hooks.bf16_compress_hook:
+            self.compression = "bf16"
         elif hook is default_hooks.allreduce_hook:
             self.compression = None
         else:
@@ -432,15 +442,16 @@ class DistributedDataParallel:
 
 
 #: the gradient compressions DistributedDataParallel(compression=...) knows (Horovod's names)
-COMPRESSIONS = (None, "none", "fp16")
+COMPRESSIONS = (None, "none", "fp16", "bf16")
 
 
 def _compression(value):
-    """None or "fp16" from compression=None / "none" / "fp16" (or Horovod's Compression.fp16 spelling)."""
+    """None, "fp16" or "bf16" from compression=None / "none" / "fp16" / "bf16" (or Horovod's
+    Compression.fp16 spelling)."""
     name = getattr(value, "__name__", value)
     name = None if name in (None, "none", "NoneCompressor") else "fp16" if name in ("fp16", "FP16Compressor") else name
     if name not in COMPRESSIONS:
-        raise DDPError(f"DistributedDataParallel: compression={value!r} is not one of None, 'fp16'")
+        raise DDPError(f"DistributedDataParallel: compression={value!r} is not one of None, 'fp16', 'bf16'")
     return name
 
 

@@ -24,4 +24,10 @@ def fp16_compress_hook(state, bucket):
     raise RuntimeError("pass this to DistributedDataParallel.register_comm_hook; it is not called directly")
 
 
-default_hooks = SimpleNamespace(allreduce_hook=allreduce_hook, fp16_compress_hook=fp16_compress_hook)
+def bf16_compress_hook(state, bucket):
+    """Divide by the world size, all-reduce as bfloat16 (added in float32), widen back to float32."""
+    raise RuntimeError("pass this to DistributedDataParallel.register_comm_hook; it is not called directly")
+
+
+default_hooks = SimpleNamespace(allreduce_hook=allreduce_hook, fp16_compress_hook=fp16_compress_hook,
+                                bf16_compress_hook=bf16_compress_hook)

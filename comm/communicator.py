@@ -303,7 +303,8 @@ class Communicator:
 
     # -- allreduce ---------------------------------------------------------------------------------
     def allreduce(self, x, op: str = "sum", algorithm: str = "ring"):
-        """Reduce `x` over all ranks (sum, mean, max, min); in place when x is writable and contiguous.
+        """Reduce `x` over all ranks (sum, mean, max, min; bf16_sum for bfloat16 bit patterns in a
+        uint16 array, added in float32: comm.arrays.to_bf16); in place when x is writable and contiguous.
 
         Returns the result (x itself when reduced in place).  Bit-identical on every rank.
         """
@@ -316,7 +317,7 @@ class Communicator:
     def _allreduce(self, x, op, algorithm, sync):
         arrays.check_array(x, "allreduce")
         arrays.check_op(op, x.dtype)
-        algo = self._algorithm(algorithm)
+        algo = self._algorithm("ring" if op == "bf16_sum" else algorithm)   # MPI has no bfloat16 sum
         work, xp, dsync, finish = self._stage(x)
         n = self.size
         views = self._shared.lookup(x) if n > 1 and algo in ("ring", "hierarchical") else None

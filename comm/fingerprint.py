@@ -22,7 +22,7 @@ RECORD_BYTES = 64
 
 
 _KINDS = ("allreduce", "broadcast", "allgather", "reduce_scatter", "barrier", "broadcast_obj", "allgather_obj")
-_OPS = ("", "sum", "mean", "max", "min")
+_OPS = ("", "sum", "mean", "max", "min", "bf16_sum")   # append only: the index travels
 _ALGOS = ("", "ring", "native", "shared", "hierarchical")
 
 
