@@ -49,7 +49,8 @@ class _Bucket:
         self.param_flat = None      # ZeRO: the parameters' storage, same layout as `flat`
         self.bounds = None          # ZeRO: shard_bounds(numel)
         self.launched_at = None
-        self.half = None            # compression="fp16": the float16 copy that travels
+        self.half = None            # compression: the 16-bit copy travelling this step (None: none)
+        self.wire = None            # its buffer, kept across steps
 
     def reset(self):
         self.filled = 0
@@ -372,12 +373,19 @@ class DistributedDataParallel:
                 if self.compression is not None and b.flat.dtype == np.float32:
                     # torch's fp16/bf16_compress_hook: divide first (a float16 sum cannot overflow
                     # where the mean does not), send half the bytes, widen again in _finish
+                    # (in place: the bucket is overwritten by the reduced values in _finish; the
+                    # 16-bit buffer is the bucket's own, kept across steps)
                     xp = get_array_module(b.flat)
-                    scaled = b.flat * xp.float32(1.0 / self.size) if self.average else b.flat
+                    if self.average:
+                        b.flat *= xp.float32(1.0 / self.size)
+                    wire_dtype = xp.float16 if self.compression == "fp16" else xp.uint16
+                    if b.wire is None or b.wire.dtype != wire_dtype:
+                        b.wire = xp.empty(b.numel, dtype=wire_dtype)
                     if self.compression == "fp16":
-                        b.half, op = scaled.astype(xp.float16), "sum"
+                        b.half, op = b.wire, "sum"
+                        xp.copyto(b.half, b.flat, casting="same_kind")
                     else:       # bfloat16 bit patterns; the ring adds them in float32
-                        b.half, op = arrays.to_bf16(scaled), "bf16_sum"
+                        b.half, op = arrays.to_bf16(b.flat, out=b.wire), "bf16_sum"
                     payload = b.half
                 result = run(payload, op=op)
                 b.handle = result if self.overlap else _DONE     # deferred: ran inline, already complete
