@@ -13,7 +13,7 @@ import importlib
 
 __all__ = ["DistributedDataParallel", "DDPError", "DistributedSampler", "SyncBatchNorm",
            "convert_sync_batchnorm", "ZeroRedundancyOptimizer", "average_metrics", "init", "Context",
-           "stop_requested"]
+           "stop_requested", "Join", "JoinError"]
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Context:
 _LAZY = {"DistributedDataParallel": "ddp", "DDPError": "ddp", "average_metrics": "ddp",
          "DistributedSampler": "sampler", "SyncBatchNorm": "sync_batchnorm",
          "convert_sync_batchnorm": "sync_batchnorm", "ZeroRedundancyOptimizer": "zero",
-         "stop_requested": "preempt"}
+         "stop_requested": "preempt", "Join": "join", "JoinError": "join"}
 
 
 def __getattr__(name):

@@ -45,7 +45,7 @@ class _Bucket:
         self.filled = 0
         self.seen = set()
         self.handle = None
-        self.scale_after = False    # divide by the world size after the wait (NCCL sums only)
+        self.scale = 1.0            # multiply by this after the wait (sums not divided inside the ring)
         self.param_flat = None      # ZeRO: the parameters' storage, same layout as `flat`
         self.bounds = None          # ZeRO: shard_bounds(numel)
         self.launched_at = None
@@ -108,6 +108,10 @@ class DistributedDataParallel:
         self.compression = _compression(compression)
         self._sync_enabled = True
         self._in_flight = False
+        self._join = None           # join(): the context's settings while one is active (cluster/join.py)
+        self._zero = None           # the ZeroRedundancyOptimizer over this model (join() drives its step)
+        self._divisor = self.size   # gradients are divided by this (join: maybe the ranks still training)
+        self._buffer_root = 0       # the rank whose buffers every forward broadcasts
         self.reductions = 0         # completed gradient reductions (ZeRO: are the shards fresh?)
         self.events = []            # (what, bucket index, perf_counter) for the last step: tests + profiling
         self.params = [p for p in module.parameters() if p.requires_grad]
@@ -127,8 +131,8 @@ class DistributedDataParallel:
                 self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad_ready))
 
     # ------------------------------------------------------------ setup
-    def _sync_module_state(self):
-        """Start every rank from rank 0's parameters and buffers."""
+    def _sync_module_state(self, root=0):
+        """Start every rank from rank `root`'s parameters and buffers."""
         if self.size == 1:
             return
         for name, t in list(self.module.state_dict().items()):
@@ -137,7 +141,12 @@ class DistributedDataParallel:
                 continue
             if not arr.flags.c_contiguous:
                 raise DDPError(f"parameter/buffer {name!r} is not contiguous; cannot broadcast it in place")
-            self.comm.broadcast(arr, root=0)
+            self.comm.broadcast(arr, root=root)
+
+    def _broadcast_buffers(self, root):
+        for _, buf in self.module.named_buffers():
+            if buf.data.dtype.kind in "fiu" and buf.data.size:
+                self.comm.broadcast(buf.data, root=root)
 
     def _build_buckets(self):
         buckets, current, current_bytes = [], [], 0
@@ -220,7 +229,7 @@ class DistributedDataParallel:
             return None
         return nccl
 
-    def _enable_sharding(self):
+    def _enable_sharding(self, zero=None):
         """Called by ZeroRedundancyOptimizer: from now on backward reduce-scatters every bucket,
         and each bucket gets a flat parameter buffer (same layout as its gradients) that the
         parameters become views of, so a shard update plus an all-gather rebuilds the model."""
@@ -237,6 +246,7 @@ class DistributedDataParallel:
             b.param_flat = pf
             b.bounds = self.comm.shard_bounds(b.numel)
         self._sharded = True
+        self._zero = zero
 
     # ------------------------------------------------------------ module facade
     def __call__(self, *args, **kwargs):
@@ -249,14 +259,32 @@ class DistributedDataParallel:
                 "the previous backward did not produce gradients for every parameter, so their "
                 f"all-reduce never finished (e.g. {missing[:5]}); pass find_unused_parameters=True "
                 "to DistributedDataParallel if some parameters are legitimately unused")
+        if self._join is not None:
+            self._join_step()
         if self.size > 1 and self.broadcast_buffers:
-            for _, buf in self.module.named_buffers():
-                if buf.data.dtype.kind in "fiu" and buf.data.size:
-                    self.comm.broadcast(buf.data, root=0)
+            self._broadcast_buffers(self._buffer_root)
         out = self.module(*args, **kwargs)
         if self.size > 1 and self._sync_enabled and self.find_unused_parameters:
             self._mark_unused(out)
         return out
+
+    def _join_step(self):
+        """Inside join(): tell the ranks that ran out of batches that this one still trains, and
+        learn how many do (the gradient divisor and the buffers' source follow from it)."""
+        from engine.tensor import is_grad_enabled
+        from .join import JoinError, early_termination_message, step_sum
+        active, _, _ = step_sum(self, training=True, sync=self._sync_enabled and is_grad_enabled())
+        if active.size < self.size and self._join.throw:
+            raise JoinError(early_termination_message(self, active))
+        self._divisor = self.size if self._join.divide_by_initial_world_size else active.size
+        self._buffer_root = int(active[0])
+
+    def join(self, divide_by_initial_world_size=True, enable=True, throw_on_early_termination=False):
+        """`with model.join():` around a loop whose ranks may run out of batches at different steps
+        (PyTorch's DDP.join; see cluster/join.py)."""
+        from .join import Join
+        return Join([self], enable=enable, throw_on_early_termination=throw_on_early_termination,
+                    divide_by_initial_world_size=divide_by_initial_world_size)
 
     def _param_name(self, p):
         for name, q in self.module.named_parameters():
@@ -358,13 +386,16 @@ class DistributedDataParallel:
             if b.filled < len(b.params):
                 return
             self.events.append(("launch", b.index, time.perf_counter()))
+            # join() with divide_by_initial_world_size=False: divide by the ranks still training
+            divisor = self._divisor if self.average else 1
             if self._nccl is not None and b.flat.__class__.__module__.startswith("cupy"):
                 b.handle = self._nccl.allreduce_async(b.flat, op="sum")
-                b.scale_after = self.average
+                b.scale = 1.0 / divisor
             else:
                 # "mean" divides each chunk once on its owner inside the ring, before the
                 # all-gather: half a pass over the bucket instead of a full one afterwards.
-                op = "mean" if self.average else "sum"
+                op = "mean" if self.average and divisor == self.size else "sum"
+                b.scale = 1.0 if op == "mean" or divisor == 1 else 1.0 / divisor
                 if self._sharded:
                     run = self.comm.reduce_scatter_inplace_async if self.overlap else self.comm.reduce_scatter_inplace
                 else:
@@ -376,8 +407,9 @@ class DistributedDataParallel:
                     # (in place: the bucket is overwritten by the reduced values in _finish; the
                     # 16-bit buffer is the bucket's own, kept across steps)
                     xp = get_array_module(b.flat)
-                    if self.average:
-                        b.flat *= xp.float32(1.0 / self.size)
+                    if divisor != 1:
+                        b.flat *= xp.float32(1.0 / divisor)
+                    b.scale = 1.0
                     wire_dtype = xp.float16 if self.compression == "fp16" else xp.uint16
                     if b.wire is None or b.wire.dtype != wire_dtype:
                         b.wire = xp.empty(b.numel, dtype=wire_dtype)
@@ -389,17 +421,15 @@ class DistributedDataParallel:
                     payload = b.half
                 result = run(payload, op=op)
                 b.handle = result if self.overlap else _DONE     # deferred: ran inline, already complete
-                b.scale_after = False
             self._next_launch += 1
         self._finish()
 
     def _finish(self):
-        inv = 1.0 / self.size if self.average else 1.0
         for b in self.buckets:
             b.handle.wait(self.timeout)
             self.events.append(("done", b.index, time.perf_counter()))
-            if b.scale_after and inv != 1.0:
-                b.flat *= b.flat.dtype.type(inv)
+            if b.scale != 1.0:
+                b.flat *= b.flat.dtype.type(b.scale)
             if b.half is not None:  # compressed: widen the reduced values back into the bucket
                 lo, hi = (b.bounds[self.rank], b.bounds[self.rank + 1]) if self._sharded else (0, b.numel)
                 if b.half.dtype == np.uint16:

@@ -18,7 +18,8 @@ __all__ = ["Laggard", "UNEVEN_STEPS", "find_laggards", "views_pending"]
 
 #: what it means when one rank finished while the others still ran collectives
 UNEVEN_STEPS = ("the ranks ran different numbers of steps (give every rank the same number of batches: "
-                "cluster.DistributedSampler with drop_last=True)")
+                "cluster.DistributedSampler with drop_last=True, or wrap the training loop in "
+                "`with model.join():` so ranks that run out answer the others' all-reduces)")
 
 
 def _ranks(ranks: list[int]) -> str:

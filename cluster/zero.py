@@ -53,7 +53,7 @@ class ZeroRedundancyOptimizer:
         if not self._sharded:                      # one rank: nothing to shard
             self.optim = optimizer_class(self.params, **defaults)
             return
-        ddp._enable_sharding()
+        ddp._enable_sharding(self)
         self._consumed = ddp.reductions            # reductions already used by a step
         self._shards = []
         for b in ddp.buckets:
