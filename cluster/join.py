@@ -18,6 +18,11 @@ out at different steps:
 * When the sum says nobody trains any more, every rank takes the parameters and buffers of
   a rank that trained to the end, so all leave the context with the same model.
 
+A plain optimizer passed with the model (`Join([model, opt])`; PyTorch accepts only joinable
+ones) is stepped by the joined ranks too, with the averaged gradient they receive, so its
+state (momentum, Adam's moments) stays identical on every rank and training can go on after
+the context; without it a rank that joined early keeps the state it had (PyTorch's behaviour).
+
 Gradients are divided by the initial world size by default (the joined ranks count as
 zero gradients, PyTorch's default); `divide_by_initial_world_size=False` divides by the
 number of ranks still training.  `throw_on_early_termination=True` instead raises on every
@@ -37,9 +42,10 @@ class JoinError(RuntimeError):
 class _JoinState:
     """What a DDP model in a join context knows about the current step."""
 
-    def __init__(self, divide_by_initial_world_size, throw_on_early_termination):
+    def __init__(self, divide_by_initial_world_size, throw_on_early_termination, optimizer):
         self.divide_by_initial_world_size = bool(divide_by_initial_world_size)
         self.throw = bool(throw_on_early_termination)
+        self.optimizer = optimizer      # stepped by joined ranks (ZeRO: must be; plain: keeps state alike)
 
 
 def _ranks(ranks) -> str:
@@ -52,8 +58,9 @@ class Join:
     """`with Join([ddp_model, zero_optimizer]):` (or `with ddp_model.join():`) around a training loop
     whose ranks may run out of batches at different steps.
 
-    joinables: one cluster.DistributedDataParallel, optionally with the ZeroRedundancyOptimizer
-    built over it (it takes part either way).  enable=False makes the context do nothing.
+    joinables: one cluster.DistributedDataParallel, optionally with its optimizer: the
+    ZeroRedundancyOptimizer built over it (it takes part either way) or a plain engine.optim
+    optimizer of its parameters (then the joined ranks keep stepping it).  enable=False makes the context do nothing.
     divide_by_initial_world_size: keep dividing gradients by the world size (True) or by the
     number of ranks still training (False).  throw_on_early_termination: raise JoinError on
     every rank as soon as one runs out, instead of carrying on.
@@ -65,22 +72,32 @@ class Join:
 
     def __init__(self, joinables, enable: bool = True, throw_on_early_termination: bool = False,
                  divide_by_initial_world_size: bool = True):
+        from engine.optim.optimizer import Optimizer
         from .ddp import DDPError, DistributedDataParallel
         from .zero import ZeroRedundancyOptimizer
         joinables = list(joinables)
         models = [j for j in joinables if isinstance(j, DistributedDataParallel)]
-        others = [j for j in joinables if not isinstance(j, (DistributedDataParallel, ZeroRedundancyOptimizer))]
+        optimizers = [j for j in joinables if isinstance(j, (ZeroRedundancyOptimizer, Optimizer))]
+        others = [j for j in joinables if not isinstance(j, (DistributedDataParallel, ZeroRedundancyOptimizer,
+                                                             Optimizer))]
         if others:
             raise TypeError(f"Join: {type(others[0]).__name__} cannot join; pass the DistributedDataParallel "
-                            f"model (and its ZeroRedundancyOptimizer, if any)")
+                            f"model and, optionally, its optimizer")
         if len(models) != 1:
             raise DDPError(f"Join takes exactly one DistributedDataParallel model, got {len(models)}")
-        self.ddp = models[0]
-        for z in joinables:
-            if isinstance(z, ZeroRedundancyOptimizer) and z.ddp is not self.ddp:
-                raise DDPError("Join: the ZeroRedundancyOptimizer was built over another model than the one joined")
-        self.enable = enable and self.ddp.size > 1
-        self.state = _JoinState(divide_by_initial_world_size, throw_on_early_termination)
+        if len(optimizers) > 1:
+            raise DDPError(f"Join takes at most one optimizer, got {len(optimizers)}")
+        self.ddp = ddp = models[0]
+        opt = optimizers[0] if optimizers else ddp._zero
+        if isinstance(opt, ZeroRedundancyOptimizer) and opt.ddp is not ddp:
+            raise DDPError("Join: the ZeroRedundancyOptimizer was built over another model than the one joined")
+        if isinstance(opt, Optimizer):
+            mine = {id(p) for p in ddp.params}
+            if ddp._zero is not None or any(id(p) not in mine for g in opt.param_groups for p in g["params"]):
+                raise DDPError("Join: the optimizer does not update this model's parameters (pass the one "
+                               "built over model.parameters(), or the ZeroRedundancyOptimizer)")
+        self.enable = enable and ddp.size > 1
+        self.state = _JoinState(divide_by_initial_world_size, throw_on_early_termination, opt)
 
     def __enter__(self):
         if not self.enable:
@@ -134,9 +151,10 @@ class Join:
             for p in ddp.params:                # zeros through the same buckets, in the same order
                 ddp._fill(p, None)
             ddp.synchronize()
-            if ddp._zero is not None:           # its shard of the parameters must keep moving
-                set_rates(ddp._zero, rates)
-                ddp._zero.step()
+            opt = self.state.optimizer          # ZeRO: its shard of the parameters must keep moving
+            if opt is not None:
+                set_rates(opt, rates)
+                opt.step()
 
     def _sync_final_model(self, last: bool) -> None:
         """Every rank takes the parameters and buffers of the lowest rank that trained to the end
@@ -160,7 +178,7 @@ def step_sum(ddp, training: bool, sync: bool = False):
 
     A training rank calls it from forward (training=True), a joined rank from its loop."""
     n = ddp.size
-    groups = ddp._zero.param_groups if ddp._zero is not None else []
+    groups = ddp._join.optimizer.param_groups if ddp._join.optimizer is not None else []
     v = np.zeros(n + 1 + len(groups))
     if training:
         v[ddp.rank] = 1.0
@@ -173,9 +191,9 @@ def step_sum(ddp, training: bool, sync: bool = False):
     return active, bool(v[n]), rates
 
 
-def set_rates(zero, rates) -> None:
-    """A joined rank's optimizer shard follows the training ranks' learning-rate schedule."""
-    for g, lr in zip(zero.param_groups, rates):
+def set_rates(opt, rates) -> None:
+    """A joined rank's optimizer follows the training ranks' learning-rate schedule."""
+    for g, lr in zip(opt.param_groups, rates):
         g["lr"] = float(lr)
 
 

@@ -53,19 +53,20 @@ def digest(model):
                                    for v in model.state_dict().values())).hexdigest()[:16]
 
 
-def reference(size, opt_kind, divide_by_initial, schedule):
-    """One process: the averaged step of the ranks that still have a batch."""
+def reference(size, opt_kind, divide_by_initial, schedule, extra=0):
+    """One process: the averaged step of the ranks that still have a batch (then `extra` steps
+    in which every rank has one)."""
     model = build()
     opt = make_opt(opt_kind, model.parameters())
     sched = optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5) if schedule else None
     data = [batches(r) for r in range(size)]
-    for i in range(max(len(d) for d in data)):
-        active = [r for r in range(size) if i < len(data[r])]
+    rows = [[d[i] for d in data if i < len(d)] for i in range(max(len(d) for d in data))]
+    rows += [[more(r, extra)[j] for r in range(size)] for j in range(extra)]
+    for row in rows:
         opt.zero_grad()
-        for r in active:
-            x, y = data[r][i]
+        for x, y in row:
             F.cross_entropy(model(engine.tensor(x)), engine.tensor(y)).backward()
-        divisor = size if divide_by_initial else len(active)
+        divisor = size if divide_by_initial else len(row)
         for p in model.parameters():
             p.grad.data[...] = p.grad.data / divisor
         opt.step()
@@ -74,8 +75,13 @@ def reference(size, opt_kind, divide_by_initial, schedule):
     return flat(model)
 
 
+def more(rank, n):
+    rng = np.random.default_rng(200 + rank)
+    return [(rng.standard_normal((4, 6)).astype(np.float32), rng.integers(0, 3, 4)) for _ in range(n)]
+
+
 def train(ctx, opt_kind="sgd", divide_by_initial=True, zero=False, schedule=False, bn=False,
-          compression=None, overlap="auto", throw=False):
+          compression=None, overlap="auto", throw=False, pass_opt=False, extra=0):
     model = build(bn)
     ddp = cluster.DistributedDataParallel(model, ctx.comm, bucket_cap_mb=0.0005, overlap=overlap,
                                           compression=compression)
@@ -88,18 +94,26 @@ def train(ctx, opt_kind="sgd", divide_by_initial=True, zero=False, schedule=Fals
         sched = optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5) if schedule else None
     steps, error = 0, None
     try:
-        with ddp.join(divide_by_initial_world_size=divide_by_initial, throw_on_early_termination=throw):
+        join = (cluster.Join([ddp, opt], divide_by_initial_world_size=divide_by_initial) if pass_opt else
+                ddp.join(divide_by_initial_world_size=divide_by_initial, throw_on_early_termination=throw))
+        with join:
             for x, y in batches(ctx.rank):
-                loss = F.cross_entropy(ddp(engine.tensor(x)), engine.tensor(y))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if sched:
-                    sched.step()
+                step(ddp, opt, sched, x, y)
                 steps += 1
     except cluster.JoinError as e:
         error = str(e)
+    for x, y in more(ctx.rank, extra):      # afterwards every rank has batches again
+        step(ddp, opt, sched, x, y)
     return model, steps, error
+
+
+def step(ddp, opt, sched, x, y):
+    loss = F.cross_entropy(ddp(engine.tensor(x)), engine.tensor(y))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if sched:
+        sched.step()
 
 
 def accumulate(ctx):
@@ -141,11 +155,13 @@ def main():
         "sgd_zero_active_divisor": dict(zero=True, divide_by_initial=False),
         "adam_schedule": dict(opt_kind="adam", schedule=True),
         "sgd_fp16": dict(compression="fp16"),
+        # the plain optimizer joins too: its state stays alike, so training goes on after the context
+        "adam_joined_then_even": dict(opt_kind="adam", schedule=True, pass_opt=True, extra=2),
     }
     for name, kw in cases.items():
         model, steps, _ = train(ctx, **kw)
         ref = reference(ctx.size, kw.get("opt_kind", "sgd"), kw.get("divide_by_initial", True),
-                        kw.get("schedule", False))
+                        kw.get("schedule", False), kw.get("extra", 0))
         out[name] = {"diff": float(np.abs(flat(model) - ref).max()), "digest": digest(model), "steps": steps}
     model, steps, _ = train(ctx, bn=True)
     out["batchnorm"] = {"digest": digest(model), "steps": steps}

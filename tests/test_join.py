@@ -18,11 +18,11 @@ def _results(stdout_list):
 def _check(rows, size, fp_tol):
     assert [r["rank"] for r in rows] == list(range(size))
     for name in ("sgd", "sgd_overlap", "sgd_active_divisor", "adam_zero_schedule", "sgd_zero_active_divisor",
-                 "adam_schedule", "sgd_fp16", "batchnorm", "no_sync"):
+                 "adam_schedule", "sgd_fp16", "batchnorm", "no_sync", "adam_joined_then_even"):
         assert len({r[name]["digest"] for r in rows}) == 1, (name, "ranks ended with different models")
     for r in rows:
         for name in ("sgd", "sgd_overlap", "sgd_active_divisor", "adam_zero_schedule", "sgd_zero_active_divisor",
-                     "adam_schedule"):
+                     "adam_schedule", "adam_joined_then_even"):
             assert r[name]["diff"] <= fp_tol, (name, r)
         # the reference adds the micro-batches' gradients in another order
         assert r["no_sync"]["diff"] <= 1e-6, r
@@ -84,6 +84,9 @@ def test_join_refuses_sync_batchnorm_and_strangers():
         with ddp.join():
             pass
     with pytest.raises(TypeError, match="cannot join"):
-        cluster.Join([ddp, optim.SGD(bn.parameters(), lr=0.1)])
+        cluster.Join([ddp, object()])
+    with pytest.raises(cluster.DDPError, match="does not update this model"):
+        cluster.Join([ddp, optim.SGD(engine.nn.Linear(2, 2).parameters(), lr=0.1)])
+    cluster.Join([ddp, optim.SGD(bn.parameters(), lr=0.1)])
     with pytest.raises(cluster.DDPError, match="exactly one"):
         cluster.Join([])
