@@ -18,7 +18,10 @@ import os
 
 __all__ = ["ReduceOp", "init_process_group", "is_initialized", "is_available", "get_rank",
            "get_world_size", "get_local_rank", "get_backend", "all_reduce", "broadcast", "all_gather",
-           "all_gather_object", "broadcast_object_list", "barrier", "destroy_process_group"]
+           "all_gather_object", "broadcast_object_list", "barrier", "destroy_process_group", "reduce",
+           "gather", "scatter", "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor",
+           "gather_object", "scatter_object_list", "monitored_barrier", "is_mpi_available",
+           "is_gloo_available", "is_nccl_available", "is_torchelastic_launched"]
 
 
 class ReduceOp:
@@ -26,6 +29,21 @@ class ReduceOp:
     AVG = "mean"
     MAX = "max"
     MIN = "min"
+    # torch's others: named so a script fails on the call with a clear message, not on the attribute
+    PRODUCT = "product"
+    BAND = "band"
+    BOR = "bor"
+    BXOR = "bxor"
+
+
+_UNSUPPORTED_OPS = {"product": "PRODUCT", "band": "BAND", "bor": "BOR", "bxor": "BXOR"}
+
+
+def _op(op) -> str:
+    if op in _UNSUPPORTED_OPS:
+        raise NotImplementedError(f"ReduceOp.{_UNSUPPORTED_OPS[op]} is not supported; the collectives reduce with "
+                                  f"SUM, AVG, MAX or MIN")
+    return op
 
 
 class _Done:
@@ -43,6 +61,29 @@ _comm = None
 
 def is_available() -> bool:
     return True
+
+
+def is_gloo_available() -> bool:
+    """Any backend name is accepted by init_process_group (the launcher picks the transport)."""
+    return True
+
+
+def is_mpi_available() -> bool:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def is_nccl_available() -> bool:
+    from comm.nccl import nccl_available
+    return nccl_available()
+
+
+def is_torchelastic_launched() -> bool:
+    """True when a launcher started this process (dptrain's, as torchrun's does for torch)."""
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("DPTRAIN_WORLD_SIZE"))
 
 
 #: environment variables of a launcher that already placed this process (dptrain, MPI, PMIx)
@@ -145,7 +186,7 @@ def _finish(async_op):
 
 def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False):
     arr = _array(tensor)
-    out = _c(group).allreduce(arr, op=op)
+    out = _c(group).allreduce(arr, op=_op(op))
     if out is not arr:              # not reducible in place (a non-contiguous view): write it back
         arr[...] = out
     return _finish(async_op)
@@ -168,6 +209,109 @@ def all_gather(tensor_list, tensor, group=None, async_op=False):
     return _finish(async_op)
 
 
+def reduce(tensor, dst=0, op=ReduceOp.SUM, group=None, async_op=False):
+    """The reduction lands on `dst` (an all-reduce: the other ranks get it too, where torch leaves
+    their tensor unspecified)."""
+    _check_rank(_c(group), dst, "dst")
+    return all_reduce(tensor, op=op, group=group, async_op=async_op)
+
+
+def gather(tensor, gather_list=None, dst=0, group=None, async_op=False):
+    """Every rank's tensor into `gather_list` on `dst` (None elsewhere)."""
+    c = _c(group)
+    _check_rank(c, dst, "dst")
+    if c.rank == dst and (gather_list is None or len(gather_list) != c.size):
+        raise ValueError(f"gather: on the destination rank gather_list must hold {c.size} tensors "
+                         f"(one per rank), got {None if gather_list is None else len(gather_list)}")
+    rows = c.allgather(_array(tensor))
+    if c.rank == dst:
+        for out, row in zip(gather_list, rows):
+            _array(out)[...] = row
+    return _finish(async_op)
+
+
+def scatter(tensor, scatter_list=None, src=0, group=None, async_op=False):
+    """Rank r receives scatter_list[r] of `src` into `tensor` (every entry shaped like `tensor`)."""
+    import numpy as np
+    c = _c(group)
+    _check_rank(c, src, "src")
+    arr = _array(tensor)
+    stacked = np.zeros((c.size,) + tuple(arr.shape), dtype=arr.dtype)
+    if c.rank == src:
+        if scatter_list is None or len(scatter_list) != c.size:
+            raise ValueError(f"scatter: on the source rank scatter_list must hold {c.size} tensors, got "
+                             f"{None if scatter_list is None else len(scatter_list)}")
+        for i, t in enumerate(scatter_list):
+            a = np.asarray(_array(t))
+            if a.shape != arr.shape:
+                raise ValueError(f"scatter: scatter_list[{i}] has shape {a.shape}, the output tensor {arr.shape}")
+            stacked[i] = a
+    c.broadcast(stacked, root=src)
+    arr[...] = stacked[c.rank]
+    return _finish(async_op)
+
+
+def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=False):
+    """Every rank's input concatenated (or stacked) into `output_tensor`, torch's layout: shape
+    (size * n, ...) or (size, n, ...)."""
+    c = _c(group)
+    inp, out = _array(input_tensor), _array(output_tensor)
+    if out.size != c.size * inp.size:
+        raise ValueError(f"all_gather_into_tensor: the output has {out.size} elements, it needs world size x "
+                         f"input = {c.size} x {inp.size}")
+    out[...] = c.allgather(inp).reshape(out.shape)
+    return _finish(async_op)
+
+
+def reduce_scatter_tensor(output, input, op=ReduceOp.SUM, group=None, async_op=False):
+    """Reduce `input` (world size x output's rows) over ranks; rank r keeps block r in `output`."""
+    c = _c(group)
+    inp, out = _array(input), _array(output)
+    if inp.size != c.size * out.size:
+        raise ValueError(f"reduce_scatter_tensor: the input has {inp.size} elements, it needs world size x "
+                         f"output = {c.size} x {out.size}")
+    out[...] = c.reduce_scatter(inp.reshape((c.size, -1)), op=_op(op)).reshape(out.shape)
+    return _finish(async_op)
+
+
+def reduce_scatter(output, input_list, op=ReduceOp.SUM, group=None, async_op=False):
+    """Rank r gets the reduction over ranks of input_list[r]."""
+    import numpy as np
+    c = _c(group)
+    if len(input_list) != c.size:
+        raise ValueError(f"reduce_scatter: input_list has {len(input_list)} entries, the job {c.size} ranks")
+    stacked = np.stack([np.asarray(_array(t)) for t in input_list])
+    out = _array(output)
+    out[...] = c.reduce_scatter(stacked, op=_op(op)).reshape(out.shape)
+    return _finish(async_op)
+
+
+def _check_rank(c, r, what):
+    if not isinstance(r, int) or not 0 <= r < c.size:
+        raise ValueError(f"{what}={r!r} is not a rank of this job (0..{c.size - 1})")
+
+
+def gather_object(obj, object_gather_list=None, dst=0, group=None):
+    """msgpack-able objects only; the list is filled on `dst`."""
+    c = _c(group)
+    _check_rank(c, dst, "dst")
+    if c.rank == dst and (object_gather_list is None or len(object_gather_list) != c.size):
+        raise ValueError(f"gather_object: on the destination rank object_gather_list must have {c.size} entries")
+    objs = c.allgather_obj(obj)
+    if c.rank == dst:
+        object_gather_list[:] = objs
+
+
+def scatter_object_list(scatter_object_output_list, scatter_object_input_list=None, src=0, group=None):
+    """scatter_object_output_list[0] becomes scatter_object_input_list[rank] of `src`."""
+    c = _c(group)
+    _check_rank(c, src, "src")
+    if c.rank == src and (scatter_object_input_list is None or len(scatter_object_input_list) != c.size):
+        raise ValueError(f"scatter_object_list: on the source rank the input list must have {c.size} entries")
+    objs = c.broadcast_obj(list(scatter_object_input_list) if c.rank == src else None, root=src)
+    scatter_object_output_list[0] = objs[c.rank]
+
+
 def all_gather_object(object_list, obj, group=None):
     """msgpack-able objects only (numbers, strings, lists, dicts): nothing is pickled."""
     object_list[:] = _c(group).allgather_obj(obj)
@@ -180,6 +324,12 @@ def broadcast_object_list(object_list, src=0, group=None):
 def barrier(group=None, async_op=False, device_ids=None):
     _c(group).barrier()
     return _finish(async_op)
+
+
+def monitored_barrier(group=None, timeout=None, wait_all_ranks=False):
+    """A barrier with its own timeout; on expiry the error says which rank it was still waiting for."""
+    seconds = timeout.total_seconds() if hasattr(timeout, "total_seconds") else timeout
+    _c(group).barrier(timeout=seconds)
 
 
 def destroy_process_group(group=None):

@@ -123,6 +123,7 @@ def test_ddp_wrapper_takes_torch_arguments():
 
 
 DIST = '''
+import datetime
 import engine as torch
 import cluster.distributed as dist
 dist.init_process_group("gloo")
@@ -140,6 +141,30 @@ dist.all_gather_object(objs, {"rank": rank})
 work = dist.barrier(async_op=True)
 print("RESULT", rank, world, t.numpy().tolist(), m.numpy().tolist(), b.numpy().tolist(),
       [x.numpy().tolist() for x in g], objs, work.wait(), dist.get_backend(), flush=True)
+r = torch.tensor([float(rank + 2)])
+dist.reduce(r, dst=1, op=dist.ReduceOp.MAX)
+gl = [torch.zeros(3) for _ in range(world)] if rank == 0 else None
+dist.gather(torch.full((3,), float(rank)), gl, dst=0)
+sc = torch.zeros(2)
+dist.scatter(sc, [torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])] if rank == 1 else None, src=1)
+big = torch.zeros(world * 2)
+dist.all_gather_into_tensor(big, torch.tensor([float(rank), 5.0]))
+rs = torch.zeros(2)
+dist.reduce_scatter_tensor(rs, torch.arange(4, dtype=torch.float32) + rank)
+rsl = torch.zeros(1)
+dist.reduce_scatter(rsl, [torch.tensor([1.0]), torch.tensor([10.0])], op=dist.ReduceOp.SUM)
+go = [None] * world if rank == 0 else None
+dist.gather_object({"r": rank}, go, dst=0)
+so = [None]
+dist.scatter_object_list(so, ["a", "b"] if rank == 0 else None, src=0)
+dist.monitored_barrier(timeout=datetime.timedelta(seconds=30))
+try:
+    dist.all_reduce(r, op=dist.ReduceOp.PRODUCT)
+except NotImplementedError as e:
+    prod = str(e)
+print("MORE", rank, r.numpy().tolist(), None if gl is None else [x.numpy().tolist() for x in gl],
+      sc.numpy().tolist(), big.numpy().tolist(), rs.numpy().tolist(), rsl.numpy().tolist(), go, so,
+      dist.is_torchelastic_launched(), dist.is_mpi_available(), prod, flush=True)
 dist.destroy_process_group()
 '''
 
@@ -158,6 +183,11 @@ def test_torch_distributed_calls_on_two_workers(tmp_path, backend):
     for r in range(2):
         assert (f"RESULT {r} 2 [3.0, 20.0] [0.5] [1.0] [[0.0, 0.0], [1.0, 1.0]] "
                 f"[{{'rank': 0}}, {{'rank': 1}}] True {backend}") in p.stdout, p.stdout
+    prod = "ReduceOp.PRODUCT is not supported; the collectives reduce with SUM, AVG, MAX or MIN"
+    assert (f"MORE 0 [3.0] [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]] [1.0, 2.0] [0.0, 5.0, 1.0, 5.0] [1.0, 3.0] [2.0] "
+            f"[{{'r': 0}}, {{'r': 1}}] ['a'] True True {prod}") in p.stdout, p.stdout
+    assert (f"MORE 1 [3.0] None [3.0, 4.0] [0.0, 5.0, 1.0, 5.0] [5.0, 7.0] [20.0] None ['b'] True True "
+            f"{prod}") in p.stdout, p.stdout
 
 
 def test_the_same_idioms_give_torch_s_numbers():
