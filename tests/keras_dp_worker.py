@@ -36,6 +36,12 @@ def main():
                                   layers.RandomTranslation(0.25, 0.25, fill_mode="constant"), layers.Flatten(),
                                   layers.Dense(16, activation="relu"), layers.Dropout(0.3),
                                   layers.Dense(3, activation="softmax")])
+    elif "--regularized" in sys.argv:                 # penalties join each rank's loss; constraints after each step
+        model = keras.Sequential([keras.Input((8,)),
+                                  layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.01),
+                                               activity_regularizer=keras.regularizers.L1(0.01),
+                                               kernel_constraint=keras.constraints.MaxNorm(0.7)),
+                                  layers.Dense(3, activation="softmax", kernel_regularizer="l1")])
     else:
         model = keras.Sequential([layers.Dense(16, activation="relu", input_shape=(8,)),
                                   layers.Dense(3, activation="softmax")])

@@ -52,17 +52,20 @@ def test_keras_fit_on_several_ranks_matches_one_worker(tmp_path, backend):
 
 
 @pytest.mark.timeout(300)
-def test_random_layers_draw_for_the_global_batch_so_two_ranks_match_one_worker(tmp_path):
-    """Dropout, RandomFlip and RandomTranslation under cluster.keras: each rank draws for the whole
-    global batch and keeps its rows (and the ranks start from rank 0's random state, although they
-    were seeded differently), so 2 ranks end with one worker's weights."""
+@pytest.mark.parametrize("variant", ["--augment", "--regularized"])
+def test_random_layers_and_penalties_on_two_ranks_match_one_worker(tmp_path, variant):
+    """--augment: Dropout, RandomFlip and RandomTranslation under cluster.keras: each rank draws for
+    the whole global batch and keeps its rows (and the ranks start from rank 0's random state,
+    although they were seeded differently).  --regularized: weight and activity regularizers (the
+    latter divided by the local batch, so the ranks' mean is the global batch's) and a MaxNorm
+    constraint.  Either way 2 ranks end with one worker's weights."""
     one = tmp_path / "a1"
-    p = subprocess.run([sys.executable, WORKER, str(one), "--augment"], env=base_env(), cwd=ROOT,
+    p = subprocess.run([sys.executable, WORKER, str(one), variant], env=base_env(), cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     ref, _ = _load(one, 1)
     two = tmp_path / "a2"
-    for r, (rc, so, se) in enumerate(run_zmq(2, [WORKER, str(two), "--augment"], timeout=150)):
+    for r, (rc, so, se) in enumerate(run_zmq(2, [WORKER, str(two), variant], timeout=150)):
         assert rc == 0, f"rank {r}: {se[-3000:]}"
     got, logs = _load(two, 2)
     assert logs[0]["digest"] == logs[1]["digest"]

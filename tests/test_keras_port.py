@@ -350,12 +350,8 @@ def test_missing_keras_layers_name_the_workaround(name, hint):
         getattr(layers, name)
 
 
-def test_constraints_and_regularizers_are_refused_with_the_workaround_and_their_defaults_accepted():
-    from engine.keras import layers
-    with pytest.raises(ValueError, match=r"Conv2D: kernel_constraint is not supported; apply it to the weights "
-                                         r"in a callback"):
-        layers.Conv2D(3, 3, kernel_constraint="max_norm")
-    with pytest.raises(ValueError, match=r"LSTM: recurrent_regularizer is not supported; use the optimizer's "
-                                         r"weight decay"):
-        layers.LSTM(3, recurrent_regularizer="l2")
+def test_constraints_and_regularizers_are_accepted_by_name_and_their_defaults_too():
+    from engine.keras import constraints, layers, regularizers
+    assert isinstance(layers.Conv2D(3, 3, kernel_constraint="max_norm").kernel_constraint, constraints.MaxNorm)
+    assert isinstance(layers.LSTM(3, recurrent_regularizer="l2").recurrent_regularizer, regularizers.L2)
     layers.Dense(3, kernel_constraint=None, bias_constraint=None, activity_regularizer=None)   # Keras' defaults

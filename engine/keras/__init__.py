@@ -17,8 +17,8 @@ Also `from engine import keras` with keras.Sequential / keras.layers / keras.Inp
 like Keras', initialised like Keras' (glorot_uniform kernels, zero biases), and the
 optimizers have Keras' defaults.  Models are engine.nn.Modules.
 """
-from . import (activations, backend, callbacks, datasets, initializers, layers, losses, metrics, models, ops,
-               optimizers, preprocessing, utils)
+from . import (activations, backend, callbacks, constraints, datasets, initializers, layers, losses, metrics,
+               models, ops, optimizers, preprocessing, regularizers, utils)
 from .callbacks import Callback, History
 from .layers import Input, InputLayer
 from .models import Model, Sequential, load_model
@@ -26,6 +26,6 @@ from .utils import set_random_seed, to_categorical
 
 __version__ = "3.0-dptrain"
 
-__all__ = ["activations", "backend", "callbacks", "datasets", "initializers", "layers", "losses",
+__all__ = ["activations", "backend", "callbacks", "constraints", "regularizers", "datasets", "initializers", "layers", "losses",
            "metrics", "models", "ops", "optimizers", "preprocessing", "utils", "Callback", "History", "Input", "InputLayer",
            "Model", "Sequential", "load_model", "set_random_seed", "to_categorical"]

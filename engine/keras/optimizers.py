@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import optim as _optim
 from ..backend import get_array_module
-from . import schedules
+from . import constraints, schedules
 from .schedules import LearningRateSchedule
 
 # `from keras.optimizers.schedules import ExponentialDecay` works too (this module is not a package)
@@ -143,6 +143,7 @@ class Optimizer:
                 g["lr"] = self._lr
         self.engine.step()
         self.iterations += 1
+        constraints.apply_to(self._params)         # Keras: right after the update
 
     def apply_gradients(self, grads_and_vars):
         """Keras' custom-training-loop step: `opt.apply_gradients(zip(grads, model.trainable_weights))`

@@ -120,14 +120,17 @@ class MultiHeadAttention(_QueryValueLayer):
     # replays and rebuilds the call that way
     _positional_inputs = True
 
+    def _penalty_prefix(self, weight_name):
+        """kernel_regularizer / kernel_constraint act on all four kernels, bias_* on all biases (Keras)."""
+        return "kernel" if weight_name.endswith("_kernel") else "bias" if weight_name.endswith("_bias") else None
+
     def __init__(self, num_heads, key_dim, value_dim=None, dropout=0.0, use_bias=True, output_shape=None,
                  attention_axes=None, flash_attention=None, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
                  kernel_constraint=None, bias_constraint=None, seed=None, **kwargs):
-        if any(v is not None for v in (kernel_regularizer, bias_regularizer, activity_regularizer, kernel_constraint,
-                                       bias_constraint)):
-            raise ValueError("MultiHeadAttention: regularizers and constraints are not supported; use AdamW / "
-                             "weight_decay instead")
+        kwargs.update(kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
+                      activity_regularizer=activity_regularizer, kernel_constraint=kernel_constraint,
+                      bias_constraint=bias_constraint)
         if flash_attention:
             raise ValueError("MultiHeadAttention: flash_attention=True is not available; the facade computes the "
                              "(batch, heads, T, S) scores explicitly")

@@ -27,6 +27,7 @@ import contextlib
 import re
 import threading
 import warnings
+import weakref
 
 import numpy as np
 
@@ -264,14 +265,20 @@ class Layer(nn.Module):
                  input_dim=None, batch_size=None, **kwargs):
         super().__init__()
         kind = type(self).__name__
-        # Keras code often spells out the defaults (kernel_constraint=None): accept those
-        unsupported = sorted(k for k, v in kwargs.items() if k.endswith(("_regularizer", "_constraint")))
-        for k in unsupported:
-            if kwargs.pop(k) is not None:
-                fix = ("use the optimizer's weight decay instead (keras.optimizers.AdamW(weight_decay=...))"
-                       if k.endswith("_regularizer") else
-                       "apply it to the weights in a callback instead (on_train_batch_end: layer.set_weights(...))")
-                raise ValueError(f"{kind}: {k} is not supported; {fix}")
+        # kernel_regularizer=, recurrent_constraint=, activity_regularizer=, ...: kept as attributes
+        # of those names (Keras' own); the weights they act on are found by name (_penalty_prefix)
+        from .. import constraints, regularizers
+        penalties = sorted(k for k in kwargs if k.endswith(("_regularizer", "_constraint")))
+        for k in penalties:
+            value = kwargs.pop(k)
+            getter = regularizers.get if k.endswith("_regularizer") else constraints.get
+            try:
+                value = getter(value)
+            except ValueError as e:
+                raise ValueError(f"{kind}: {k}: {e}") from None
+            object.__setattr__(self, k, value)
+            if value is not None:
+                self.__dict__.setdefault("_penalty_args", []).append(k)
         if kwargs:
             raise TypeError(f"{kind}: unexpected keyword argument(s) {', '.join(sorted(kwargs))}")
         if dtype not in (None, "float32", np.float32):
@@ -305,8 +312,8 @@ class Layer(nn.Module):
             name, shape = None, name
         if shape is None:
             raise ValueError(f'layer "{self.name}": add_weight needs shape=(...)')
-        if regularizer is not None or constraint is not None:
-            raise ValueError(f'layer "{self.name}": add_weight regularizer / constraint are not supported')
+        from .. import constraints, regularizers
+        regularizer, constraint = regularizers.get(regularizer), constraints.get(constraint)
         if dtype not in (None, "float32", np.float32):
             raise ValueError(f'layer "{self.name}": only float32 weights are supported, got dtype={dtype!r}')
         kwargs.pop("autocast", None)
@@ -339,7 +346,49 @@ class Layer(nn.Module):
         self._weight_names.append(name)
         if auto:
             self.__dict__.setdefault("_auto_weight_names", set()).add(name)
+        if regularizer is not None or constraint is not None:      # add_weight(regularizer=, constraint=)
+            self.__dict__.setdefault("_weight_penalties", {})[name] = (regularizer, constraint)
+        # the optimizer finds the weight's constraint through its layer (keras.constraints.apply_to)
+        t.__dict__["_keras_owner"] = (weakref.ref(self), name)
         return t
+
+    # ------------------------------------------------------------------ regularizers / constraints
+    def _penalty_prefix(self, weight_name):
+        """Which constructor arguments act on a weight: "kernel" -> kernel_regularizer /
+        kernel_constraint, "recurrent_kernel" -> recurrent_*, "depthwise_kernel" -> depthwise_*,
+        "embeddings", "gamma", "beta", "bias" -> their own (Keras' names)."""
+        if weight_name in ("kernel", "bias", "embeddings", "gamma", "beta"):
+            return weight_name
+        if weight_name.endswith("_kernel"):
+            return weight_name[:-len("_kernel")]
+        return None
+
+    def _penalties_of(self, weight_name):
+        """(regularizer, constraint) of one of this layer's own weights (either may be None)."""
+        own = self.__dict__.get("_weight_penalties", {}).get(weight_name)
+        if own is not None:
+            return own
+        prefix = self._penalty_prefix(weight_name)
+        if prefix is None:
+            return None, None
+        return (self.__dict__.get(f"{prefix}_regularizer"), self.__dict__.get(f"{prefix}_constraint"))
+
+    def _own_penalised_weights(self):
+        """(weight, regularizer, constraint) of this layer's trainable weights that have either."""
+        out = []
+        for name in self._weight_names:
+            if name not in self._trainable_names:
+                continue
+            reg, con = self._penalties_of(name)
+            if reg is not None or con is not None:
+                out.append((getattr(self, name), reg, con))
+        return out
+
+    def apply_constraints(self):
+        """Project every constrained weight of this layer and the layers inside it (Keras applies
+        the constraints right after each optimizer update; fit does this after every step)."""
+        from ..constraints import apply_to
+        apply_to(self.trainable_weights)
 
     def _adopt_weight_name(self, key, value):
         """`self.w = self.add_weight(shape=...)`: rename the unnamed weight to "w"."""
@@ -351,6 +400,10 @@ class Layer(nn.Module):
                 autos.discard(n)
                 i = self._weight_names.index(n)
                 self._weight_names[i] = key
+                value.__dict__["_keras_owner"] = (weakref.ref(self), key)
+                pen = self.__dict__.get("_weight_penalties")
+                if pen and n in pen:
+                    pen[key] = pen.pop(n)
                 if n in self._trainable_names:
                     self._trainable_names.discard(n)
                     self._trainable_names.add(key)
@@ -458,10 +511,18 @@ class Layer(nn.Module):
 
     @property
     def losses(self):
-        """The add_loss() terms of this layer and of every layer inside it (each layer once)."""
+        """The add_loss() terms (activity regularizers among them) of this layer and of every layer
+        inside it (each layer once), then the weight regularizers' penalties, computed from the
+        current weights at each access (so they carry gradients), as Keras 3's Layer.losses."""
         out = []
         for m in self.modules():
             out.extend(m.__dict__.get("_added_losses", ()))
+        for m in self.modules():
+            if isinstance(m, Layer):
+                for w, reg, _ in m._own_penalised_weights():
+                    if reg is not None and w.requires_grad:
+                        term = reg(w)
+                        out.append(term if isinstance(term, Tensor) else Tensor(np.float32(term)))
         return out
 
     def _clear_losses(self):
@@ -594,7 +655,30 @@ class Layer(nn.Module):
     def call_internal_masked(self, x, mask, layout, training, final_logits=False, **call_kwargs):
         """call_internal under Keras' mask protocol: (x, mask) -> (y, layout, output mask).  Without a
         mask and a compute_mask() of its own, a layer runs exactly as call_internal.  call_kwargs
-        (initial_state) go to call() itself."""
+        (initial_state) go to call() itself.  An activity_regularizer adds its penalty of the output
+        here (divided by the batch size, Keras 3)."""
+        y, out_layout, out_mask = self._call_internal_masked(x, mask, layout, training, final_logits, **call_kwargs)
+        reg = self.__dict__.get("activity_regularizer")
+        if reg is not None:
+            self._add_activity_loss(reg, y, out_layout, final_logits)
+        return y, out_layout, out_mask
+
+    def _add_activity_loss(self, reg, y, layout, final_logits):
+        for t in (y if isinstance(y, (list, tuple)) else [y]):
+            if not isinstance(t, Tensor):
+                continue
+            if layout == CF:
+                t = to_channels_last(t)
+            if final_logits:        # the loss fused this layer's softmax/sigmoid: penalise what Keras sees
+                from .. import activations
+                t = activations.get(self.output_activation())(t)
+            loss = reg(t)
+            loss = loss if isinstance(loss, Tensor) else Tensor(np.float32(loss))
+            if t.ndim > 0 and t.shape[0]:
+                loss = loss / float(t.shape[0])
+            self.add_loss(loss)
+
+    def _call_internal_masked(self, x, mask, layout, training, final_logits=False, **call_kwargs):
         if mask is None and not self._computes_masks() and not call_kwargs:
             y, layout = self.call_internal(x, layout, training, final_logits)
             return y, layout, None
@@ -646,6 +730,11 @@ class Layer(nn.Module):
         cfg = {"name": self.name, "trainable": self.trainable}
         if self._batch_input_shape is not None:
             cfg["batch_input_shape"] = list(self._batch_input_shape)
+        from .. import constraints, regularizers
+        for k in self.__dict__.get("_penalty_args", ()):
+            value = self.__dict__.get(k)
+            if value is not None:
+                cfg[k] = (regularizers.serialize if k.endswith("_regularizer") else constraints.serialize)(value)
         auto = self._auto_config()
         return cfg if auto is None else {**cfg, **auto}
 

@@ -117,8 +117,7 @@ class Conv2D(_Spatial, _WithActivation):
                  dilation_rate=(1, 1), activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, groups=1,
                  **kwargs):
-        if kernel_regularizer is not None or bias_regularizer is not None:
-            raise ValueError("Conv2D: regularizers are not supported; use AdamW / weight_decay instead")
+        kwargs.update(kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer)
         _check_format(data_format, "Conv2D")
         super().__init__(**kwargs)
         if int(filters) <= 0:

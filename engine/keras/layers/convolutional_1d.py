@@ -46,8 +46,7 @@ class Conv1D(_WithActivation):
     def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None, dilation_rate=1,
                  groups=1, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
-        if kernel_regularizer is not None or bias_regularizer is not None:
-            raise ValueError("Conv1D: regularizers are not supported; use AdamW / weight_decay instead")
+        kwargs.update(kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer)
         _check_format(data_format, "Conv1D")
         super().__init__(**kwargs)
         self.filters = int(filters)

@@ -96,8 +96,7 @@ class Dense(_WithActivation):
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
-        if kernel_regularizer is not None or bias_regularizer is not None:
-            raise ValueError("Dense: regularizers are not supported; use AdamW / weight_decay instead")
+        kwargs.update(kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer)
         super().__init__(**kwargs)
         if int(units) <= 0:
             raise ValueError(f"Dense: units must be a positive integer, got {units!r}")
@@ -314,8 +313,7 @@ class Embedding(Layer):
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", embeddings_regularizer=None,
                  mask_zero=False, input_length=None, **kwargs):
-        if embeddings_regularizer is not None:
-            raise ValueError("Embedding: regularizers are not supported; use AdamW / weight_decay instead")
+        kwargs["embeddings_regularizer"] = embeddings_regularizer
         if input_length is not None and "input_shape" not in kwargs and "batch_input_shape" not in kwargs:
             kwargs["input_shape"] = (int(input_length),)          # Keras 2 spelling
         super().__init__(**kwargs)

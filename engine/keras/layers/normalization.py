@@ -153,9 +153,8 @@ class LayerNormalization(Layer):
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
                  gamma_initializer="ones", beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
                  gamma_constraint=None, rms_scaling=False, **kwargs):
-        if any(v is not None for v in (beta_regularizer, gamma_regularizer, beta_constraint, gamma_constraint)):
-            raise ValueError("LayerNormalization: regularizers and constraints are not supported; use AdamW / "
-                             "weight_decay instead")
+        kwargs.update(beta_regularizer=beta_regularizer, gamma_regularizer=gamma_regularizer,
+                      beta_constraint=beta_constraint, gamma_constraint=gamma_constraint)
         if rms_scaling:
             raise ValueError("LayerNormalization: rms_scaling=True (deprecated in Keras 3) is not supported")
         super().__init__(**kwargs)
