@@ -344,10 +344,9 @@ def test_rescaling_and_leaky_relu():
 
 
 # ---------------------------------------------------------------- refused with a clear error
-@pytest.mark.parametrize("name,hint", [("GroupedQueryAttention", "MultiHeadAttention")])
-def test_missing_keras_layers_name_the_workaround(name, hint):
-    with pytest.raises(AttributeError, match=hint):
-        getattr(layers, name)
+def test_missing_keras_layers_name_what_is_there():
+    with pytest.raises(AttributeError, match=r"has no attribute 'Conv3D' \(dptrain's Keras facade implements: .*Dense"):
+        layers.Conv3D
 
 
 def test_constraints_and_regularizers_are_accepted_by_name_and_their_defaults_too():

@@ -5,7 +5,9 @@ from .core import (InputLayer, Input, Dense, Embedding, Masking, Activation, ReL
 from .convolutional import (Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
                             GlobalMaxPooling2D)
 from .normalization import BatchNormalization, LayerNormalization
-from .attention import AdditiveAttention, Attention, MultiHeadAttention
+from .attention import AdditiveAttention, Attention, GroupedQueryAttention, MultiHeadAttention
+
+GroupQueryAttention = GroupedQueryAttention     # Keras 3 exports it under this name
 from .recurrent import GRU, LSTM, SimpleRNN
 from .merge import Add, Subtract, Multiply, Average, Concatenate
 from .convolutional_1d import (Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
@@ -66,9 +68,7 @@ def average(inputs, **kwargs):
 
 
 # Keras layers this facade does not have, with what to do instead (instead of a bare AttributeError)
-_MISSING = {
-    "GroupedQueryAttention": "use MultiHeadAttention",
-}
+_MISSING: dict = {}
 
 
 def __getattr__(name):
@@ -81,7 +81,7 @@ __all__ = ["Layer", "InputShapeError", "InputLayer", "Input", "Dense", "Embeddin
            "Softmax", "Dropout", "Flatten", "Reshape", "Conv2D", "Convolution2D", "MaxPooling2D", "MaxPool2D",
            "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "GlobalAvgPool2D",
            "GlobalMaxPooling2D", "GlobalMaxPool2D", "BatchNormalization", "LayerNormalization",
-           "MultiHeadAttention", "Attention", "AdditiveAttention", "LSTM", "GRU", "SimpleRNN", "Add",
+           "MultiHeadAttention", "GroupQueryAttention", "GroupedQueryAttention", "Attention", "AdditiveAttention", "LSTM", "GRU", "SimpleRNN", "Add",
            "Subtract", "Multiply", "Average", "Concatenate", "Conv1D", "Convolution1D", "MaxPooling1D", "MaxPool1D",
            "AveragePooling1D", "AvgPool1D", "GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D",
            "GlobalMaxPool1D", "Bidirectional", "TimeDistributed", "Lambda", "Normalization", "Rescaling", "LeakyReLU",

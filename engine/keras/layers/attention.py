@@ -348,6 +348,89 @@ class MultiHeadAttention(_QueryValueLayer):
                 "bias_initializer": initializers.serialize(self.bias_initializer), "seed": self.seed}
 
 
+class GroupedQueryAttention(MultiHeadAttention):
+    """keras.layers.GroupedQueryAttention(head_dim, num_query_heads, num_key_value_heads, dropout=0.0,
+    use_bias=True, sliding_window=None, kernel_initializer='glorot_uniform', bias_initializer='zeros',
+    seed=None): attention in which groups of num_query_heads // num_key_value_heads query heads share
+    one key/value head (Ainslie et al. 2023), called like MultiHeadAttention.  Keras 3's weights:
+    query kernel (dim, query heads, head_dim), key / value kernels (dim, kv heads, head_dim),
+    output kernel (query heads, head_dim, dim).  Each shared key/value head is used by its group
+    by repeating it (Keras' ops.repeat on the heads axis), here done on the projection weights, so
+    gradients from all heads of a group add up in the shared weights."""
+
+    def __init__(self, head_dim, num_query_heads, num_key_value_heads, dropout=0.0, use_bias=True,
+                 sliding_window=None, flash_attention=None, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 kernel_constraint=None, bias_constraint=None, use_gate=False, seed=None, **kwargs):
+        for what, v in (("head_dim", head_dim), ("num_query_heads", num_query_heads),
+                        ("num_key_value_heads", num_key_value_heads)):
+            if not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"GroupedQueryAttention: {what} must be a positive integer, got {v!r}")
+        if num_query_heads % num_key_value_heads != 0:
+            raise ValueError("`num_query_heads` must be divisible by `num_key_value_heads`.")
+        if sliding_window is not None and (not isinstance(sliding_window, int) or sliding_window <= 0):
+            raise ValueError(f"`sliding_window` must be `None` or a positive integer. Received: "
+                             f"sliding_window={sliding_window}")
+        if use_gate:
+            raise ValueError("GroupedQueryAttention: use_gate=True is not supported by dptrain's Keras facade; "
+                             "leave it False (Keras' default)")
+        super().__init__(int(num_query_heads), int(head_dim), dropout=dropout, use_bias=use_bias,
+                         flash_attention=flash_attention, kernel_initializer=kernel_initializer,
+                         bias_initializer=bias_initializer, kernel_regularizer=kernel_regularizer,
+                         bias_regularizer=bias_regularizer, activity_regularizer=activity_regularizer,
+                         kernel_constraint=kernel_constraint, bias_constraint=bias_constraint, seed=seed, **kwargs)
+        self.head_dim = int(head_dim)
+        self.num_query_heads = int(num_query_heads)
+        self.num_key_value_heads = int(num_key_value_heads)
+        self.num_repeats = self.num_query_heads // self.num_key_value_heads
+        self.sliding_window = sliding_window
+        self.use_gate = False
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        """Keras 3's weights: query (dim, query heads, head_dim), key and value (dim, kv heads,
+        head_dim), attention_output (query heads, head_dim, dim), with their biases."""
+        key_shape = value_shape if key_shape is None else key_shape
+        self._check_shapes(query_shape, value_shape, key_shape)
+        if query_shape[-1] != value_shape[-1]:
+            raise self._err(f"the last dimension of query and value must be equal, but are {query_shape[-1]}, "
+                            f"{value_shape[-1]}", InputShapeError)
+        u, kv, h = self.num_query_heads, self.num_key_value_heads, self.head_dim
+        for what, d, heads in (("query", query_shape[-1], u), ("key", key_shape[-1], kv), ("value", value_shape[-1], kv)):
+            self.add_weight(f"{what}_kernel", (d, heads, h), self.kernel_initializer)
+            if self.use_bias:
+                self.add_weight(f"{what}_bias", (heads, h), self.bias_initializer)
+        self.add_weight("attention_output_kernel", (u, h, query_shape[-1]), self.kernel_initializer)
+        if self.use_bias:
+            self.add_weight("attention_output_bias", (query_shape[-1],), self.bias_initializer)
+        self.built = True
+        self.input_shape_built = (None,) + tuple(query_shape[1:])
+
+    def _weight_list(self):
+        """MultiHeadAttention's weights with each key/value head repeated for its group of query heads."""
+        qk, qb, kk, kb, vk, vb, ok, ob = super()._weight_list()
+        group = np.repeat(np.arange(self.num_key_value_heads), self.num_repeats)
+        kk, vk = kk[:, group], vk[:, group]
+        if kb is not None:
+            kb, vb = kb[group], vb[group]
+        return [qk, qb, kk, kb, vk, vb, ok, ob]
+
+    def _attention_mask(self, q, v, qm, vm, km, attention_mask, use_causal_mask):
+        mask = super()._attention_mask(q, v, qm, vm, km, attention_mask, use_causal_mask)
+        if self.sliding_window is None:
+            return mask
+        xp = get_array_module(q.data)
+        t, s = q.shape[1], v.shape[1]
+        band = (xp.abs(xp.arange(t)[:, None] - xp.arange(s)[None, :]) < self.sliding_window)[None, None]
+        return band if mask is None else mask & band
+
+    def get_config(self):
+        return {**Layer.get_config(self), "head_dim": self.head_dim, "num_query_heads": self.num_query_heads,
+                "num_key_value_heads": self.num_key_value_heads, "use_bias": self.use_bias, "use_gate": False,
+                "sliding_window": self.sliding_window, "dropout": self.dropout,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer), "seed": self.seed}
+
+
 class Attention(_QueryValueLayer):
     """keras.layers.Attention(use_scale=False, score_mode='dot', dropout=0.0, seed=None), called as
     attention([query, value]) or attention([query, value, key], mask=[query_mask, value_mask],
