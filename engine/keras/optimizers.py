@@ -66,6 +66,14 @@ class _KerasRMSprop(_optim.RMSprop):
 
 class Optimizer:
     name = "optimizer"
+    #: Keras keeps the learning rate inside its momentum (SGD: m = momentum*m - lr*g; w += m), the
+    #: engine outside (b = momentum*b + g; w -= lr*b).  Both are the same while lr is constant; when
+    #: it changes (a schedule, LearningRateScheduler, ReduceLROnPlateau) step() rescales the engine's
+    #: momentum buffers by old/new lr, which makes the next update Keras' exactly.
+    _lr_in_momentum = False
+    #: Keras' weight_decay is decoupled (w -= w*wd*lr before the update) for every optimizer; Adam's
+    #: engine class does it itself, the others get it from step()
+    _decoupled_decay = False
 
     def __init__(self, learning_rate=0.001, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  name=None, **kwargs):
@@ -81,6 +89,7 @@ class Optimizer:
         self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
         self.engine = None
         self.iterations = 0
+        self._last_lr = None        # the rate of the previous update (see _lr_in_momentum)
         if name:
             self.name = name
 
@@ -141,7 +150,20 @@ class Optimizer:
             self._lr = float(self._schedule(self.iterations))
             for g in self.engine.param_groups:
                 g["lr"] = self._lr
+        lr = self._lr
+        if (self._lr_in_momentum and getattr(self, "momentum", 0.0) and self._last_lr is not None
+                and lr != self._last_lr and lr != 0.0):
+            for st in self.engine.state.values():
+                buf = st.get("momentum_buffer") if isinstance(st, dict) else None
+                if buf is not None:
+                    buf *= buf.dtype.type(self._last_lr / lr)
+        if self._decoupled_decay and getattr(self, "weight_decay", None):
+            wd = float(self.weight_decay)
+            for p in self._params:
+                if p.grad is not None:
+                    p.data -= p.data * p.data.dtype.type(wd) * p.data.dtype.type(lr)
         self.engine.step()
+        self._last_lr = lr
         self.iterations += 1
         constraints.apply_to(self._params)         # Keras: right after the update
 
@@ -171,11 +193,13 @@ class Optimizer:
         self.apply_gradients(zip(grads, trainable_variables if trainable_variables is not None else self._params))
 
     def state_dict(self):
-        return {"iterations": self.iterations, "engine": self.engine.state_dict()}
+        return {"iterations": self.iterations, "engine": self.engine.state_dict(), "last_lr": self._last_lr}
 
     def load_state_dict(self, state):
         self.iterations = int(state.get("iterations", 0))
         self.engine.load_state_dict(state["engine"])
+        last = state.get("last_lr")
+        self._last_lr = None if last is None else float(last)
 
     def get_config(self):
         lr = schedules.serialize(self._schedule) if self._schedule is not None else self._lr
@@ -227,9 +251,11 @@ class SGD(Optimizer):
         super().__init__(learning_rate, **kwargs)
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), weight_decay
 
+    _lr_in_momentum = True
+    _decoupled_decay = True
+
     def _make(self, params):
-        return _optim.SGD(params, lr=self._lr, momentum=self.momentum, nesterov=self.nesterov,
-                          weight_decay=float(self.weight_decay or 0.0))
+        return _optim.SGD(params, lr=self._lr, momentum=self.momentum, nesterov=self.nesterov)
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov,
@@ -249,8 +275,10 @@ class RMSprop(Optimizer):
 
     def _make(self, params):
         return _KerasRMSprop(params, lr=self._lr, alpha=self.rho, eps=self.epsilon,
-                             momentum=self.momentum, centered=self.centered,
-                             weight_decay=float(self.weight_decay or 0.0))
+                             momentum=self.momentum, centered=self.centered)
+
+    _lr_in_momentum = True
+    _decoupled_decay = True
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
