@@ -6,6 +6,8 @@ apply_gradients.  Formulas and defaults are Keras 3's (norms with epsilon 1e-7 a
 """
 from __future__ import annotations
 
+from ._objects import ObjectCodec
+
 __all__ = ["Constraint", "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm", "max_norm", "min_max_norm",
            "non_neg", "unit_norm", "get", "serialize", "deserialize"]
 
@@ -100,31 +102,5 @@ def apply_to(weights) -> None:
                 w.data[...] = new.data if isinstance(new, Tensor) else new
 
 
-def serialize(constraint):
-    if constraint is None:
-        return None
-    if isinstance(constraint, Constraint):
-        return {"class_name": type(constraint).__name__, "config": constraint.get_config()}
-    raise TypeError(f"cannot save a model whose constraint is the plain callable {constraint!r}; "
-                    "subclass keras.constraints.Constraint and give it get_config()")
-
-
-def deserialize(config, custom_objects=None):
-    name = config.get("class_name", "")
-    cls = (custom_objects or {}).get(name) or _BY_NAME.get(name)
-    if cls is None:
-        raise ValueError(f"unknown constraint {name!r}; known: {sorted(k for k in _BY_NAME if k[0].isupper())} "
-                         f"(one of your own: pass it in custom_objects)")
-    return cls.from_config(config.get("config", {})) if hasattr(cls, "from_config") else cls(**config.get("config", {}))
-
-
-def get(identifier):
-    """None | 'max_norm' | Constraint | {'class_name', 'config'} | callable -> a constraint (or None)."""
-    if identifier is None:
-        return None
-    if isinstance(identifier, dict):
-        return deserialize(identifier)
-    obj = _BY_NAME.get(identifier) if isinstance(identifier, str) else identifier
-    if obj is None or not callable(obj):
-        raise ValueError(f"Could not interpret constraint identifier: {identifier}")
-    return obj() if isinstance(obj, type) else obj
+_codec = ObjectCodec("constraint", Constraint, _BY_NAME, "constraints")
+serialize, deserialize, get = _codec.serialize, _codec.deserialize, _codec.get

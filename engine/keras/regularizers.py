@@ -10,6 +10,8 @@ batch size (Keras 3).  Any callable weight -> scalar Tensor works as a regulariz
 """
 from __future__ import annotations
 
+from ._objects import ObjectCodec
+
 import math
 
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "OrthogonalRegularizer", "l1", "l2", "l1_l2",
@@ -110,32 +112,5 @@ _BY_NAME = {"L1": L1, "L2": L2, "L1L2": L1L2, "OrthogonalRegularizer": Orthogona
             "orthogonal_regularizer": OrthogonalRegularizer}
 
 
-def serialize(regularizer):
-    """JSON form for model configs: {"class_name", "config"}; None stays None."""
-    if regularizer is None:
-        return None
-    if isinstance(regularizer, Regularizer):
-        return {"class_name": type(regularizer).__name__, "config": regularizer.get_config()}
-    raise TypeError(f"cannot save a model whose regularizer is the plain callable {regularizer!r}; "
-                    "subclass keras.regularizers.Regularizer and give it get_config()")
-
-
-def deserialize(config, custom_objects=None):
-    name = config.get("class_name", "")
-    cls = (custom_objects or {}).get(name) or _BY_NAME.get(name)
-    if cls is None:
-        raise ValueError(f"unknown regularizer {name!r}; known: {sorted(k for k in _BY_NAME if k[0].isupper())} "
-                         f"(one of your own: pass it in custom_objects)")
-    return cls.from_config(config.get("config", {})) if hasattr(cls, "from_config") else cls(**config.get("config", {}))
-
-
-def get(identifier):
-    """None | 'l2' | Regularizer | {'class_name', 'config'} | callable -> a regularizer (or None)."""
-    if identifier is None:
-        return None
-    if isinstance(identifier, dict):
-        return deserialize(identifier)
-    obj = _BY_NAME.get(identifier) if isinstance(identifier, str) else identifier
-    if obj is None or not callable(obj):
-        raise ValueError(f"Could not interpret regularizer identifier: {identifier}")
-    return obj() if isinstance(obj, type) else obj
+_codec = ObjectCodec("regularizer", Regularizer, _BY_NAME, "regularizers")
+serialize, deserialize, get = _codec.serialize, _codec.deserialize, _codec.get
