@@ -131,7 +131,7 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
     world_size and init_method (or RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) form the job, as
     in torch; the backend name is still ignored (ZeroMQ)."""
     global _comm
-    from . import init
+    from .. import init
     if not any(os.environ.get(k) for k in _LAUNCHED_BY) and (
             world_size not in (-1, None) or rank not in (-1, None) or os.environ.get("WORLD_SIZE")):
         _torch_rendezvous(init_method, world_size, rank)

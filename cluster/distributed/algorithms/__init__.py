@@ -1,0 +1,1 @@
+"""torch.distributed.algorithms for ported scripts: `from cluster.distributed.algorithms.join import Join`."""
