@@ -3,8 +3,8 @@
 Rank r has 3 + 2r batches.  Every case trains inside `with ddp.join():` and compares the
 parameters each rank ends with against a reference computed here in one process: at step i
 the gradients of the ranks that still have a batch are summed and divided by the world
-size (or by the number of those ranks), then the optimizer steps.  Each rank prints one
-RESULT line with, per case, its distance to the reference and a digest of its parameters
+size (or by the number of those ranks), then the optimizer steps.  Each rank writes one
+JSON file (argv[1] + ".rank<r>.json") with, per case, its distance to the reference and a digest of its parameters
 (all ranks must end with the same model).
 """
 import hashlib
@@ -171,7 +171,9 @@ def main():
     out["no_sync"] = {"diff": float(np.abs(flat(model) - flat(ref)).max()), "digest": digest(model)}
     # after all of that the communicator is still in step: one more collective agrees
     out["after"] = float(ctx.comm.allreduce(np.ones(1), op="sum")[0])
-    print("RESULT " + json.dumps({"rank": ctx.rank, **out}), flush=True)
+    # one file per rank: under mpiexec the ranks share one stdout, where long lines can interleave
+    with open(f"{sys.argv[1]}.rank{ctx.rank}.json", "w") as fh:
+        json.dump({"rank": ctx.rank, **out}, fh)
 
 
 if __name__ == "__main__":
