@@ -20,6 +20,7 @@ from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from .data_adapter import check_xy, standardize_inputs
 from .layers.base import (CF, InputShapeError, Layer, as_mask, as_tensor_input, attach_mask, forward_pass,
+                          resolve_training, training_scope,
                           is_shape_list, shape_str, shapes_compatible, to_channels_last)
 from .layers.core import InputLayer
 from .training import Model, loss_value, update_metric
@@ -257,7 +258,9 @@ class Functional(Model):
             return super()._call_masked(inputs, training, mask)
         device = self._device()
         xs = [as_tensor_input(x, device) for x in inputs]
-        return self._forward_masked(xs, self.training if training is None else bool(training), False, mask)
+        training = resolve_training(self, training)
+        with training_scope(training):
+            return self._forward_masked(xs, training, False, mask)
 
     def _build_for(self, input_shape):
         return self._build_for_many([input_shape])

@@ -26,6 +26,7 @@ from .epoch_iterator import EpochIterator, check_steps
 from .data_adapter import (PeekedIterator, as_array, batch_x, check_xy, is_batch_iterable, num_samples,
                            split_validation, standardize_inputs, take_rows)
 from .layers.base import (CF, CL, InputShapeError, Layer, as_tensor_input, forward_pass, shape_str, to_channels_last,
+                          training_scope,
                           _takes_mask, _unique_weights)
 
 __all__ = ["Model"]
@@ -353,7 +354,7 @@ class Model(Layer):
 
     def _forward_pass(self, xb, training, logits=False):
         """One forward pass of fit / evaluate, add_loss() terms collected afresh."""
-        with forward_pass(self):
+        with forward_pass(self), training_scope(bool(training)):
             return self._forward_tagged(xb, training=training, logits=logits)
 
     def _train_step(self, xb, yb, wb=None):
@@ -666,7 +667,7 @@ class Model(Layer):
             bar = tqdm(total=batches.num_batches, desc="Predict", unit="step", dynamic_ncols=True)
         with no_grad():
             for xb, *_ in batches.epoch():
-                with forward_pass(self):
+                with forward_pass(self), training_scope(False):
                     out = self._forward(xb, training=False)
                 outs.append([o.numpy() for o in out] if isinstance(out, list) else out.numpy())
                 if bar is not None:

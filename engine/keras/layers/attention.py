@@ -35,7 +35,7 @@ from ...nn import functional as F
 from ... import ops
 from ...tensor import Tensor
 from .. import initializers
-from .base import InputShapeError, Layer, as_mask, as_tensor_input, attach_mask, shape_str
+from .base import InputShapeError, Layer, as_mask, as_tensor_input, attach_mask, resolve_training, shape_str
 from .core import dense
 
 __all__ = ["MultiHeadAttention", "Attention", "AdditiveAttention", "multi_head_attention", "project"]
@@ -295,7 +295,7 @@ class MultiHeadAttention(_QueryValueLayer):
         if len(xs) == 2:
             km = None
         combined = self._attention_mask(q, v, qm, vm, km, attention_mask, use_causal_mask)
-        training = self.training if training is None else bool(training)
+        training = resolve_training(self, training)
         y, scores = multi_head_attention(q, v, k, self._weight_list(), combined, self.dropout, training, self._rng)
         if return_attention_scores:
             return [y, scores], [qm, None]
@@ -556,7 +556,7 @@ class Attention(_QueryValueLayer):
         if keep is not None:
             scores = scores - Tensor._wrap((1.0 - keep.astype(scores.dtype)) * scores.dtype.type(1e9))
         weights = F.softmax(scores, axis=-1)
-        training = self.training if training is None else bool(training)
+        training = resolve_training(self, training)
         if training and self.dropout > 0:
             weights = F.dropout(weights, self.dropout, True, generator=self._rng)
         y = ops.matmul(weights, v)

@@ -154,6 +154,10 @@ def _factor_pair(factor, what, bounds=(-1.0, 1.0)):
 class _RandomImageLayer(Layer):
     """Shared parts: the seed, the per-image draws, (H, W, C) or (N, H, W, C) input, identity at inference."""
 
+    #: Keras 3's random preprocessing layers have call(data, training=True): called on their own
+    #: (keras.io's "augment in the data pipeline") they augment
+    _training_default = True
+
     supports_masking = False
 
     def __init__(self, seed=None, data_format=None, **kwargs):

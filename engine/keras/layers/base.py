@@ -213,6 +213,47 @@ _forward_state = threading.local()
 
 
 @contextlib.contextmanager
+def training_scope(training):
+    """The training flag calls nested inside this one inherit (Keras 3's call context)."""
+    prev = getattr(_forward_state, "training", None)
+    _forward_state.training = training
+    try:
+        yield
+    finally:
+        _forward_state.training = prev
+
+
+def resolve_training(layer, training) -> bool:
+    """Keras 3's order (Layer.__call__, step 5): the `training` argument of this call when given,
+    else that of the call it is nested in, else a non-None default of the layer's call() signature
+    (True for the random augmentation layers), else False: a layer called on its own, outside fit,
+    runs in inference mode (BatchNormalization uses its moving statistics, Dropout passes through)."""
+    if training is not None:
+        return bool(training)
+    outer = getattr(_forward_state, "training", None)
+    if outer is not None:
+        return outer
+    default = layer._training_default
+    if default is None and not type(layer).__module__.startswith("engine.keras"):
+        default = _signature_training_default(type(layer).call)
+    return bool(default)
+
+
+_SIGNATURE_DEFAULTS: dict = {}
+
+
+def _signature_training_default(fn):
+    if fn not in _SIGNATURE_DEFAULTS:
+        import inspect
+        try:
+            p = inspect.signature(fn).parameters.get("training")
+            _SIGNATURE_DEFAULTS[fn] = None if p is None or p.default is inspect.Parameter.empty else p.default
+        except (TypeError, ValueError):
+            _SIGNATURE_DEFAULTS[fn] = None
+    return _SIGNATURE_DEFAULTS[fn]
+
+
+@contextlib.contextmanager
 def forward_pass(layer):
     """Marks one forward pass.  The outermost one clears the add_loss() terms of `layer` and the layers
     inside it (Keras 3's Layer.__call__ does so at its entry call), so `losses` holds the terms of the
@@ -234,6 +275,8 @@ class Layer(nn.Module):
     input_ndim: int | None = None
     #: True when the layer's computation is elementwise (layout does not matter)
     layout_agnostic: bool = False
+    #: the training flag of a call given none, outside fit (None: Keras' default, inference)
+    _training_default = None
 
     @property
     def supports_masking(self) -> bool:
@@ -643,13 +686,13 @@ class Layer(nn.Module):
         x = inputs if isinstance(inputs, Tensor) else as_tensor_input(inputs, device)
         if x.device != device:          # Keras moves inputs to where the layer's weights are
             x = x.to(device)
-        if training is None:
-            training = self.training
+        training = resolve_training(self, training)
         if not self.built:
             self._build_for(x.shape)
         else:
             self.check_input_shape(tuple(x.shape))
-        y, layout, out_mask = self.call_internal_masked(x, as_mask(mask, x), CL, bool(training), **call_kwargs)
+        with training_scope(training):
+            y, layout, out_mask = self.call_internal_masked(x, as_mask(mask, x), CL, training, **call_kwargs)
         return (to_channels_last(y) if layout == CF else y), out_mask
 
     def call_internal_masked(self, x, mask, layout, training, final_logits=False, **call_kwargs):
