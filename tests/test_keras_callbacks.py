@@ -70,14 +70,20 @@ def test_reduce_lr_on_plateau_follows_patience_cooldown_and_min_lr():
             logs["score"] = 1.0
     x, y = _regression()
     m = _model(lr=0.08)
-    cb = keras.callbacks.ReduceLROnPlateau(monitor="score", factor=0.5, patience=2, cooldown=1, min_lr=0.015)
+    # a key of no compiled metric: Keras cannot tell its direction, so mode= is needed
+    with pytest.raises(ValueError, match="isn't able to automatically determine"):
+        m.fit(x, y, epochs=1, batch_size=128, verbose=0,
+              callbacks=[Flat(), keras.callbacks.ReduceLROnPlateau(monitor="score")])
+    m = _model(lr=0.08)
+    cb = keras.callbacks.ReduceLROnPlateau(monitor="score", mode="min", factor=0.5, patience=2, cooldown=1,
+                                           min_lr=0.015)
     h = m.fit(x, y, epochs=8, batch_size=128, verbose=0, callbacks=[Flat(), cb])
     # logged before the epoch's decision, as Keras does; reductions at epochs 2, 4 and 6 (the last
     # one stopped by min_lr), each followed by one epoch of cooldown
     assert h.history["learning_rate"] == pytest.approx([0.08, 0.08, 0.08, 0.04, 0.04, 0.02, 0.02, 0.015])
     assert m.optimizer.learning_rate == pytest.approx(0.015)
     assert m.optimizer.engine.param_groups[0]["lr"] == pytest.approx(0.015)   # reaches the engine optimizer
-    with pytest.raises(ValueError, match="factor must be in"):
+    with pytest.raises(ValueError, match="does not support a factor >= 1.0"):
         keras.callbacks.ReduceLROnPlateau(factor=1.5)
 
 

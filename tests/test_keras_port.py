@@ -112,11 +112,16 @@ def test_early_stopping_restores_best_weights_at_the_end_even_without_stopping()
 def test_early_stopping_baseline_and_start_from_epoch():
     rng = np.random.default_rng(0)
     x, y = rng.random((32, 4)), rng.random((32, 1))
-    # nothing beats the baseline: stops after `patience` epochs although val_loss improves
+    # Keras 3.15.1: an improving epoch never stops training, even if it does not beat the baseline
     model = _small_model()
     es = keras.callbacks.EarlyStopping(patience=2, baseline=0.1)
     h = model.fit(x, y, epochs=6, callbacks=[_ScriptedValLoss([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]), es], verbose=0)
-    assert len(h.history["loss"]) == 2             # wait reaches patience at the 2nd epoch, as in Keras
+    assert len(h.history["loss"]) == 6
+    # ... but without improvement the epochs that did not beat the baseline count towards patience
+    model = _small_model()
+    es = keras.callbacks.EarlyStopping(patience=2, baseline=0.1)
+    h = model.fit(x, y, epochs=6, callbacks=[_ScriptedValLoss([1.0] * 6), es], verbose=0)
+    assert len(h.history["loss"]) == 2
     # the first epochs are not counted
     model = _small_model()
     es = keras.callbacks.EarlyStopping(patience=1, start_from_epoch=3)

@@ -116,8 +116,11 @@ def test_weight_errors_are_clear():
         m.fit(x, y, verbose=0, sample_weight=np.ones(19))
     with pytest.raises(ValueError, match="finite and >= 0"):
         m.fit(x, y, verbose=0, sample_weight=-np.ones(20))
-    with pytest.raises(ValueError, match=r"no weight for class\(es\) \[2\]"):
-        m.fit(x, y, verbose=0, class_weight={0: 1.0, 1: 2.0})
+    # Keras: a class left out of class_weight keeps weight 1.0
+    w = m._sample_weights(x, y, None, {0: 1.0, 1: 2.0}, "fit")
+    assert w.tolist() == [{0: 1.0, 1: 2.0}.get(int(c), 1.0) for c in np.asarray(y).reshape(-1)]
+    assert 2 in np.asarray(y)
+    m.fit(x, y, verbose=0, class_weight={0: 1.0, 1: 2.0})
     from engine.data import DataLoader, TensorDataset
     with pytest.raises(ValueError, match=r"put the sample weights in the batches as \(x, y, w\)"):
         m.fit(DataLoader(TensorDataset(x, y), batch_size=5), verbose=0, sample_weight=np.ones(20))

@@ -13,6 +13,9 @@ import math
 import os
 import sys
 import time
+import warnings
+
+import numpy as np
 
 __all__ = ["Callback", "History", "ProgbarLogger", "EarlyStopping", "ModelCheckpoint", "BackupAndRestore", "ReduceLROnPlateau",
            "LearningRateScheduler", "CSVLogger", "TerminateOnNaN", "LambdaCallback", "CallbackList"]
@@ -116,33 +119,52 @@ class ProgbarLogger(Callback):
 
 
 class _Monitor:
-    """Which way `monitor` should move, and whether a value beats the best so far (Keras' rule:
-    mode 'auto' means max for accuracy-like keys, min otherwise)."""
+    """Which way `monitor` should move, and whether a value beats the best so far (Keras 3's
+    MonitorCallback: an unknown mode warns and means 'auto'; 'auto' is decided at the first epoch
+    end: min for a loss, else the direction of the compiled metric of that name, else an error)."""
 
     def __init__(self, owner, monitor, mode, min_delta):
-        if mode == "auto":
-            mode = "max" if ("acc" in monitor or monitor.startswith(("fmeasure", "auc"))) else "min"
-        if mode not in ("min", "max"):
-            raise ValueError(f"{owner}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        if mode not in ("auto", "min", "max"):
+            warnings.warn(f"{owner} mode '{mode}' is unknown, fallback to auto mode.", stacklevel=3)
+            mode = "auto"
         self.owner, self.monitor, self.mode, self.min_delta = owner, monitor, mode, abs(min_delta)
-        self.reset()
+        self.best = None
 
-    def reset(self):
-        self.best = math.inf if self.mode == "min" else -math.inf
+    def resolve(self, model) -> None:
+        """Settle 'auto' (Keras: once the model's metrics exist, at the first epoch end)."""
+        if self.mode != "auto":
+            return
+        name = self.monitor[4:] if self.monitor.startswith("val_") else self.monitor
+        direction = "down" if name == "loss" else None
+        for m in list(getattr(model, "_metrics", None) or []):
+            if getattr(m, "name", None) == name and getattr(m, "_direction", None) in ("up", "down"):
+                direction = m._direction
+        if direction is None:
+            raise ValueError(f"{self.owner} callback received monitor={self.monitor}, but Keras isn't able to "
+                             "automatically determine whether that metric should be maximized or minimized. "
+                             "Pass `mode='max'` in order to monitor based on the highest metric value, or pass "
+                             "`mode='min'` in order to use the lowest value.")
+        self.mode = "max" if direction == "up" else "min"
 
-    def value(self, logs, required=True):
+    def value(self, logs, what):
+        """The monitored value, or None with Keras' warning when the logs do not have it."""
         value = (logs or {}).get(self.monitor)
-        if value is None and required:
-            raise KeyError(f"{self.owner} monitors {self.monitor!r} but the epoch logs only have "
-                           f"{sorted(logs or {})}; pass validation data or monitor another key")
+        if value is None:
+            warnings.warn(f"{what} conditioned on metric `{self.monitor}` which is not available. Available "
+                          f"metrics are: {','.join(list((logs or {}).keys()))}", stacklevel=3)
         return value
 
-    def improved(self, value) -> bool:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+    def improved(self, value, reference=None) -> bool:
+        """Keras' _is_improvement against `reference` (the best so far when None): no reference yet
+        is an improvement (even NaN, as in Keras); a NaN afterwards never is."""
+        ref = self.best if reference is None else reference
+        if value is None:
             return False
+        if ref is None:
+            return True
         if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+            return value + self.min_delta < ref
+        return value - self.min_delta > ref
 
 
 class EarlyStopping(Callback):
@@ -165,19 +187,14 @@ class EarlyStopping(Callback):
 
     def on_train_begin(self, logs=None):
         self.wait = 0
-        self._m.reset()
+        self._m.best = None
         self.best_weights = None
         self.best_epoch = 0
         self.stopped_epoch = 0
 
-    def _beats_baseline(self, value):
-        if self.baseline is None:
-            return True
-        b = float(self.baseline)
-        return value < b - self._m.min_delta if self._m.mode == "min" else value > b + self._m.min_delta
-
     def on_epoch_end(self, epoch, logs=None):
-        value = self._m.value(logs)
+        self._m.resolve(self.model)
+        value = self._m.value(logs, "Early stopping")
         if value is None or epoch < self.start_from_epoch:
             return
         if self.restore_best_weights and self.best_weights is None:
@@ -187,11 +204,11 @@ class EarlyStopping(Callback):
             self._m.best, self.best_epoch = value, epoch
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
-            if self._beats_baseline(value):
+            # Keras 3: an improving epoch never stops training; it resets the wait only when it
+            # also beats the baseline
+            if self.baseline is None or self._m.improved(value, float(self.baseline)):
                 self.wait = 0
-                return
-            # better than before but not than the baseline: still counts towards patience (Keras'
-            # documented rule: stop if the model shows no improvement over the baseline)
+            return
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
@@ -217,41 +234,66 @@ class ModelCheckpoint(Callback):
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
                  mode="auto", save_freq="epoch", initial_value_threshold=None):
         super().__init__()
-        if save_freq != "epoch":
-            raise ValueError("ModelCheckpoint: only save_freq='epoch' is supported")
+        if save_freq != "epoch" and (not isinstance(save_freq, int) or isinstance(save_freq, bool)):
+            raise ValueError(f"Unrecognized save_freq: {save_freq}. Expected save_freq are 'epoch' or integer values")
         self.filepath, self.verbose = os.fspath(filepath), verbose
         self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
+        self.save_freq = save_freq
         self._m = _Monitor("ModelCheckpoint", monitor, mode, 0.0)
+        # Keras: the best value starts at initial_value_threshold and is kept across fit() calls
+        self._m.best = None if initial_value_threshold is None else float(initial_value_threshold)
         self.monitor, self.initial_value_threshold = monitor, initial_value_threshold
+        self._epoch, self._batches_since_save, self._last_batch = 0, 0, None
 
     @property
     def best(self):
         return self._m.best
 
-    def on_train_begin(self, logs=None):
-        self._m.reset()
-        if self.initial_value_threshold is not None:
-            self._m.best = float(self.initial_value_threshold)
-
-    def _path(self, epoch, logs):
+    def _path(self, epoch, batch, logs):
+        logs = logs or {}
         try:
-            return self.filepath.format(epoch=epoch + 1, **(logs or {}))
+            if batch is None or "batch" in logs:
+                return self.filepath.format(epoch=epoch + 1, **logs)
+            return self.filepath.format(epoch=epoch + 1, batch=batch + 1, **logs)
         except KeyError as e:
             raise KeyError(f"ModelCheckpoint: filepath {self.filepath!r} names {e.args[0]!r}, which is not "
-                           f"in the epoch logs {sorted(logs or {})}") from None
+                           f"in the epoch logs {sorted(logs)}") from None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        """save_freq=N: save after every N batches, counted across epochs (Keras)."""
+        if self.save_freq == "epoch":
+            return
+        new_epoch = self._last_batch is None or batch <= self._last_batch
+        self._batches_since_save += batch + 1 if new_epoch else batch - self._last_batch
+        self._last_batch = batch
+        if self._batches_since_save >= self.save_freq:
+            self._batches_since_save = 0
+            self._save(self._epoch, batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._m.resolve(self.model)
+        if self.save_freq == "epoch":
+            self._save(epoch, None, logs)
+
+    def _save(self, epoch, batch, logs):
         if self.save_best_only:
-            value = self._m.value(logs)
-            if not self._m.improved(value):
+            self._m.resolve(self.model)
+            value = (logs or {}).get(self.monitor)
+            best = "None" if self._m.best is None else f"{self._m.best:.5f}"
+            if value is None:           # Keras: warn and save
+                warnings.warn(f"Can save best model only with {self.monitor} available.", stacklevel=3)
+            elif not self._m.improved(value):
                 if self.verbose:
-                    print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self._m.best:.5f}", flush=True)
+                    print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {best}", flush=True)
                 return
-            if self.verbose:
-                print(f"Epoch {epoch + 1}: {self.monitor} improved from {self._m.best:.5f} to {value:.5f}",
-                      flush=True)
-            self._m.best = value
-        path = self._path(epoch, logs)
+            else:
+                if self.verbose:
+                    print(f"Epoch {epoch + 1}: {self.monitor} improved from {best} to {value:.5f}", flush=True)
+                self._m.best = value
+        path = self._path(epoch, batch, logs)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if self.save_weights_only:
             self.model.save_weights(path, overwrite=True)
@@ -392,21 +434,24 @@ class ReduceLROnPlateau(Callback):
         super().__init__()
         if kwargs:
             raise TypeError(f"ReduceLROnPlateau: unsupported arguments {sorted(kwargs)}")
-        if not 0.0 < factor < 1.0:
-            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor}")
+        if factor >= 1.0:
+            raise ValueError(f"ReduceLROnPlateau does not support a factor >= 1.0. Received factor={factor}")
         self._m = _Monitor("ReduceLROnPlateau", monitor, mode, min_delta)
         self.monitor, self.factor, self.patience, self.verbose = monitor, float(factor), patience, verbose
         self.cooldown, self.min_lr = cooldown, float(min_lr)
 
     def on_train_begin(self, logs=None):
-        self._m.reset()
+        self._m.best = None
         self.wait, self.cooldown_counter = 0, 0
 
     def on_epoch_end(self, epoch, logs=None):
+        self._m.resolve(self.model)
         logs = logs if logs is not None else {}
         opt = self.model.optimizer
         logs["learning_rate"] = opt.learning_rate
-        value = self._m.value(logs)
+        value = self._m.value(logs, "Learning rate reduction")
+        if value is None:
+            return
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
@@ -418,8 +463,8 @@ class ReduceLROnPlateau(Callback):
         self.wait += 1
         if self.wait >= self.patience:
             old = opt.learning_rate
-            new = max(old * self.factor, self.min_lr)
-            if new < old:
+            if old > float(np.float32(self.min_lr)):            # Keras' test, in float32
+                new = max(old * self.factor, self.min_lr)
                 opt.learning_rate = new
                 if self.verbose:
                     print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new:g}.", flush=True)
@@ -469,6 +514,8 @@ class CSVLogger(Callback):
         logs = dict(logs or {})
         if self._keys is None:
             self._keys = sorted(logs)
+            if self._keys and not any(k.startswith("val_") for k in self._keys):
+                self._keys += [f"val_{k}" for k in self._keys]      # Keras: NA columns for them
             self._writer = csv.writer(self._fh, delimiter=self.sep)
             if not self._has_header:
                 self._writer.writerow(["epoch"] + self._keys)
@@ -482,12 +529,19 @@ class CSVLogger(Callback):
 
 
 class TerminateOnNaN(Callback):
-    """Stop training as soon as a batch loss is NaN or infinite."""
+    """Stop training as soon as a batch loss is NaN or infinite (raise_error=True: raise instead)."""
+
+    def __init__(self, raise_error: bool = False):
+        super().__init__()
+        self.raise_error = raise_error
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
-            print(f"Batch {batch}: invalid loss, terminating training", flush=True)
+            if self.raise_error:
+                raise RuntimeError(f"NaN or Inf loss encountered at batch {batch}. Loss value: {loss}. "
+                                   "Terminating training immediately.")
+            print(f"Batch {batch}: Invalid loss, terminating training", flush=True)
             self.model.stop_training = True
 
 

@@ -7,8 +7,12 @@ clipped probability) and costs two extra graph nodes, so when the model's last
 activation is softmax (sigmoid) and the loss is a (binary) cross-entropy, the
 model trains on the logits with one fused node: log-softmax cross-entropy whose
 gradient is simply (softmax(z) - onehot(y)) / N.  `predict()` still returns
-probabilities.  The unfused, probability-space versions (clipped to
-[1e-7, 1 - 1e-7] as in Keras) remain for models that do not end in a softmax.
+probabilities.  Keras clips the probabilities to [1e-7, 1 - 1e-7] before the log, which
+caps each term at -log(1e-7) = 16.1 and stops the gradient of a term whose probability
+lies outside; the fused kernels clamp the log-probabilities to the same range with the
+same zero gradient outside, so values and gradients equal Keras' also for saturated
+outputs, without computing log(softmax).  The unfused, probability-space versions
+remain for models that do not end in a softmax.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ __all__ = ["Loss", "SparseCategoricalCrossentropy", "CategoricalCrossentropy", "
            "MeanSquaredError", "MeanAbsoluteError", "get", "serialize", "apply_mask"]
 
 EPSILON = 1e-7
+#: log of Keras' clipping range [1e-7, 1 - 1e-7] in float32, for the fused kernels
+_LOG_LO, _LOG_HI = float(np.log(np.float32(EPSILON))), float(np.log(np.float32(1 - EPSILON)))
 
 
 def apply_mask(sample_weight, mask):
@@ -85,9 +91,10 @@ def sparse_softmax_cross_entropy(logits: Tensor, labels, weights=None) -> Tensor
     e = xp.exp(shifted)
     sums = e.sum(axis=1, keepdims=True)
     rows = xp.arange(m)
-    picked = shifted[rows, y]
+    logp = shifted[rows, y] - xp.log(sums[:, 0])
+    inside = (logp >= _LOG_LO) & (logp <= _LOG_HI)          # Keras' clip: no gradient outside
     w = None if weights is None else _row_weights(xp, weights, m, z.dtype)
-    per_row = xp.log(sums[:, 0]) - picked
+    per_row = -xp.clip(logp, _LOG_LO, _LOG_HI)
     loss = per_row.mean() if w is None else (per_row * w).sum() / m
     shape = logits.shape
 
@@ -95,6 +102,7 @@ def sparse_softmax_cross_entropy(logits: Tensor, labels, weights=None) -> Tensor
         grad = e / sums
         grad[rows, y] -= 1
         grad *= g / m
+        grad *= inside[:, None]
         if w is not None:
             grad *= w[:, None]
         return (grad.reshape(shape),)
@@ -116,12 +124,14 @@ def softmax_cross_entropy(logits: Tensor, target, weights=None) -> Tensor:
     e = xp.exp(shifted)
     sums = e.sum(axis=1, keepdims=True)
     logp = shifted - xp.log(sums)
+    t_in = t * ((logp >= _LOG_LO) & (logp <= _LOG_HI))      # the terms Keras' clip lets through
+    logp = xp.clip(logp, _LOG_LO, _LOG_HI)
     w = None if weights is None else _row_weights(xp, weights, m, z.dtype)
     loss = -(t * logp).sum() / m if w is None else -((t * logp).sum(axis=1) * w).sum() / m
     shape = logits.shape
 
     def backward(g):
-        grad = (e / sums) * t.sum(axis=1, keepdims=True) - t
+        grad = (e / sums) * t_in.sum(axis=1, keepdims=True) - t_in
         grad *= g / m
         if w is not None:
             grad *= w[:, None]
@@ -134,7 +144,12 @@ def sigmoid_binary_cross_entropy(logits: Tensor, target, weights=None) -> Tensor
     xp = get_array_module(logits.data)
     z = logits.data
     t = xp.asarray(target, dtype=z.dtype).reshape(z.shape)
+    p = 0.5 * (xp.tanh(0.5 * z) + 1)
+    inside = (p >= EPSILON) & (p <= z.dtype.type(1 - EPSILON))
     per = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
+    if not inside.all():                    # Keras' clip of saturated probabilities
+        pc = xp.clip(p, EPSILON, z.dtype.type(1 - EPSILON))
+        per = xp.where(inside, per, -(t * xp.log(pc) + (1 - t) * xp.log(1 - pc)))
     w = None
     if weights is not None:
         w = _row_weights(xp, weights, z.size, z.dtype).reshape(z.shape)
@@ -142,8 +157,7 @@ def sigmoid_binary_cross_entropy(logits: Tensor, target, weights=None) -> Tensor
     n = z.size
 
     def backward(g):
-        s = 0.5 * (xp.tanh(0.5 * z) + 1)
-        grad = (s - t) * (g / n)
+        grad = (p - t) * inside * (g / n)
         return (grad if w is None else grad * w,)
     return from_op(xp.asarray(loss, dtype=z.dtype), (logits,), backward, "sigmoid_bce")
 
@@ -377,25 +391,68 @@ def serialize(loss: Loss) -> dict:
     return {"class_name": cls.__name__, "config": loss.get_config()}
 
 
-# Keras exposes the functions too: keras.losses.sparse_categorical_crossentropy(y, p)
+# Keras' loss functions: one value per sample (per position of y_pred but the last axis), as
+# keras.losses.mean_squared_error(y, p) etc. return them; the Loss classes reduce.
+def _probs_or_logprobs(y_pred, from_logits):
+    """log-probabilities over the last axis: log_softmax of logits, or Keras' normalised and
+    clipped probabilities."""
+    if from_logits:
+        return y_pred - y_pred.logsumexp(axis=-1, keepdims=True)
+    p = y_pred / y_pred.sum(axis=-1, keepdims=True)
+    return ops.log(ops.clip(p, EPSILON, 1.0 - EPSILON))
+
+
+def _pred(y_pred):
+    return y_pred if isinstance(y_pred, Tensor) else Tensor(np.asarray(y_pred, dtype=np.float32))
+
+
 def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
-    return SparseCategoricalCrossentropy(from_logits)(y_true, y_pred)
+    y_pred = _pred(y_pred)
+    xp = get_array_module(y_pred.data)
+    logp = _probs_or_logprobs(y_pred, from_logits)
+    lead = tuple(y_pred.shape[:-1])
+    y = xp.asarray(_raw(y_true)).reshape(-1).astype(np.int64)
+    flat = logp.reshape(-1, y_pred.shape[-1])
+    if y.shape[0] != flat.shape[0]:
+        raise ValueError(f"sparse_categorical_crossentropy: {y.shape[0]} labels for predictions of shape "
+                         f"{tuple(y_pred.shape)}")
+    return (-flat[xp.arange(flat.shape[0]), y]).reshape(lead)
 
 
 def categorical_crossentropy(y_true, y_pred, from_logits=False):
-    return CategoricalCrossentropy(from_logits)(y_true, y_pred)
+    y_pred = _pred(y_pred)
+    xp = get_array_module(y_pred.data)
+    t = Tensor._wrap(xp.asarray(_raw(y_true), dtype=y_pred.dtype).reshape(y_pred.shape))
+    return -(t * _probs_or_logprobs(y_pred, from_logits)).sum(axis=-1)
 
 
 def binary_crossentropy(y_true, y_pred, from_logits=False):
-    return BinaryCrossentropy(from_logits)(y_true, y_pred)
+    y_pred = _pred(y_pred)
+    xp = get_array_module(y_pred.data)
+    t = Tensor._wrap(xp.asarray(_raw(y_true), dtype=y_pred.dtype).reshape(y_pred.shape))
+    if from_logits:
+        per = y_pred.clamp(min=0) - y_pred * t + ops.log(1.0 + ops.exp(-ops.abs_(y_pred)))
+    else:
+        p = ops.clip(y_pred, EPSILON, 1.0 - EPSILON)
+        per = -(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p))
+    return per.mean(axis=-1)
+
+
+def _target_like(y_true, y_pred):
+    xp = get_array_module(y_pred.data)
+    t = xp.asarray(_raw(y_true), dtype=y_pred.dtype)
+    return Tensor._wrap(t.reshape(y_pred.shape) if t.size == y_pred.size else t)
 
 
 def mean_squared_error(y_true, y_pred):
-    return MeanSquaredError()(y_true, y_pred)
+    y_pred = _pred(y_pred)
+    d = y_pred - _target_like(y_true, y_pred)
+    return (d * d).mean(axis=-1)
 
 
 def mean_absolute_error(y_true, y_pred):
-    return MeanAbsoluteError()(y_true, y_pred)
+    y_pred = _pred(y_pred)
+    return ops.abs_(y_pred - _target_like(y_true, y_pred)).mean(axis=-1)
 
 
 mse = mean_squared_error

@@ -140,9 +140,11 @@ class Metric:
 
     def _user_api(self) -> bool:
         """The subclass defines Keras 3's update_state(y_true, y_pred, sample_weight=None) itself."""
-        return type(self).update_state is not Metric.update_state
+        return type(self).update_state not in (Metric.update_state, Mean.update_state)
 
-    def update_state(self, y_true, y_pred, logits=False, mask=None, sample_weight=None):
+    def update_state(self, y_true, y_pred, sample_weight=None, *, logits=False, mask=None):
+        """Keras' update_state(y_true, y_pred, sample_weight=None); `logits` (y_pred holds logits
+        of a fused loss) and `mask` are the facade's own, keyword-only."""
         if mask is None and sample_weight is None:
             value, count = self.batch_value(_raw(y_true), _raw(y_pred), logits)
             self.total += float(value)
@@ -187,9 +189,18 @@ class Metric:
 
 
 class Mean(Metric):
-    """Weighted mean of scalar values (the loss tracker)."""
+    """keras.metrics.Mean: the weighted mean of every value given (`update_state(values,
+    sample_weight=None)`, weights broadcast to the values); also the facade's loss tracker."""
 
     name = "mean"
+
+    def update_state(self, values, sample_weight=None):
+        v = np.asarray(_raw(values), dtype=np.float64)
+        w = np.ones_like(v) if sample_weight is None else np.broadcast_to(
+            np.asarray(_raw(sample_weight), dtype=np.float64).reshape(
+                np.shape(_raw(sample_weight)) + (1,) * (v.ndim - np.ndim(_raw(sample_weight)))), v.shape)
+        self.total += float((v * w).sum())
+        self.count += float(w.sum())
 
     def update(self, value, weight=1):
         self.total += float(value) * weight
@@ -197,6 +208,7 @@ class Mean(Metric):
 
 
 class SparseCategoricalAccuracy(Metric):
+    _direction = "up"
     name = "sparse_categorical_accuracy"
 
     def step_values(self, y_true, y_pred, logits):
@@ -211,6 +223,7 @@ class SparseCategoricalAccuracy(Metric):
 
 
 class CategoricalAccuracy(Metric):
+    _direction = "up"
     name = "categorical_accuracy"
 
     def step_values(self, y_true, y_pred, logits):
@@ -225,6 +238,8 @@ class CategoricalAccuracy(Metric):
 
 
 class BinaryAccuracy(Metric):
+    """Keras': the prediction thresholded to 0/1 must equal y_true exactly (soft labels count as misses)."""
+    _direction = "up"
     name = "binary_accuracy"
 
     def __init__(self, name=None, threshold=0.5):
@@ -234,18 +249,19 @@ class BinaryAccuracy(Metric):
     def step_values(self, y_true, y_pred, logits):
         xp = get_array_module(y_pred)
         thr = 0.0 if logits else self.threshold
-        y = xp.asarray(y_true).reshape(y_pred.shape) > 0.5
-        return ((y_pred > thr) == y).mean(axis=-1)
+        y = xp.asarray(y_true).reshape(y_pred.shape)
+        return ((y_pred > thr).astype(y_pred.dtype) == y).mean(axis=-1)
 
     def batch_value(self, y_true, y_pred, logits):
         xp = get_array_module(y_pred)
         thr = 0.0 if logits else self.threshold
-        pred = (y_pred > thr).reshape(-1)
-        y = (xp.asarray(y_true).reshape(-1) > 0.5)
+        pred = (y_pred > thr).reshape(-1).astype(y_pred.dtype)
+        y = xp.asarray(y_true).reshape(-1)
         return (pred == y).sum(), pred.shape[0]
 
 
 class MeanSquaredError(Metric):
+    _direction = "down"
     name = "mean_squared_error"
 
     def step_values(self, y_true, y_pred, logits):
@@ -260,6 +276,7 @@ class MeanSquaredError(Metric):
 
 
 class MeanAbsoluteError(Metric):
+    _direction = "down"
     name = "mean_absolute_error"
 
     def step_values(self, y_true, y_pred, logits):
@@ -275,6 +292,7 @@ class MeanAbsoluteError(Metric):
 
 class MeanAbsolutePercentageError(Metric):
     """100 * mean(|y_true - y_pred| / max(|y_true|, 1e-7)) over the last axis, as Keras."""
+    _direction = "down"
     name = "mean_absolute_percentage_error"
 
     def step_values(self, y_true, y_pred, logits):

@@ -86,6 +86,9 @@ class Optimizer:
             learning_rate = schedules.deserialize(learning_rate)
         self._schedule = learning_rate if isinstance(learning_rate, LearningRateSchedule) else None
         self._lr = float(learning_rate(0) if self._schedule is not None else learning_rate)
+        if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise ValueError(f"Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. Received: "
+                             f"clipnorm={clipnorm}, clipvalue={clipvalue}, global_clipnorm={global_clipnorm}")
         self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
         self.engine = None
         self.iterations = 0

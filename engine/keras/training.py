@@ -447,10 +447,8 @@ class Model(Layer):
                                  f"{labels.shape}")
             labels = labels.reshape(-1).astype(np.int64)
             table = {int(k): float(v) for k, v in class_weight.items()}
-            missing = sorted(set(np.unique(labels).tolist()) - set(table))
-            if missing:
-                raise ValueError(f"{what}: class_weight has no weight for class(es) {missing} present in y")
-            w *= np.array([table[c] for c in labels], dtype=np.float32)
+            # Keras: a class the dict leaves out keeps weight 1.0
+            w *= np.array([table.get(c, 1.0) for c in labels], dtype=np.float32)
         return w
 
     def _prepare(self, x, y, what):
