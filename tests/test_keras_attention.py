@@ -107,8 +107,8 @@ def test_layer_normalization_over_any_axes_matches_keras_formula(axis):
     ln = _randomize(ln)
     axes = sorted(a % 4 for a in (axis if isinstance(axis, list) else [axis]))
     gamma, beta = ln.get_weights()
-    # Keras' weights span the axes in the order `axis` lists them and are reshaped onto the input
-    assert gamma.shape == tuple(x.shape[a % 4] for a in (axis if isinstance(axis, list) else [axis]))
+    # Keras sorts the axes: gamma / beta span them in increasing order (checked against Keras 3.15.1)
+    assert gamma.shape == tuple(x.shape[a] for a in axes)
     np.testing.assert_allclose(ln(x).numpy(), _ln_ref(x, gamma, beta, axes, 1e-2), rtol=1e-4, atol=1e-5)
 
 
@@ -207,7 +207,8 @@ def test_multi_head_attention_matches_keras_einsum_reference(masked):
     np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=1e-4, atol=1e-6)
     assert scores.shape == (2, 3, 4, 5)
     if masked:
-        np.testing.assert_array_equal(out._keras_mask, qm)     # the output carries the query's mask
+        # Keras 3.15.1 hands on only a mask the query tensor carries, not one given as query_mask=
+        assert getattr(out, "_keras_mask", None) is None
         assert not scores.numpy()[1, :, 3].any()               # a fully masked step: zero weights, no NaN
 
 

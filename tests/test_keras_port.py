@@ -330,7 +330,8 @@ def test_normalization_adapt_like_keras():
     out = norm(data).numpy()
     np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-4)
     np.testing.assert_allclose(out.std(axis=0), 1, atol=1e-4)
-    assert norm.trainable_weights == [] and len(norm.non_trainable_weights) == 2
+    assert norm.trainable_weights == [] and len(norm.non_trainable_weights) == 3     # Keras: mean, variance, count
+    assert float(norm.count.numpy()) == 200
     model = keras.Sequential([norm, layers.Dense(1)])
     model.compile("adam", "mse", metrics=["mae"])
     h = model.fit(data, data[:, :1], epochs=1, verbose=0)

@@ -14,7 +14,8 @@ from ..backend import get_array_module
 from ..tensor import Tensor, from_op
 from .. import ops
 
-__all__ = ["get", "serialize", "softmax", "log_softmax", "relu", "sigmoid", "tanh", "linear"]
+__all__ = ["get", "serialize", "softmax", "log_softmax", "relu", "sigmoid", "tanh", "linear", "elu", "selu",
+           "softplus", "softsign", "swish", "silu", "gelu", "exponential", "leaky_relu", "relu6", "hard_sigmoid"]
 
 
 def softmax_op(x: Tensor, axis: int = -1) -> Tensor:
@@ -73,9 +74,13 @@ def _softplus(x):
     return ops.relu(x) + ops.log(1.0 + ops.exp(-ops.abs_(x)))
 
 
-def _gelu(x):
-    c = math.sqrt(2.0 / math.pi)
-    return 0.5 * x * (1.0 + ops.tanh(c * (x + 0.044715 * x * x * x)))
+def _gelu(x, approximate=False):
+    """Keras 3's gelu: the exact x * Phi(x) unless approximate=True (the tanh form)."""
+    if approximate:
+        c = math.sqrt(2.0 / math.pi)
+        return 0.5 * x * (1.0 + ops.tanh(c * (x + 0.044715 * x * x * x)))
+    from ..nn import functional as F
+    return F.gelu(x)
 
 
 def _leaky_relu(x, negative_slope=0.2):
@@ -98,20 +103,21 @@ sigmoid = KerasActivation("sigmoid", ops.sigmoid)
 tanh = KerasActivation("tanh", ops.tanh)
 linear = KerasActivation("linear", _identity)
 
-_BY_NAME = {a.name: a for a in (
-    softmax, log_softmax, relu, sigmoid, tanh, linear,
-    KerasActivation("elu", _elu),
-    KerasActivation("selu", _selu),
-    KerasActivation("softplus", _softplus),
-    KerasActivation("softsign", lambda x: x / (1.0 + ops.abs_(x))),
-    KerasActivation("swish", lambda x: x * ops.sigmoid(x)),
-    KerasActivation("gelu", _gelu),
-    KerasActivation("exponential", ops.exp),
-    KerasActivation("leaky_relu", _leaky_relu),
-    KerasActivation("relu6", lambda x: ops.clip(x, 0.0, 6.0)),
-    KerasActivation("hard_sigmoid", _hard_sigmoid),
-)}
-_BY_NAME["silu"] = _BY_NAME["swish"]
+elu = KerasActivation("elu", _elu)
+selu = KerasActivation("selu", _selu)
+softplus = KerasActivation("softplus", _softplus)
+softsign = KerasActivation("softsign", lambda x: x / (1.0 + ops.abs_(x)))
+swish = KerasActivation("swish", lambda x: x * ops.sigmoid(x))
+silu = swish
+gelu = KerasActivation("gelu", _gelu)
+exponential = KerasActivation("exponential", ops.exp)
+leaky_relu = KerasActivation("leaky_relu", _leaky_relu)
+relu6 = KerasActivation("relu6", lambda x: ops.clip(x, 0.0, 6.0))
+hard_sigmoid = KerasActivation("hard_sigmoid", _hard_sigmoid)
+
+_BY_NAME = {a.name: a for a in (softmax, log_softmax, relu, sigmoid, tanh, linear, elu, selu, softplus, softsign,
+                                swish, gelu, exponential, leaky_relu, relu6, hard_sigmoid)}
+_BY_NAME["silu"] = swish
 
 
 def get(identifier) -> KerasActivation:

@@ -16,7 +16,7 @@ from ..random import resolve
 
 __all__ = ["Initializer", "GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal", "LecunUniform",
            "LecunNormal", "RandomUniform", "RandomNormal", "TruncatedNormal", "Zeros", "Ones",
-           "Constant", "Orthogonal", "get", "serialize"]
+           "Constant", "Orthogonal", "Identity", "IdentityInitializer", "get", "serialize"]
 
 
 def compute_fans(shape):
@@ -210,9 +210,30 @@ class Orthogonal(Initializer):
         return {"gain": self.gain, "seed": self.seed}
 
 
+class Identity(Initializer):
+    """Keras 'identity' (IdentityInitializer): gain * the identity matrix, for 2-D weights."""
+
+    name = "identity"
+
+    def __init__(self, gain=1.0):
+        super().__init__(None)
+        self.gain = float(gain)
+
+    def __call__(self, shape, dtype="float32"):
+        shape = tuple(shape)
+        if len(shape) != 2:
+            raise ValueError(f"Identity matrix initializer can only be used for 2D matrices. Received: shape={shape}")
+        return (self.gain * np.eye(*shape)).astype(dtype)
+
+    def get_config(self):
+        return {"gain": self.gain}
+
+
+IdentityInitializer = Identity
+
 _BY_NAME = {c.name: c for c in (Zeros, Ones, Constant, RandomUniform, RandomNormal, TruncatedNormal,
                                 VarianceScaling, GlorotUniform, GlorotNormal, HeUniform, HeNormal,
-                                LecunUniform, LecunNormal, Orthogonal)}
+                                LecunUniform, LecunNormal, Orthogonal, Identity)}
 _ALIASES = {"zero": "zeros", "one": "ones", "uniform": "random_uniform", "normal": "random_normal"}
 
 

@@ -270,6 +270,11 @@ class MultiHeadAttention(_QueryValueLayer):
         y, out_mask = self._call_masked(inputs, training, masks, attention_mask=attention_mask,
                                         use_causal_mask=use_causal_mask,
                                         return_attention_scores=return_attention_scores)
+        if query_mask is not None:
+            # Keras hands on only the mask the query tensor carries, not one passed as query_mask=
+            carried = getattr(query, "_keras_mask", None)
+            carried = None if carried is None else as_mask(carried, y[0] if isinstance(y, list) else y)
+            out_mask = [carried, None] if isinstance(y, list) else carried
         if isinstance(y, list):
             return tuple(attach_mask(t, m) for t, m in zip(y, out_mask))
         return attach_mask(y, out_mask)

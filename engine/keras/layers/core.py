@@ -217,13 +217,35 @@ class Activation(_WithActivation):
 
 
 class ReLU(Activation):
-    def __init__(self, **kwargs):
-        super().__init__("relu", **kwargs)
+    """Keras' ReLU(max_value=None, negative_slope=0.0, threshold=0.0): x above threshold, capped at
+    max_value; negative_slope * (x - threshold) below it."""
+
+    def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, **kwargs):
+        if max_value is not None and max_value < 0:
+            raise ValueError(f"max_value of a ReLU layer cannot be a negative value. Received: {max_value}")
+        if negative_slope is None or negative_slope < 0:
+            raise ValueError(f"negative_slope of a ReLU layer cannot be a negative value. Received: {negative_slope}")
+        if threshold is None or threshold < 0:
+            raise ValueError(f"threshold of a ReLU layer cannot be a negative value. Received: {threshold}")
+        self.max_value = None if max_value is None else float(max_value)
+        self.negative_slope, self.threshold = float(negative_slope), float(threshold)
+        if self.max_value is None and not self.negative_slope and not self.threshold:
+            super().__init__("relu", **kwargs)
+        else:
+            super().__init__(activations.KerasActivation("relu_custom", self._relu), **kwargs)
+
+    def _relu(self, x):
+        from ... import ops
+        y = x * Tensor._wrap((x.data > self.threshold).astype(x.dtype)) if self.threshold else ops.relu(x)
+        if self.max_value is not None:
+            y = ops.clip(y, 0.0, self.max_value)
+        if self.negative_slope:
+            y = y - self.negative_slope * ops.relu(self.threshold - x)
+        return y
 
     def get_config(self):
-        cfg = super().get_config()
-        cfg.pop("activation")
-        return cfg
+        return {**Layer.get_config(self), "max_value": self.max_value, "negative_slope": self.negative_slope,
+                "threshold": self.threshold}
 
 
 class Softmax(Activation):
@@ -231,14 +253,22 @@ class Softmax(Activation):
     adds (1 - mask) * -1e9 to the inputs, so the mask must broadcast against them)."""
 
     def __init__(self, axis=-1, **kwargs):
-        if axis != -1:
-            raise ValueError("Softmax layer: only axis=-1 is supported")
-        super().__init__("softmax", **kwargs)
+        if not isinstance(axis, (int, np.integer)):
+            raise ValueError(f"Softmax layer: axis must be one integer, got {axis!r}")
+        self.axis = int(axis)
+        if self.axis == -1:
+            super().__init__("softmax", **kwargs)      # the last axis: may fuse with the loss
+        else:
+            super().__init__(activations.KerasActivation(
+                "softmax_axis", lambda x: activations.softmax_op(x, self.axis), elementwise=False), **kwargs)
 
     def call(self, inputs, training=False, final_logits=False, mask=None):
         if mask is not None:
             inputs = inputs + self._mask_adder(inputs, mask)
         return self._activate(inputs, final_logits)
+
+    def get_config(self):
+        return {**Layer.get_config(self), "axis": self.axis}
 
     def _mask_adder(self, x, mask):
         xp = get_array_module(x.data)
@@ -254,11 +284,6 @@ class Softmax(Activation):
                              "(batch, timesteps, classes). For a masked sequence output use "
                              "Dense(classes, activation='softmax')")
         return Tensor._wrap(adder)
-
-    def get_config(self):
-        cfg = super().get_config()
-        cfg.pop("activation")
-        return cfg
 
 
 def dropout(x: Tensor, rate: float) -> Tensor:

@@ -67,6 +67,8 @@ class _Merge(Layer):
     def _call_masked(self, inputs, training, mask):
         xs = [x if isinstance(x, Tensor) else as_tensor_input(x, self._device()) for x in inputs]
         self._check_count(len(xs))
+        if not self.built:                    # an eager first call builds it, as in Keras
+            self._build_for_many([tuple(x.shape) for x in xs])
         self._out_shape([tuple(x.shape) for x in xs])
         masks = [as_mask(m, x) for m, x in zip(mask or [None] * len(xs), xs)]
         out_mask = None

@@ -184,7 +184,7 @@ class LayerNormalization(Layer):
                              "normalize over the feature axes")
         if len(set(out)) != len(out):
             raise ValueError(f'layer "{self.name}" (LayerNormalization): axis={self.axis} repeats an axis')
-        return out
+        return sorted(out)      # Keras sorts them: gamma/beta of axis=[-1, -3] are (dim 1, dim 3)
 
     def build(self, input_shape):
         axes = self._axes(len(input_shape))

@@ -1,0 +1,85 @@
+"""Layer behaviour an audit against Keras 3.15.1 (torch backend) found different and that now follows
+Keras: checked here against Keras' formulas (the audit compared the numbers directly)."""
+import math
+
+import numpy as np
+import pytest
+
+import engine
+from engine import keras
+from engine.keras import activations, layers
+
+
+def _x():
+    return np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)
+
+
+def test_relu_arguments_softmax_axis_and_per_channel_rescaling():
+    x = _x()
+    np.testing.assert_array_equal(layers.ReLU(max_value=0.5)(x).numpy(), np.clip(x, 0, 0.5))
+    y = layers.ReLU(max_value=1.0, negative_slope=0.3, threshold=0.1)(x).numpy()
+    ref = np.where(x > 0.1, np.minimum(x, 1.0), 0.0) - 0.3 * np.maximum(0.1 - x, 0)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-7)
+    s = layers.Softmax(axis=1)(x).numpy()
+    np.testing.assert_allclose(s, np.exp(x) / np.exp(x).sum(axis=1, keepdims=True), rtol=1e-5)
+    r = layers.Rescaling([1.0, 2.0, 3.0], offset=[0.0, 1.0, 2.0])
+    np.testing.assert_allclose(r(x).numpy(), x * [1, 2, 3] + [0, 1, 2], rtol=1e-5, atol=1e-6)
+    assert layers.Rescaling.from_config(r.get_config()).get_config()["scale"] == [1.0, 2.0, 3.0]
+    # inside a model whose convolutions run channels-first internally, per-channel still means last axis
+    img = np.random.default_rng(1).random((2, 5, 5, 3)).astype(np.float32)
+    m = keras.Sequential([keras.Input((5, 5, 3)), layers.Conv2D(3, 1, kernel_initializer="ones", use_bias=False),
+                          layers.Rescaling([1.0, 0.0, 2.0])])
+    out = m.predict(img, verbose=0)
+    np.testing.assert_allclose(out, img.sum(-1, keepdims=True) * [1.0, 0.0, 2.0], rtol=1e-5)
+
+
+def test_gelu_is_exact_unless_approximate():
+    x = engine.tensor(np.array([-3.0, -0.5, 0.5, 2.0], np.float32))
+    exact = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in (-3.0, -0.5, 0.5, 2.0)])
+    np.testing.assert_allclose(activations.gelu(x).numpy(), exact, rtol=1e-5)
+    assert abs(float(activations.gelu(x, approximate=True).numpy()[0]) - (-0.003637)) < 1e-5
+    np.testing.assert_allclose(layers.Dense(4, activation="gelu", kernel_initializer="identity")
+                               (np.diag([-3.0, -0.5, 0.5, 2.0]).astype(np.float32)).numpy().diagonal(), exact, rtol=1e-5)
+    for name in ("elu", "selu", "softplus", "softsign", "swish", "silu", "exponential", "leaky_relu", "relu6",
+                 "hard_sigmoid"):
+        assert callable(getattr(activations, name))
+
+
+def test_normalization_weights_invert_and_given_statistics():
+    x = _x()
+    n = layers.Normalization()
+    n.adapt(x)
+    assert [w.shape for w in n.get_weights()] == [(3,), (3,), ()] and n.count_params() == 7
+    assert n.get_weights()[2] == 8                       # 2 x 4 values per feature
+    m, v = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).var(0)
+    np.testing.assert_allclose(n(x).numpy(), (x - m) / np.sqrt(v), rtol=1e-4, atol=1e-5)
+    fixed = layers.Normalization(mean=[1.0, 2.0, 3.0], variance=[4.0, 1.0, 9.0], invert=True)
+    np.testing.assert_allclose(fixed(x).numpy(), [1, 2, 3] + x * [2, 1, 3], rtol=1e-6)
+    assert fixed.get_weights() == [] and fixed.count_params() == 0
+    back = layers.Normalization.from_config(fixed.get_config())
+    np.testing.assert_allclose(back(x).numpy(), fixed(x).numpy())
+    whole = layers.Normalization(axis=None)
+    whole.adapt(x)
+    assert [w.shape for w in whole.get_weights()] == [(), (), ()]
+
+
+def test_layer_normalization_sorts_axes_and_merge_layers_build_when_called():
+    x = np.random.default_rng(2).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    ln = layers.LayerNormalization(axis=[-1, -3])
+    ln(x)
+    assert [w.shape for w in ln.get_weights()] == [(3, 5), (3, 5)]
+    add = layers.Add()
+    add([x, x])
+    assert add.built and add.count_params() == 0
+
+
+def test_mha_hands_on_only_the_mask_the_query_carries():
+    q = np.random.default_rng(3).standard_normal((2, 4, 6)).astype(np.float32)
+    mha = layers.MultiHeadAttention(2, 3)
+    out = mha(q, q, query_mask=np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool))
+    assert getattr(out, "_keras_mask", None) is None
+    emb = layers.Embedding(10, 6, mask_zero=True)
+    t = emb(np.array([[1, 2, 3, 0], [4, 5, 0, 0]]))
+    np.testing.assert_array_equal(mha(t, t)._keras_mask, [[1, 1, 1, 0], [1, 1, 0, 0]])
+    with pytest.raises(ValueError):
+        layers.ReLU(max_value=-1)
