@@ -5,7 +5,10 @@ A Keras optimizer is created before it knows its variables
 trainable weights and it builds the engine optimizer then.  Defaults are Keras'
 (Adam eps=1e-7, SGD lr=0.01, RMSprop rho=0.9), which are not PyTorch's, and so is
 where epsilon goes: Keras' Adam adds it to sqrt(v) before bias correction ("epsilon
-hat" of Kingma & Ba), Keras' RMSprop inside the square root.
+hat" of Kingma & Ba), Keras' RMSprop and Adagrad inside the square root, Keras' Adamax
+to the infinity norm u (PyTorch: to |g| inside the max).  Adadelta and Nadam use the
+engine's PyTorch classes, whose formulas are Keras' (Nadam with momentum_decay=1, which
+makes PyTorch's 0.96^(t*psi) momentum schedule Keras' 0.96^t); Lion is written here.
 `clipnorm` / `clipvalue` / `global_clipnorm` work as in Keras.
 An engine.optim optimizer built over `model.parameters()` may also be passed to
 `compile` directly.
@@ -25,7 +28,8 @@ from .schedules import LearningRateSchedule
 # `from keras.optimizers.schedules import ExponentialDecay` works too (this module is not a package)
 sys.modules.setdefault(__name__ + ".schedules", schedules)
 
-__all__ = ["Optimizer", "Adam", "AdamW", "SGD", "RMSprop", "get", "serialize", "schedules"]
+__all__ = ["Optimizer", "Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam", "Lion",
+           "get", "serialize", "schedules"]
 
 
 def _eps_hat(group, step: int) -> float:
@@ -62,6 +66,79 @@ class _KerasAdamW(_KerasAdamRule, _optim.AdamW):
 
 class _KerasRMSprop(_optim.RMSprop):
     _eps_inside_sqrt = True
+
+
+class _KerasAdagrad(_optim.Adagrad):
+    """Keras' Adagrad: acc += g^2;  p -= lr * g / sqrt(acc + eps)   (PyTorch: sqrt(acc) + eps)."""
+
+    def _update(self, p, g, state, group):
+        xp = get_array_module(p)
+        state["step"] += 1
+        (tmp,) = self._tmp(p)
+        acc = state["sum"]
+        xp.multiply(g, g, out=tmp)
+        acc += tmp
+        xp.add(acc, float(group["eps"]), out=tmp)
+        xp.sqrt(tmp, out=tmp)
+        xp.divide(g, tmp, out=tmp)
+        tmp *= float(group["lr"])
+        p -= tmp
+
+
+class _KerasAdamax(_optim.Adamax):
+    """Keras' Adamax, step t from 1 (PyTorch adds eps to |g| inside the max instead):
+
+        m += (1 - beta1) (g - m);  u = max(beta2 u, |g|);  p -= lr m / ((1 - beta1^t) (u + eps))
+    """
+
+    def _update(self, p, g, state, group):
+        xp = get_array_module(p)
+        lr, eps = float(group["lr"]), float(group["eps"])
+        beta1, beta2 = (float(b) for b in group["betas"])
+        state["step"] += 1
+        (tmp,) = self._tmp(p)
+        m, u = state["exp_avg"], state["exp_inf"]
+        xp.subtract(g, m, out=tmp)
+        tmp *= 1.0 - beta1
+        m += tmp
+        u *= beta2
+        xp.abs(g, out=tmp)
+        xp.maximum(u, tmp, out=u)
+        xp.add(u, eps, out=tmp)
+        tmp *= 1.0 - beta1 ** state["step"]
+        xp.divide(m, tmp, out=tmp)
+        tmp *= lr
+        p -= tmp
+
+
+class _KerasLion(_optim.Optimizer):
+    """Lion (Chen et al. 2023) as Keras 3 writes it:
+
+        p -= lr * sign(beta1 m + (1 - beta1) g);  m = beta2 m + (1 - beta2) g
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.99)):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas)))
+
+    def _init_state(self, p, group):
+        return {"step": 0, "exp_avg": get_array_module(p.data).zeros_like(p.data)}
+
+    def _update(self, p, g, state, group):
+        xp = get_array_module(p)
+        lr = float(group["lr"])
+        beta1, beta2 = (float(b) for b in group["betas"])
+        state["step"] += 1
+        tmp, tmp2 = self._tmp(p, 2)
+        m = state["exp_avg"]
+        xp.multiply(m, beta1, out=tmp)
+        xp.multiply(g, 1.0 - beta1, out=tmp2)
+        tmp += tmp2
+        xp.sign(tmp, out=tmp)
+        tmp *= lr
+        p -= tmp
+        m *= beta2
+        xp.multiply(g, 1.0 - beta2, out=tmp)
+        m += tmp
 
 
 class Optimizer:
@@ -288,6 +365,117 @@ class RMSprop(Optimizer):
                 "epsilon": self.epsilon, "centered": self.centered, "weight_decay": self.weight_decay}
 
 
+class Adagrad(Optimizer):
+    """Keras 3 Adagrad: the accumulator starts at initial_accumulator_value (0.1) and epsilon goes
+    inside the square root, p -= lr * g / sqrt(acc + eps)."""
+
+    name = "adagrad"
+    _decoupled_decay = True
+
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=None,
+                 **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        if initial_accumulator_value < 0:
+            raise ValueError("Adagrad: `initial_accumulator_value` must be >= 0 (the accumulator goes under a "
+                             f"square root). Received: initial_accumulator_value={initial_accumulator_value}")
+        self.initial_accumulator_value, self.epsilon = float(initial_accumulator_value), float(epsilon)
+        self.weight_decay = weight_decay
+
+    def _make(self, params):
+        return _KerasAdagrad(params, lr=self._lr, initial_accumulator_value=self.initial_accumulator_value,
+                             eps=self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "initial_accumulator_value": self.initial_accumulator_value,
+                "epsilon": self.epsilon, "weight_decay": self.weight_decay}
+
+
+class Adadelta(Optimizer):
+    """Keras 3 Adadelta (lr=0.001, rho=0.95, eps=1e-7); its update is PyTorch's:
+    v = rho v + (1-rho) g^2;  d = sqrt(u + eps) / sqrt(v + eps) g;  u = rho u + (1-rho) d^2;  p -= lr d."""
+
+    name = "adadelta"
+    _decoupled_decay = True
+
+    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, weight_decay=None, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.rho, self.epsilon, self.weight_decay = float(rho), float(epsilon), weight_decay
+
+    def _make(self, params):
+        return _optim.Adadelta(params, lr=self._lr, rho=self.rho, eps=self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon,
+                "weight_decay": self.weight_decay}
+
+
+class Adamax(Optimizer):
+    """Keras 3 Adamax: u = max(beta_2 u, |g|), p -= lr m / ((1 - beta_1^t) (u + eps))."""
+
+    name = "adamax"
+    _decoupled_decay = True
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.weight_decay = weight_decay
+
+    def _make(self, params):
+        return _KerasAdamax(params, lr=self._lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "weight_decay": self.weight_decay}
+
+
+class Nadam(Optimizer):
+    """Keras 3 Nadam, step t from 1, u_t = beta_1 (1 - 0.5 * 0.96^t), u_prod = u_1 ... u_t:
+
+        m_hat = u_{t+1} m / (1 - u_prod u_{t+1}) + (1 - u_t) g / (1 - u_prod)
+        p -= lr m_hat / (sqrt(v / (1 - beta_2^t)) + eps)
+
+    which is PyTorch's NAdam with momentum_decay=1 (its mu_t is beta1 (1 - 0.5 * 0.96^(t*psi)));
+    the running product is kept in float32 as Keras keeps it (a float32 variable)."""
+
+    name = "nadam"
+    _decoupled_decay = True
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.weight_decay = weight_decay
+
+    def _make(self, params):
+        return _optim.NAdam(params, lr=self._lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
+                            momentum_decay=1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "weight_decay": self.weight_decay}
+
+
+class Lion(Optimizer):
+    """Keras 3 Lion (lr=0.001, beta_1=0.9, beta_2=0.99): p -= lr sign(beta_1 m + (1-beta_1) g),
+    then m = beta_2 m + (1-beta_2) g.  Its steps are +-lr per weight: use a rate 3-10x below Adam's."""
+
+    name = "lion"
+    _decoupled_decay = True
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, weight_decay=None, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        if beta_1 <= 0 or beta_1 > 1:
+            raise ValueError("Argument `beta_1` must be in the [0, 1] range. Otherwise, the optimizer "
+                             f"degenerates to SignSGD. Received: beta_1={beta_1}.")
+        self.beta_1, self.beta_2, self.weight_decay = float(beta_1), float(beta_2), weight_decay
+
+    def _make(self, params):
+        return _KerasLion(params, lr=self._lr, betas=(self.beta_1, self.beta_2))
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "weight_decay": self.weight_decay}
+
+
 class _EngineOptimizer(Optimizer):
     """Adapter for an engine.optim optimizer the user built over model.parameters()."""
 
@@ -307,7 +495,8 @@ class _EngineOptimizer(Optimizer):
                              "is built, or pass a Keras optimizer ('adam', keras.optimizers.Adam(...))")
 
 
-_BY_NAME = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop}
+_BY_NAME = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop, "adagrad": Adagrad,
+            "adadelta": Adadelta, "adamax": Adamax, "nadam": Nadam, "lion": Lion}
 
 
 def get(identifier) -> Optimizer:
@@ -325,8 +514,8 @@ def get(identifier) -> Optimizer:
         if cls is None:
             raise ValueError(f"unknown optimizer {identifier.get('class_name')!r}")
         return cls(**identifier.get("config", {}))
-    raise TypeError(f"cannot interpret {identifier!r} as an optimizer; use 'adam', 'sgd', 'rmsprop', "
-                    "'adamw' or a keras.optimizers.* object")
+    raise TypeError(f"cannot interpret {identifier!r} as an optimizer; use one of {sorted(_BY_NAME)} "
+                    "or a keras.optimizers.* object")
 
 
 def serialize(opt: Optimizer) -> dict:
