@@ -436,9 +436,8 @@ class Functional(Model):
         return {"optimizer": optimizers_mod.serialize(self.optimizer),
                 "loss": [None if v is None else losses_mod.serialize(v) for v in self._losses],
                 "loss_weights": self._loss_weights,
-                "metrics": [[m if isinstance(m, str) else m.name for m in ids] for ids in self._metric_ids],
-                "weighted_metrics": [[m if isinstance(m, str) else m.name for m in ids]
-                                     for ids in self._weighted_metric_ids]}
+                "metrics": [[metrics_mod.serialize(m) for m in ids] for ids in self._metric_ids],
+                "weighted_metrics": [[metrics_mod.serialize(m) for m in ids] for ids in self._weighted_metric_ids]}
 
     # ------------------------------------------------------------------ config
     def get_config(self):

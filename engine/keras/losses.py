@@ -23,7 +23,9 @@ from ..tensor import Tensor, from_op
 from .. import ops
 
 __all__ = ["Loss", "SparseCategoricalCrossentropy", "CategoricalCrossentropy", "BinaryCrossentropy",
-           "MeanSquaredError", "MeanAbsoluteError", "get", "serialize", "apply_mask"]
+           "MeanSquaredError", "MeanAbsoluteError", "MeanAbsolutePercentageError", "MeanSquaredLogarithmicError",
+           "Huber", "LogCosh", "KLDivergence", "Poisson", "Hinge", "SquaredHinge", "CategoricalHinge",
+           "CosineSimilarity", "get", "serialize", "apply_mask"]
 
 EPSILON = 1e-7
 #: log of Keras' clipping range [1e-7, 1 - 1e-7] in float32, for the fused kernels
@@ -77,9 +79,10 @@ def _sample_weights(y_pred, weights):
     raise ValueError(f"sample_weight has {w.size} values for {shape[0]} samples; give one weight per sample")
 
 
-def sparse_softmax_cross_entropy(logits: Tensor, labels, weights=None) -> Tensor:
+def sparse_softmax_cross_entropy(logits: Tensor, labels, weights=None, clip=True) -> Tensor:
     """mean(-log softmax(logits)[label]) over every position, one graph node (weights: one per
-    sample; Keras' reduction, sum(w * loss) / number of positions)."""
+    sample; Keras' reduction, sum(w * loss) / number of positions).  clip: Keras' clipping of the
+    probabilities (a model ending in softmax); False for from_logits=True, which Keras does not clip."""
     xp = get_array_module(logits.data)
     z = _as_2d(logits.data)
     y = xp.asarray(labels).reshape(-1).astype(np.int64, copy=False)
@@ -92,9 +95,9 @@ def sparse_softmax_cross_entropy(logits: Tensor, labels, weights=None) -> Tensor
     sums = e.sum(axis=1, keepdims=True)
     rows = xp.arange(m)
     logp = shifted[rows, y] - xp.log(sums[:, 0])
-    inside = (logp >= _LOG_LO) & (logp <= _LOG_HI)          # Keras' clip: no gradient outside
+    inside = (logp >= _LOG_LO) & (logp <= _LOG_HI) if clip else True     # Keras' clip: no gradient outside
     w = None if weights is None else _row_weights(xp, weights, m, z.dtype)
-    per_row = -xp.clip(logp, _LOG_LO, _LOG_HI)
+    per_row = -xp.clip(logp, _LOG_LO, _LOG_HI) if clip else -logp
     loss = per_row.mean() if w is None else (per_row * w).sum() / m
     shape = logits.shape
 
@@ -102,15 +105,17 @@ def sparse_softmax_cross_entropy(logits: Tensor, labels, weights=None) -> Tensor
         grad = e / sums
         grad[rows, y] -= 1
         grad *= g / m
-        grad *= inside[:, None]
+        if clip:
+            grad *= inside[:, None]
         if w is not None:
             grad *= w[:, None]
         return (grad.reshape(shape),)
     return from_op(xp.asarray(loss, dtype=z.dtype), (logits,), backward, "sparse_softmax_xent")
 
 
-def softmax_cross_entropy(logits: Tensor, target, weights=None) -> Tensor:
-    """mean(-sum(t * log softmax(z))) for one-hot or soft targets t, one graph node."""
+def softmax_cross_entropy(logits: Tensor, target, weights=None, clip=True) -> Tensor:
+    """mean(-sum(t * log softmax(z))) for one-hot or soft targets t, one graph node (clip: as in
+    sparse_softmax_cross_entropy)."""
     xp = get_array_module(logits.data)
     z = _as_2d(logits.data)
     t = _as_2d(xp.asarray(target, dtype=z.dtype))
@@ -124,8 +129,11 @@ def softmax_cross_entropy(logits: Tensor, target, weights=None) -> Tensor:
     e = xp.exp(shifted)
     sums = e.sum(axis=1, keepdims=True)
     logp = shifted - xp.log(sums)
-    t_in = t * ((logp >= _LOG_LO) & (logp <= _LOG_HI))      # the terms Keras' clip lets through
-    logp = xp.clip(logp, _LOG_LO, _LOG_HI)
+    if clip:
+        t_in = t * ((logp >= _LOG_LO) & (logp <= _LOG_HI))  # the terms Keras' clip lets through
+        logp = xp.clip(logp, _LOG_LO, _LOG_HI)
+    else:
+        t_in = t
     w = None if weights is None else _row_weights(xp, weights, m, z.dtype)
     loss = -(t * logp).sum() / m if w is None else -((t * logp).sum(axis=1) * w).sum() / m
     shape = logits.shape
@@ -139,17 +147,31 @@ def softmax_cross_entropy(logits: Tensor, target, weights=None) -> Tensor:
     return from_op(xp.asarray(loss, dtype=z.dtype), (logits,), backward, "softmax_xent")
 
 
-def sigmoid_binary_cross_entropy(logits: Tensor, target, weights=None) -> Tensor:
-    """mean(max(z,0) - z*t + log(1 + exp(-|z|))), the overflow-free BCE on logits."""
+def sigmoid_binary_cross_entropy(logits: Tensor, target, weights=None, keras_probs=False) -> Tensor:
+    """mean(max(z,0) - z*t + log(1 + exp(-|z|))), the overflow-free BCE on logits.
+
+    keras_probs=True (the fused path of a model ending in a sigmoid, which Keras trains on the
+    probabilities): the value is Keras' own, -(t log p + (1 - t) log(1 - p)) on the float32 sigmoid
+    clipped to [1e-7, 1 - 1e-7], so it carries Keras' float32 rounding of p near 0 and 1 (which soft or
+    smoothed targets expose: up to ~1e-3 on saturated outputs with label_smoothing), and its clip
+    bounds fall where torch's float32 sigmoid puts them; the gradient is (p - t) inside the clip
+    range and 0 outside, either way."""
     xp = get_array_module(logits.data)
     z = logits.data
     t = xp.asarray(target, dtype=z.dtype).reshape(z.shape)
-    p = 0.5 * (xp.tanh(0.5 * z) + 1)
-    inside = (p >= EPSILON) & (p <= z.dtype.type(1 - EPSILON))
-    per = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
-    if not inside.all():                    # Keras' clip of saturated probabilities
-        pc = xp.clip(p, EPSILON, z.dtype.type(1 - EPSILON))
-        per = xp.where(inside, per, -(t * xp.log(pc) + (1 - t) * xp.log(1 - pc)))
+    if keras_probs:         # 1 / (1 + exp(-z)) in float32, as torch's sigmoid (the same p at the clip bounds)
+        one = z.dtype.type(1)
+        with np.errstate(over="ignore"):
+            p = one / (one + xp.exp(-z))
+    else:
+        p = 0.5 * (xp.tanh(0.5 * z) + 1)
+    if keras_probs:
+        inside = (p >= EPSILON) & (p <= z.dtype.type(1 - EPSILON))
+        pc = xp.clip(p, EPSILON, z.dtype.type(1 - EPSILON)).astype(np.float64)
+        per = -(t * xp.log(pc) + (1 - t) * xp.log(1 - pc))
+    else:                                       # from_logits=True: Keras does not clip
+        inside = True
+        per = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
     w = None
     if weights is not None:
         w = _row_weights(xp, weights, z.size, z.dtype).reshape(z.shape)
@@ -248,7 +270,7 @@ class Loss:
         raise NotImplementedError(f"{type(self).__name__} has no logits form")
 
     def get_config(self):
-        return {"from_logits": self.from_logits}
+        return {"from_logits": self.from_logits, "name": self.name}
 
 
 def _raw(y):
@@ -272,18 +294,54 @@ class SparseCategoricalCrossentropy(Loss):
         return -(ops.log(picked) * w).sum() / p.shape[0]
 
     def call_on_logits(self, y_true, logits, sample_weight=None):
-        return sparse_softmax_cross_entropy(logits, _raw(y_true), sample_weight)
+        return sparse_softmax_cross_entropy(logits, _raw(y_true), sample_weight, clip=not self.from_logits)
+
+
+def _check_smoothing(label_smoothing, axis, cls):
+    if axis != -1:
+        raise ValueError(f"{cls}: only axis=-1 (the last axis holds the classes) is supported, got axis={axis!r}")
+    ls = float(label_smoothing or 0.0)
+    if not 0.0 <= ls <= 1.0:
+        raise ValueError(f"{cls}: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    return ls
+
+
+def _smooth_categorical(xp, t, ls):
+    """Keras' categorical label smoothing: t * (1 - ls) + ls / num_classes (before its clip of the
+    probabilities, which then applies to the smoothed terms as to any soft target)."""
+    if not ls:
+        return t
+    dt = t.dtype.type
+    return t * dt(1.0 - ls) + dt(ls) / dt(t.shape[-1])
+
+
+def _smooth_binary(xp, t, ls):
+    """Keras' binary label smoothing: t * (1 - ls) + 0.5 * ls (labels squeezed towards 0.5)."""
+    if not ls:
+        return t
+    dt = t.dtype.type
+    return t * dt(1.0 - ls) + dt(0.5 * ls)
 
 
 class CategoricalCrossentropy(Loss):
+    """Keras' CategoricalCrossentropy(from_logits=False, label_smoothing=0.0, axis=-1): label_smoothing
+    replaces the one-hot targets by t * (1 - ls) + ls / num_classes before the cross-entropy, in the
+    probability path, the fused softmax path and from_logits=True alike."""
     name = "categorical_crossentropy"
     fused_with = "softmax"
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1, reduction="sum_over_batch_size",
+                 name=None, dtype=None):
+        super().__init__(from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
+        self.label_smoothing = _check_smoothing(label_smoothing, axis, type(self).__name__)
+        self.axis = -1
 
     def call(self, y_true, y_pred, sample_weight=None):
         xp = get_array_module(y_pred.data)
         t = xp.asarray(_raw(y_true), dtype=y_pred.dtype)
         if t.shape != y_pred.shape:
             return softmax_cross_entropy(y_pred, t)      # raises the readable shape error
+        t = _smooth_categorical(xp, t, self.label_smoothing)
         p = y_pred / y_pred.sum(axis=-1, keepdims=True)
         p = ops.clip(p, EPSILON, 1.0 - EPSILON)
         n = int(np.prod(y_pred.shape[:-1]))
@@ -293,16 +351,33 @@ class CategoricalCrossentropy(Loss):
         return -(per * _sample_weights(per, sample_weight)).sum() / n
 
     def call_on_logits(self, y_true, logits, sample_weight=None):
-        return softmax_cross_entropy(logits, _raw(y_true), sample_weight)
+        xp = get_array_module(logits.data)
+        t = xp.asarray(_raw(y_true), dtype=logits.dtype)
+        if t.shape == tuple(logits.shape):
+            t = _smooth_categorical(xp, t, self.label_smoothing)
+        return softmax_cross_entropy(logits, t, sample_weight, clip=not self.from_logits)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing, "axis": self.axis}
 
 
 class BinaryCrossentropy(Loss):
+    """Keras' BinaryCrossentropy(from_logits=False, label_smoothing=0.0, axis=-1): label_smoothing
+    squeezes the targets towards 0.5 (t * (1 - ls) + 0.5 * ls) before the cross-entropy, in the
+    probability path, the fused sigmoid path and from_logits=True alike."""
     name = "binary_crossentropy"
     fused_with = "sigmoid"
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1, reduction="sum_over_batch_size",
+                 name=None, dtype=None):
+        super().__init__(from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
+        self.label_smoothing = _check_smoothing(label_smoothing, axis, type(self).__name__)
+        self.axis = -1
 
     def call(self, y_true, y_pred, sample_weight=None):
         xp = get_array_module(y_pred.data)
         t = xp.asarray(_raw(y_true), dtype=y_pred.dtype).reshape(y_pred.shape)
+        t = _smooth_binary(xp, t, self.label_smoothing)
         p = ops.clip(y_pred, EPSILON, 1.0 - EPSILON)
         per = ops.log(p) * t + ops.log(1.0 - p) * (1.0 - t)
         if sample_weight is None:
@@ -310,7 +385,15 @@ class BinaryCrossentropy(Loss):
         return -(per * _sample_weights(per, sample_weight)).sum() / per.size
 
     def call_on_logits(self, y_true, logits, sample_weight=None):
-        return sigmoid_binary_cross_entropy(logits, _raw(y_true), sample_weight)
+        xp = get_array_module(logits.data)
+        t = xp.asarray(_raw(y_true), dtype=logits.dtype)
+        if t.size == logits.size:
+            t = _smooth_binary(xp, t.reshape(logits.shape), self.label_smoothing)
+        # the fused path (a sigmoid model) takes Keras' probability-space value; from_logits=True as before
+        return sigmoid_binary_cross_entropy(logits, t, sample_weight, keras_probs=not self.from_logits)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing, "axis": self.axis}
 
 
 class MeanSquaredError(Loss):
@@ -341,6 +424,125 @@ class MeanAbsoluteError(Loss):
         return (a * _sample_weights(a, sample_weight)).sum() / a.size
 
 
+class _PerSampleLoss(Loss):
+    """A Keras LossFunctionWrapper loss: `_values` gives one value per sample (per position of y_pred
+    but the last axis), reduced as Keras' 'sum_over_batch_size': sum(weight * value) / number of values
+    (sample weights one per sample, or per step from a mask)."""
+
+    def __init__(self, reduction="sum_over_batch_size", name=None, dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def _values(self, y_true, y_pred):
+        raise NotImplementedError
+
+    def call(self, y_true, y_pred, sample_weight=None):
+        values = self._values(y_true, y_pred)
+        if values.ndim == 0:
+            values = values.reshape(1)
+        if sample_weight is None:
+            return values.sum() / values.size
+        return (values * _sample_weights(values, sample_weight)).sum() / values.size
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+class MeanAbsolutePercentageError(_PerSampleLoss):
+    """100 * mean(|y_true - y_pred| / max(|y_true|, 1e-7)) over the last axis."""
+    name = "mean_absolute_percentage_error"
+
+    def _values(self, y_true, y_pred):
+        return mean_absolute_percentage_error(y_true, y_pred)
+
+
+class MeanSquaredLogarithmicError(_PerSampleLoss):
+    """mean((log(max(y_pred, 1e-7) + 1) - log(max(y_true, 1e-7) + 1))^2) over the last axis."""
+    name = "mean_squared_logarithmic_error"
+
+    def _values(self, y_true, y_pred):
+        return mean_squared_logarithmic_error(y_true, y_pred)
+
+
+class Huber(_PerSampleLoss):
+    """mean(0.5 e^2 where |e| <= delta, else delta |e| - 0.5 delta^2) over the last axis, e = y_pred - y_true."""
+    name = "huber_loss"
+
+    def __init__(self, delta=1.0, reduction="sum_over_batch_size", name=None, dtype=None):
+        super().__init__(reduction=reduction, name=name, dtype=dtype)
+        self.delta = float(delta)
+
+    def _values(self, y_true, y_pred):
+        return huber(y_true, y_pred, self.delta)
+
+    def get_config(self):
+        return {**super().get_config(), "delta": self.delta}
+
+
+class LogCosh(_PerSampleLoss):
+    """mean(log(cosh(y_pred - y_true))) over the last axis, as Keras: x + softplus(-2x) - log(2)."""
+    name = "log_cosh"
+
+    def _values(self, y_true, y_pred):
+        return log_cosh(y_true, y_pred)
+
+
+class KLDivergence(_PerSampleLoss):
+    """sum(t * log(t / p)) over the last axis, t and p clipped to [1e-7, 1]."""
+    name = "kl_divergence"
+
+    def _values(self, y_true, y_pred):
+        return kl_divergence(y_true, y_pred)
+
+
+class Poisson(_PerSampleLoss):
+    """mean(y_pred - y_true * log(y_pred + 1e-7)) over the last axis."""
+    name = "poisson"
+
+    def _values(self, y_true, y_pred):
+        return poisson(y_true, y_pred)
+
+
+class Hinge(_PerSampleLoss):
+    """mean(max(1 - y_true * y_pred, 0)) over the last axis; 0/1 labels become -1/1 (when every label
+    of the batch is 0 or 1, as Keras checks)."""
+    name = "hinge"
+
+    def _values(self, y_true, y_pred):
+        return hinge(y_true, y_pred)
+
+
+class SquaredHinge(_PerSampleLoss):
+    """mean(max(1 - y_true * y_pred, 0)^2) over the last axis; 0/1 labels become -1/1."""
+    name = "squared_hinge"
+
+    def _values(self, y_true, y_pred):
+        return squared_hinge(y_true, y_pred)
+
+
+class CategoricalHinge(_PerSampleLoss):
+    """max(max((1 - y_true) * y_pred) - sum(y_true * y_pred) + 1, 0) over the last axis."""
+    name = "categorical_hinge"
+
+    def _values(self, y_true, y_pred):
+        return categorical_hinge(y_true, y_pred)
+
+
+class CosineSimilarity(_PerSampleLoss):
+    """-sum(l2_normalize(y_true) * l2_normalize(y_pred)) along `axis` (Keras' normalize: x *
+    min(rsqrt(sum(x^2)), 1e7), so a zero vector gives 0)."""
+    name = "cosine_similarity"
+
+    def __init__(self, axis=-1, reduction="sum_over_batch_size", name=None, dtype=None):
+        super().__init__(reduction=reduction, name=name, dtype=dtype)
+        self.axis = int(axis)
+
+    def _values(self, y_true, y_pred):
+        return cosine_similarity(y_true, y_pred, axis=self.axis)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+
 _BY_NAME = {
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
     "categorical_crossentropy": CategoricalCrossentropy,
@@ -349,6 +551,23 @@ _BY_NAME = {
     "mse": MeanSquaredError,
     "mean_absolute_error": MeanAbsoluteError,
     "mae": MeanAbsoluteError,
+    "mean_absolute_percentage_error": MeanAbsolutePercentageError,
+    "mape": MeanAbsolutePercentageError,
+    "mean_squared_logarithmic_error": MeanSquaredLogarithmicError,
+    "msle": MeanSquaredLogarithmicError,
+    "huber": Huber,
+    "huber_loss": Huber,
+    "log_cosh": LogCosh,
+    "logcosh": LogCosh,
+    "kl_divergence": KLDivergence,
+    "kld": KLDivergence,
+    "kullback_leibler_divergence": KLDivergence,
+    "poisson": Poisson,
+    "hinge": Hinge,
+    "squared_hinge": SquaredHinge,
+    "categorical_hinge": CategoricalHinge,
+    "cosine_similarity": CosineSimilarity,
+    "bce": BinaryCrossentropy,
 }
 _BY_CLASS = {c.__name__: c for c in set(_BY_NAME.values())}
 
@@ -419,17 +638,19 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
     return (-flat[xp.arange(flat.shape[0]), y]).reshape(lead)
 
 
-def categorical_crossentropy(y_true, y_pred, from_logits=False):
+def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
     y_pred = _pred(y_pred)
     xp = get_array_module(y_pred.data)
-    t = Tensor._wrap(xp.asarray(_raw(y_true), dtype=y_pred.dtype).reshape(y_pred.shape))
-    return -(t * _probs_or_logprobs(y_pred, from_logits)).sum(axis=-1)
+    ls = _check_smoothing(label_smoothing, axis, "categorical_crossentropy")
+    t = _smooth_categorical(xp, xp.asarray(_raw(y_true), dtype=y_pred.dtype).reshape(y_pred.shape), ls)
+    return -(Tensor._wrap(t) * _probs_or_logprobs(y_pred, from_logits)).sum(axis=-1)
 
 
-def binary_crossentropy(y_true, y_pred, from_logits=False):
+def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
     y_pred = _pred(y_pred)
     xp = get_array_module(y_pred.data)
-    t = Tensor._wrap(xp.asarray(_raw(y_true), dtype=y_pred.dtype).reshape(y_pred.shape))
+    ls = _check_smoothing(label_smoothing, axis, "binary_crossentropy")
+    t = Tensor._wrap(_smooth_binary(xp, xp.asarray(_raw(y_true), dtype=y_pred.dtype).reshape(y_pred.shape), ls))
     if from_logits:
         per = y_pred.clamp(min=0) - y_pred * t + ops.log(1.0 + ops.exp(-ops.abs_(y_pred)))
     else:
@@ -457,3 +678,93 @@ def mean_absolute_error(y_true, y_pred):
 
 mse = mean_squared_error
 mae = mean_absolute_error
+
+
+def mean_absolute_percentage_error(y_true, y_pred):
+    y_pred = _pred(y_pred)
+    t = _target_like(y_true, y_pred)
+    diff = ops.abs_((t - y_pred) / ops.maximum(ops.abs_(t), EPSILON))
+    return diff.mean(axis=-1) * 100.0
+
+
+def mean_squared_logarithmic_error(y_true, y_pred):
+    y_pred = _pred(y_pred)
+    t = _target_like(y_true, y_pred)
+    d = ops.log(ops.maximum(y_pred, EPSILON) + 1.0) - ops.log(ops.maximum(t, EPSILON) + 1.0)
+    return ops.square(d).mean(axis=-1)
+
+
+def huber(y_true, y_pred, delta=1.0):
+    y_pred = _pred(y_pred)
+    error = y_pred - _target_like(y_true, y_pred)
+    abs_error = ops.abs_(error)
+    delta = np.float32(delta)
+    quadratic = ops.square(error) * 0.5
+    linear = abs_error * delta - np.float32(0.5) * (delta * delta)
+    return ops.where(abs_error.data <= delta, quadratic, linear).mean(axis=-1)
+
+
+def log_cosh(y_true, y_pred):
+    from ..nn.functional import softplus      # torch's softplus (threshold 20), as Keras' torch backend
+    y_pred = _pred(y_pred)
+    x = y_pred - _target_like(y_true, y_pred)
+    return (x + softplus(x * -2.0) - float(np.log(np.float32(2.0)))).mean(axis=-1)
+
+
+def kl_divergence(y_true, y_pred):
+    y_pred = _pred(y_pred)
+    t = ops.clip(_target_like(y_true, y_pred), EPSILON, 1.0)
+    p = ops.clip(y_pred, EPSILON, 1.0)
+    return (t * ops.log(t / p)).sum(axis=-1)
+
+
+def poisson(y_true, y_pred):
+    y_pred = _pred(y_pred)
+    t = _target_like(y_true, y_pred)
+    return (y_pred - t * ops.log(y_pred + EPSILON)).mean(axis=-1)
+
+
+def _hinge_labels(y_true, y_pred):
+    """Keras' convert_binary_labels_to_hinge: 0/1 labels (all of them) become -1/1."""
+    t = _target_like(y_true, y_pred)
+    xp = get_array_module(t.data)
+    if bool(xp.all((t.data == 0) | (t.data == 1))):
+        return Tensor._wrap(t.data * t.dtype.type(2.0) - t.dtype.type(1.0))
+    return t
+
+
+def hinge(y_true, y_pred):
+    y_pred = _pred(y_pred)
+    return ops.maximum(1.0 - _hinge_labels(y_true, y_pred) * y_pred, 0.0).mean(axis=-1)
+
+
+def squared_hinge(y_true, y_pred):
+    y_pred = _pred(y_pred)
+    return ops.square(ops.maximum(1.0 - _hinge_labels(y_true, y_pred) * y_pred, 0.0)).mean(axis=-1)
+
+
+def categorical_hinge(y_true, y_pred):
+    y_pred = _pred(y_pred)
+    t = _target_like(y_true, y_pred)
+    pos = (t * y_pred).sum(axis=-1)
+    neg = ((1.0 - t) * y_pred).max(axis=-1)
+    return ops.maximum(neg - pos + 1.0, 0.0)
+
+
+def _l2_normalize(x, axis):
+    """Keras' ops.normalize(x, axis, order=2): x * min(rsqrt(sum(x^2, axis)), 1 / 1e-7)."""
+    inv = ops.minimum(ops.rsqrt(ops.square(x).sum(axis=axis, keepdims=True)), 1.0 / EPSILON)
+    return x * inv
+
+
+def cosine_similarity(y_true, y_pred, axis=-1):
+    y_pred = _pred(y_pred)
+    t = _target_like(y_true, y_pred)
+    with np.errstate(divide="ignore"):
+        return -(_l2_normalize(t, axis) * _l2_normalize(y_pred, axis)).sum(axis=axis)
+
+
+mape = mean_absolute_percentage_error
+msle = mean_squared_logarithmic_error
+kld = kl_divergence
+logcosh = log_cosh

@@ -9,6 +9,10 @@ MeanMetricWrapper with the mask as sample weight) a metric averages the unmasked
 A metric compiled as one of `weighted_metrics` also takes the sample weights (Keras 3's
 reduce_to_samplewise_values): each sample's value, averaged over its (unmasked) steps, counts
 with its weight, so the result is sum(w * value) / sum(w).
+The confusion-matrix metrics (Precision, Recall, AUC, TruePositives, ...) follow Keras 3's own
+update_state(y_true, y_pred, sample_weight=None) instead: they get what Keras' get (the
+probabilities of a softmax / sigmoid model, the raw outputs under from_logits=True, no mask) and
+count in float32 variables as keras.src.metrics.metrics_utils does.
 """
 from __future__ import annotations
 
@@ -16,11 +20,13 @@ import copy
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import get_array_module, is_cupy_array
 from ..tensor import Tensor
 
 __all__ = ["Metric", "MetricVariable", "Mean", "MeanAbsolutePercentageError", "SparseCategoricalAccuracy", "CategoricalAccuracy", "BinaryAccuracy",
-           "MeanSquaredError", "MeanAbsoluteError", "get", "with_log_names"]
+           "MeanSquaredError", "MeanAbsoluteError", "TopKCategoricalAccuracy", "SparseTopKCategoricalAccuracy",
+           "Precision", "Recall", "AUC", "TruePositives", "FalsePositives", "TrueNegatives", "FalseNegatives",
+           "get", "serialize", "with_log_names"]
 
 
 def _raw(y):
@@ -184,6 +190,9 @@ class Metric:
     def result(self):
         return self.total / self.count if self.count else 0.0
 
+    def get_config(self):
+        return {"name": self.name}
+
     def __repr__(self):
         return f"<metric {self.name}: {self.result():.4f}>"
 
@@ -246,6 +255,9 @@ class BinaryAccuracy(Metric):
         self.threshold = threshold
         super().__init__(name)
 
+    def get_config(self):
+        return {"name": self.name, "threshold": self.threshold}
+
     def step_values(self, y_true, y_pred, logits):
         xp = get_array_module(y_pred)
         thr = 0.0 if logits else self.threshold
@@ -305,6 +317,453 @@ class MeanAbsolutePercentageError(Metric):
         return v.reshape(v.shape[0], -1).mean(axis=1).sum(), y_pred.shape[0]
 
 
+def _in_top_k(xp, target_idx, y_pred, k, what):
+    """Keras' ops.in_top_k (torch backend): the target's score is >= the k-th largest score (ties count)."""
+    c = y_pred.shape[-1]
+    if not 1 <= k <= c:
+        raise ValueError(f"{what}: k={k} needs at least k classes, but the predictions have {c} "
+                         f"(Keras fails there too: selected index k out of range); pass a smaller k")
+    kth = xp.partition(y_pred, c - k, axis=-1)[..., c - k]
+    idx = xp.asarray(target_idx).astype(np.int64).reshape(y_pred.shape[:-1])
+    target = xp.take_along_axis(y_pred, idx[..., None], axis=-1)[..., 0]
+    return target >= kth
+
+
+class TopKCategoricalAccuracy(Metric):
+    """How often the one-hot target's class is among the k highest scores (Keras: ties with the k-th
+    score count as hits).  Logits rank as the probabilities do."""
+    _direction = "up"
+    name = "top_k_categorical_accuracy"
+
+    def __init__(self, k=5, name=None, dtype=None):
+        self.k = int(k)
+        super().__init__(name)
+
+    def step_values(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        t = xp.asarray(y_true).reshape(y_pred.shape)
+        return _in_top_k(xp, t.argmax(axis=-1), y_pred, self.k, self.name)
+
+    def batch_value(self, y_true, y_pred, logits):
+        v = self.step_values(y_true, y_pred, logits)
+        return v.sum(), v.size
+
+    def get_config(self):
+        return {"name": self.name, "k": self.k}
+
+
+class SparseTopKCategoricalAccuracy(Metric):
+    """How often the integer label is among the k highest scores (Keras: ties with the k-th score
+    count as hits)."""
+    _direction = "up"
+    name = "sparse_top_k_categorical_accuracy"
+
+    def __init__(self, k=5, name=None, dtype=None, from_sorted_ids=False):
+        if from_sorted_ids:
+            raise ValueError("SparseTopKCategoricalAccuracy(from_sorted_ids=True) is not supported")
+        self.k = int(k)
+        super().__init__(name)
+
+    def step_values(self, y_true, y_pred, logits):
+        xp = get_array_module(y_pred)
+        y = xp.asarray(y_true)
+        if y.size != int(np.prod(y_pred.shape[:-1])):
+            raise ValueError(f"{self.name}: {y.size} labels for predictions of shape {tuple(y_pred.shape)}; "
+                             "give one integer label per sample")
+        return _in_top_k(xp, y, y_pred, self.k, self.name)
+
+    def batch_value(self, y_true, y_pred, logits):
+        v = self.step_values(y_true, y_pred, logits)
+        return v.sum(), v.size
+
+    def get_config(self):
+        return {"name": self.name, "k": self.k}
+
+
+# ------------------------------------------------------------------ confusion-matrix metrics
+# Keras 3's keras.src.metrics.metrics_utils.update_confusion_matrix_variables, in NumPy (float32 state).
+
+_NEG_INF = -1e10
+_TP, _FP, _TN, _FN = "tp", "fp", "tn", "fn"
+
+
+def _host(v):
+    """A Tensor / cupy array / MetricVariable / list as a float32 NumPy array."""
+    if isinstance(v, Tensor):
+        v = v.data
+    if is_cupy_array(v):
+        v = v.get()
+    if isinstance(v, MetricVariable):
+        v = v.value
+    return np.asarray(v, dtype=np.float32)
+
+
+def _same_rank(x1, x2, expand_rank_1=True):
+    """keras.src.losses.loss.squeeze_or_expand_to_same_rank."""
+    if x1.ndim == x2.ndim + 1 and x1.shape[-1] == 1:
+        if x2.ndim == 1 and expand_rank_1:
+            x2 = x2[..., None]
+        else:
+            x1 = x1[..., 0]
+    elif x2.ndim == x1.ndim + 1 and x2.shape[-1] == 1:
+        if x1.ndim == 1 and expand_rank_1:
+            x1 = x1[..., None]
+        else:
+            x2 = x2[..., 0]
+    return x1, x2
+
+
+def _parse_thresholds(thresholds, default):
+    if thresholds is None:
+        return [float(default)]
+    ts = [thresholds] if isinstance(thresholds, (int, float, np.number)) else list(thresholds)
+    bad = [t for t in ts if t is None or t < 0 or t > 1]
+    if bad:
+        raise ValueError(f"Threshold values must be in [0, 1]. Received: {bad}")
+    return [float(t) for t in ts]
+
+
+def _evenly_distributed(thresholds):
+    n = len(thresholds)
+    if n < 3:
+        return False
+    return bool(np.allclose(thresholds, np.arange(n, dtype=np.float32) / (n - 1), atol=1e-7))
+
+
+def _sigmoid32(x):
+    """1 / (1 + exp(-x)) in float32, as torch's sigmoid rounds it."""
+    one = np.float32(1)
+    with np.errstate(over="ignore"):
+        return one / (one + np.exp(-x))
+
+
+def _filter_top_k(x, k):
+    """Keras' _filter_top_k: the k highest scores of each row kept, the others set to -1e10."""
+    idx = np.argsort(-x, axis=-1, kind="stable")[..., :k]
+    keep = np.zeros(x.shape, dtype=bool)
+    np.put_along_axis(keep, idx, True, axis=-1)
+    return np.where(keep, x, np.float32(_NEG_INF)).astype(np.float32)
+
+
+def _confusion_counts(wanted, y_true, y_pred, thresholds, evenly, top_k=None, class_id=None, sample_weight=None,
+                      multi_label=False, label_weights=None, what="metric"):
+    """{'tp' | 'fp' | 'tn' | 'fn': counts per threshold (T,) or (T, labels) with multi_label}."""
+    y_true, y_pred = _host(y_true), _host(y_pred)
+    thr = np.asarray(thresholds, dtype=np.float32)
+    with_eps = bool(evenly and (thresholds[0] < 0.0 or thresholds[-1] > 1.0))
+    y_pred, y_true = _same_rank(y_pred, y_true)
+    if sample_weight is not None:
+        sw = _host(sample_weight)[..., None]
+        _, sample_weight = _same_rank(y_true, sw, expand_rank_1=False)
+    if top_k is not None:
+        y_pred = _filter_top_k(y_pred, top_k)
+    if class_id is not None:
+        if y_pred.ndim == 1:
+            raise ValueError(f"When class_id is provided, y_pred must be a 2D array with shape (num_samples, "
+                             f"num_classes), found shape: {y_pred.shape}")
+        y_true, y_pred = y_true[..., class_id, None], y_pred[..., class_id, None]
+    if y_true.size != y_pred.size:
+        raise ValueError(f"{what}: targets of shape {y_true.shape} for predictions of shape {y_pred.shape}; "
+                         "give one 0/1 target per prediction (one-hot targets for a softmax output)")
+    y_true = y_true.reshape(y_pred.shape)
+    weights = np.ones(y_pred.shape, dtype=np.float32)
+    if sample_weight is not None:
+        weights = weights * np.broadcast_to(sample_weight, y_pred.shape)
+    if label_weights is not None and not multi_label:
+        weights = weights * np.broadcast_to(np.asarray(label_weights, dtype=np.float32), y_pred.shape)
+    pos = y_true != 0
+    if not multi_label:
+        y_pred, pos, weights = y_pred.reshape(-1), pos.reshape(-1), weights.reshape(-1)
+    n_thr = thr.shape[0]
+    out = {}
+    if evenly:              # Keras' bucketed path: ceil(p * (T - 1)) - 1 in float32, p clipped to [0, 1]
+        p = np.clip(y_pred, np.float32(0), np.float32(1))
+        bucket = np.ceil(p * np.float32(n_thr - 1)) - np.float32(1)
+        if with_eps:
+            bucket = np.maximum(bucket, 0)
+        bucket = bucket.astype(np.int64)
+        true_w = np.where(pos, weights, 0).astype(np.float64)
+        false_w = np.where(pos, 0, weights).astype(np.float64)
+        ok = (bucket >= 0) & (bucket < n_thr)
+
+        def per_bucket(w):
+            if multi_label:
+                cols = [np.bincount(bucket[:, j][ok[:, j]], w[:, j][ok[:, j]], minlength=n_thr)
+                        for j in range(bucket.shape[1])]
+                return np.stack(cols, axis=1)
+            return np.bincount(bucket[ok], w[ok], minlength=n_thr)
+        tp = np.cumsum(per_bucket(true_w)[::-1], axis=0)[::-1]
+        fp = np.cumsum(per_bucket(false_w)[::-1], axis=0)[::-1]
+        total_true, total_false = true_w.sum(axis=0), false_w.sum(axis=0)
+        counts = {_TP: tp, _FP: fp, _TN: total_false - fp, _FN: total_true - tp}
+        return {c: counts[c].astype(np.float32) for c in wanted}
+    shape = (n_thr,) + (1,) * y_pred.ndim
+    pred_pos = y_pred[None] > thr.reshape(shape)
+    w = weights[None].astype(np.float64)
+    cond = {_TP: (pos, True), _FP: (~pos, True), _TN: (~pos, False), _FN: (pos, False)}
+    for c in wanted:
+        label, want_pos = cond[c]
+        hit = (pred_pos if want_pos else ~pred_pos) & label[None]
+        out[c] = np.where(hit, w, 0.0).sum(axis=1).astype(np.float32)
+    return out
+
+
+def _divide_no_nan(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b == 0, np.float32(0), a / np.where(b == 0, np.float32(1), b)).astype(np.float32)
+
+
+class _ConfusionMetric(Metric):
+    """Base of the confusion-matrix metrics: Keras 3's update_state(y_true, y_pred, sample_weight=None)
+    on float32 count variables.  In fit / evaluate they see what Keras' see: the probabilities of a
+    model ending in a softmax / sigmoid (also when it trains on the logits under the fused loss), the
+    raw outputs under from_logits=True, sample weights only as weighted_metrics, and no output mask."""
+
+    _counts = ()            # which of tp / fp / tn / fn the metric keeps
+    _top_k = None
+    _class_id = None
+
+    def _init_thresholds(self, thresholds, default):
+        self.init_thresholds = thresholds
+        self.thresholds = _parse_thresholds(thresholds, default)
+        self._thresholds_distributed_evenly = _evenly_distributed(self.thresholds)
+        for c in self._counts:
+            setattr(self, _VAR_NAMES[c], self.add_variable(shape=(len(self.thresholds),), name=_VAR_NAMES[c]))
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        counts = _confusion_counts(self._counts, y_true, y_pred, self.thresholds, self._thresholds_distributed_evenly,
+                                   top_k=self._top_k, class_id=self._class_id, sample_weight=sample_weight,
+                                   what=self.name)
+        for c, v in counts.items():
+            var = getattr(self, _VAR_NAMES[c])
+            var.assign(var.value + v)
+
+    def _per_threshold(self, r):
+        return r[0] if len(self.thresholds) == 1 else r
+
+    def __repr__(self):
+        return f"<metric {self.name}: {np.round(np.asarray(self.result(), dtype=np.float64), 4)}>"
+
+
+_VAR_NAMES = {_TP: "true_positives", _FP: "false_positives", _TN: "true_negatives", _FN: "false_negatives"}
+
+
+class _ConfusionMatrixConditionCount(_ConfusionMetric):
+    # Keras gives the raw counts no direction: EarlyStopping / ModelCheckpoint in 'auto' mode raise for them
+    _direction = None
+
+    def __init__(self, thresholds=None, name=None, dtype=None):
+        super().__init__(name)
+        self._init_thresholds(thresholds, 0.5)
+        self.accumulator = getattr(self, _VAR_NAMES[self._counts[0]])
+
+    def result(self):
+        return self._per_threshold(self.accumulator.value.copy())
+
+    def get_config(self):
+        return {"name": self.name, "thresholds": self.init_thresholds}
+
+
+class TruePositives(_ConfusionMatrixConditionCount):
+    """The (weighted) number of positives predicted above each threshold (default 0.5)."""
+    name = "true_positives"
+    _counts = (_TP,)
+
+
+class FalsePositives(_ConfusionMatrixConditionCount):
+    """The (weighted) number of negatives predicted above each threshold (default 0.5)."""
+    name = "false_positives"
+    _counts = (_FP,)
+
+
+class TrueNegatives(_ConfusionMatrixConditionCount):
+    """The (weighted) number of negatives predicted at or below each threshold (default 0.5)."""
+    name = "true_negatives"
+    _counts = (_TN,)
+
+
+class FalseNegatives(_ConfusionMatrixConditionCount):
+    """The (weighted) number of positives predicted at or below each threshold (default 0.5)."""
+    name = "false_negatives"
+    _counts = (_FN,)
+
+
+class Precision(_ConfusionMetric):
+    """tp / (tp + fp) at each threshold (default 0.5: y_pred > 0.5 is a positive); top_k / class_id
+    as Keras (with top_k the default threshold is -1e10: the k highest scores are the positives)."""
+    _direction = "up"
+    name = "precision"
+    _counts = (_TP, _FP)
+
+    def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
+        super().__init__(name)
+        self._top_k, self._class_id = top_k, class_id
+        self.top_k, self.class_id = top_k, class_id
+        self._init_thresholds(thresholds, 0.5 if top_k is None else _NEG_INF)
+
+    def result(self):
+        tp = self.true_positives.value
+        return self._per_threshold(_divide_no_nan(tp, tp + self.false_positives.value))
+
+    def get_config(self):
+        return {"name": self.name, "thresholds": self.init_thresholds, "top_k": self.top_k, "class_id": self.class_id}
+
+
+class Recall(_ConfusionMetric):
+    """tp / (tp + fn) at each threshold (default 0.5); top_k / class_id as Keras."""
+    _direction = "up"
+    name = "recall"
+    _counts = (_TP, _FN)
+
+    def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
+        super().__init__(name)
+        self._top_k, self._class_id = top_k, class_id
+        self.top_k, self.class_id = top_k, class_id
+        self._init_thresholds(thresholds, 0.5 if top_k is None else _NEG_INF)
+
+    def result(self):
+        tp = self.true_positives.value
+        return self._per_threshold(_divide_no_nan(tp, tp + self.false_negatives.value))
+
+    def get_config(self):
+        return {"name": self.name, "thresholds": self.init_thresholds, "top_k": self.top_k, "class_id": self.class_id}
+
+
+class AUC(_ConfusionMetric):
+    """Keras' AUC: the confusion matrix at num_thresholds (default 200) evenly spaced thresholds in
+    [0, 1] (the first just below 0, the last just above 1), or at the given `thresholds`; curve 'ROC',
+    'PR' or 'PRGAIN', summation_method 'interpolation' (for PR Davis & Goadrich's interpolation, as
+    Keras), 'minoring' or 'majoring'; multi_label / label_weights / from_logits as Keras."""
+    _direction = "up"
+    name = "auc"
+
+    def __init__(self, num_thresholds=200, curve="ROC", summation_method="interpolation", name=None, dtype=None,
+                 thresholds=None, multi_label=False, num_labels=None, label_weights=None, from_logits=False):
+        super().__init__(name)
+        curve_s, method_s = str(curve).upper(), str(summation_method).lower()
+        if curve_s not in ("ROC", "PR", "PRGAIN"):
+            raise ValueError(f'Invalid AUC curve value: "{curve}". Expected values are ["PR", "ROC", "PRGAIN"]')
+        if method_s not in ("interpolation", "majoring", "minoring"):
+            raise ValueError(f'Invalid AUC summation method value: "{summation_method}". Expected values are '
+                             '["interpolation", "majoring", "minoring"]')
+        self._init_from_thresholds = thresholds is not None
+        if thresholds is not None:
+            ts = sorted(_parse_thresholds(thresholds, 0.5))
+            self.num_thresholds = len(ts) + 2
+            self._thresholds_distributed_evenly = _evenly_distributed([0.0] + ts + [1.0])
+        else:
+            if num_thresholds <= 1:
+                raise ValueError(f"Argument `num_thresholds` must be an integer > 1. Received: "
+                                 f"num_thresholds={num_thresholds}")
+            self.num_thresholds = int(num_thresholds)
+            ts = [(i + 1) * 1.0 / (self.num_thresholds - 1) for i in range(self.num_thresholds - 2)]
+            self._thresholds_distributed_evenly = True
+        self._thresholds = np.array([0.0 - 1e-7] + ts + [1.0 + 1e-7])
+        self.curve, self.summation_method = curve_s, method_s
+        self.multi_label = bool(multi_label)
+        self.num_labels = num_labels
+        self.label_weights = None if label_weights is None else np.asarray(label_weights, dtype=np.float32)
+        self._from_logits = bool(from_logits)
+        self._built = False
+        if self.multi_label:
+            if num_labels:
+                self._build((None, num_labels))
+        else:
+            if num_labels:
+                raise ValueError("`num_labels` is needed only when `multi_label` is True.")
+            self._build(None)
+
+    @property
+    def thresholds(self):
+        return list(self._thresholds)
+
+    def _build(self, shape):
+        if self.multi_label:
+            if len(shape) != 2:
+                raise ValueError(f"`y_pred` must have rank 2 when `multi_label=True`. Found rank {len(shape)}. "
+                                 f"Full shape received for `y_pred`: {shape}")
+            var_shape = (self.num_thresholds, int(shape[1]))
+        else:
+            var_shape = (self.num_thresholds,)
+        for c in (_TP, _FP, _TN, _FN):
+            setattr(self, _VAR_NAMES[c], self.add_variable(shape=var_shape, name=_VAR_NAMES[c]))
+        self._built = True
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_pred = _host(y_pred)
+        if not self._built:
+            self._build(y_pred.shape)
+        if self._from_logits:
+            y_pred = _sigmoid32(y_pred)
+        counts = _confusion_counts((_TP, _FP, _TN, _FN), y_true, y_pred, self.thresholds,
+                                   self._thresholds_distributed_evenly, sample_weight=sample_weight,
+                                   multi_label=self.multi_label,
+                                   label_weights=None if self.multi_label else self.label_weights, what=self.name)
+        for c, v in counts.items():
+            var = getattr(self, _VAR_NAMES[c])
+            var.assign(var.value + v)
+
+    def _by_label(self, terms):
+        if not self.multi_label:
+            return np.float32(terms.sum())
+        by_label = terms.sum(axis=0)
+        if self.label_weights is None:
+            return np.float32(by_label.mean())
+        return _divide_no_nan(np.float32((by_label * self.label_weights).sum()), np.float32(self.label_weights.sum()))
+
+    def interpolate_pr_auc(self):
+        n = self.num_thresholds
+        tp, fp, fn = self.true_positives.value, self.false_positives.value, self.false_negatives.value
+        dtp = tp[:n - 1] - tp[1:]
+        p = tp + fp
+        dp = p[:n - 1] - p[1:]
+        prec_slope = _divide_no_nan(dtp, np.maximum(dp, 0))
+        intercept = tp[1:] - prec_slope * p[1:]
+        safe_p_ratio = np.where((p[:n - 1] > 0) & (p[1:] > 0), _divide_no_nan(p[:n - 1], np.maximum(p[1:], 0)),
+                                np.float32(1)).astype(np.float32)
+        increment = _divide_no_nan(prec_slope * (dtp + intercept * np.log(safe_p_ratio)),
+                                   np.maximum(tp[1:] + fn[1:], 0))
+        return self._by_label(increment)
+
+    def result(self):
+        if not self._built:
+            return np.float32(0)
+        if self.curve == "PR" and self.summation_method == "interpolation":
+            return self.interpolate_pr_auc()
+        tp, fp = self.true_positives.value, self.false_positives.value
+        tn, fn = self.true_negatives.value, self.false_negatives.value
+        recall = _divide_no_nan(tp, tp + fn)
+        if self.curve == "ROC":
+            x, y = _divide_no_nan(fp, fp + tn), recall
+        elif self.curve == "PR":
+            x, y = recall, _divide_no_nan(tp, tp + fp)
+        else:
+            scale = _divide_no_nan(tp + fn, tn + fp)
+            recall_gain = np.float32(1) - scale * _divide_no_nan(fn, tp)
+            precision_gain = np.float32(1) - scale * _divide_no_nan(fp, tp)
+            recall_gain = np.maximum(np.where(tp == 0, np.float32(0), recall_gain), 0)
+            precision_gain = np.where(tp == 0, np.float32(1), precision_gain)
+            x, y = recall_gain, precision_gain
+        n = self.num_thresholds
+        if self.summation_method == "interpolation":
+            heights = (y[:n - 1] + y[1:]) / np.float32(2)
+        elif self.summation_method == "minoring":
+            heights = np.minimum(y[:n - 1], y[1:])
+        else:
+            heights = np.maximum(y[:n - 1], y[1:])
+        return self._by_label((x[:n - 1] - x[1:]) * heights)
+
+    def get_config(self):
+        config = {"name": self.name, "num_thresholds": self.num_thresholds, "curve": self.curve,
+                  "summation_method": self.summation_method, "multi_label": self.multi_label,
+                  "num_labels": self.num_labels,
+                  "label_weights": None if self.label_weights is None else self.label_weights.tolist(),
+                  "from_logits": self._from_logits}
+        if self._init_from_thresholds:
+            config["thresholds"] = [float(t) for t in self.thresholds[1:-1]]
+        return config
+
+
 _BY_NAME = {
     "sparse_categorical_accuracy": SparseCategoricalAccuracy,
     "categorical_accuracy": CategoricalAccuracy,
@@ -312,7 +771,14 @@ _BY_NAME = {
     "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
     "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
     "mean_absolute_percentage_error": MeanAbsolutePercentageError, "mape": MeanAbsolutePercentageError,
+    "top_k_categorical_accuracy": TopKCategoricalAccuracy,
+    "sparse_top_k_categorical_accuracy": SparseTopKCategoricalAccuracy,
+    "precision": Precision, "recall": Recall, "auc": AUC,
+    "true_positives": TruePositives, "false_positives": FalsePositives,
+    "true_negatives": TrueNegatives, "false_negatives": FalseNegatives,
 }
+#: Keras also takes the class names (metrics=["AUC"], ["TruePositives"]); the log keeps the name as written
+_BY_CLASS_NAME = {cls.__name__: cls for cls in set(_BY_NAME.values())}
 
 
 def _accuracy_class(loss_name, output_shape, y_shape):
@@ -342,15 +808,33 @@ def get(identifier, loss_name: str, output_shape, y_shape=None) -> Metric:
         return identifier
     if isinstance(identifier, type) and issubclass(identifier, Metric):
         return identifier()
+    if isinstance(identifier, dict):          # serialize()'s {"class_name", "config"}
+        cls = _BY_CLASS_NAME.get(identifier.get("class_name"))
+        if cls is None:
+            raise ValueError(f"unknown metric class {identifier.get('class_name')!r}")
+        return cls(**identifier.get("config", {}))
     if not isinstance(identifier, str):
         raise TypeError(f"cannot interpret {identifier!r} as a metric; use a name such as 'accuracy'")
     key = identifier.lower()
     if key in ("accuracy", "acc"):
         cls = _accuracy_class(loss_name, output_shape, y_shape)
         return cls(name=identifier)           # History keys use the name the user wrote
-    if key not in _BY_NAME:
+    cls = _BY_CLASS_NAME.get(identifier) or _BY_NAME.get(key)
+    if cls is None:
         raise ValueError(f"unknown metric {identifier!r}; known: accuracy, {', '.join(sorted(_BY_NAME))}")
-    return _BY_NAME[key](name=identifier)
+    return cls(name=identifier)
+
+
+def serialize(metric):
+    """A built-in metric object as {"class_name", "config"} (get() rebuilds it, its name and settings
+    included, e.g. AUC(curve="PR", name="pr_auc")); a name string stays a name; a user's metric class
+    gives its name, as before."""
+    if isinstance(metric, str):
+        return metric
+    cls = type(metric)
+    if _BY_CLASS_NAME.get(cls.__name__) is cls:
+        return {"class_name": cls.__name__, "config": metric.get_config()}
+    return metric.name
 
 
 def with_log_names(entries):

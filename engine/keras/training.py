@@ -732,8 +732,9 @@ class Model(Layer):
             return None
         return {"optimizer": optimizers_mod.serialize(self.optimizer),
                 "loss": None if self.loss is None else losses_mod.serialize(self.loss),
-                "metrics": [m if isinstance(m, str) else m.name for m in self._metric_ids],
-                "weighted_metrics": [m if isinstance(m, str) else m.name for m in self._weighted_metric_ids]}
+                # metric objects keep their class and settings (AUC(curve="PR"), Precision(thresholds=0.3))
+                "metrics": [metrics_mod.serialize(m) for m in self._metric_ids],
+                "weighted_metrics": [metrics_mod.serialize(m) for m in self._weighted_metric_ids]}
 
 
 def _metric_list(metrics, what):
