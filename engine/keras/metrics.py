@@ -588,45 +588,38 @@ class FalseNegatives(_ConfusionMatrixConditionCount):
     _counts = (_FN,)
 
 
-class Precision(_ConfusionMetric):
-    """tp / (tp + fp) at each threshold (default 0.5: y_pred > 0.5 is a positive); top_k / class_id
-    as Keras (with top_k the default threshold is -1e10: the k highest scores are the positives)."""
+class _PrecisionRecall(_ConfusionMetric):
+    """tp / (tp + the other count) at each threshold; top_k / class_id as Keras (with top_k the
+    default threshold is -1e10: the k highest scores are the positives)."""
     _direction = "up"
+    _other = ""
+
+    def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
+        super().__init__(name)
+        self._top_k, self._class_id = top_k, class_id
+        self.top_k, self.class_id = top_k, class_id
+        self._init_thresholds(thresholds, 0.5 if top_k is None else _NEG_INF)
+
+    def result(self):
+        tp = self.true_positives.value
+        return self._per_threshold(_divide_no_nan(tp, tp + getattr(self, self._other).value))
+
+    def get_config(self):
+        return {"name": self.name, "thresholds": self.init_thresholds, "top_k": self.top_k, "class_id": self.class_id}
+
+
+class Precision(_PrecisionRecall):
+    """tp / (tp + fp) at each threshold (default 0.5: y_pred > 0.5 is a positive)."""
     name = "precision"
     _counts = (_TP, _FP)
-
-    def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
-        super().__init__(name)
-        self._top_k, self._class_id = top_k, class_id
-        self.top_k, self.class_id = top_k, class_id
-        self._init_thresholds(thresholds, 0.5 if top_k is None else _NEG_INF)
-
-    def result(self):
-        tp = self.true_positives.value
-        return self._per_threshold(_divide_no_nan(tp, tp + self.false_positives.value))
-
-    def get_config(self):
-        return {"name": self.name, "thresholds": self.init_thresholds, "top_k": self.top_k, "class_id": self.class_id}
+    _other = "false_positives"
 
 
-class Recall(_ConfusionMetric):
-    """tp / (tp + fn) at each threshold (default 0.5); top_k / class_id as Keras."""
-    _direction = "up"
+class Recall(_PrecisionRecall):
+    """tp / (tp + fn) at each threshold (default 0.5)."""
     name = "recall"
     _counts = (_TP, _FN)
-
-    def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
-        super().__init__(name)
-        self._top_k, self._class_id = top_k, class_id
-        self.top_k, self.class_id = top_k, class_id
-        self._init_thresholds(thresholds, 0.5 if top_k is None else _NEG_INF)
-
-    def result(self):
-        tp = self.true_positives.value
-        return self._per_threshold(_divide_no_nan(tp, tp + self.false_negatives.value))
-
-    def get_config(self):
-        return {"name": self.name, "thresholds": self.init_thresholds, "top_k": self.top_k, "class_id": self.class_id}
+    _other = "false_negatives"
 
 
 class AUC(_ConfusionMetric):
