@@ -100,4 +100,13 @@ class MetricAverageCallback(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs:
-            logs.update(average_metrics(self.comm, {k: float(v) for k, v in logs.items()}))
+            # a multi-value metric (Precision(thresholds=[...])) is averaged value by value
+            flat = {}
+            for k, v in logs.items():
+                if isinstance(v, (list, tuple)):
+                    flat.update({f"{k}\x00{i}": float(x) for i, x in enumerate(v)})
+                else:
+                    flat[k] = float(v)
+            mean = average_metrics(self.comm, flat)
+            for k, v in list(logs.items()):
+                logs[k] = [mean[f"{k}\x00{i}"] for i in range(len(v))] if isinstance(v, (list, tuple)) else mean[k]

@@ -326,3 +326,25 @@ def test_metric_objects_keep_their_settings_through_save_and_load(tmp_path):
     assert back.evaluate(x, y, verbose=0, return_dict=True) == m.evaluate(x, y, verbose=0, return_dict=True)
     auc, prec = back._metrics[0], back._metrics[1]
     assert auc.curve == "PR" and list(prec.thresholds) == [0.3]
+
+
+def test_a_multi_threshold_metric_logs_a_list_and_averages_over_ranks():
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    m.compile("adam", "binary_crossentropy", metrics=[keras.metrics.Precision(thresholds=[0.3, 0.6])])
+    x = np.random.default_rng(0).random((32, 4)).astype(np.float32)
+    y = (x[:, :1] > 0.5).astype(np.float32)
+    h = m.fit(x, y, epochs=1, verbose=0)
+    assert len(h.history["precision"][0]) == 2                    # Keras logs one value per threshold
+    assert len(m.evaluate(x, y, verbose=0, return_dict=True)["precision"]) == 2
+
+    class TwoRanks:                                               # rank 1 reports 1.0 everywhere
+        size, backend = 2, "test"
+
+        def allreduce(self, arr, op="sum", algorithm="ring"):
+            arr += 1.0
+            return arr
+
+    from cluster.keras import MetricAverageCallback
+    logs = {"loss": 0.5, "precision": [0.2, 0.4]}
+    MetricAverageCallback(TwoRanks()).on_epoch_end(0, logs)
+    assert logs == {"loss": pytest.approx(0.75), "precision": [pytest.approx(0.6), pytest.approx(0.7)]}

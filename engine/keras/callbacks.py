@@ -72,8 +72,15 @@ class History(Callback):
         return f"<History epochs={len(self.epoch)} keys={list(self.history)}>"
 
 
+def _num(v):
+    """A log value for the progress output: 4 decimals, a list of them for a multi-value metric."""
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
+    return f"{v:.4f}"
+
+
 def _fmt(logs):
-    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+    return " - ".join(f"{k}: {_num(v)}" for k, v in logs.items())
 
 
 class ProgbarLogger(Callback):
@@ -103,13 +110,13 @@ class ProgbarLogger(Callback):
         now = time.perf_counter()
         if now - self._last_postfix > 0.25 and logs:
             self._last_postfix = now
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
+            self.bar.set_postfix({k: _num(v) for k, v in logs.items()}, refresh=False)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         dt = time.perf_counter() - self.t0
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
+            self.bar.set_postfix({k: _num(v) for k, v in logs.items()}, refresh=False)
             self.bar.close()
             self.bar = None
         elif self.verbose == 2:

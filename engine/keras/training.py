@@ -66,11 +66,14 @@ def update_metric(metric, y, out, logits, sample_weight=None, fused_activation=N
 
 
 def metric_result(metric):
-    """metric.result() as a float (a user metric may return a Tensor or one of its variables)."""
+    """metric.result() as a float (a user metric may return a Tensor or one of its variables), or a
+    list of floats for a metric with several values (Precision(thresholds=[0.3, 0.6])), as Keras
+    logs an array for it."""
     r = metric.result()
     if isinstance(r, Tensor):
         r = r.numpy()
-    return float(np.asarray(r))
+    a = np.asarray(r, dtype=np.float64)
+    return float(a) if a.size == 1 else [float(v) for v in a.reshape(-1)]
 
 
 def _verbosity(verbose):
