@@ -83,3 +83,15 @@ def test_mha_hands_on_only_the_mask_the_query_carries():
     np.testing.assert_array_equal(mha(t, t)._keras_mask, [[1, 1, 1, 0], [1, 1, 0, 0]])
     with pytest.raises(ValueError):
         layers.ReLU(max_value=-1)
+
+
+def test_ops_keep_the_tensor_dtype_next_to_python_numbers_and_scalar_targets_stay_scalars():
+    from engine.keras import ops
+    from engine.keras.utils import timeseries_dataset_from_array
+    t = engine.tensor(np.array([-1.0, 2.0], np.float32))
+    assert ops.maximum(t, 2).dtype == np.float32 and ops.where(t > 0, t, 0).dtype == np.float32
+    assert ops.maximum(np.array([1.0], np.float32), 2).dtype == np.float32
+    i = engine.tensor(np.array([1, 2], np.int32))
+    assert ops.add(i, 2).dtype == np.int32 and ops.add(i, 2.5).dtype == np.float32
+    x, y = next(iter(timeseries_dataset_from_array(np.arange(10.0), np.arange(10.0), 3, batch_size=None)))
+    assert x.shape == (3,) and y.shape == ()

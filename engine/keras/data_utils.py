@@ -66,7 +66,8 @@ class PyDataset:
 
 
 def _tensor(a):
-    return Tensor(np.ascontiguousarray(a))
+    # np.ascontiguousarray makes a 0-d value 1-d: a scalar target (batch_size=None) must stay ()
+    return Tensor(np.ascontiguousarray(a) if np.ndim(a) else np.asarray(a))
 
 
 class ArrayBatches:

@@ -75,13 +75,32 @@ def _t(x):
     return Tensor(arr)
 
 
+def _weak(number, dtype):
+    """A Python number next to a typed operand takes that operand's dtype (Keras' weak types): 2 with
+    a float32 tensor stays float32, 2.5 with an integer tensor makes float32."""
+    dtype = np.dtype(dtype)
+    if isinstance(number, float) and dtype.kind in "iub":
+        dtype = np.dtype(np.float32)
+    return np.asarray(number, dtype=dtype)
+
+
 def _pair(a, b):
-    """Two operands as Tensors on one device (a number or array follows the Tensor's device)."""
-    if isinstance(a, Tensor) and not isinstance(b, Tensor):
-        b = _t(b).to(a.device) if a.device != "cpu" else _t(b)
-    elif isinstance(b, Tensor) and not isinstance(a, Tensor):
-        a = _t(a).to(b.device) if b.device != "cpu" else _t(a)
-    return _t(a), _t(b)
+    """Two operands as Tensors on one device (a number or array follows the Tensor's device; a
+    Python number takes the other operand's dtype, as Keras' weak types do)."""
+    a_num, b_num = isinstance(a, (bool, int, float)), isinstance(b, (bool, int, float))
+    if a_num and not b_num:
+        b = _t(b)
+        a = Tensor(_weak(a, b.dtype))
+    elif b_num and not a_num:
+        a = _t(a)
+        b = Tensor(_weak(b, a.dtype))
+    a, b = _t(a), _t(b)
+    if a.device != b.device:
+        if a.device != "cpu":
+            b = b.to(a.device)
+        else:
+            a = a.to(b.device)
+    return a, b
 
 
 def _axes(axis):
