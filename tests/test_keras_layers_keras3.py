@@ -95,3 +95,13 @@ def test_ops_keep_the_tensor_dtype_next_to_python_numbers_and_scalar_targets_sta
     assert ops.add(i, 2).dtype == np.int32 and ops.add(i, 2.5).dtype == np.float32
     x, y = next(iter(timeseries_dataset_from_array(np.arange(10.0), np.arange(10.0), 3, batch_size=None)))
     assert x.shape == (3,) and y.shape == ()
+
+
+def test_clone_model_of_a_compiled_model_is_compiled_with_a_fresh_optimizer():
+    m = keras.Sequential([keras.Input((3,)), layers.Dense(1)])
+    m.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse", metrics=["mae"])
+    clone = keras.models.clone_model(m)
+    assert clone.compiled and clone.optimizer is not m.optimizer and clone.optimizer.momentum == 0.9
+    h = clone.fit(np.ones((4, 3), np.float32), np.ones((4, 1), np.float32), epochs=1, verbose=0)
+    assert list(h.history) == ["loss", "mae"]
+    assert not keras.models.clone_model(keras.Sequential([keras.Input((3,)), layers.Dense(1)])).compiled

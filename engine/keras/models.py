@@ -189,6 +189,10 @@ def load_model(filepath, custom_objects=None, compile=True):
 
 
 def clone_model(model):
-    """A new model with the same architecture and freshly initialised weights."""
-    from .saving import layer_from_json, layer_to_json
-    return layer_from_json(layer_to_json(model))
+    """A new model with the same architecture and freshly initialised weights; compiled like the
+    original when that one is (Keras 3 compiles the clone from the original's compile config)."""
+    from .saving import compile_from_config, layer_from_json, layer_to_json
+    clone = layer_from_json(layer_to_json(model))
+    if getattr(model, "compiled", False):
+        compile_from_config(clone, model.get_compile_config())
+    return clone

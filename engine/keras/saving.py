@@ -142,17 +142,23 @@ def _read(filepath):
     return obj
 
 
+def compile_from_config(model, cc):
+    """model.compile(...) from get_compile_config()'s dict (Keras' Model.compile_from_config): a
+    fresh optimizer of the same class and settings, the losses and metrics."""
+    loss = [None if v is None else losses_mod.get(v) for v in cc["loss"]] if isinstance(cc["loss"], list) \
+        else (None if cc["loss"] is None else losses_mod.get(cc["loss"]))
+    model.compile(optimizer=optimizers_mod.get(cc["optimizer"]), loss=loss,
+                  metrics=cc.get("metrics") or None, loss_weights=cc.get("loss_weights"),
+                  weighted_metrics=cc.get("weighted_metrics") or None)
+
+
 def load_model(filepath, custom_objects=None, compile=True):
     obj = _read(filepath)
     model = layer_from_json({"class_name": obj["class_name"], "config": obj["config"]}, custom_objects)
     _apply_weights(model, obj["weights"], filepath)
     cc = obj.get("compile")
     if compile and cc:
-        loss = [None if v is None else losses_mod.get(v) for v in cc["loss"]] if isinstance(cc["loss"], list) \
-            else (None if cc["loss"] is None else losses_mod.get(cc["loss"]))
-        model.compile(optimizer=optimizers_mod.get(cc["optimizer"]), loss=loss,
-                      metrics=cc.get("metrics") or None, loss_weights=cc.get("loss_weights"),
-                      weighted_metrics=cc.get("weighted_metrics") or None)
+        compile_from_config(model, cc)
         if obj.get("optimizer") is not None:
             model._resolve_metrics()
             model._ensure_optimizer()

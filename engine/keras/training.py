@@ -730,6 +730,11 @@ class Model(Layer):
         from .saving import load_weights
         load_weights(self, filepath)
 
+    def compile_from_config(self, config):
+        """Keras 3's Model.compile_from_config(get_compile_config())."""
+        from .saving import compile_from_config
+        compile_from_config(self, config)
+
     def get_compile_config(self):
         if not self.compiled:
             return None
