@@ -151,7 +151,7 @@ def test_custom_layer_add_weight_with_regularizer_and_constraint():
         def call(self, x):
             return x * self.w
 
-    m = models.Sequential([layers.Input((3,)), Scale(), layers.Dense(1)])
+    m = models.Sequential([layers.Input((3,)), Scale(), layers.Dense(1, kernel_initializer="ones")])
     m.compile(optimizer=optimizers.SGD(10.0), loss="mse")
     m.fit(np.ones((4, 3), np.float32), np.full((4, 1), -100.0, np.float32), epochs=1, verbose=0)
     w = m.layers[0].w.numpy()
