@@ -105,3 +105,29 @@ def test_clone_model_of_a_compiled_model_is_compiled_with_a_fresh_optimizer():
     h = clone.fit(np.ones((4, 3), np.float32), np.ones((4, 1), np.float32), epochs=1, verbose=0)
     assert list(h.history) == ["loss", "mae"]
     assert not keras.models.clone_model(keras.Sequential([keras.Input((3,)), layers.Dense(1)])).compiled
+
+
+def test_weights_have_keras_names_and_paths():
+    """Keras 3.15.1 gives exactly these (variable.name, variable.path)."""
+    m = keras.Sequential([keras.Input((4,)), layers.Dense(3, name="d1"), layers.BatchNormalization(name="bn")],
+                         name="seq")
+    assert [(w.name, w.path) for w in m.weights] == [
+        ("kernel", "seq/d1/kernel"), ("bias", "seq/d1/bias"), ("gamma", "seq/bn/gamma"), ("beta", "seq/bn/beta"),
+        ("moving_mean", "seq/bn/moving_mean"), ("moving_variance", "seq/bn/moving_variance")]
+    d = layers.Dense(2)
+    d.build((None, 3))
+    assert [w.path for w in d.weights] == [f"{d.name}/kernel", f"{d.name}/bias"]
+    i = keras.Input((4,))
+    fn = keras.Model(i, layers.Dense(2, name="out")(layers.Dense(3, name="h")(i)), name="fn")
+    assert [w.path for w in fn.weights] == ["h/kernel", "h/bias", "out/kernel", "out/bias"]
+
+    class Scale(layers.Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+        def call(self, x):
+            return x * self.w
+
+    s = Scale(name="scale")
+    s(np.ones((1, 3), np.float32))
+    assert (s.w.name, s.w.path) == ("w", "scale/w")

@@ -1,7 +1,7 @@
 """keras.models: Sequential, Model, load_model."""
 from __future__ import annotations
 
-from .layers.base import (CF, CL, InputShapeError, Layer, shape_str, shapes_compatible, to_channels_last,
+from .layers.base import (CF, CL, InputShapeError, Layer, name_scope, shape_str, shapes_compatible, to_channels_last,
                           warn_mask_dropped, _as_shape)
 from .layers.core import InputLayer
 from .training import Model
@@ -75,13 +75,14 @@ class Sequential(Model):
             raise ValueError("Sequential.build needs input_shape (e.g. (None, 28, 28, 1))")
         shape = (None,) + tuple(_as_shape(input_shape)[1:])
         self.input_shape_built = shape
-        for layer in self.layers:
-            shape = layer._build_for(shape)
-            if isinstance(shape, list):
-                raise ValueError(f'layer "{layer.name}" ({type(layer).__name__}) has several outputs '
-                                 f"{shape_str(shape)}; every layer of a Sequential model needs a single output "
-                                 "(Keras' rule): build multi-output models (return_state=True) with the "
-                                 "functional API")
+        with name_scope(self.name):             # weight paths "sequential/dense/kernel", as Keras 3's
+            for layer in self.layers:
+                shape = layer._build_for(shape)
+                if isinstance(shape, list):
+                    raise ValueError(f'layer "{layer.name}" ({type(layer).__name__}) has several outputs '
+                                     f"{shape_str(shape)}; every layer of a Sequential model needs a single "
+                                     "output (Keras' rule): build multi-output models (return_state=True) with "
+                                     "the functional API")
         self.output_shape_built = shape
         self.built = True
 

@@ -213,6 +213,20 @@ _forward_state = threading.local()
 
 
 @contextlib.contextmanager
+def name_scope(name):
+    """Weights created inside get `name/` in front of their path (a model building its layers:
+    Keras 3's "sequential/dense/kernel")."""
+    stack = getattr(_forward_state, "scope", None)
+    if stack is None:
+        stack = _forward_state.scope = []
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+@contextlib.contextmanager
 def training_scope(training):
     """The training flag calls nested inside this one inherit (Keras 3's call context)."""
     prev = getattr(_forward_state, "training", None)
@@ -393,7 +407,14 @@ class Layer(nn.Module):
             self.__dict__.setdefault("_weight_penalties", {})[name] = (regularizer, constraint)
         # the optimizer finds the weight's constraint through its layer (keras.constraints.apply_to)
         t.__dict__["_keras_owner"] = (weakref.ref(self), name)
+        self._name_weight(t, name)
         return t
+
+    def _name_weight(self, t, name):
+        """Keras 3's variable.name ("kernel") and .path ("sequential/dense/kernel")."""
+        scope = getattr(_forward_state, "scope", None) or []
+        t.__dict__["name"] = name
+        t.__dict__["path"] = "/".join([*scope, self.name, name])
 
     # ------------------------------------------------------------------ regularizers / constraints
     def _penalty_prefix(self, weight_name):
@@ -444,6 +465,7 @@ class Layer(nn.Module):
                 i = self._weight_names.index(n)
                 self._weight_names[i] = key
                 value.__dict__["_keras_owner"] = (weakref.ref(self), key)
+                self._name_weight(value, key)
                 pen = self.__dict__.get("_weight_penalties")
                 if pen and n in pen:
                     pen[key] = pen.pop(n)
