@@ -1,25 +1,12 @@
-"""DistributedSampler: each rank iterates its own share of a (shuffled) dataset.
-
-Same contract as PyTorch's: every epoch the indices are permuted with
-`seed + epoch` (identical on all ranks), padded by wrapping around so every rank
-gets the same count (or trimmed with drop_last), and rank r takes positions
-r, r+size, r+2*size, ...  Under a DataLoader with batch B, step k on rank r holds
-rows r::size of what one worker with batch B*size would see at step k, which is
-what makes N workers reproduce one worker's training exactly.
-
-For resume, `state_dict()` records the epoch and the position in it as a count of
-samples consumed by all ranks together; `load_state_dict()` skips them.  Because the
-position is global, a checkpoint written by N ranks resumes on M ranks (the global
-batch, hence the position, must divide evenly over the new ranks).
-"""
+"""cluster.DistributedSampler: engine.data.distributed's sampler (PyTorch's contract, resumable
+on any number of ranks; see there), with dptrain's argument order (dataset, rank, size) and the
+rank and size taken from the job when not given."""
 from __future__ import annotations
 
-import math
-
-import numpy as np
+from engine.data.distributed import DistributedSampler as _Sampler
 
 
-class DistributedSampler:
+class DistributedSampler(_Sampler):
     def __init__(self, dataset, rank=None, size=None, shuffle=True, seed=0, drop_last=False,
                  num_replicas=None):
         if size is None:
@@ -29,64 +16,4 @@ class DistributedSampler:
             env = detect()
             size = env.size if size is None else size
             rank = env.rank if rank is None else rank
-        if size < 1 or not (0 <= rank < size):
-            raise ValueError(f"DistributedSampler: rank {rank} is not in [0, {size})")
-        self.dataset = dataset
-        self.rank, self.size = int(rank), int(size)
-        self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
-        self.epoch = 0
-        self.start = 0            # samples of this rank already consumed in this epoch (resume)
-        n = len(dataset)
-        if drop_last and n % self.size:
-            self.num_samples = n // self.size
-        else:
-            self.num_samples = math.ceil(n / self.size)
-        self.total_size = self.num_samples * self.size
-
-    def set_epoch(self, epoch: int):
-        """Reshuffle for a new epoch (call on every rank with the same value)."""
-        if epoch != self.epoch:
-            self.start = 0
-        self.epoch = int(epoch)
-
-    def indices(self) -> np.ndarray:
-        n = len(self.dataset)
-        if self.shuffle:
-            idx = np.random.default_rng(self.seed + self.epoch).permutation(n)
-        else:
-            idx = np.arange(n)
-        if self.total_size > n:
-            reps = math.ceil(self.total_size / max(n, 1))
-            idx = np.tile(idx, reps)[: self.total_size]
-        else:
-            idx = idx[: self.total_size]
-        return idx[self.rank::self.size][self.start:]
-
-    def __iter__(self):
-        return iter(self.indices().tolist())
-
-    def __len__(self):
-        return self.num_samples - self.start
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.start * self.size, "num_replicas": self.size,
-                "seed": self.seed}
-
-    def load_state_dict(self, state: dict):
-        if "consumed" in state:
-            consumed = int(state["consumed"])
-            if consumed % self.size:
-                raise ValueError(
-                    f"DistributedSampler: the checkpoint is {consumed} samples into epoch {state['epoch']}, "
-                    f"which does not split evenly over {self.size} ranks; resume with a number of ranks "
-                    f"that divides the global batch size")
-            start = consumed // self.size
-        else:                     # written before positions were global: same world size assumed
-            start = int(state["start"])
-        self.epoch = int(state["epoch"])
-        self.start = start
-        self.seed = int(state.get("seed", self.seed))
-
-    def advance(self, n: int):
-        """Record that n more samples of this epoch were consumed (for checkpoints)."""
-        self.start += int(n)
+        super().__init__(dataset, num_replicas=size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)

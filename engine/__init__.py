@@ -18,6 +18,7 @@ from .factories import (zeros, ones, empty, full, zeros_like, ones_like, arange,
 from . import cuda
 from .random import manual_seed
 from .gradcheck import gradcheck, GradcheckError
+from .threads import set_num_threads, get_num_threads
 
 tensor_methods.install()
 
@@ -66,7 +67,7 @@ __all__ = [
     "logsumexp", "norm", "einsum", "bmm", "gather", "index_select", "split", "chunk", "unbind",
     "flip", "tril", "triu", "tile", "sort", "argsort", "topk", "isnan", "isinf", "isfinite",
     "allclose", "equal", "empty_like", "full_like", "rand_like", "randn_like", "eye", "linspace",
-    "randperm", "narrow", "backends", "accelerator", "utils",
+    "randperm", "narrow", "backends", "accelerator", "utils", "set_num_threads", "get_num_threads",
 ]
 
 

@@ -93,3 +93,22 @@ def test_torch_ddp_example_under_dptrain_launch(tmp_path):
     m = re.search(r"^\[rank 0\] Test accuracy: ([0-9.]+)$", proc.stdout, re.M)
     assert m and float(m.group(1)) > 0.5 and "[rank 0] workers: 2" in proc.stdout
     assert (tmp_path / "run" / "torch_ddp.safetensors").exists()     # rank 0's model.module.state_dict()
+
+
+@pytest.mark.timeout(120)
+def test_horovod_example_under_dptrain_launch(tmp_path):
+    """Horovod's pytorch_mnist.py (imports changed) on 2 MPI workers, where Horovod has horovodrun;
+    and with fp16 compression and a predivide factor on ZeroMQ."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DPTRAIN_", "OMPI_", "PMI_", "HYDRA_"))}
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DPTRAIN_OFFLINE="1", PYTHONPATH=REPO)
+    for backend, extra in (("mpi", []), ("zmq", ["--fp16-allreduce", "--gradient-predivide-factor", "2"])):
+        proc = subprocess.run([sys.executable, "-m", "launcher", "launch", "-n", "2", "--backend", backend,
+                               "--output", str(tmp_path / backend), os.path.join(REPO, "examples", "horovod_mnist.py"),
+                               "--data", _embedded_dir(), "--epochs", "2", "--limit", "3000", "--test-limit", "500",
+                               "--lr", "0.05", *extra],
+                              env=env, capture_output=True, text=True, timeout=55, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        accs = [float(a) for a in re.findall(r"^\[rank 0\] Test accuracy: ([0-9.]+)$", proc.stdout, re.M)]
+        assert len(accs) == 2 and accs[-1] > 0.4, (backend, proc.stdout[-2000:])   # chance: 0.1
+        assert "[rank 0] workers: 2  train samples: 3000" in proc.stdout
+        assert "[rank 1] Test accuracy" not in proc.stdout       # only rank 0 prints

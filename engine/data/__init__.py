@@ -4,7 +4,7 @@
     train = datasets.FashionMNIST(train=True)
     loader = DataLoader(train, batch_size=128, shuffle=True, seed=0)
 """
-from . import datasets, transforms
+from . import datasets, distributed, transforms
 from .dataloader import DataLoader, default_collate, default_convert, get_worker_info
 from .dataset import (ChainDataset, ConcatDataset, Dataset, IterableDataset, Subset, TensorDataset,
                       random_split)
@@ -16,5 +16,5 @@ from .sampler import (BatchSampler, RandomSampler, Sampler, SequentialSampler, S
 __all__ = ["Dataset", "IterableDataset", "TensorDataset", "Subset", "ConcatDataset", "ChainDataset",
            "random_split", "DataLoader", "default_collate", "default_convert", "get_worker_info",
            "Sampler", "SequentialSampler", "RandomSampler", "SubsetRandomSampler",
-           "WeightedRandomSampler", "BatchSampler", "datasets", "transforms", "MNIST", "FashionMNIST",
+           "WeightedRandomSampler", "BatchSampler", "datasets", "distributed", "transforms", "MNIST", "FashionMNIST",
            "DatasetNotFoundError", "IDXFormatError", "read_idx", "write_idx"]

@@ -13,7 +13,7 @@ from .conv import Conv1d, Conv2d
 from .pooling import MaxPool2d, AvgPool2d, AdaptiveAvgPool2d
 from .activation import (ReLU, LeakyReLU, Tanh, Sigmoid, GELU, Softmax, LogSoftmax, SiLU, ELU, Softplus, Hardtanh,
                          ReLU6)
-from .dropout import Dropout
+from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm, GroupNorm
 from .sparse import Embedding
 from .rnn import RNNBase, RNN, LSTM, GRU, RNNCellBase, RNNCell, LSTMCell, GRUCell
@@ -32,7 +32,8 @@ except ModuleNotFoundError as _e:  # pragma: no cover
 __all__ = [
     "functional", "init", "Parameter", "Module", "Sequential", "ModuleList", "ModuleDict", "StateDictError",
     "IncompatibleKeys", "Identity", "Linear", "Flatten", "Unflatten", "Conv2d", "MaxPool2d", "AvgPool2d",
-    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax", "Dropout", "BatchNorm1d",
+    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+    "BatchNorm1d",
     "BatchNorm2d", "LayerNorm", "Embedding", "RNNBase", "RNN", "LSTM", "GRU", "CrossEntropyLoss", "NLLLoss",
     "MSELoss", "L1Loss", "ShapeError", "utils",
     "ParameterList", "ParameterDict", "Conv1d", "AdaptiveAvgPool2d", "SiLU", "ELU", "Softplus", "Hardtanh", "ReLU6",

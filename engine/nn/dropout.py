@@ -17,3 +17,25 @@ class Dropout(Module):
 
     def extra_repr(self):
         return f"p={self.p}, inplace={self.inplace}"
+
+
+class _ChannelDropout(Dropout):
+    _fn = None
+
+    def forward(self, input):
+        return type(self)._fn(input, self.p, self.training)
+
+
+class Dropout1d(_ChannelDropout):
+    """Zeroes whole channels of (N, C, L) / (C, L) inputs (torch.nn.Dropout1d)."""
+    _fn = staticmethod(F.dropout1d)
+
+
+class Dropout2d(_ChannelDropout):
+    """Zeroes whole channels of (N, C, H, W) / (C, H, W) inputs (torch.nn.Dropout2d)."""
+    _fn = staticmethod(F.dropout2d)
+
+
+class Dropout3d(_ChannelDropout):
+    """Zeroes whole channels of (N, C, D, H, W) / (C, D, H, W) inputs (torch.nn.Dropout3d)."""
+    _fn = staticmethod(F.dropout3d)

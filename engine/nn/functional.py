@@ -30,7 +30,8 @@ __all__ = [
     "layer_norm", "embedding", "one_hot", "flatten", "lstm_layer", "gru_layer", "rnn_layer", "ShapeError",
     "conv1d", "adaptive_avg_pool2d", "silu", "elu", "softplus", "hardtanh", "relu6", "smooth_l1_loss",
     "huber_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "group_norm", "pad",
-    "normalize", "cosine_similarity", "pairwise_distance", "scaled_dot_product_attention",
+    "normalize", "cosine_similarity", "pairwise_distance", "scaled_dot_product_attention", "dropout1d",
+    "dropout2d", "dropout3d",
 ]
 
 
@@ -1083,6 +1084,55 @@ def dropout(input, p=0.5, training=True, inplace=False, generator=None):
         keep = _random_like(d, xp, generator) >= _f(d.dtype, p)
         mask = xp.multiply(keep, _f(d.dtype, 1.0 / (1.0 - p)), dtype=d.dtype)
     return from_op(d * mask, (x,), lambda g: (g * mask,), "dropout")
+
+
+def _channel_dropout(input, p, training, generator, batched_ndim, name, lead=None):
+    """Zero whole channels (every value of one sample's channel together) with probability p and
+    scale the rest by 1/(1-p): for feature maps, whose neighbouring values are correlated, so
+    element-wise dropout hardly regularises (Tompson et al.; torch's dropout1d/2d/3d)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+    x = _t(input)
+    if x.ndim not in (batched_ndim - 1, batched_ndim):
+        raise ValueError(f"{name}: expected a {batched_ndim - 1}D (unbatched) or {batched_ndim}D (batched) "
+                         f"input, got shape {x.shape}")
+    if not training or p == 0.0:
+        return x
+    d = x.data
+    xp = get_array_module(d)
+    if lead is None:
+        lead = 2 if d.ndim == batched_ndim else 1        # (N, C, ...) or (C, ...)
+    shape = d.shape[:lead] + (1,) * (d.ndim - lead)
+    if p == 1.0:
+        mask = xp.zeros(shape, dtype=d.dtype)
+    else:
+        keep = _random_like(xp.empty(shape, dtype=d.dtype), xp, generator) >= _f(d.dtype, p)
+        mask = xp.multiply(keep, _f(d.dtype, 1.0 / (1.0 - p)), dtype=d.dtype)
+    return from_op(d * mask, (x,), lambda g: (g * mask,), name)
+
+
+def dropout1d(input, p=0.5, training=True, inplace=False):
+    """Channel dropout for (N, C, L) or (C, L) inputs."""
+    return _channel_dropout(input, p, training, None, 3, "dropout1d")
+
+
+def dropout2d(input, p=0.5, training=True, inplace=False):
+    """Channel dropout for (N, C, H, W) inputs.  A 3D input is taken as (N, C, L), with torch's
+    warning (torch 2.x does the same and says it will change)."""
+    lead = None
+    if getattr(input, "ndim", 0) == 3:
+        import warnings
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout "
+                      "behavior is desired - input is interpreted as shape (N, C, L), where C is the channel dim. "
+                      "To maintain the 1D channel-wise dropout behavior, please switch to using dropout1d "
+                      "instead.", stacklevel=2)
+        lead = 2
+    return _channel_dropout(input, p, training, None, 4, "dropout2d", lead)
+
+
+def dropout3d(input, p=0.5, training=True, inplace=False):
+    """Channel dropout for (N, C, D, H, W) or (C, D, H, W) inputs."""
+    return _channel_dropout(input, p, training, None, 5, "dropout3d")
 
 
 # ------------------------------------------------------------------------------------------ normalisation

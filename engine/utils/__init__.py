@@ -9,5 +9,8 @@ import sys
 from .. import data
 
 sys.modules[__name__ + ".data"] = data      # `import engine.utils.data` / `from engine.utils.data import ...`
+for _name in ("distributed", "dataloader", "dataset", "sampler", "datasets", "transforms"):
+    # `import engine.utils.data.distributed` must find the same module, not load a second copy
+    sys.modules[f"{__name__}.data.{_name}"] = getattr(data, _name)
 
 __all__ = ["data"]
