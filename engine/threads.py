@@ -23,7 +23,7 @@ _api = {}
 def _openblas():
     """(setter, getter) of the OpenBLAS numpy uses, or (None, None)."""
     if "fns" not in _api:
-        import numpy  # noqa: F401 - loads the BLAS first
+        __import__("numpy")                          # loads the BLAS first
         setter = getter = None
         try:
             with open("/proc/self/maps") as f:
