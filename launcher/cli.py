@@ -304,9 +304,11 @@ def _start_job(cfg, cmd: str, dry: bool) -> int:
     auto_mpi = cmd == "run" and backend == "auto" and cfg.all_local and _mpi_available(cfg)
     use_mpi = cmd == "mpirun" or backend == "mpi" or not cfg.all_local or auto_mpi
     if cmd == "run" and use_mpi:
-        why = ("cluster.backend is mpi" if backend == "mpi" else "some nodes are remote" if not cfg.all_local
-               else "MPI is available (cluster.backend: auto)")
-        tail = "; cluster.backend=zmq starts the workers directly" if auto_mpi else ""
+        launch = cfg.source == "dptrain launch"
+        why = (("--backend mpi" if launch else "cluster.backend is mpi") if backend == "mpi"
+               else "some nodes are remote" if not cfg.all_local
+               else f"MPI is available ({'--backend' if launch else 'cluster.backend:'} auto)")
+        tail = f"; {_backend_setting(cfg, 'zmq')} starts the workers directly" if auto_mpi else ""
         sys.stderr.write(f"dptrain: {why}: launching through mpiexec (as `dptrain mpirun`){tail}\n")
     if use_mpi:
         from .mpirun import run_mpirun
@@ -336,6 +338,11 @@ def _watch_status(args, st) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _backend_setting(cfg, value: str) -> str:
+    """How the user sets the backend: `dptrain launch` has a flag, the config commands a key."""
+    return f"--backend {value}" if cfg.source == "dptrain launch" else f"cluster.backend={value}"
 
 
 def _mpi_available(cfg) -> bool:
@@ -371,7 +378,7 @@ def _mpi_available(cfg) -> bool:
         ok, why = False, [str(e)]
     if not ok:
         sys.stderr.write(f"dptrain: {mpiexec} cannot start processes here ({' '.join(why) or 'no output'}); "
-                         f"using ZeroMQ (set cluster.backend=zmq to skip this check)\n")
+                         f"using ZeroMQ (set {_backend_setting(cfg, 'zmq')} to skip this check)\n")
     return ok
 
 

@@ -64,6 +64,17 @@ def test_launch_on_several_hosts_builds_the_mpiexec_command(tmp_path):
     assert p.returncode == 0 and "-n 2" in p.stdout, p.stderr
 
 
+
+@pytest.mark.timeout(120)
+def test_launch_hints_name_its_backend_flag_not_the_config_key(tmp_path):
+    """`dptrain launch` has no config: its hints must say --backend, not cluster.backend=... (which,
+    typed after SCRIPT, would go to the script)."""
+    p = _launch(tmp_path, "-n", "1", "probe.py")
+    assert p.returncode == 0, p.stderr[-2000:]
+    if "launching through mpiexec" not in p.stderr:
+        pytest.skip("MPI does not start here: no backend hint to check")
+    assert "--backend zmq starts the workers directly" in p.stderr and "cluster.backend" not in p.stderr
+
 FAILING = '''
 import sys
 import time
