@@ -1,11 +1,12 @@
 """The `dptrain` command line (also `python -m launcher`).
 
-    dptrain run CONFIG [key=value ...]        local worker processes (or mpirun when the config says so)
+    dptrain run CONFIG [key=value ...]        local worker processes (through mpiexec when MPI is available)
     dptrain launch [-n N] SCRIPT [ARGS ...]   a script on N local workers, no config file (like torchrun)
     dptrain mpirun CONFIG [key=value ...] [--dry-run]
     dptrain script CONFIG [key=value ...] -o launch.sh [--slurm]
-    dptrain validate CONFIG [key=value ...] [--json] [--reference]
+    dptrain validate CONFIG [key=value ...] [--json] [--quiet]
     dptrain status RUN_DIR [--json] [--tail N] [--watch [SECONDS]]
+    dptrain reference                         the config reference (Markdown), generated from the schema
 
 Exit codes: 0 success; 2 invalid config or usage, or a remote `slots: auto` node that `mpirun`
 could not measure (nothing was started); a failed worker's exit code (128+N for signal N) or 1
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dotted overrides, e.g. job.epochs=1")
         return sp
 
-    with_config("run", "train with local worker processes (or via mpirun when backend is mpi / nodes are remote)")
+    with_config("run", "train with worker processes on this machine: through mpiexec when MPI is available "
+                       "(cluster.backend auto or mpi), else directly over ZeroMQ; remote nodes via mpiexec")
     # parsed by _launch_parser (its arguments after SCRIPT belong to the script); listed here for --help
     sub.add_parser("launch", add_help=False,
                    help="run SCRIPT [ARGS] on N local workers without a config file (dptrain launch -h)")
@@ -52,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the resolved config as JSON")
     sp.add_argument("--quiet", action="store_true", help="print nothing when the config is valid")
     sp = sub.add_parser("reference", help="print the config reference (Markdown table)")
-    sp = sub.add_parser("status", help="show the state of a run from its run directory")
+    sp = sub.add_parser("status", help="show the state of a run from its run directory",
+                        description="show the state of a run from its run directory")
     sp.add_argument("run_dir", metavar="RUN_DIR")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.add_argument("--tail", type=int, default=5, help="metrics lines to show (default 5)")
