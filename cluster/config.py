@@ -443,7 +443,8 @@ SCHEMA = Section({
             "name": Enum(("fashion_mnist", "mnist", "synthetic"), "fashion_mnist", "Dataset."),
             "root": Nullable(Str(), None,
                              "Directory with the IDX files; null searches `$DPTRAIN_DATA`, `~/.cache/dptrain`, "
-                             "`/usr/share/datasets/<name>`, then the embedded subset."),
+                             "`/usr/share/datasets/<name>`, then downloads them (unless `DPTRAIN_OFFLINE` is "
+                             "set), then (fashion_mnist only) uses the subset embedded in the package."),
             "train_subset": Nullable(Int(min=1), None,
                                      "Use only the first N training samples (for `synthetic`: the size)."),
             "test_subset": Nullable(Int(min=1), None, "Use only the first N test samples (for `synthetic`: the size)."),
