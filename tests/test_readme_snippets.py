@@ -38,3 +38,8 @@ def test_the_data_parallelism_snippet_runs_as_train_py(tmp_path):
 @pytest.mark.timeout(300)
 def test_the_keras_data_parallel_snippet_runs(tmp_path):
     _launch(tmp_path, "keras_dp.py", _snippet("### Keras models, data-parallel (`cluster.keras`)"))
+
+
+@pytest.mark.timeout(300)
+def test_the_horovod_snippet_runs(tmp_path):
+    _launch(tmp_path, "hvd_train.py", _snippet("### Horovod scripts (`cluster.horovod`)"))
