@@ -171,6 +171,19 @@ def test_file_errors(tmp_path):
     assert str(ei.value).startswith("invalid config")
 
 
+def test_duplicate_keys_are_refused_not_silently_dropped(tmp_path):
+    # plain yaml.safe_load keeps the last `job:` and drops epochs: 5 without a word
+    with pytest.raises(ConfigError) as ei:
+        load_config(write(tmp_path, "job:\n  epochs: 5\njob:\n  max_steps: 2\n"))
+    assert "line 3" in ei.value.errors[0] and "duplicate key 'job' (first given at line 1)" in ei.value.errors[0]
+    with pytest.raises(ConfigError) as ei:
+        load_config(write(tmp_path, "job:\n  model_args: {hidden: 3, hidden: 4}\n"))
+    assert "duplicate key 'hidden'" in ei.value.errors[0]
+    # a YAML merge key may still be overridden by the mapping that merges it
+    cfg = load_config(write(tmp_path, "job:\n  model_args:\n    <<: {hidden: 3}\n    hidden: 4\n"))
+    assert cfg.job.model_args == {"hidden": 4}
+
+
 def test_user_model_path_and_script(tmp_path):
     (tmp_path / "train.py").write_text("print('hi')\n")
     cfg = resolve_config({"job": {"model": "mypkg.models:build", "script": "train.py"}}, base_dir=str(tmp_path))
