@@ -166,8 +166,20 @@ def save_checkpoint(ckpt_dir: str, step: int, arrays: Mapping[str, Any], meta: M
     """Write checkpoint `step` atomically and return its directory; keep only the newest `keep`.
 
     `meta` must be JSON-serialisable (step, epoch, sampler position, RNG state, optimizer
-    scalars, config hash ...); the keys format/step/created/arrays are set here.
+    scalars, config hash ...); the keys format/step/created/arrays are set here.  A file system
+    error (disk full, the directory replaced by a file, no permission) is a CheckpointError naming
+    the directory; the checkpoints already there are left as they were.
     """
+    try:
+        return _save_checkpoint(ckpt_dir, step, arrays, meta, keep)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename and e.filename != os.path.abspath(ckpt_dir) else ""
+        raise CheckpointError(f"cannot write checkpoint step {step} in {os.path.abspath(ckpt_dir)}: "
+                              f"{e.strerror or e}{where}; free disk space there or set checkpoint.dir "
+                              f"to a writable directory (the checkpoints already written are intact)") from e
+
+
+def _save_checkpoint(ckpt_dir, step, arrays, meta, keep) -> str:
     if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"step must be a non-negative integer, got {step!r}")
     step = int(step)

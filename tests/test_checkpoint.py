@@ -173,7 +173,8 @@ def test_crash_during_save_leaves_previous_intact(tmp_path, monkeypatch):
         real_write(path, data)
 
     monkeypatch.setattr(ck, "_write_file", dying_write)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="cannot write checkpoint step 200 .*No space left on device; free "
+                                              "disk space there or set checkpoint.dir"):
         save_checkpoint(str(tmp_path), 200, arrays(2), {}, keep=3)
     monkeypatch.setattr(ck, "_write_file", real_write)
     assert calls and all(".tmp-" in c for c in calls)        # only ever wrote into the temporary dir
@@ -181,6 +182,16 @@ def test_crash_during_save_leaves_previous_intact(tmp_path, monkeypatch):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
     assert latest_valid_checkpoint(str(tmp_path)).endswith("step-00000100")
     assert [e["step"] for e in list_checkpoints(str(tmp_path))] == [100]
+
+
+def test_checkpoint_dir_replaced_by_a_file_is_a_checkpoint_error(tmp_path):
+    # a full disk or a checkpoint dir that became a file mid-run: one readable CheckpointError (the
+    # worker prints it as one line), not a bare OSError traceback
+    target = tmp_path / "checkpoints"
+    target.write_text("x")
+    with pytest.raises(CheckpointError, match=f"cannot write checkpoint step 5 in {target}: File exists"):
+        save_checkpoint(str(target), 5, arrays(1), {}, keep=3)
+    assert target.read_text() == "x"
 
 
 def test_stale_tmp_dirs_are_ignored_and_cleaned(tmp_path):
