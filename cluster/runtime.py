@@ -20,6 +20,7 @@ import numpy as np
 import engine
 from engine import nn
 from engine.nn import functional as F
+from engine.nn.module import StateDictError
 from engine.random import batch_shard
 
 from .ddp import DistributedDataParallel, average_metrics
@@ -195,6 +196,7 @@ class Trainer:
             "epoch": self.epoch,
             "rng": engine.random.get_state(),
             "world_size": self.size,
+            "optimizer_name": self.cfg.job.optimizer.name,
         }
 
     def save_checkpoint(self):
@@ -243,7 +245,24 @@ class Trainer:
             return False
         arrays, meta = load_checkpoint(path)
         state = unflatten_state(arrays, meta["state"])
-        self.model.load_state_dict(state["model"])
+        start_over = (f"resume with the job.model / job.model_args / job.optimizer.name that wrote it, or start "
+                      f"over with checkpoint.resume=never (or another output.dir)")
+        try:
+            self.model.load_state_dict(state["model"])
+        except StateDictError as e:
+            raise WorkerError(f"checkpoint {path} does not fit job.model={self.cfg.job.model!r} "
+                              f"(job.model_args={dict(self.cfg.job.model_args)}): "
+                              f"{str(e).replace(chr(10) + '  (pass strict=False to load the matching keys only)', '')}"
+                              f"\n{start_over}") from e
+        # An optimizer's state only fits an optimizer of the same kind (Adam's moments are not SGD's
+        # momentum): refuse before training, or the first step dies with a KeyError
+        saved_keys = {k for g in state["optimizer"].get("param_groups", []) for k in g} - {"params"}
+        own_keys = {k for g in self.optimizer.param_groups for k in g} - {"params"}
+        if saved_keys != own_keys:
+            by = state.get("optimizer_name")
+            raise WorkerError(f"checkpoint {path} holds the state of {'a ' + repr(by) if by else 'another'} "
+                              f"optimizer (settings {', '.join(sorted(saved_keys))}), not of "
+                              f"job.optimizer.name={self.cfg.job.optimizer.name!r}; {start_over}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])

@@ -176,6 +176,31 @@ def test_an_error_that_would_recur_is_one_line_and_not_restarted(tmp_path):
     assert any("Traceback" in f.read_text() for f in (out / "logs").glob("rank*.traceback"))
 
 
+@pytest.mark.timeout(200)
+def test_resuming_with_another_optimizer_or_model_is_one_line_naming_the_fix(tmp_path):
+    """An SGD checkpoint resumed with job.optimizer.name=adam used to load and then die at the first
+    step with a KeyError traceback (and be restarted); a checkpoint of another model suggested
+    strict=False, which a config cannot pass."""
+    out = tmp_path / "run"
+    p = dptrain("run", "configs/local.yaml", *QUICK, "job.max_steps=4", "job.optimizer.name=sgd",
+                "job.optimizer.momentum=0.9", "cluster.backend=zmq", f"output.dir={out}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = dptrain("run", "configs/local.yaml", *QUICK, "job.max_steps=8", "job.optimizer.name=adam",
+                "cluster.backend=zmq", "fault_tolerance.max_restarts=1", f"output.dir={out}")
+    both = p.stdout + p.stderr
+    assert p.returncode == 78, both[-3000:]
+    assert "holds the state of a 'sgd' optimizer" in both and "not of job.optimizer.name='adam'" in both
+    assert "checkpoint.resume=never" in both and "Traceback" not in both and "KeyError" not in both
+    assert "restarting the worker group" not in p.stderr
+    p = dptrain("run", "configs/local.yaml", *QUICK, "job.max_steps=8", "job.optimizer.name=sgd",
+                "job.optimizer.momentum=0.9", "job.model_args={hidden: 16}", "cluster.backend=zmq",
+                f"output.dir={out}")
+    both = p.stdout + p.stderr
+    assert p.returncode == 78, both[-3000:]
+    assert "does not fit job.model='mlp_bn'" in both and "size mismatch" in both
+    assert "strict=False" not in both and "Traceback" not in both
+
+
 @pytest.mark.timeout(60)
 def test_bad_config_exits_2_naming_the_dotted_path_and_starts_nothing(tmp_path):
     out = tmp_path / "never"
