@@ -156,6 +156,41 @@ def test_missing_dataset_names_every_place(clean_env, monkeypatch):
         datasets.FashionMNIST(train=False, allow_embedded=False, download=False)
 
 
+def test_incomplete_copy_is_an_error_not_a_silent_fallback(clean_env, monkeypatch):
+    """root= (job.dataset.root) holding the images but not the labels used to fall back to the
+    embedded 6000-image subset (or another directory's copy) with only a note."""
+    root, env = clean_env / "root", clean_env / "env"
+    _fake_split(root / "fashion-mnist", prefix="t10k", n=20)
+    _fake_split(env, prefix="t10k", n=30)                              # a complete copy later in the order
+    monkeypatch.setenv("DPTRAIN_DATA", str(env))
+    assert len(datasets.FashionMNIST(root=root, train=False)) == 20
+    os.remove(root / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(datasets.DatasetNotFoundError,
+                       match=r"fashion-mnist holds an incomplete copy of the fashion-mnist test split: "
+                             r"t10k-labels-idx1-ubyte.gz is missing; restore the file"):
+        datasets.FashionMNIST(root=root, train=False)
+    os.mkdir(root / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz")      # a directory where the file should be
+    with pytest.raises(datasets.DatasetNotFoundError, match="t10k-labels-idx1-ubyte.gz is not a readable file"):
+        datasets.FashionMNIST(root=root, train=False)
+    monkeypatch.delenv("DPTRAIN_DATA")
+    with pytest.raises(datasets.DatasetNotFoundError, match="incomplete copy"):   # not the embedded subset
+        datasets.FashionMNIST(root=root, train=False)
+    # a partial copy searched *after* the complete one that is used does not matter
+    monkeypatch.setenv("DPTRAIN_DATA", str(root))
+    assert len(datasets.FashionMNIST(root=env, train=False)) == 30
+
+
+def test_images_and_labels_that_disagree_are_an_idx_format_error(clean_env):
+    root = clean_env / "root"
+    _fake_split(root, prefix="t10k", n=20)
+    write_idx(str(root / "t10k-labels-idx1-ubyte.gz"), (np.arange(19) % 10).astype(np.uint8))
+    with pytest.raises(IDXFormatError, match="has 20 images but .* has 19 labels"):
+        datasets.FashionMNIST(root=root, train=False)
+    write_idx(str(root / "t10k-labels-idx1-ubyte.gz"), np.full(20, 12, np.uint8))
+    with pytest.raises(IDXFormatError, match=r"labels outside 0..9"):
+        datasets.FashionMNIST(root=root, train=False)
+
+
 def test_embedded_fallback(clean_env):
     verify_embedded()
     with pytest.warns(UserWarning, match="embedded"):

@@ -30,7 +30,7 @@ import numpy as np
 from . import download as _dl
 from .dataset import Dataset
 from .embedded import EMBEDDED_DIR, embedded_available
-from .idx import read_idx
+from .idx import IDXFormatError, read_idx
 
 __all__ = ["MNIST", "FashionMNIST", "DatasetNotFoundError", "search_dirs", "find_dataset_dir"]
 
@@ -123,6 +123,37 @@ def find_dataset_dir(name: str, train: bool = True, root=None, torch_name=None):
     return None
 
 
+def incomplete_copy(name: str, train: bool = True, root=None, torch_name=None, until: str | None = None):
+    """A message about the first searched directory (before `until`) that holds only part of a split
+    (its images but not its labels, or a directory / broken link where a file should be), else None.
+    Such a copy is broken data, not absent data: falling back to a later place or to the embedded
+    subset would train on something else than the user pointed at."""
+    prefix = _SPLITS[bool(train)]
+    stop = os.path.abspath(until) if until else None
+    for d in search_dirs(name, root, torch_name):
+        if stop is not None and os.path.abspath(d) == stop:
+            return None
+        state = {}
+        for kind in ("images", "labels"):
+            paths = [os.path.join(d, f) for f in _file_candidates(prefix, kind)]
+            if any(os.path.isfile(p) for p in paths):
+                state[kind] = None
+            else:
+                state[kind] = next((p for p in paths if os.path.lexists(p)), False)
+        if all(v is False for v in state.values()) or all(v is None for v in state.values()):
+            continue                                            # nothing here, or a complete copy
+        problems = []
+        for kind, v in state.items():
+            if v is False:
+                problems.append(f"{_file_candidates(prefix, kind)[0]} is missing")
+            elif v is not None:
+                problems.append(f"{v} is not a readable file")
+        return (f"{d} holds an incomplete copy of the {name} {'training' if train else 'test'} split: "
+                f"{' and '.join(problems)}; restore the file (or remove the incomplete copy to use another "
+                f"place); the other split's files and the embedded subset are not used in its stead")
+    return None
+
+
 _warned_embedded = set()
 
 
@@ -152,6 +183,9 @@ class _IDXImageDataset(Dataset):
         self.subset = False
         prefix = _SPLITS[self.train]
         hit = find_dataset_dir(self.name, self.train, root, self.torch_name)
+        broken = incomplete_copy(self.name, self.train, root, self.torch_name, until=hit[0] if hit else None)
+        if broken:
+            raise DatasetNotFoundError(broken)
         download_error = None
         if hit is None and download and not _dl.offline():
             try:
@@ -180,10 +214,12 @@ class _IDXImageDataset(Dataset):
         if self.data.dtype != np.uint8:
             raise ValueError(f"{img_path}: expected uint8 images, found {self.data.dtype}")
         if len(self.data) != len(self.targets):
-            raise ValueError(f"{img_path} has {len(self.data)} images but {lab_path} has "
-                             f"{len(self.targets)} labels; the files belong to different splits")
+            raise IDXFormatError(f"{img_path} has {len(self.data)} images but {lab_path} has "
+                                 f"{len(self.targets)} labels; the files belong to different splits or one is "
+                                 f"damaged: delete both and download them again")
         if self.targets.size and (self.targets.min() < 0 or self.targets.max() >= len(self.classes)):
-            raise ValueError(f"{lab_path}: labels outside 0..{len(self.classes) - 1}")
+            raise IDXFormatError(f"{lab_path}: labels outside 0..{len(self.classes) - 1}; the file is damaged "
+                                 f"or belongs to another dataset: delete it and download it again")
 
     # ---------------------------------------------------------------- locating
     @classmethod
