@@ -279,9 +279,14 @@ def _read_verified(path: str, expected: dict | None = None) -> tuple[bytes, dict
         raise CheckpointError(f"checkpoint {path}: {ARRAYS} is truncated or padded: {len(blob)} bytes, "
                               f"expected {want_bytes}")
     got = _sha256(blob)
-    if got != want_sha or (expected and expected.get("files", {}).get(ARRAYS, {}).get("sha256", got) != got):
+    if got != want_sha:
         raise CheckpointError(f"checkpoint {path}: {ARRAYS} checksum mismatch (sha256 {got[:12]}..., "
                               f"expected {want_sha[:12]}...): the file is corrupt")
+    listed = (expected or {}).get("files", {}).get(ARRAYS, {}).get("sha256", got)
+    if listed != got:   # the file matches its meta.json: the manifest is what disagrees
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} lists sha256 {str(listed)[:12]}... for {ARRAYS}, "
+                              f"but the file and {META} agree on {got[:12]}...: the manifest was edited or "
+                              f"belongs to other checkpoints")
     return blob, meta
 
 

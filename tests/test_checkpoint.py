@@ -194,6 +194,16 @@ def test_checkpoint_dir_replaced_by_a_file_is_a_checkpoint_error(tmp_path):
     assert target.read_text() == "x"
 
 
+def test_a_manifest_that_lies_is_named_not_the_file(tmp_path):
+    save_checkpoint(str(tmp_path), 100, arrays(1), {}, keep=3)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["checkpoints"][0]["files"]["arrays.safetensors"]["sha256"] = "0" * 64
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.warns(CheckpointWarning, match="manifest.json lists sha256 000000000000... for arrays.safetensors, "
+                                               "but the file and meta.json agree"):
+        assert latest_valid_checkpoint(str(tmp_path)) is None
+
+
 def test_stale_tmp_dirs_are_ignored_and_cleaned(tmp_path):
     save_checkpoint(str(tmp_path), 100, arrays(1), {}, keep=3)
     # a writer that died (pid that cannot exist) before the rename
