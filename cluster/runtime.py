@@ -255,10 +255,12 @@ class Trainer:
                               f"{str(e).replace(chr(10) + '  (pass strict=False to load the matching keys only)', '')}"
                               f"\n{start_over}") from e
         # An optimizer's state only fits an optimizer of the same kind (Adam's moments are not SGD's
-        # momentum): refuse before training, or the first step dies with a KeyError
+        # momentum): refuse before training, or the first step dies with a KeyError.  A setting the
+        # saved groups lack is fine (a checkpoint from before it existed); one this optimizer does
+        # not have means another kind of optimizer wrote it.
         saved_keys = {k for g in state["optimizer"].get("param_groups", []) for k in g} - {"params"}
         own_keys = {k for g in self.optimizer.param_groups for k in g} - {"params"}
-        if saved_keys != own_keys:
+        if not saved_keys <= own_keys:
             by = state.get("optimizer_name")
             raise WorkerError(f"checkpoint {path} holds the state of {'a ' + repr(by) if by else 'another'} "
                               f"optimizer (settings {', '.join(sorted(saved_keys))}), not of "
