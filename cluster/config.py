@@ -16,8 +16,8 @@ Public API::
     cfg.to_dict()                 # plain nested dict (what config.yaml holds)
 
 ``ConfigError.errors`` is the list of every problem found.
-The loader only uses ``yaml.safe_load`` (a SafeLoader that also refuses duplicate keys); values of
-overrides too.
+The loader only uses ``yaml.safe_load`` (after refusing duplicate keys on the composed node tree);
+values of overrides too.
 """
 from __future__ import annotations
 
@@ -901,26 +901,27 @@ def resolve_config(raw: Any, overrides: Iterable[str] = (), source: str | None =
     return Config(resolved, source)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping: plain YAML keeps only the last
-    one, so a second `job:` section would silently drop every setting of the first."""
-
-    def construct_mapping(self, node, deep=False):
+def _refuse_duplicate_keys(text: str) -> None:
+    """Raise a yaml MarkedYAMLError for a key given twice in one mapping: yaml.safe_load keeps only
+    the last one, so a second `job:` section would silently drop every setting of the first.
+    Works on the composed node tree (nothing is constructed), before yaml.safe_load reads the text."""
+    stack = [yaml.compose(text, Loader=yaml.SafeLoader)]
+    while stack:
+        node = stack.pop()
         if isinstance(node, yaml.MappingNode):
             seen: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
+            for key_node, value_node in node.value:
+                stack.append(value_node)
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                     continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node)
-                except TypeError:        # an unhashable key: the constructor reports it
-                    continue
+                first = seen.setdefault((key_node.tag, key_node.value), key_node)
                 if first is not key_node:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (first given at line {first.start_mark.line + 1}); "
-                        "YAML would keep only the last one: merge the two into one", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+                        None, None, f"duplicate key {key_node.value!r} (first given at line "
+                        f"{first.start_mark.line + 1}); YAML would keep only the last one: merge the two into one",
+                        key_node.start_mark)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), base_dir: str | None = None,
@@ -939,7 +940,8 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), base_dir
         raise ConfigError([f"config file {path!r} is not UTF-8 text (byte {e.start}); save it as UTF-8 "
                            f"YAML"], path) from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)   # noqa: S506 - a SafeLoader subclass
+        _refuse_duplicate_keys(text)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
